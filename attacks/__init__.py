@@ -1,0 +1,26 @@
+"""advbench attacks: one module per family, each registering its attacks in :data:`ATTACKS`."""
+
+from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, pgd)
+from attacks.base import (
+    ATTACKS,
+    AttackResult,
+    AttackSpec,
+    ModelCalls,
+    ThreatModel,
+    get_attack,
+    register_attack,
+    run_attack,
+)
+from attacks.norms import Norm
+
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "AttackSpec",
+    "ModelCalls",
+    "Norm",
+    "ThreatModel",
+    "get_attack",
+    "register_attack",
+    "run_attack",
+]

@@ -1,0 +1,75 @@
+"""Checkpoint cache: safetensors weights + a JSON card, in a user cache directory.
+
+Each entry lives in ``<cache>/<kind>/<key>/`` (``model.safetensors``, ``card.json``). An entry is
+written into a temporary directory and renamed into place in one step, so an interrupted training
+never leaves a checkpoint that a later run would trust. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ENV_VAR = "ADVBENCH_CACHE"
+
+
+def resolve_cache_dir(flag: str | os.PathLike[str] | None = None) -> Path:
+    """``--cache-dir`` beats ``$ADVBENCH_CACHE`` beats ``$XDG_CACHE_HOME/advbench`` (~/.cache)."""
+    if flag:
+        return Path(flag).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "advbench"
+
+
+def config_hash(config: Any) -> str:
+    """A stable short hash of a JSON-serialisable config."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class CheckpointCache:
+    """Load and atomically store (weights, card) pairs keyed by ``(kind, key)``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        path = self.entry(kind, key)
+        weights, card = path / "model.safetensors", path / "card.json"
+        if not (weights.is_file() and card.is_file()):
+            return None
+        return load_file(str(weights)), json.loads(card.read_text())
+
+    def save(self, kind: str, key: str, state: dict[str, torch.Tensor], card: dict[str, Any],
+             extra_files: dict[str, bytes] | None = None) -> Path:
+        final = self.entry(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+            save_file(tensors, str(tmp / "model.safetensors"))
+            for name, blob in (extra_files or {}).items():
+                (tmp / name).write_bytes(blob)
+            (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / "card.json").is_file():  # not a concurrent writer's finished entry
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final

@@ -1,0 +1,112 @@
+"""The ``advbench`` command line: parses arguments and calls the library, nothing more.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.errors import BadInput
+
+LISTS = ("attacks", "defenses", "models", "datasets", "presets")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advbench", description=(
+        "Adversarial-robustness benchmark sweeps for PyTorch: attacks x defenses x models, "
+        "results in Parquet, leaderboards in Markdown/CSV."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep (a TOML config or a built-in preset)")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("config", nargs="?", help="sweep config (TOML)")
+    src.add_argument("--preset", help="a built-in sweep, e.g. 'quick' (see: advbench list presets)")
+    run.add_argument("--out", default="results", help="results directory (default: ./results)")
+    run.add_argument("--cache-dir", default=None,
+                     help="checkpoint cache (default: $ADVBENCH_CACHE or ~/.cache/advbench)")
+    run.add_argument("--device", default=None, help="override the config's device (cpu, cuda:0)")
+    run.add_argument("--force", action="store_true", help="recompute cells already stored")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    lst = sub.add_parser("list", help="list registered attacks, defenses, models, datasets, presets")
+    lst.add_argument("what", choices=LISTS)
+    lst.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'pgd*'")
+
+    board = sub.add_parser("leaderboard", help="print leaderboard tables from stored results")
+    board.add_argument("results", nargs="?", default="results", help="results directory")
+    board.add_argument("--format", choices=("md", "csv"), default="md")
+    return parser
+
+
+def _list(what: str, pattern: str) -> str:
+    from attacks import ATTACKS
+    from bench.config import preset_names
+    from bench.datasets import DATASETS
+    from bench.models import MODELS
+    from defenses import DEFENSES
+
+    if what == "attacks":
+        rows = [(n, ",".join(x.value for x in ATTACKS.get(n).norms), ATTACKS.get(n).summary)
+                for n in ATTACKS.names(pattern)]
+    elif what == "defenses":
+        rows = [(n, DEFENSES.get(n).summary) for n in DEFENSES.names(pattern)]
+    elif what == "models":
+        rows = [(n, "x".join(map(str, MODELS.get(n).input_shape)), MODELS.get(n).summary)
+                for n in MODELS.names(pattern)]
+    elif what == "datasets":
+        rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
+                for n in DATASETS.names(pattern)]
+    else:
+        rows = [(n,) for n in preset_names() if __import__("fnmatch").fnmatch(n, pattern)]
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, width)), r[-1]]) for r in rows)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.checkpoints import resolve_cache_dir
+    from bench.config import load_config, load_preset
+    from bench.runner import RunOptions, run_sweep
+    from leaderboards import render
+
+    config = load_preset(args.preset) if args.preset else load_config(args.config)
+    options = RunOptions(out=Path(args.out), cache_dir=resolve_cache_dir(args.cache_dir),
+                         force=args.force, progress=not args.no_progress, device=args.device)
+    report = run_sweep(config, options)
+    print(f"sweep {config.name!r}: {len(report.written)} cell(s) run, {report.skipped} already "
+          f"stored; results in {options.out}/\n")
+    print(render(options.out, "md"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "list":
+            print(_list(args.what, args.pattern))
+            return 0
+        if args.command == "leaderboard":
+            from leaderboards import render
+
+            print(render(args.results, args.format))
+            return 0
+    except BadInput as exc:
+        print(f"advbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advbench: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""Sweep configs: TOML → a frozen :class:`SweepConfig` → :class:`Cell` s.
+
+A cell is one dataset × target × defense × threat × attack × eps × seed; its ``cell_id`` hashes
+everything that determines its result, so a re-run skips cells already stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import itertools
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attacks import ATTACKS, ThreatModel
+from attacks.base import check_threat
+from bench.checkpoints import config_hash
+from bench.errors import ConfigError
+from defenses import DEFENSES
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+THREATS = ("adaptive", "transfer")
+CELL_ID_VERSION = 1
+
+_SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
+               "device", "batch_size"}
+_TARGET_KEYS = {"model", "defenses", "threats"}
+_ATTACK_KEYS = {"name", "norm", "eps", "params"}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    model: str
+    defenses: tuple[str, ...] = ("none",)
+    threats: tuple[str, ...] = ("adaptive",)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    name: str
+    threats: tuple[ThreatModel, ...]
+    params_json: str  # canonical JSON of the attack's full params dataclass
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(json.loads(self.params_json))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    seeds: tuple[int, ...]
+    datasets: tuple[str, ...]
+    train_dataset: str | None
+    split: str
+    n_eval: int
+    precision: str
+    device: str
+    batch_size: int
+    targets: tuple[TargetConfig, ...]
+    attacks: tuple[AttackConfig, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work; everything its result depends on."""
+
+    sweep: str
+    dataset: str
+    train_dataset: str
+    split: str
+    n_eval: int
+    model: str
+    defense: str
+    threat: str
+    attack: str
+    params_json: str
+    threat_model: ThreatModel
+    seed: int
+    precision: str
+
+    @property
+    def cell_id(self) -> str:
+        return config_hash({
+            "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
+            "split": self.split, "n_eval": self.n_eval, "model": self.model,
+            "defense": self.defense, "threat": self.threat, "attack": self.attack,
+            "params": self.params_json, "norm": self.threat_model.norm.value,
+            "eps": self.threat_model.eps, "seed": self.seed, "precision": self.precision,
+        })
+
+
+def _type_error(where: str, key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where}: {key!r} must be {expected}, got {value!r}")
+
+
+def _check_keys(where: str, table: Any, allowed: set[str], required: set[str]) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table, got {table!r}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(required - set(table))
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+
+
+def _str_list(where: str, key: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        raise _type_error(where, key, "a string or a non-empty list of strings", value)
+    return tuple(items)
+
+
+def _int(where: str, key: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _type_error(where, key, f"an integer >= {minimum}", value)
+    return value
+
+
+def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
+    """Validate a parsed TOML document; every error names the offending key."""
+    _check_keys(source, data, {"sweep", "targets", "attacks"}, {"sweep", "targets", "attacks"})
+    sweep = data["sweep"]
+    _check_keys(f"{source} [sweep]", sweep, _SWEEP_KEYS, {"name"})
+    where = f"{source} [sweep]"
+    name = sweep["name"]
+    if not isinstance(name, str) or not name:
+        raise _type_error(where, "name", "a non-empty string", name)
+    seeds_raw = sweep.get("seed", 0)
+    seeds = tuple(_int(where, "seed", s, 0) for s in (
+        seeds_raw if isinstance(seeds_raw, list) else [seeds_raw]))
+    if not seeds:
+        raise _type_error(where, "seed", "an integer or a non-empty list of integers", seeds_raw)
+    datasets = _str_list(where, "dataset", sweep.get("dataset", "mnist5k"))
+    train_dataset = sweep.get("train_dataset")
+    if train_dataset is not None and not isinstance(train_dataset, str):
+        raise _type_error(where, "train_dataset", "a dataset name", train_dataset)
+    split = sweep.get("split", "test")
+    if split not in ("test", "train"):
+        raise _type_error(where, "split", "'test' or 'train'", split)
+    precision = sweep.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise _type_error(where, "precision", " | ".join(map(repr, PRECISIONS)), precision)
+    device = sweep.get("device", "auto")
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise _type_error(where, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
+
+    targets_raw = data["targets"]
+    if not isinstance(targets_raw, list) or not targets_raw:
+        raise ConfigError(f"{source}: [[targets]] must list at least one target")
+    targets = []
+    for i, t in enumerate(targets_raw):
+        tw = f"{source} [[targets]] #{i + 1}"
+        _check_keys(tw, t, _TARGET_KEYS, {"model"})
+        if not isinstance(t["model"], str):
+            raise _type_error(tw, "model", "a model name", t["model"])
+        from bench.models import MODELS
+
+        MODELS.get(t["model"])
+        defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
+        for d in defenses:
+            DEFENSES.get(d)
+        threats = _str_list(tw, "threats", t.get("threats", ["adaptive"]))
+        for th in threats:
+            if th not in THREATS:
+                raise _type_error(tw, "threats", "a list of 'adaptive' / 'transfer'", t["threats"])
+        targets.append(TargetConfig(t["model"], defenses, threats))
+
+    attacks_raw = data["attacks"]
+    if not isinstance(attacks_raw, list) or not attacks_raw:
+        raise ConfigError(f"{source}: [[attacks]] must list at least one attack")
+    attacks = []
+    for i, a in enumerate(attacks_raw):
+        aw = f"{source} [[attacks]] #{i + 1}"
+        _check_keys(aw, a, _ATTACK_KEYS, {"name"})
+        spec = ATTACKS.get(a["name"]) if isinstance(a["name"], str) else None
+        if spec is None:
+            raise _type_error(aw, "name", "an attack name", a["name"])
+        eps_raw = a.get("eps")
+        if eps_raw is None and not spec.minimal:
+            raise ConfigError(f"{aw}: attack {spec.name!r} needs 'eps' (a number or a list)")
+        eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
+        if not eps_list:
+            raise _type_error(aw, "eps", "a number or a non-empty list of numbers", eps_raw)
+        for e in eps_list:
+            if isinstance(e, bool) or not isinstance(e, (int, float, str, type(None))):
+                raise _type_error(aw, "eps", "numbers (or strings like \"8/255\")", eps_raw)
+        try:
+            threats_ = tuple(ThreatModel.parse(a.get("norm", "linf"), e) for e in eps_list)
+            for tm in threats_:
+                check_threat(spec, tm)
+            params = spec.make_params(a.get("params", {}))
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{aw}: {exc}") from None
+        params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
+        attacks.append(AttackConfig(spec.name, threats_, params_json))
+
+    return SweepConfig(
+        name=name, seeds=seeds, datasets=datasets, train_dataset=train_dataset, split=split,
+        n_eval=_int(where, "n_eval", sweep.get("n_eval", 1000), 1), precision=precision,
+        device=device, batch_size=_int(where, "batch_size", sweep.get("batch_size", 500), 1),
+        targets=tuple(targets), attacks=tuple(attacks),
+    )
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, source=p.name)
+
+
+def preset_names() -> list[str]:
+    files = importlib.resources.files("bench.presets").iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> SweepConfig:
+    """A built-in sweep (``advbench run --preset NAME``)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+    text = importlib.resources.files("bench.presets").joinpath(f"{name}.toml").read_text()
+    return parse_config(tomllib.loads(text), source=f"preset {name}")
+
+
+def expand_cells(config: SweepConfig) -> list[Cell]:
+    """All cells of a sweep, in a deterministic order (targets grouped so each trains once)."""
+    cells = []
+    for dataset, target, seed in itertools.product(config.datasets, config.targets, config.seeds):
+        train_dataset = config.train_dataset or dataset
+        for defense, threat in itertools.product(target.defenses, target.threats):
+            if defense == "none" and threat == "transfer":
+                continue  # transfer from the undefended model to itself is the adaptive attack
+            for attack in config.attacks:
+                for tm in attack.threats:
+                    cells.append(Cell(
+                        config.name, dataset, train_dataset, config.split, config.n_eval,
+                        target.model, defense, threat, attack.name, attack.params_json, tm,
+                        seed, config.precision,
+                    ))
+    return cells

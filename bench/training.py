@@ -1,0 +1,166 @@
+"""Training zoo classifiers on a dataset's train split, cached as safetensors checkpoints.
+
+The cache key hashes (model, train-data fingerprint, recipe, seed, training code version), so a
+changed recipe or data set trains anew and an unchanged one loads in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.checkpoints import CheckpointCache, config_hash
+from bench.datasets import Dataset, Split
+from bench.errors import BadInput
+from bench.models import MODELS, ModelSpec, TrainRecipe
+from bench.target import Target
+
+log = logging.getLogger(__name__)
+
+TRAINING_CODE_VERSION = 1
+
+
+def make_target(spec: ModelSpec, dataset: Dataset, model: nn.Module) -> Target:
+    """Wrap a zoo network as a Target with the dataset's normalisation inside."""
+    return Target(model, num_classes=dataset.num_classes, input_shape=spec.input_shape,
+                  bounds=(0.0, 1.0), mean=dataset.mean, std=dataset.std, name=spec.name)
+
+
+def check_compatible(spec: ModelSpec, dataset: Dataset) -> None:
+    if tuple(dataset.input_shape) != spec.input_shape:
+        raise BadInput(
+            f"model {spec.name!r} expects inputs {spec.input_shape} but dataset {dataset.name!r} "
+            f"has {tuple(dataset.input_shape)}; pick a model for this data "
+            f"({', '.join(n for n in MODELS.names() if MODELS.get(n).input_shape == tuple(dataset.input_shape)) or 'none in the zoo'})"
+        )
+
+
+def augment(x: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
+    """Random integer shifts (zero fill) up to ``recipe.max_shift`` pixels, optional h-flips."""
+    if recipe.max_shift:
+        s = recipe.max_shift
+        n, _, h, w = x.shape
+        padded = F.pad(x, (s, s, s, s))
+        dy = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # [n, h]
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # [n, w]
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if recipe.hflip:
+        flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+@torch.no_grad()
+def accuracy(target: Target, split: Split, device: torch.device, batch_size: int = 1000) -> float:
+    correct = 0
+    for xb, yb in zip(split.x.split(batch_size), split.y.split(batch_size)):
+        logits = target.predict_logits(xb.to(device))
+        correct += int((logits.argmax(1).cpu() == yb).sum())
+    return correct / max(len(split), 1)
+
+
+def fit(target: Target, split: Split, recipe: TrainRecipe, *, seed: int, device: torch.device,
+        progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
+    """Train ``target`` (in place) on ``split`` following ``recipe``; returns per-epoch stats."""
+    if recipe.epochs < 1:
+        raise BadInput(f"training needs at least one epoch, got {recipe.epochs}")
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in target.parameters() if p.requires_grad]
+    if recipe.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr,
+                                                      weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay, nesterov=True)
+    else:
+        raise BadInput(f"unknown optimizer {recipe.optimizer!r}; use 'adam' or 'sgd'")
+    steps_per_epoch = (len(split) + recipe.batch_size - 1) // recipe.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+    history = []
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=not progress,
+               unit="step", leave=False)
+    was_training = target.training
+    target.train()
+    try:
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(len(split), generator=generator)
+            total_loss, correct = 0.0, 0
+            for batch in order.split(recipe.batch_size):
+                xb = augment(split.x[batch].to(device), recipe, generator)
+                yb = split.y[batch].to(device)
+                logits = target(xb)
+                loss = F.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(1) == yb).sum())
+                bar.update(1)
+            history.append({"epoch": epoch + 1, "loss": total_loss / len(split),
+                            "train_acc": correct / len(split)})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_acc']:.3f}")
+    finally:
+        target.train(was_training)
+        bar.close()
+    return history
+
+
+def trained_classifier(
+    model_name: str,
+    dataset: Dataset,
+    *,
+    seed: int,
+    device: torch.device,
+    cache: CheckpointCache,
+    progress: bool = True,
+    recipe: TrainRecipe | None = None,
+) -> tuple[Target, dict[str, Any]]:
+    """Return the zoo model trained on ``dataset``'s train split, from the cache when present."""
+    spec = MODELS.get(model_name)
+    check_compatible(spec, dataset)
+    recipe = recipe or spec.recipe
+    config = {
+        "model": spec.name,
+        "dataset": dataset.name,
+        "train_fingerprint": dataset.fingerprint("train"),
+        "num_classes": dataset.num_classes,
+        "recipe": recipe.__dict__,
+        "seed": seed,
+        "training_code_version": TRAINING_CODE_VERSION,
+    }
+    key = config_hash(config)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        target = make_target(spec, dataset, spec.build(dataset.num_classes)).to(device)
+        hit = cache.load("models", key)
+        if hit is not None:
+            state, card = hit
+            target.model.load_state_dict(state)
+            log.info("loaded %s from %s", spec.name, cache.entry("models", key))
+            return target, card
+        log.info("training %s on %s (cache key %s)", spec.name, dataset.name, key)
+        start = time.perf_counter()
+        history = fit(target, dataset.split("train"), recipe, seed=seed, device=device,
+                      progress=progress, desc=f"train {spec.name}")
+    card = {
+        "architecture": spec.name,
+        "summary": spec.summary,
+        "config": config,
+        "cache_key": key,
+        "history": history,
+        "metrics": {"test_acc": accuracy(target, dataset.test, device),
+                    "train_s": time.perf_counter() - start},
+    }
+    cache.save("models", key, target.model.state_dict(), card)
+    return target, card

@@ -1,0 +1,32 @@
+"""advbench results: the Parquet schema and store, and leaderboard tables built from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.errors import BadInput
+from leaderboards.schema import SAMPLES_SCHEMA, SCHEMA_VERSION, SUMMARY_SCHEMA
+from leaderboards.store import ResultStore, load
+from leaderboards.tables import Board, leaderboards, to_csv, to_markdown
+
+
+def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
+    """Every leaderboard of a results directory as one Markdown or CSV document."""
+    root = Path(results)
+    if not root.is_dir():
+        raise BadInput(f"results directory {root} does not exist; run a sweep first")
+    store = ResultStore(root)
+    summary = store.summary()
+    if summary.empty:
+        raise BadInput(f"no results stored in {root}")
+    boards = leaderboards(summary, store.samples(summary))
+    if fmt == "md":
+        return "\n".join(to_markdown(b) for b in boards)
+    if fmt == "csv":
+        return "".join(to_csv(b) for b in boards)
+    raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
+
+
+__all__ = ["SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",
+           "leaderboards", "load", "render", "to_csv", "to_markdown"]

@@ -1,0 +1,113 @@
+"""The append-only Parquet result store (DESIGN.md, "The store is append-only").
+
+Layout under the results directory::
+
+    summary/<cell_id>-<run_id>.parquet   one summary row per cell
+    samples/<cell_id>-<run_id>.parquet   that cell's per-sample rows
+
+A cell's samples file is written before its summary file, each through a hidden temporary name
+and an atomic rename, so readers see whole files or nothing, and a cell counts as stored exactly
+when its summary file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.errors import BadInput
+from leaderboards.schema import (
+    SAMPLES_SCHEMA,
+    SCHEMA_VERSION,
+    SUMMARY_SCHEMA,
+    samples_table,
+    summary_table,
+)
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class ResultStore:
+    """Read and append advbench results under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def summary_dir(self) -> Path:
+        return self.root / "summary"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    def _files(self, folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+    def write_cell(self, summary: Mapping[str, Any], samples: Mapping[str, Any]) -> None:
+        """Store one finished cell (samples first, then its summary row)."""
+        summary_t = summary_table([summary])
+        samples_t = samples_table(samples)
+        name = f"{summary['cell_id']}-{summary['run_id']}.parquet"
+        _atomic_write(samples_t, self.samples_dir / name)
+        _atomic_write(summary_t, self.summary_dir / name)
+
+    def completed_cells(self) -> set[str]:
+        """cell_ids whose summary file exists."""
+        return {p.name.split("-", 1)[0] for p in self._files(self.summary_dir)}
+
+    def _read(self, files: Iterable[Path], schema: pa.Schema) -> pa.Table:
+        tables = []
+        for path in files:
+            meta = pq.read_schema(path).metadata or {}
+            version = meta.get(b"advbench_schema_version", b"?").decode()
+            if version != str(SCHEMA_VERSION):
+                raise BadInput(
+                    f"{path} was written with results schema version {version}; this advbench "
+                    f"reads version {SCHEMA_VERSION}: write new results into another directory"
+                )
+            tables.append(pq.read_table(path, schema=schema))
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def summary(self) -> pd.DataFrame:
+        """All summary rows, one per cell_id (the newest when a cell was recomputed)."""
+        df = self._read(self._files(self.summary_dir), SUMMARY_SCHEMA).to_pandas()
+        if df.empty:
+            return df
+        df = df.sort_values("created_at").drop_duplicates("cell_id", keep="last")
+        return df.reset_index(drop=True)
+
+    def samples(self, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Per-sample rows of the cells in ``summary`` (default: every stored cell)."""
+        summary = self.summary() if summary is None else summary
+        wanted = {f"{c}-{r}.parquet" for c, r in zip(summary["cell_id"], summary["run_id"])}
+        files = [p for p in self._files(self.samples_dir) if p.name in wanted]
+        return self._read(files, SAMPLES_SCHEMA).to_pandas()
+
+
+def load(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The summary rows of a results directory as a pandas DataFrame."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInput(f"results directory {root} does not exist")
+    return ResultStore(root).summary()
