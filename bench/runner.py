@@ -184,7 +184,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "precision": cell.precision,
         "batch_size": batch_size,
         "clean_acc": n_correct / n,
-        "robust_acc": float(adv_correct.float().mean()),
+        "robust_acc": int(adv_correct.sum()) / n,
         "success_rate": float(fooled.sum()) / n_correct if n_correct else None,
         "median_l2": _median(l2[fooled]),
         "median_linf": _median(linf[fooled]),

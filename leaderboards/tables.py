@@ -86,7 +86,7 @@ def to_markdown(board: Board) -> str:
     for col in shown.columns:
         if col not in (*ROW_KEYS, "n"):
             shown[col] = (shown[col] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
-    return f"### {board.title}\n\n" + shown.to_markdown(index=False) + "\n"
+    return f"### {board.title}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def to_csv(board: Board) -> str:

@@ -1,0 +1,144 @@
+"""One registry-driven contract every registered attack must pass, on a trained classifier and
+on a discriminator target (DESIGN.md "Attack" / "AttackResult")."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+
+from attacks import ATTACKS, AttackSpec, run_attack
+from attacks.norms import Norm, norm_of
+from bench.target import Target
+from tests.conftest import make_tiny_target
+
+EPS = {Norm.LINF: 0.2, Norm.L2: 2.0, Norm.L0: 3.0}
+CASES = [(name, norm) for name in ATTACKS.names() for norm in ATTACKS.get(name).norms]
+
+
+def small_params(spec: AttackSpec, **extra: Any) -> dict[str, Any]:
+    """Tiny budgets so the contract runs fast; the attack's own defaults otherwise."""
+    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
+    params = {k: v for k, v in {"steps": 5, "max_iter": 5, "generations": 3,
+                                "population": 20}.items() if k in fields}
+    params.update({k: v for k, v in extra.items() if k in fields})
+    return params
+
+
+@pytest.fixture(params=["classifier", "discriminator"])
+def target_and_data(request: pytest.FixtureRequest, lenet: Target,
+                    digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[Target, torch.Tensor,
+                                                                         torch.Tensor]:
+    x, y = digits
+    x, y = x[::6], y[::6]  # 34 digits, every class
+    if request.param == "classifier":
+        return lenet, x, y
+    target = make_tiny_target("discriminator")
+    real = torch.arange(len(x)) % 2  # half "real", half "fake"
+    return target, x, real
+
+
+def _eps(spec: AttackSpec, norm: Norm, value: float | None = None) -> float | None:
+    if spec.minimal:
+        return None
+    return EPS[norm] if value is None else value
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_inside_bounds_and_eps_ball(name: str, norm: Norm, target_and_data: Any) -> None:
+    target, x, y = target_and_data
+    spec = ATTACKS.get(name)
+    eps = _eps(spec, norm)
+    res = run_attack(name, target, x, y, norm=norm, eps=eps, params=small_params(spec),
+                     generator=torch.Generator().manual_seed(0))
+    lo, hi = target.bounds
+    assert res.x_adv.shape == x.shape
+    assert float(res.x_adv.min()) >= lo and float(res.x_adv.max()) <= hi
+    dist = norm_of(res.x_adv - x, norm)
+    if eps is not None:
+        assert float(dist.max()) <= eps * (1 + 1e-5) + 1e-6
+    for reported, measured in ((res.l2, Norm.L2), (res.linf, Norm.LINF), (res.l0, Norm.L0)):
+        torch.testing.assert_close(reported, norm_of(res.x_adv - x, measured))
+    assert res.n_forward >= len(x) and res.n_backward >= 0
+
+
+@pytest.mark.parametrize("name,norm", [c for c in CASES if not ATTACKS.get(c[0]).minimal])
+def test_eps_zero_reproduces_clean_predictions(name: str, norm: Norm,
+                                               target_and_data: Any) -> None:
+    target, x, y = target_and_data
+    spec = ATTACKS.get(name)
+    res = run_attack(name, target, x, y, norm=norm, eps=0.0, params=small_params(spec))
+    assert torch.equal(res.x_adv, x)
+    clean_wrong = target.predict_logits(x).argmax(1) != y
+    if not getattr(spec.make_params(small_params(spec)), "targeted", False):
+        assert torch.equal(res.success, clean_wrong)
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_training_flags_restored(name: str, norm: Norm, lenet: Target,
+                                 digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    target = make_tiny_target()
+    target.train()
+    target.model.body[1].eval()  # a mixed state: the exact flags must come back
+    before = [m.training for m in target.modules()]
+    x, y = digits[0][:16], digits[1][:16]
+    spec = ATTACKS.get(name)
+    run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
+    assert [m.training for m in target.modules()] == before
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_same_seed_same_output(name: str, norm: Norm, target_and_data: Any) -> None:
+    target, x, y = target_and_data
+    spec = ATTACKS.get(name)
+    runs = [run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm),
+                       params=small_params(spec), generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv)
+    assert torch.equal(runs[0].success, runs[1].success)
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+@pytest.mark.parametrize("targeted", [False, True])
+def test_success_equals_fresh_fp32_evaluation(name: str, norm: Norm, targeted: bool,
+                                              target_and_data: Any) -> None:
+    target, x, y = target_and_data
+    spec = ATTACKS.get(name)
+    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
+    if targeted and "targeted" not in fields:
+        pytest.skip(f"{name} has no targeted mode")
+    params = small_params(spec) | ({"targeted": True} if targeted else {})
+    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=params)
+    pred = target.predict_logits(res.x_adv).argmax(1)
+    if targeted:
+        assert res.y_target is not None
+        assert torch.equal(res.success, pred == res.y_target)
+    else:
+        assert torch.equal(res.success, pred != y)
+    assert res.success.dtype == torch.bool and res.success.shape == y.shape
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_dtype_and_device_preserved(name: str, norm: Norm, target_and_data: Any) -> None:
+    target, x, y = target_and_data
+    spec = ATTACKS.get(name)
+    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
+    assert res.x_adv.dtype == x.dtype and res.x_adv.device == x.device
+    assert res.success.device == x.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,norm", CASES)
+def test_runs_on_cuda(name: str, norm: Norm, lenet: Target,
+                      digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    import copy
+
+    target = copy.deepcopy(lenet).cuda()
+    x, y = digits[0][:32].cuda(), digits[1][:32].cuda()
+    spec = ATTACKS.get(name)
+    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec),
+                     generator=torch.Generator("cuda").manual_seed(0))
+    assert res.x_adv.device == x.device and res.x_adv.dtype == x.dtype
+    assert torch.equal(res.success, target.predict_logits(res.x_adv).argmax(1) != y)

@@ -1,0 +1,188 @@
+"""The CLI end to end, as a user runs it: real processes, real Parquet files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+from bench.cli import main
+from bench.models import MODELS, ModelSpec, TrainRecipe
+from leaderboards import SUMMARY_SCHEMA, load
+
+SMALL = """
+[sweep]
+name = "small"
+seed = 0
+dataset = "mnist5k"
+n_eval = 60
+batch_size = 25
+
+[[targets]]
+model = "lenet"
+
+[[attacks]]
+name = "fgsm"
+eps = [0.0, 0.2]
+
+[[attacks]]
+name = "pgd"
+norm = "linf"
+eps = [0.2]
+params = { steps = 3, step_size = 0.1 }
+"""
+
+
+def advbench(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def test_run_writes_typed_parquet_and_prints_a_leaderboard(
+        trained_lenet: Any, cache_dir: Path, small_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = advbench("run", str(small_config), "--out", str(out), "--no-progress",
+                    cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 cell(s) run, 0 already stored" in proc.stdout
+    assert "| lenet" in proc.stdout and "fgsm@0.2" in proc.stdout and "worst@0.2" in proc.stdout
+    files = sorted((out / "summary").glob("*.parquet"))
+    assert len(files) == 3
+    assert pq.read_schema(files[0]).remove_metadata() == SUMMARY_SCHEMA.remove_metadata()
+    df = load(out)
+    assert len(df) == 3 and df["n_samples"].eq(60).all()
+    assert df["clean_acc"].dtype == "float64" and df["eps"].dtype == "float64"
+    zero = df[df["eps"] == 0.0].iloc[0]
+    assert zero["robust_acc"] == zero["clean_acc"]  # eps = 0 reproduces clean accuracy exactly
+    assert (df["robust_acc"] <= df["clean_acc"]).all()
+    pgd = df[df["attack"] == "pgd"].iloc[0]
+    assert pgd["n_backward"] == 3 * 60 and pgd["img_per_s"] > 0 and pgd["device"].startswith("cpu")
+    assert pgd["torch_version"] == torch.__version__
+    assert not list(out.rglob(".*"))  # no temporary files left behind
+
+    again = advbench("run", str(small_config), "--out", str(out), "--no-progress",
+                     cwd=tmp_path, cache=cache_dir)
+    assert again.returncode == 0 and "0 cell(s) run, 3 already stored" in again.stdout
+    assert len(list((out / "summary").glob("*.parquet"))) == 3
+
+    forced = advbench("run", str(small_config), "--out", str(out), "--no-progress", "--force",
+                      cwd=tmp_path, cache=cache_dir)
+    assert forced.returncode == 0 and "3 cell(s) run" in forced.stdout
+    assert len(load(out)) == 3  # recomputed cells replace, never duplicate
+
+    csv = advbench("leaderboard", str(out), "--format", "csv", cwd=tmp_path, cache=cache_dir)
+    assert csv.returncode == 0 and csv.stdout.startswith("dataset,target_kind,threat,norm,model")
+
+
+def test_list_commands(tmp_path: Path) -> None:
+    proc = advbench("list", "attacks", cwd=tmp_path, cache=tmp_path)
+    assert proc.returncode == 0
+    assert {line.split()[0] for line in proc.stdout.splitlines()} >= {"fgsm", "bim", "pgd"}
+    proc = advbench("list", "models", "res*", cwd=tmp_path, cache=tmp_path)
+    assert proc.stdout.split()[0] == "resnet18_cifar"
+
+
+BAD = {
+    "unknown attack": ("name = \"fgsm\"", "name = \"fgsn\"", "unknown attack 'fgsn'"),
+    "unknown model": ("model = \"lenet\"", "model = \"lenet5\"", "unknown model 'lenet5'"),
+    "unknown dataset": ("dataset = \"mnist5k\"", "dataset = \"mnist10k\"",
+                        "unknown dataset 'mnist10k'"),
+    "negative eps": ("eps = [0.0, 0.2]", "eps = [-0.2]", "eps must be a finite number >= 0"),
+    "eps above range": ("eps = [0.0, 0.2]", "eps = [2.0]", "exceeds the largest meaningful"),
+    "mistyped key": ("n_eval = 60", "n_evals = 60", "unknown key 'n_evals'"),
+    "mistyped param": ("steps = 3", "stesp = 3", "unknown parameter(s) 'stesp'"),
+    "too many samples": ("n_eval = 60", "n_eval = 5000", "n_eval = 5000 exceeds the 1000"),
+    "invalid toml": ("[sweep]", "[sweep", "invalid TOML"),
+    "model/data mismatch": ("model = \"lenet\"", "model = \"resnet18_cifar\"",
+                            "expects inputs (3, 32, 32)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_2_with_one_line_and_no_files(case: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    old, new, message = BAD[case]
+    assert old in SMALL
+    config = tmp_path / "bad.toml"
+    config.write_text(SMALL.replace(old, new, 1))
+    out = tmp_path / "results"
+    code = main(["run", str(config), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("advbench: error:"), err
+    assert message in lines[0]
+    assert not out.exists()
+    assert not (tmp_path / "cache").exists()  # nothing trained or cached for a bad request
+
+
+def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(SMALL.replace("n_eval = 60", "n_evals = 60"))
+    proc = advbench("run", str(config), "--out", str(tmp_path / "results"), cwd=tmp_path,
+                    cache=tmp_path / "cache")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "advbench: error: bad.toml [sweep]: unknown key 'n_evals'; allowed keys: batch_size, "
+        "dataset, device, n_eval, name, precision, seed, split, train_dataset"]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "nope.toml"], "does not exist"),
+    (["leaderboard", "nowhere"], "does not exist"),
+    (["run", "--preset", "nope"], "unknown preset"),
+])
+def test_missing_config_and_results(argv: list[str], message: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+class _Broken(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.flatten(1))
+        if self.mode == "nan":
+            return out * float("nan")
+        return out[:, :4]
+
+
+@pytest.mark.parametrize("mode,message", [("nan", "returned NaN or infinite logits"),
+                                          ("shape", "must return [N, 10] logits")])
+def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_path: Path,
+                                                   small_config: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    spec = ModelSpec(f"broken_{mode}", lambda n: _Broken(mode), (1, 28, 28),
+                     TrainRecipe(epochs=1, batch_size=500, lr=1e-3), "broken")
+    monkeypatch.setitem(MODELS._entries, spec.name, spec)
+    small_config.write_text(SMALL.replace("model = \"lenet\"", f"model = \"{spec.name}\""))
+    out = tmp_path / "results"
+    code = main(["run", str(small_config), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.datasets import Dataset, load_dataset, read_idx
+from bench.errors import BadInput, UnknownName
+from tests.conftest import SHARED_MNIST
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    blob = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
+
+
+def test_mnist5k_split_is_stratified_disjoint_and_deterministic(mnist5k: Dataset) -> None:
+    assert mnist5k.train is not None
+    assert len(mnist5k.train) == 4000 and len(mnist5k.test) == 1000
+    assert torch.equal(mnist5k.test.y.bincount(), torch.full((10,), 100))
+    assert mnist5k.input_shape == (1, 28, 28)
+    assert float(mnist5k.test.x.min()) == 0.0 and float(mnist5k.test.x.max()) == 1.0
+    train_rows = {bytes(r) for r in (mnist5k.train.x * 255).round().byte().flatten(1).numpy()}
+    test_rows = {bytes(r) for r in (mnist5k.test.x * 255).round().byte().flatten(1).numpy()}
+    assert len(train_rows & test_rows) <= 1  # (no digit appears in both; equal images at most by chance)
+    from bench import datasets
+
+    again = datasets.mnist5k(None)
+    assert torch.equal(again.test.x, mnist5k.test.x) and torch.equal(again.train.y, mnist5k.train.y)
+
+
+def test_idx_pairs_load_with_train_and_test(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 5, 5))
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(6) % 3)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:4])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([2, 1, 0, 2]))
+    ds = load_dataset(f"idx:{tmp_path}")
+    assert ds.train is not None and len(ds.train) == 6 and len(ds.test) == 4
+    assert ds.test.x.shape == (4, 1, 5, 5) and ds.num_classes == 3
+    torch.testing.assert_close(ds.test.x[1, 0] * 255, torch.tensor(images[1], dtype=torch.float32))
+    assert ds.test.y.tolist() == [2, 1, 0, 2]
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+def test_official_mnist_test_set() -> None:
+    ds = load_dataset(f"idx:{SHARED_MNIST}")
+    assert len(ds.test) == 10_000 and ds.train is None
+    assert ds.test.y.bincount().tolist()[:3] == [980, 1135, 1032]
+    with pytest.raises(BadInput, match="has no train split; set train_dataset"):
+        ds.split("train")
+
+
+def test_idx_errors(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="not a directory"):
+        load_dataset(f"idx:{tmp_path / 'missing'}")
+    with pytest.raises(BadInput, match="no non-train"):
+        load_dataset(f"idx:{tmp_path}")
+    (tmp_path / "bad-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(BadInput, match="bad magic"):
+        read_idx(tmp_path / "bad-images-idx3-ubyte")
+
+
+def test_torchvision_roots_are_never_downloaded(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="never downloads"):
+        load_dataset(f"mnist:{tmp_path}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_dataset_names() -> None:
+    with pytest.raises(UnknownName, match="did you mean 'mnist5k'"):
+        load_dataset("mnist5")
+    with pytest.raises(BadInput, match="takes no argument"):
+        load_dataset("mnist5k:foo")

@@ -1,0 +1,91 @@
+"""The runner has the last word: it re-checks bounds and the eps ball and recomputes success."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from attacks.base import ATTACKS, AttackResult, AttackSpec
+from attacks.gradient import FGSMParams
+from attacks.norms import Norm
+from bench.config import Cell
+from attacks import ThreatModel
+from bench.errors import AttackContractError
+from bench.runner import EvalData, PreparedTarget, run_cell
+from bench.target import Target
+
+
+def make_cell(attack: str, eps: float = 0.1, norm: str = "linf") -> Cell:
+    return Cell("t", "mnist5k", "mnist5k", "test", 40, "lenet", "none", "adaptive", attack,
+                json.dumps({"targeted": False, "loss": "ce"}), ThreatModel.parse(norm, eps), 0,
+                "fp32")
+
+
+@pytest.fixture
+def prepared(lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[PreparedTarget,
+                                                                                 EvalData]:
+    x, y = digits[0][::5], digits[1][::5]
+    clean = lenet.predict_logits(x).argmax(1) == y
+    return PreparedTarget(lenet, lenet, clean), EvalData(x, y, torch.arange(len(y)))
+
+
+def fake_attack(monkeypatch: pytest.MonkeyPatch, name: str, make_adv: Any,
+                claim: bool = True) -> None:
+    def fn(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
+           generator: torch.Generator, params: Any, y_target: Any = None) -> AttackResult:
+        x_adv = make_adv(x, eps)
+        zeros = torch.zeros(len(x))
+        return AttackResult(x_adv, torch.full_like(y, claim, dtype=torch.bool), zeros, zeros,
+                            zeros, n_forward=0, n_backward=0)
+
+    monkeypatch.setitem(ATTACKS._entries, name, AttackSpec(name, fn, FGSMParams, (Norm.LINF,)))
+
+
+@pytest.mark.parametrize("make_adv,match", [
+    (lambda x, eps: (x + 2 * eps).clamp(0, 1), "norm .* > eps"),
+    (lambda x, eps: x + 1.0, "leaves the bounds"),
+    (lambda x, eps: x[:, :, :-1], "expected"),
+    (lambda x, eps: x * float("nan"), "NaN"),
+])
+def test_contract_violations_raise(monkeypatch: pytest.MonkeyPatch, prepared: Any,
+                                   make_adv: Any, match: str) -> None:
+    fake_attack(monkeypatch, "cheat", make_adv)
+    target, data = prepared
+    with pytest.raises(AttackContractError, match=match):
+        run_cell(make_cell("cheat"), target, data, device=torch.device("cpu"), batch_size=16,
+                 run_id="r")
+
+
+def test_claimed_success_is_not_trusted(monkeypatch: pytest.MonkeyPatch, prepared: Any) -> None:
+    fake_attack(monkeypatch, "liar", lambda x, eps: x.clone(), claim=True)
+    target, data = prepared
+    summary, samples = run_cell(make_cell("liar"), target, data, device=torch.device("cpu"),
+                                batch_size=16, run_id="r")
+    assert summary["robust_acc"] == summary["clean_acc"]
+    assert summary["success_rate"] == 0.0
+    assert list(samples["success"]) == list(~target.clean_correct.numpy())
+
+
+def test_eps_zero_reproduces_clean_accuracy_exactly(prepared: Any) -> None:
+    target, data = prepared
+    for attack in ("fgsm", "pgd", "bim"):
+        cell = make_cell(attack, eps=0.0)
+        cell = Cell(**{**cell.__dict__, "params_json": json.dumps({})})
+        summary, _ = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
+                              run_id="r")
+        assert summary["robust_acc"] == summary["clean_acc"]
+        assert summary["median_l2"] is None or summary["median_l2"] == 0.0
+
+
+def test_bf16_success_is_confirmed_in_fp32(prepared: Any) -> None:
+    target, data = prepared
+    cell = make_cell("pgd", eps=0.15)
+    cell = Cell(**{**cell.__dict__, "params_json": json.dumps({"steps": 5}), "precision": "bf16"})
+    summary, samples = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
+                                run_id="r")
+    fp32_adv_correct = samples["adv_correct"]
+    assert summary["precision"] == "bf16"
+    assert summary["robust_acc"] == pytest.approx(float(fp32_adv_correct.mean()))

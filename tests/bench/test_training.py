@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench import training
+from bench.checkpoints import CheckpointCache, resolve_cache_dir
+from bench.datasets import Dataset
+from bench.errors import BadInput
+from bench.models import TrainRecipe
+from bench.target import Target
+
+
+def test_lenet_reaches_97_percent_on_held_out_digits(trained_lenet: tuple[Target, dict[str, Any]],
+                                                     mnist5k: Dataset) -> None:
+    target, card = trained_lenet
+    assert card["metrics"]["test_acc"] >= 0.97
+    assert training.accuracy(target, mnist5k.test, torch.device("cpu")) == card["metrics"]["test_acc"]
+    assert card["architecture"] == "lenet" and len(card["history"]) == 12
+
+
+def test_checkpoint_is_safetensors_with_a_card(trained_lenet: tuple[Target, dict[str, Any]],
+                                               cache_dir: Path) -> None:
+    entry = CheckpointCache(cache_dir).entry("models", trained_lenet[1]["cache_key"])
+    assert (entry / "model.safetensors").is_file()
+    card = json.loads((entry / "card.json").read_text())
+    assert card["config"]["train_fingerprint"] and card["config"]["model"] == "lenet"
+
+
+def test_cache_hit_loads_without_training(trained_lenet: tuple[Target, dict[str, Any]],
+                                          mnist5k: Dataset, cache_dir: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("should have loaded from the cache")
+
+    monkeypatch.setattr(training, "fit", no_training)
+    again, card = training.trained_classifier("lenet", mnist5k, seed=0, device=torch.device("cpu"),
+                                              cache=CheckpointCache(cache_dir), progress=False)
+    x = mnist5k.test.x[:50]
+    assert torch.equal(again.predict_logits(x), trained_lenet[0].predict_logits(x))
+    assert card == trained_lenet[1]
+
+
+def test_interrupted_save_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.checkpoints as ckpt
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    cache = CheckpointCache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cache.save("models", "abc", {"w": torch.zeros(2)}, {"x": 1})
+    assert cache.load("models", "abc") is None
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "env"))
+    assert resolve_cache_dir(None) == tmp_path / "env"
+    assert resolve_cache_dir(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("ADVBENCH_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir(None) == tmp_path / "xdg" / "advbench"
+
+
+def test_zero_epochs_and_wrong_shapes_are_refused(mnist5k: Dataset, tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="at least one epoch"):
+        training.trained_classifier("lenet", mnist5k, seed=0, device=torch.device("cpu"),
+                                    cache=CheckpointCache(tmp_path), progress=False,
+                                    recipe=TrainRecipe(epochs=0, batch_size=8, lr=1e-3))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    with pytest.raises(BadInput, match="expects inputs \\(3, 32, 32\\).*pick a model.*lenet"):
+        training.trained_classifier("resnet18_cifar", mnist5k, seed=0, device=torch.device("cpu"),
+                                    cache=CheckpointCache(tmp_path), progress=False)
+
+
+def test_resnet18_cifar_builds_for_32x32() -> None:
+    from bench.models import MODELS
+
+    net = MODELS.get("resnet18_cifar").build(10).eval()
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -1,0 +1,74 @@
+"""FGSM and PGD-10 (Linf, eps 0.2): advbench vs foolbox vs torchattacks on the trained LeNet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from attacks import run_attack
+from bench.target import Target
+
+EPS, STEP, STEPS, N = 0.2, 0.05, 10, 512
+
+
+@pytest.fixture(scope="module")
+def batch(mnist5k: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist5k.test.x[:N].clone(), mnist5k.test.y[:N].clone()
+
+
+def _acc(target: Target, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    return float((target.predict_logits(x_adv).argmax(1) == y).float().mean())
+
+
+def _ours(name: str, params: dict[str, Any]) -> Any:
+    def attack(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return run_attack(name, target, x, y, eps=EPS, params=params,
+                          generator=torch.Generator().manual_seed(0)).x_adv
+    return attack
+
+
+def _foolbox(kind: str) -> Any:
+    import foolbox as fb
+
+    attack = fb.attacks.FGSM() if kind == "fgsm" else fb.attacks.LinfPGD(
+        steps=STEPS, abs_stepsize=STEP)
+
+    def run(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, adv, _ = attack(fb.PyTorchModel(target, bounds=(0, 1)), x, y, epsilons=EPS)
+        return adv
+    return run
+
+
+def _torchattacks(kind: str) -> Any:
+    import torchattacks
+
+    def run(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        attack = torchattacks.FGSM(target, eps=EPS) if kind == "fgsm" else torchattacks.PGD(
+            target, eps=EPS, alpha=STEP, steps=STEPS)
+        return attack(x, y)
+    return run
+
+
+CASES = {
+    ("fgsm", "advbench"): _ours("fgsm", {}),
+    ("fgsm", "foolbox"): _foolbox("fgsm"),
+    ("fgsm", "torchattacks"): _torchattacks("fgsm"),
+    ("pgd10", "advbench"): _ours("pgd", {"steps": STEPS, "step_size": STEP}),
+    ("pgd10", "foolbox"): _foolbox("pgd"),
+    ("pgd10", "torchattacks"): _torchattacks("pgd"),
+}
+
+
+@pytest.mark.parametrize("group,library", sorted(CASES))
+def test_gradient_attack_speed(group: str, library: str, lenet: Target, batch: Any,
+                               benchmark: Any, record: Any) -> None:
+    benchmark.group = group
+    x, y = batch
+    run = CASES[(group, library)]
+    with lenet.evaluating():
+        x_adv = benchmark.pedantic(run, args=(lenet, x, y), rounds=5, warmup_rounds=1)
+    acc = _acc(lenet, x_adv, y)
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-5
+    record(group, library, acc, N)

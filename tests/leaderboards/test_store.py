@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.errors import BadInput
+from leaderboards import ResultStore, load
+from leaderboards.schema import SCHEMA_VERSION, SchemaError, summary_table
+
+
+def row(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, Any]:
+    base = {
+        "schema_version": SCHEMA_VERSION, "cell_id": cell_id, "run_id": run_id,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
+        "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
+        "defense": "none", "threat": "adaptive", "attack": "pgd", "attack_params": "{}",
+        "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
+        "precision": "fp32", "batch_size": 4, "clean_acc": 1.0, "robust_acc": 0.5,
+        "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1, "mean_l0": 700.0,
+        "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
+        "peak_mem_bytes": None, "device": "cpu", "torch_version": "x", "advbench_version": "y",
+        "git_sha": None,
+    }
+    base.update(overrides)
+    return base
+
+
+def samples(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, True, False)) -> dict:
+    n = len(adv)
+    return {"cell_id": [cell_id] * n, "sample_idx": np.arange(n), "label": np.zeros(n, int),
+            "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
+            "success": ~np.array(adv), "l2": np.ones(n, np.float32),
+            "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32)}
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"clean_acc": "97.8"}, "clean_acc must be a float"),
+    ({"robust_acc": 1.5}, "robust_acc must be a float in"),
+    ({"eps": "8/255"}, "eps must be"),
+    ({"n_samples": -1}, "n_samples must be"),
+    ({"schema_version": 0}, "schema_version"),
+    ({"extra": 1}, "unexpected"),
+])
+def test_schema_rejects_bad_rows(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(SchemaError, match=match):
+        summary_table([row(**overrides)])
+
+
+def test_schema_rejects_missing_fields() -> None:
+    bad = row()
+    del bad["device"]
+    with pytest.raises(SchemaError, match="missing \\['device'\\]"):
+        summary_table([bad])
+
+
+def test_write_read_and_dedup(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "res")
+    assert store.completed_cells() == set()
+    store.write_cell(row("c1", "r1"), samples("c1"))
+    store.write_cell(row("c2", "r1", eps=0.2, eps_display="0.2"), samples("c2"))
+    later = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    store.write_cell(row("c1", "r2", created_at=later, robust_acc=0.25), samples("c1"))
+    assert store.completed_cells() == {"c1", "c2"}
+    df = load(tmp_path / "res")
+    assert sorted(df["cell_id"]) == ["c1", "c2"]
+    assert df.set_index("cell_id").loc["c1", "robust_acc"] == 0.25
+    assert len(store.samples()) == 8  # one samples file per kept summary row
+    assert not [p for p in (tmp_path / "res").rglob("*") if p.name.startswith(".")]
+
+
+def test_readers_ignore_temporary_files(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row(), samples())
+    (tmp_path / "summary" / ".c9-r9.parquet.abc.tmp").write_bytes(b"partial")
+    assert store.completed_cells() == {"c1"} and len(store.summary()) == 1
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import leaderboards.store as store_mod
+
+    def crash(table: pa.Table, where: Any, **kwargs: Any) -> None:
+        Path(where).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod.pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ResultStore(tmp_path).write_cell(row(), samples())
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row(), samples())
+    path = next((tmp_path / "summary").glob("*.parquet"))
+    table = pq.read_table(path)
+    table = table.replace_schema_metadata({"advbench_schema_version": "0"})
+    pq.write_table(table, path)
+    with pytest.raises(BadInput, match="schema version 0; this advbench reads version 1"):
+        load(tmp_path)
+
+
+def test_load_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="does not exist"):
+        load(tmp_path / "nope")
