@@ -1,5 +1,6 @@
 """advbench attacks: one module per family, each registering its attacks in :data:`ATTACKS`."""
 
+from attacks import deepfool as _deepfool  # noqa: F401  (registers deepfool)
 from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, pgd)
 from attacks.base import (
     ATTACKS,

@@ -196,6 +196,7 @@ class AttackSpec:
     norms: tuple[Norm, ...]
     minimal: bool = False
     summary: str = ""
+    needs_fit_data: bool = False
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         """Build the frozen params dataclass from a mapping; unknown keys are named in the error."""
@@ -242,13 +243,18 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
 def register_attack(
-    name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False
+    name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
+    needs_fit_data: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
-    """Register an attack function under ``name`` (its docstring's first line is its summary)."""
+    """Register an attack function under ``name`` (its docstring's first line is its summary).
+
+    ``minimal``: takes ``eps = None`` and reports minimal perturbations. ``needs_fit_data``: the
+    attack fits on training data, passed as ``fit_data=(x, y)`` (universal perturbations).
+    """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary))
+        ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data))
         return fn
 
     return decorator
@@ -267,6 +273,10 @@ def check_threat(spec: AttackSpec, threat: ThreatModel) -> None:
         )
     if threat.eps is None and not spec.minimal:
         raise BadInput(f"attack {spec.name!r} needs an eps budget")
+    if threat.norm is Norm.L0 and threat.eps is not None and (
+            threat.eps < 1 or threat.eps != int(threat.eps)):
+        raise BadInput(f"attack {spec.name!r}: an l0 budget is a pixel count, a whole number "
+                       f">= 1; got eps {threat.eps_display}")
 
 
 def run_attack(
@@ -280,6 +290,7 @@ def run_attack(
     generator: torch.Generator | None = None,
     params: Mapping[str, Any] | Any = None,
     y_target: torch.Tensor | None = None,
+    fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttackResult:
     """Validate the request and run a registered attack in the target's eval mode.
 
@@ -296,10 +307,17 @@ def run_attack(
         raise BadInput(f"labels must have shape [{x.shape[0]}], got {tuple(y.shape)}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= target.num_classes):
         raise BadInput(f"labels must lie in 0..{target.num_classes - 1}")
+    extra: dict[str, Any] = {}
+    if spec.needs_fit_data:
+        if fit_data is None:
+            raise BadInput(f"attack {spec.name!r} fits on training data: pass fit_data=(x, y) "
+                           f"(in a sweep: a dataset with a train split, or train_dataset)")
+        target.check_inputs(fit_data[0])
+        extra["fit_data"] = fit_data
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     with target.evaluating():
         return spec.fn(
             target, x, y, eps=threat.eps, norm=threat.norm, generator=generator,
-            params=parsed, y_target=y_target,
+            params=parsed, y_target=y_target, **extra,
         )

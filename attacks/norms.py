@@ -32,7 +32,7 @@ class Norm(str, Enum):
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def l2_norm(delta: torch.Tensor) -> torch.Tensor:

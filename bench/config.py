@@ -29,7 +29,7 @@ CELL_ID_VERSION = 1
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
                "device", "batch_size"}
 _TARGET_KEYS = {"model", "defenses", "threats"}
-_ATTACK_KEYS = {"name", "norm", "eps", "params"}
+_ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class AttackConfig:
     name: str
     threats: tuple[ThreatModel, ...]
     params_json: str  # canonical JSON of the attack's full params dataclass
+    source: str = ""  # a zoo model the attack is crafted on (transfer); "" = the target itself
 
     @property
     def params(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ class Cell:
     threat_model: ThreatModel
     seed: int
     precision: str
+    source: str = ""
 
     @property
     def cell_id(self) -> str:
@@ -91,6 +93,7 @@ class Cell:
             "defense": self.defense, "threat": self.threat, "attack": self.attack,
             "params": self.params_json, "norm": self.threat_model.norm.value,
             "eps": self.threat_model.eps, "seed": self.seed, "precision": self.precision,
+            "source": self.source,
         })
 
 
@@ -187,8 +190,11 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         if eps_raw is None and not spec.minimal:
             raise ConfigError(f"{aw}: attack {spec.name!r} needs 'eps' (a number or a list)")
         eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
-        if not eps_list:
+        if not eps_list and not spec.minimal:
             raise _type_error(aw, "eps", "a number or a non-empty list of numbers", eps_raw)
+        if spec.minimal:
+            # One minimal-perturbation run; robust accuracy at each eps is derived from its norms.
+            eps_list = [None] + [e for e in eps_list if e is not None]
         for e in eps_list:
             if isinstance(e, bool) or not isinstance(e, (int, float, str, type(None))):
                 raise _type_error(aw, "eps", "numbers (or strings like \"8/255\")", eps_raw)
@@ -202,7 +208,14 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         except ValueError as exc:
             raise ConfigError(f"{aw}: {exc}") from None
         params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
-        attacks.append(AttackConfig(spec.name, threats_, params_json))
+        source = a.get("source", "")
+        if not isinstance(source, str):
+            raise _type_error(aw, "source", "a model name", source)
+        if source:
+            from bench.models import MODELS
+
+            MODELS.get(source)
+        attacks.append(AttackConfig(spec.name, threats_, params_json, source))
 
     return SweepConfig(
         name=name, seeds=seeds, datasets=datasets, train_dataset=train_dataset, split=split,
@@ -246,10 +259,13 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
             if defense == "none" and threat == "transfer":
                 continue  # transfer from the undefended model to itself is the adaptive attack
             for attack in config.attacks:
+                if attack.source and threat != target.threats[0]:
+                    continue  # crafted on another model: one transfer cell per defense
                 for tm in attack.threats:
                     cells.append(Cell(
                         config.name, dataset, train_dataset, config.split, config.n_eval,
-                        target.model, defense, threat, attack.name, attack.params_json, tm,
-                        seed, config.precision,
+                        target.model, defense, "transfer" if attack.source else threat,
+                        attack.name, attack.params_json, tm, seed, config.precision,
+                        attack.source,
                     ))
     return cells

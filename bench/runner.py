@@ -9,6 +9,7 @@ fp32 forward pass of the evaluated target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import bench
-from attacks import ATTACKS, AttackResult
+from attacks import ATTACKS, AttackResult, ThreatModel
 from attacks.norms import Norm, norm_of
 from bench.checkpoints import CheckpointCache
 from bench.config import Cell, SweepConfig, expand_cells
@@ -39,6 +40,10 @@ from leaderboards.store import ResultStore
 log = logging.getLogger(__name__)
 
 EVAL_SUBSET_SEED = 0
+
+
+def _target_key(cell: Cell) -> tuple[str, str, str, int, str]:
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
 
 
 @dataclass(frozen=True)
@@ -128,31 +133,99 @@ def _median(values: torch.Tensor) -> float | None:
     return float(values.float().median()) if values.numel() else None
 
 
-def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: torch.device,
-             batch_size: int, run_id: str, progress: bool = False) -> tuple[dict[str, Any],
-                                                                            dict[str, Any]]:
-    """Attack one cell's samples; return its summary row and per-sample columns."""
+@dataclass
+class AttackRun:
+    """The raw outcome of running one attack over the evaluated samples."""
+
+    x_adv: torch.Tensor
+    y_target: torch.Tensor | None
+    n_forward: int
+    n_backward: int
+    wall_s: float
+    peak_mem_bytes: int | None
+    artifacts: dict[str, torch.Tensor]
+
+
+@dataclass
+class CellResult:
+    summary: dict[str, Any]
+    samples: dict[str, Any]
+    artifacts: dict[str, torch.Tensor]
+
+
+def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
+                   batch_size: int, fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   progress: bool = False) -> AttackRun:
+    """Run the cell's attack on ``attacked`` over ``data`` (in batches, timed on the device).
+
+    Attacks that fit on training data (UAP) see the whole evaluated set in one call, so that
+    their one perturbation is fitted once.
+    """
     spec = ATTACKS.get(cell.attack)
     params = spec.make_params(json.loads(cell.params_json))
-    attacked = prepared.defended if cell.threat == "adaptive" else prepared.base
-    evaluated = prepared.defended
+    if spec.needs_fit_data and fit_data is None:
+        raise BadInput(f"attack {spec.name!r} fits on a training split; the sweep has none")
+    extra: dict[str, Any] = {"fit_data": fit_data} if spec.needs_fit_data else {}
     generator = torch.Generator(device=device).manual_seed(cell.seed)
+    step = data.x.shape[0] if spec.needs_fit_data else batch_size
     results: list[AttackResult] = []
-    n = data.x.shape[0]
     with measure(device) as timing, attacked.evaluating(), _autocast(device, cell.precision):
-        for start in tqdm(range(0, n, batch_size), desc=f"{cell.attack}@{cell.threat_model.eps_display}",
-                          disable=not progress, leave=False, unit="batch"):
-            xb, yb = data.x[start:start + batch_size], data.y[start:start + batch_size]
-            results.append(spec.fn(attacked, xb, yb, eps=cell.threat_model.eps,
+        for start in tqdm(range(0, data.x.shape[0], step), disable=not progress, leave=False,
+                          desc=f"{cell.attack}@{cell.threat_model.eps_display}", unit="batch"):
+            results.append(spec.fn(attacked, data.x[start:start + step],
+                                   data.y[start:start + step], eps=cell.threat_model.eps,
                                    norm=cell.threat_model.norm, generator=generator,
-                                   params=params))
-    x_adv = torch.cat([r.x_adv for r in results])
+                                   params=params, **extra))
+    targets = [r.y_target for r in results if r.y_target is not None]
+    artifacts = {k: v for r in results for k, v in r.artifacts.items()}
+    return AttackRun(torch.cat([r.x_adv for r in results]), torch.cat(targets) if targets else None,
+                     sum(r.n_forward for r in results), sum(r.n_backward for r in results),
+                     timing.wall_s, timing.peak_mem_bytes, artifacts)
+
+
+def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """A minimal-perturbation run seen at budget eps: perturbations larger than eps don't count."""
+    if threat.eps is None:
+        return run.x_adv
+    inside = norm_of(run.x_adv - x, threat.norm) <= threat.eps
+    return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
+
+
+def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: torch.device,
+             batch_size: int, run_id: str, progress: bool = False,
+             attacked: Target | None = None,
+             fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+             minimal_runs: dict[str, AttackRun] | None = None) -> CellResult:
+    """Attack one cell's samples, verify, and compute its summary row and per-sample columns.
+
+    ``attacked`` overrides the model the attack is crafted on (a transfer source); by default it
+    is the defended target (adaptive) or the undefended base (transfer). ``minimal_runs`` caches
+    minimal-perturbation runs so every eps of one curve reuses one run.
+    """
+    spec = ATTACKS.get(cell.attack)
+    params = spec.make_params(json.loads(cell.params_json))
+    evaluated = prepared.defended
+    if attacked is None:
+        attacked = prepared.defended if cell.threat == "adaptive" else prepared.base
+    if spec.minimal:
+        key = dataclasses.replace(cell, threat_model=ThreatModel(cell.threat_model.norm, None,
+                                                                 "min")).cell_id
+        cache = minimal_runs if minimal_runs is not None else {}
+        if key not in cache:
+            cache[key] = attack_samples(cell, attacked, data, device=device,
+                                        batch_size=batch_size, progress=progress)
+        run = cache[key]
+    else:
+        run = attack_samples(cell, attacked, data, device=device, batch_size=batch_size,
+                             fit_data=fit_data, progress=progress)
+    x_adv = within_budget(run, data.x, cell.threat_model) if spec.minimal else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
     adv_pred = evaluated.predict_logits(x_adv, batch_size).argmax(1)
     targeted = bool(getattr(params, "targeted", False))
     if targeted:
-        y_target = torch.cat([r.y_target for r in results if r.y_target is not None])
-        success = adv_pred == y_target
+        if run.y_target is None:
+            raise AttackContractError(f"{cell.attack}: a targeted run returned no y_target")
+        success = adv_pred == run.y_target
     else:
         success = adv_pred != data.y
     clean_correct = prepared.clean_correct
@@ -160,8 +233,9 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
     delta = x_adv - data.x
     l2, linf, l0 = (norm_of(delta, nm) for nm in (Norm.L2, Norm.LINF, Norm.L0))
     fooled = clean_correct & success
+    n = data.x.shape[0]
     n_correct = int(clean_correct.sum())
-    wall = max(timing.wall_s, 1e-9)
+    rho = l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
     summary = {
         "schema_version": SCHEMA_VERSION,
         "cell_id": cell.cell_id,
@@ -174,6 +248,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "model": cell.model,
         "defense": cell.defense,
         "threat": cell.threat,
+        "source_model": cell.source or None,
         "attack": cell.attack,
         "attack_params": cell.params_json,
         "targeted": targeted,
@@ -185,15 +260,16 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "batch_size": batch_size,
         "clean_acc": n_correct / n,
         "robust_acc": int(adv_correct.sum()) / n,
-        "success_rate": float(fooled.sum()) / n_correct if n_correct else None,
+        "success_rate": int(fooled.sum()) / n_correct if n_correct else None,
         "median_l2": _median(l2[fooled]),
         "median_linf": _median(linf[fooled]),
         "mean_l0": float(l0[fooled].mean()) if bool(fooled.any()) else None,
-        "n_forward": sum(r.n_forward for r in results),
-        "n_backward": sum(r.n_backward for r in results),
-        "wall_s": timing.wall_s,
-        "img_per_s": n / wall,
-        "peak_mem_bytes": timing.peak_mem_bytes,
+        "rho_adv": float(rho.mean()) if rho.numel() else None,
+        "n_forward": run.n_forward,
+        "n_backward": run.n_backward,
+        "wall_s": run.wall_s,
+        "img_per_s": n / max(run.wall_s, 1e-9),
+        "peak_mem_bytes": run.peak_mem_bytes,
         "device": device_name(device),
         "torch_version": torch.__version__,
         "advbench_version": bench.__version__,
@@ -210,7 +286,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "linf": linf.cpu().numpy().astype(np.float32),
         "l0": l0.cpu().numpy().astype(np.float32),
     }
-    return summary, samples
+    return CellResult(summary, samples, run.artifacts)
 
 
 def _check_sweep(config: SweepConfig) -> None:
@@ -254,41 +330,52 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     cache = CheckpointCache(options.cache_dir)
     prepared: dict[tuple[str, str, str, int, str], PreparedTarget] = {}
     data: dict[str, EvalData] = {}
-    bases: dict[tuple[str, str, int], Target] = {}
-    # Phase 1: train/load every target and run its clean pass, so that bad models fail here,
-    # before anything is written.
+    models: dict[tuple[str, str, int], Target] = {}
+
+    def zoo_model(train_dataset: str, model: str, seed: int) -> Target:
+        if (train_dataset, model, seed) not in models:
+            models[(train_dataset, model, seed)], _ = trained_classifier(
+                model, load_dataset(train_dataset), seed=seed, device=device, cache=cache,
+                progress=options.progress)
+        return models[(train_dataset, model, seed)]
+
+    # Phase 1: train/load every target and transfer source and run the clean passes, so that
+    # bad models fail here, before anything is written.
     for cell in todo:
-        key = (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
+        key = _target_key(cell)
+        if cell.source:
+            zoo_model(cell.train_dataset, cell.source, cell.seed)
         if key in prepared:
             continue
-        dataset = load_dataset(cell.dataset)
         if cell.dataset not in data:
-            data[cell.dataset] = eval_subset(dataset, cell.split, cell.n_eval, device)
-        base_key = (cell.train_dataset, cell.model, cell.seed)
-        if base_key not in bases:
-            bases[base_key], _ = trained_classifier(
-                cell.model, load_dataset(cell.train_dataset), seed=cell.seed, device=device,
-                cache=cache, progress=options.progress)
-        base = bases[base_key]
-        defense = DEFENSES.get(cell.defense)
-        defended = defense.fit(base, load_dataset(cell.train_dataset).split("train"), None,
-                               torch.Generator().manual_seed(cell.seed))
+            data[cell.dataset] = eval_subset(load_dataset(cell.dataset), cell.split, cell.n_eval,
+                                             device)
+        base = zoo_model(cell.train_dataset, cell.model, cell.seed)
+        defended = DEFENSES.get(cell.defense).fit(
+            base, load_dataset(cell.train_dataset).split("train"), None,
+            torch.Generator().manual_seed(cell.seed))
         clean = defended.predict_logits(data[cell.dataset].x, config.batch_size).argmax(1)
         prepared[key] = PreparedTarget(base, defended, clean == data[cell.dataset].y)
 
     # Phase 2: attack.
-    store_bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
-    for cell in store_bar:
-        store_bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
-                                  f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
-        key = (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
-        summary, samples = run_cell(cell, prepared[key], data[cell.dataset], device=device,
-                                    batch_size=config.batch_size, run_id=run_id,
-                                    progress=options.progress)
-        store.write_cell(summary, samples)
-        report.written.append(summary)
+    minimal_runs: dict[str, AttackRun] = {}
+    bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
+                            f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
+        fit_data = None
+        if ATTACKS.get(cell.attack).needs_fit_data:
+            train = load_dataset(cell.train_dataset).split("train")
+            fit_data = (train.x.to(device), train.y.to(device))
+        result = run_cell(
+            cell, prepared[_target_key(cell)], data[cell.dataset], device=device,
+            batch_size=config.batch_size, run_id=run_id, progress=options.progress,
+            attacked=zoo_model(cell.train_dataset, cell.source, cell.seed) if cell.source else None,
+            fit_data=fit_data, minimal_runs=minimal_runs)
+        store.write_cell(result.summary, result.samples, result.artifacts)
+        report.written.append(result.summary)
         log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
-                 cell.threat_model.eps_display, summary["robust_acc"])
+                 cell.threat_model.eps_display, result.summary["robust_acc"])
     return report
 
 

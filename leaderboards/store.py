@@ -12,7 +12,10 @@ when its summary file exists.
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +24,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
 
 from bench.errors import BadInput
 from leaderboards.schema import (
@@ -45,6 +50,36 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
             tmp.unlink()
 
 
+def _png(tensor: torch.Tensor) -> bytes | None:
+    """An image-shaped tensor ([C, H, W], C in 1 or 3) as a contrast-stretched PNG."""
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        return None
+    from PIL import Image
+
+    t = tensor.detach().float().cpu()
+    t = (t - t.min()) / (t.max() - t.min()).clamp_min(1e-12)
+    array = (t * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, tensor in artifacts.items():
+            save_file({name: tensor.detach().cpu().contiguous()}, str(tmp / f"{name}.safetensors"))
+            png = _png(tensor)
+            if png is not None:
+                (tmp / f"{name}.png").write_bytes(png)
+        if not folder.exists():
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class ResultStore:
     """Read and append advbench results under ``root``."""
 
@@ -64,13 +99,28 @@ class ResultStore:
             return []
         return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
 
-    def write_cell(self, summary: Mapping[str, Any], samples: Mapping[str, Any]) -> None:
-        """Store one finished cell (samples first, then its summary row)."""
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def write_cell(self, summary: Mapping[str, Any], samples: Mapping[str, Any],
+                   artifacts: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Store one finished cell: artifacts, then samples, then its summary row."""
         summary_t = summary_table([summary])
         samples_t = samples_table(samples)
-        name = f"{summary['cell_id']}-{summary['run_id']}.parquet"
-        _atomic_write(samples_t, self.samples_dir / name)
-        _atomic_write(summary_t, self.summary_dir / name)
+        stem = f"{summary['cell_id']}-{summary['run_id']}"
+        if artifacts:
+            _atomic_artifacts(artifacts, self.artifacts_dir / stem)
+        _atomic_write(samples_t, self.samples_dir / f"{stem}.parquet")
+        _atomic_write(summary_t, self.summary_dir / f"{stem}.parquet")
+
+    def artifact(self, cell_id: str, name: str) -> torch.Tensor:
+        """Load a stored artifact tensor (e.g. a universal perturbation) of a cell."""
+        for folder in sorted(self.artifacts_dir.glob(f"{cell_id}-*")):
+            path = folder / f"{name}.safetensors"
+            if path.is_file():
+                return load_file(str(path))[name]
+        raise BadInput(f"no artifact {name!r} stored for cell {cell_id}")
 
     def completed_cells(self) -> set[str]:
         """cell_ids whose summary file exists."""

@@ -62,8 +62,9 @@ def test_contract_violations_raise(monkeypatch: pytest.MonkeyPatch, prepared: An
 def test_claimed_success_is_not_trusted(monkeypatch: pytest.MonkeyPatch, prepared: Any) -> None:
     fake_attack(monkeypatch, "liar", lambda x, eps: x.clone(), claim=True)
     target, data = prepared
-    summary, samples = run_cell(make_cell("liar"), target, data, device=torch.device("cpu"),
-                                batch_size=16, run_id="r")
+    result = run_cell(make_cell("liar"), target, data, device=torch.device("cpu"),
+                      batch_size=16, run_id="r")
+    summary, samples = result.summary, result.samples
     assert summary["robust_acc"] == summary["clean_acc"]
     assert summary["success_rate"] == 0.0
     assert list(samples["success"]) == list(~target.clean_correct.numpy())
@@ -74,8 +75,8 @@ def test_eps_zero_reproduces_clean_accuracy_exactly(prepared: Any) -> None:
     for attack in ("fgsm", "pgd", "bim"):
         cell = make_cell(attack, eps=0.0)
         cell = Cell(**{**cell.__dict__, "params_json": json.dumps({})})
-        summary, _ = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
-                              run_id="r")
+        summary = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
+                           run_id="r").summary
         assert summary["robust_acc"] == summary["clean_acc"]
         assert summary["median_l2"] is None or summary["median_l2"] == 0.0
 
@@ -84,8 +85,8 @@ def test_bf16_success_is_confirmed_in_fp32(prepared: Any) -> None:
     target, data = prepared
     cell = make_cell("pgd", eps=0.15)
     cell = Cell(**{**cell.__dict__, "params_json": json.dumps({"steps": 5}), "precision": "bf16"})
-    summary, samples = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
-                                run_id="r")
+    result = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16, run_id="r")
+    summary, samples = result.summary, result.samples
     fp32_adv_correct = samples["adv_correct"]
     assert summary["precision"] == "bf16"
     assert summary["robust_acc"] == pytest.approx(float(fp32_adv_correct.mean()))
