@@ -2,6 +2,8 @@
 
 from attacks import deepfool as _deepfool  # noqa: F401  (registers deepfool)
 from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, pgd)
+from attacks import onepixel as _onepixel  # noqa: F401  (registers onepixel)
+from attacks import universal as _universal  # noqa: F401  (registers uap)
 from attacks.base import (
     ATTACKS,
     AttackResult,

@@ -22,18 +22,19 @@ from bench.target import Target
 @dataclass(frozen=True)
 class DeepFoolParams:
     """``steps``: maximum linearisation steps. ``overshoot``: the paper's 0.02.
-    ``candidates``: the top-k classes (by clean logit) considered, including the true one."""
+    ``candidates``: the top-k classes (by clean logit) considered, including the true one;
+    ``None`` = min(10, number of classes)."""
 
     steps: int = 50
     overshoot: float = 0.02
-    candidates: int = 10
+    candidates: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise BadInput(f"steps must be >= 1, got {self.steps}")
         if self.overshoot < 0:
             raise BadInput(f"overshoot must be >= 0, got {self.overshoot}")
-        if self.candidates < 2:
+        if self.candidates is not None and self.candidates < 2:
             raise BadInput(f"candidates must be >= 2, got {self.candidates}")
 
 
@@ -58,30 +59,28 @@ def _difference_gradients(calls: ModelCalls, x: torch.Tensor, classes: torch.Ten
     return logits.detach(), grads.detach()
 
 
-@register_attack("deepfool", params=DeepFoolParams, norms=(Norm.L2, Norm.LINF), minimal=True)
-def deepfool(
-    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
-    generator: torch.Generator, params: DeepFoolParams, y_target: torch.Tensor | None = None,
-) -> AttackResult:
-    """DeepFool, L2 and Linf, minimal perturbation (Moosavi-Dezfooli et al. 2016)."""
-    if params.candidates > target.num_classes:
-        raise BadInput(f"candidates = {params.candidates} exceeds the target's "
-                       f"{target.num_classes} classes")
-    calls = ModelCalls(target)
-    lo, hi = target.bounds
-    n = x.shape[0]
+def deepfool_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
+                  steps: int, overshoot: float, candidates: int,
+                  bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched DeepFool pushing each ``x`` away from class ``y``; returns (x_adv, success).
+
+    Samples already classified away from ``y`` get ``success = True`` and ``x_adv = x``; samples
+    not fooled within ``steps`` get ``success = False`` and ``x_adv = x``.
+    """
+    lo, hi = bounds
     view = (-1,) + (1,) * (x.ndim - 1)
     clean_logits = calls.logits(x)
     # Candidate classes: the label first, then the other top-scoring classes at the clean point.
     others = clean_logits.scatter(1, y[:, None], float("-inf"))
-    top = others.topk(params.candidates - 1, dim=1).indices
+    top = others.topk(candidates - 1, dim=1).indices
     classes = torch.cat([y[:, None], top], dim=1)
 
     x_adv = x.clone()
     r_total = torch.zeros_like(x)
     success = clean_logits.argmax(1) != y
+    initially_fooled = success.clone()
     active = torch.nonzero(~success).flatten()
-    for _ in range(params.steps):
+    for _ in range(steps):
         if active.numel() == 0:
             break
         logits, grads = _difference_gradients(calls, x_adv[active], classes[active])
@@ -105,13 +104,37 @@ def deepfool(
         else:
             step = ((dist + 1e-4) / (dual[best, idx] + 1e-8)).view(view) * w
         r_total[active] += step.to(x.dtype)
-        x_adv[active] = (x[active] + (1 + params.overshoot) * r_total[active]).clamp(lo, hi)
+        x_adv[active] = (x[active] + (1 + overshoot) * r_total[active]).clamp(lo, hi)
     else:
         if active.numel():
             success[active] = calls.logits(x_adv[active]).argmax(1) != y[active]
-    # Samples that were never fooled keep the clean input (no perturbation is reported).
-    x_adv = torch.where(success.view(view) & (clean_logits.argmax(1) == y).view(view), x_adv, x)
+    # Samples never fooled, or fooled from the start, keep the clean input.
+    x_adv = torch.where((success & ~initially_fooled).view(view), x_adv, x)
+    return x_adv, success
+
+
+@register_attack("deepfool", params=DeepFoolParams, norms=(Norm.L2, Norm.LINF), minimal=True)
+def deepfool(
+    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
+    generator: torch.Generator, params: DeepFoolParams, y_target: torch.Tensor | None = None,
+) -> AttackResult:
+    """DeepFool, L2 and Linf, minimal perturbation (Moosavi-Dezfooli et al. 2016)."""
+    calls = ModelCalls(target)
+    x_adv, success = deepfool_core(calls, x, y, norm=norm, steps=params.steps,
+                                   overshoot=params.overshoot,
+                                   candidates=resolve_candidates(params.candidates, target),
+                                   bounds=target.bounds)
     return AttackResult.build(x, x_adv, success, calls)
 
 
-__all__ = ["DeepFoolParams", "deepfool"]
+def resolve_candidates(candidates: int | None, target: Target) -> int:
+    """The candidate count to use: the default min(10, C), or a checked explicit value."""
+    if candidates is None:
+        return min(10, target.num_classes)
+    if candidates > target.num_classes:
+        raise BadInput(f"candidates = {candidates} exceeds the target's "
+                       f"{target.num_classes} classes; use 2..{target.num_classes}")
+    return candidates
+
+
+__all__ = ["DeepFoolParams", "deepfool", "deepfool_core", "resolve_candidates"]

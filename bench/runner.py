@@ -76,7 +76,12 @@ class EvalData:
 class PreparedTarget:
     base: Target
     defended: Target
-    clean_correct: torch.Tensor
+    clean_pred: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.clean_pred == self.labels
 
 
 def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device) -> EvalData:
@@ -261,6 +266,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "clean_acc": n_correct / n,
         "robust_acc": int(adv_correct.sum()) / n,
         "success_rate": int(fooled.sum()) / n_correct if n_correct else None,
+        "fooling_rate": int((adv_pred != prepared.clean_pred).sum()) / n,
         "median_l2": _median(l2[fooled]),
         "median_linf": _median(linf[fooled]),
         "mean_l0": float(l0[fooled].mean()) if bool(fooled.any()) else None,
@@ -355,7 +361,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
             base, load_dataset(cell.train_dataset).split("train"), None,
             torch.Generator().manual_seed(cell.seed))
         clean = defended.predict_logits(data[cell.dataset].x, config.batch_size).argmax(1)
-        prepared[key] = PreparedTarget(base, defended, clean == data[cell.dataset].y)
+        prepared[key] = PreparedTarget(base, defended, clean, data[cell.dataset].y)
 
     # Phase 2: attack.
     minimal_runs: dict[str, AttackRun] = {}

@@ -40,6 +40,7 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("clean_acc", pa.float64(), nullable=False),
     pa.field("robust_acc", pa.float64(), nullable=False),
     pa.field("success_rate", pa.float64()),
+    pa.field("fooling_rate", pa.float64(), nullable=False),
     pa.field("median_l2", pa.float64()),
     pa.field("median_linf", pa.float64()),
     pa.field("mean_l0", pa.float64()),
@@ -67,7 +68,7 @@ SAMPLES_SCHEMA = pa.schema([
     pa.field("l0", pa.float32(), nullable=False),
 ], metadata={"advbench_schema_version": str(SCHEMA_VERSION), "advbench_table": "samples"})
 
-_FRACTIONS = ("clean_acc", "robust_acc", "success_rate")
+_FRACTIONS = ("clean_acc", "robust_acc", "success_rate", "fooling_rate")
 
 
 class SchemaError(ValueError):

@@ -10,21 +10,30 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackSpec, run_attack
+from bench.errors import BadInput
 from attacks.norms import Norm, norm_of
 from bench.target import Target
 from tests.conftest import make_tiny_target
 
 EPS = {Norm.LINF: 0.2, Norm.L2: 2.0, Norm.L0: 3.0}
 CASES = [(name, norm) for name in ATTACKS.names() for norm in ATTACKS.get(name).norms]
+FIT = torch.Generator().manual_seed(5)
 
 
 def small_params(spec: AttackSpec, **extra: Any) -> dict[str, Any]:
     """Tiny budgets so the contract runs fast; the attack's own defaults otherwise."""
     fields = {f.name for f in dataclasses.fields(spec.params_cls)}
-    params = {k: v for k, v in {"steps": 5, "max_iter": 5, "generations": 3,
-                                "population": 20}.items() if k in fields}
+    params = {k: v for k, v in {"steps": 5, "max_passes": 1, "deepfool_steps": 3, "max_fit": 64,
+                                "generations": 3, "population": 20}.items() if k in fields}
     params.update({k: v for k, v in extra.items() if k in fields})
     return params
+
+
+def attack(name: str, target: Target, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> Any:
+    """run_attack, with fitting data (other images than x) for attacks that need it."""
+    if ATTACKS.get(name).needs_fit_data:
+        kwargs["fit_data"] = (x.flip(0).roll(3, dims=2), y.flip(0))
+    return run_attack(name, target, x, y, **kwargs)
 
 
 @pytest.fixture(params=["classifier", "discriminator"])
@@ -51,7 +60,7 @@ def test_inside_bounds_and_eps_ball(name: str, norm: Norm, target_and_data: Any)
     target, x, y = target_and_data
     spec = ATTACKS.get(name)
     eps = _eps(spec, norm)
-    res = run_attack(name, target, x, y, norm=norm, eps=eps, params=small_params(spec),
+    res = attack(name, target, x, y, norm=norm, eps=eps, params=small_params(spec),
                      generator=torch.Generator().manual_seed(0))
     lo, hi = target.bounds
     assert res.x_adv.shape == x.shape
@@ -64,16 +73,27 @@ def test_inside_bounds_and_eps_ball(name: str, norm: Norm, target_and_data: Any)
     assert res.n_forward >= len(x) and res.n_backward >= 0
 
 
-@pytest.mark.parametrize("name,norm", [c for c in CASES if not ATTACKS.get(c[0]).minimal])
+# An l0 budget is a pixel count >= 1 (eps = 0 is refused for it, see test_l0_budget_is_a_count).
+@pytest.mark.parametrize("name,norm", [c for c in CASES
+                                       if not ATTACKS.get(c[0]).minimal and c[1] is not Norm.L0])
 def test_eps_zero_reproduces_clean_predictions(name: str, norm: Norm,
                                                target_and_data: Any) -> None:
     target, x, y = target_and_data
     spec = ATTACKS.get(name)
-    res = run_attack(name, target, x, y, norm=norm, eps=0.0, params=small_params(spec))
+    res = attack(name, target, x, y, norm=norm, eps=0.0, params=small_params(spec))
     assert torch.equal(res.x_adv, x)
     clean_wrong = target.predict_logits(x).argmax(1) != y
     if not getattr(spec.make_params(small_params(spec)), "targeted", False):
         assert torch.equal(res.success, clean_wrong)
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if Norm.L0 in ATTACKS.get(n).norms])
+def test_l0_budget_is_a_count(name: str, lenet: Target,
+                              digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = digits[0][:2], digits[1][:2]
+    for eps in (0, 1.5, 785):
+        with pytest.raises(BadInput, match="pixel|exceeds"):
+            attack(name, lenet, x, y, norm="l0", eps=eps)
 
 
 @pytest.mark.parametrize("name,norm", CASES)
@@ -85,7 +105,7 @@ def test_training_flags_restored(name: str, norm: Norm, lenet: Target,
     before = [m.training for m in target.modules()]
     x, y = digits[0][:16], digits[1][:16]
     spec = ATTACKS.get(name)
-    run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
+    attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
     assert [m.training for m in target.modules()] == before
 
 
@@ -93,24 +113,26 @@ def test_training_flags_restored(name: str, norm: Norm, lenet: Target,
 def test_same_seed_same_output(name: str, norm: Norm, target_and_data: Any) -> None:
     target, x, y = target_and_data
     spec = ATTACKS.get(name)
-    runs = [run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm),
+    runs = [attack(name, target, x, y, norm=norm, eps=_eps(spec, norm),
                        params=small_params(spec), generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv)
     assert torch.equal(runs[0].success, runs[1].success)
 
 
-@pytest.mark.parametrize("name,norm", CASES)
-@pytest.mark.parametrize("targeted", [False, True])
+def _has_targeted_mode(name: str) -> bool:
+    return "targeted" in {f.name for f in dataclasses.fields(ATTACKS.get(name).params_cls)}
+
+
+@pytest.mark.parametrize("name,norm,targeted", [
+    (name, norm, targeted) for name, norm in CASES
+    for targeted in ((False, True) if _has_targeted_mode(name) else (False,))])
 def test_success_equals_fresh_fp32_evaluation(name: str, norm: Norm, targeted: bool,
                                               target_and_data: Any) -> None:
     target, x, y = target_and_data
     spec = ATTACKS.get(name)
-    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
-    if targeted and "targeted" not in fields:
-        pytest.skip(f"{name} has no targeted mode")
     params = small_params(spec) | ({"targeted": True} if targeted else {})
-    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=params)
+    res = attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=params)
     pred = target.predict_logits(res.x_adv).argmax(1)
     if targeted:
         assert res.y_target is not None
@@ -124,7 +146,7 @@ def test_success_equals_fresh_fp32_evaluation(name: str, norm: Norm, targeted: b
 def test_dtype_and_device_preserved(name: str, norm: Norm, target_and_data: Any) -> None:
     target, x, y = target_and_data
     spec = ATTACKS.get(name)
-    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
+    res = attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec))
     assert res.x_adv.dtype == x.dtype and res.x_adv.device == x.device
     assert res.success.device == x.device
 
@@ -138,7 +160,7 @@ def test_runs_on_cuda(name: str, norm: Norm, lenet: Target,
     target = copy.deepcopy(lenet).cuda()
     x, y = digits[0][:32].cuda(), digits[1][:32].cuda()
     spec = ATTACKS.get(name)
-    res = run_attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec),
+    res = attack(name, target, x, y, norm=norm, eps=_eps(spec, norm), params=small_params(spec),
                      generator=torch.Generator("cuda").manual_seed(0))
     assert res.x_adv.device == x.device and res.x_adv.dtype == x.dtype
     assert torch.equal(res.success, target.predict_logits(res.x_adv).argmax(1) != y)

@@ -28,8 +28,8 @@ def make_cell(attack: str, eps: float = 0.1, norm: str = "linf") -> Cell:
 def prepared(lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[PreparedTarget,
                                                                                  EvalData]:
     x, y = digits[0][::5], digits[1][::5]
-    clean = lenet.predict_logits(x).argmax(1) == y
-    return PreparedTarget(lenet, lenet, clean), EvalData(x, y, torch.arange(len(y)))
+    clean = lenet.predict_logits(x).argmax(1)
+    return PreparedTarget(lenet, lenet, clean, y), EvalData(x, y, torch.arange(len(y)))
 
 
 def fake_attack(monkeypatch: pytest.MonkeyPatch, name: str, make_adv: Any,

@@ -1,0 +1,86 @@
+"""DeepFool against foolbox's implementation on the same model and data, and its invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks import run_attack
+from bench.errors import BadInput
+from bench.target import Target
+from tests.conftest import make_tiny_target
+
+Digits = tuple[torch.Tensor, torch.Tensor]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_matches_or_beats_foolbox(norm: str, lenet: Target, digits: Digits) -> None:
+    """Success rate >= foolbox's, median norm <= 1.03 x foolbox's (issue 3's acceptance)."""
+    import foolbox as fb
+
+    x, y = digits[0][::2], digits[1][::2]
+    with lenet.evaluating():
+        fmodel = fb.PyTorchModel(lenet, bounds=lenet.bounds)
+        attack = fb.attacks.L2DeepFoolAttack() if norm == "l2" else fb.attacks.LinfDeepFoolAttack()
+        _, fb_adv, fb_success = attack(fmodel, x, y, epsilons=None)
+    ours = run_attack("deepfool", lenet, x, y, norm=norm, eps=None)
+    fb_delta = (fb_adv - x).flatten(1)
+    fb_norms = fb_delta.norm(dim=1) if norm == "l2" else fb_delta.abs().amax(1)
+    our_norms = ours.l2 if norm == "l2" else ours.linf
+    clean_ok = lenet.predict_logits(x).argmax(1) == y
+    fb_fooled, our_fooled = fb_success & clean_ok, ours.success & clean_ok
+    assert int(our_fooled.sum()) >= int(fb_fooled.sum())
+    assert float(our_norms[our_fooled].median()) <= 1.03 * float(fb_norms[fb_fooled].median())
+
+
+def test_minimal_perturbations_are_small_and_fool(lenet: Target, digits: Digits) -> None:
+    x, y = digits
+    res = run_attack("deepfool", lenet, x, y, norm="l2", eps=None)
+    clean_ok = lenet.predict_logits(x).argmax(1) == y
+    assert bool(res.success[clean_ok].all())
+    pred = lenet.predict_logits(res.x_adv).argmax(1)
+    assert bool((pred[clean_ok] != y[clean_ok]).all())
+    # Minimal: PGD-L2 at the median DeepFool norm fools at most a little more than half.
+    median = float(res.l2[clean_ok].median())
+    assert 0.3 < median < 5.0
+    # Clean-misclassified samples are left untouched.
+    assert float(res.l2[~clean_ok].abs().sum()) == 0.0
+
+
+def test_active_set_saves_model_calls(lenet: Target, digits: Digits) -> None:
+    x, y = digits
+    res = run_attack("deepfool", lenet, x, y, norm="l2", eps=None, params={"steps": 50})
+    # Without the active set every sample would cost 50 steps; most are fooled in a few.
+    assert res.n_forward < 10 * len(x)
+    # Per step: one forward per active sample and 9 candidate-difference gradients.
+    assert res.n_backward <= 9 * (res.n_forward - len(x))
+
+
+def test_one_run_gives_the_robust_accuracy_curve(lenet: Target, digits: Digits) -> None:
+    x, y = digits
+    res = run_attack("deepfool", lenet, x, y, norm="l2", eps=None)
+    clean_ok = lenet.predict_logits(x).argmax(1) == y
+    curve = [float((clean_ok & ~(res.success & (res.l2 <= e))).float().mean())
+             for e in (0.0, 1.0, 2.0, 4.0)]
+    assert curve == sorted(curve, reverse=True)
+    assert curve[0] == float(clean_ok.float().mean())
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"candidates": 1}, "candidates must be >= 2"),
+    ({"candidates": 11}, "exceeds the target's 10 classes"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"overshoot": -1.0}, "overshoot must be >= 0"),
+])
+def test_bad_params(params: dict, match: str, lenet: Target, digits: Digits) -> None:
+    with pytest.raises(BadInput, match=match):
+        run_attack("deepfool", lenet, digits[0][:2], digits[1][:2], norm="l2", eps=None,
+                   params=params)
+
+
+def test_two_class_targets_default_to_two_candidates(digits: Digits) -> None:
+    target = make_tiny_target("discriminator")
+    res = run_attack("deepfool", target, digits[0][:8], torch.ones(8, dtype=torch.long),
+                     norm="l2", eps=None)
+    assert res.x_adv.shape == (8, 1, 28, 28)
