@@ -27,14 +27,16 @@ from bench.target import Target
 class OnePixelParams:
     """``population``: DE population per image. ``generations``: at most this many after the
     initial one. ``f``: mutation scale F. ``strategy``: "rand1" (the paper's) or "best1".
-    ``targeted``: aim at the least-likely class. ``chunk``: images per forward pass."""
+    ``targeted``: aim at the least-likely class. ``chunk``: images per forward pass (None: 256
+    on the CPU, where bigger batches fall out of cache — measured 4.2k vs 2.7k LeNet images/s at
+    256 vs 8192 — and 8192 on CUDA)."""
 
     population: int = 400
     generations: int = 100
     f: float = 0.5
     strategy: str = "rand1"
     targeted: bool = False
-    chunk: int = 8192
+    chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.population < 4:
@@ -46,7 +48,7 @@ class OnePixelParams:
             raise BadInput(f"f must be in (0, 2], got {self.f}")
         if self.strategy not in ("rand1", "best1"):
             raise BadInput(f"strategy must be 'rand1' or 'best1', got {self.strategy!r}")
-        if self.chunk < 1:
+        if self.chunk is not None and self.chunk < 1:
             raise BadInput(f"chunk must be >= 1, got {self.chunk}")
 
 
@@ -110,6 +112,7 @@ def onepixel(
         return AttackResult.build(x, x_adv, success, calls, y_target=y_target)
     active = torch.nonzero(~success).flatten()
     size = params.population
+    chunk = params.chunk or (8192 if x.device.type == "cuda" else 256)
     device = generator.device
 
     def draw(shape: tuple[int, ...]) -> torch.Tensor:
@@ -118,7 +121,7 @@ def onepixel(
     lower = torch.tensor([0.0, 0.0] + [lo] * c, device=x.device)
     upper = torch.tensor([h - 1.0, w - 1.0] + [hi] * c, device=x.device)
     pop = lower + draw((active.numel(), size, k, 2 + c)) * (upper - lower)
-    fit, fooled = _score(calls, x[active], pop, labels[active], params.targeted, params.chunk)
+    fit, fooled = _score(calls, x[active], pop, labels[active], params.targeted, chunk)
     for generation in range(params.generations + 1):
         done = fooled.any(1)
         if bool(done.any()):
@@ -142,7 +145,7 @@ def onepixel(
         trial = base + params.f * (pop.roll(-2, dims=1) - pop.roll(-3, dims=1))
         trial = torch.maximum(torch.minimum(trial, upper), lower)
         trial_fit, fooled = _score(calls, x[active], trial, labels[active], params.targeted,
-                                   params.chunk)
+                                   chunk)
         better = (trial_fit <= fit) | fooled
         pop = torch.where(better[..., None, None], trial, pop)
         fit = torch.where(better, trial_fit, fit)

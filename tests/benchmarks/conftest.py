@@ -7,23 +7,44 @@ Run the timed suite with ``pytest tests/benchmarks --benchmark-enable``; the def
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from typing import Any
 
 import pytest
+import torch
+
+from bench.target import Target
 
 RESULTS: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
 
 
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Benchmarks run on the GPU when there is one (peers get the same device)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def model(lenet: Target, device: torch.device) -> Target:
+    """The trained LeNet on the benchmark device."""
+    return copy.deepcopy(lenet).to(device).eval()
+
+
 @pytest.fixture
 def record(benchmark: Any) -> Any:
-    """``record(group, library, robust_acc, n_images)`` after ``benchmark(...)`` has run."""
+    """``record(group, library, score, n_images, metric)`` after ``benchmark(...)`` has run;
+    ``score`` is the strength measure shown next to the speed (robust accuracy by default)."""
 
-    def _record(group: str, library: str, robust_acc: float, n_images: int) -> None:
-        benchmark.extra_info.update(library=library, robust_acc=robust_acc, n_images=n_images)
+    def _record(group: str, library: str, score: float, n_images: int,
+                metric: str = "robust_acc") -> None:
+        benchmark.extra_info.update(library=library, n_images=n_images, **{metric: score})
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         stats = getattr(benchmark, "stats", None)
         if stats is not None and not benchmark.disabled:
-            RESULTS[group][library] = {"median_s": stats.stats.median, "robust_acc": robust_acc,
+            RESULTS[group][library] = {"median_s": stats.stats.median, "score": score,
+                                       "metric": metric,
                                        "img_per_s": n_images / stats.stats.median}
 
     return _record
@@ -33,11 +54,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS:
         return
     tr = terminalreporter
-    tr.section("advbench speed ratios (same model, data and budget; > 1 means advbench is faster)")
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    tr.section(f"advbench speed ratios on {where} (same model, data and budget; "
+               f"> 1 means advbench is faster)")
     for group, libs in sorted(RESULTS.items()):
         ours = libs.get("advbench")
         for lib, r in sorted(libs.items()):
             ratio = f"{r['median_s'] and ours['median_s'] and r['median_s'] / ours['median_s']:.2f}x" \
                 if ours and lib != "advbench" else "-"
-            tr.write_line(f"{group:10s} {lib:12s} {r['img_per_s']:10.0f} img/s  "
-                          f"robust_acc {r['robust_acc']:.3f}  advbench speed-up {ratio}")
+            tr.write_line(f"{group:10s} {lib:12s} {r['img_per_s']:10.1f} img/s  "
+                          f"{r['metric']} {r['score']:.3f}  advbench speed-up {ratio}")

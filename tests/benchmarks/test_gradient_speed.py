@@ -14,8 +14,8 @@ EPS, STEP, STEPS, N = 0.2, 0.05, 10, 512
 
 
 @pytest.fixture(scope="module")
-def batch(mnist5k: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist5k.test.x[:N].clone(), mnist5k.test.y[:N].clone()
+def batch(mnist5k: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist5k.test.x[:N].to(device), mnist5k.test.y[:N].to(device)
 
 
 def _acc(target: Target, x_adv: torch.Tensor, y: torch.Tensor) -> float:
@@ -25,7 +25,7 @@ def _acc(target: Target, x_adv: torch.Tensor, y: torch.Tensor) -> float:
 def _ours(name: str, params: dict[str, Any]) -> Any:
     def attack(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return run_attack(name, target, x, y, eps=EPS, params=params,
-                          generator=torch.Generator().manual_seed(0)).x_adv
+                          generator=torch.Generator(x.device).manual_seed(0)).x_adv
     return attack
 
 
@@ -36,7 +36,8 @@ def _foolbox(kind: str) -> Any:
         steps=STEPS, abs_stepsize=STEP)
 
     def run(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _, adv, _ = attack(fb.PyTorchModel(target, bounds=(0, 1)), x, y, epsilons=EPS)
+        _, adv, _ = attack(fb.PyTorchModel(target, bounds=(0, 1), device=x.device), x, y,
+                           epsilons=EPS)
         return adv
     return run
 
@@ -62,13 +63,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("group,library", sorted(CASES))
-def test_gradient_attack_speed(group: str, library: str, lenet: Target, batch: Any,
+def test_gradient_attack_speed(group: str, library: str, model: Target, batch: Any,
                                benchmark: Any, record: Any) -> None:
     benchmark.group = group
     x, y = batch
     run = CASES[(group, library)]
-    with lenet.evaluating():
-        x_adv = benchmark.pedantic(run, args=(lenet, x, y), rounds=5, warmup_rounds=1)
-    acc = _acc(lenet, x_adv, y)
+    with model.evaluating():
+        x_adv = benchmark.pedantic(run, args=(model, x, y), rounds=5, warmup_rounds=1)
+    acc = _acc(model, x_adv, y)
     assert float((x_adv - x).abs().max()) <= EPS + 1e-5
     record(group, library, acc, N)
