@@ -197,6 +197,7 @@ class AttackSpec:
     minimal: bool = False
     summary: str = ""
     needs_fit_data: bool = False
+    positive_budget: bool = False
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         """Build the frozen params dataclass from a mapping; unknown keys are named in the error."""
@@ -244,17 +245,19 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
-    needs_fit_data: bool = False,
+    needs_fit_data: bool = False, positive_budget: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
     ``minimal``: takes ``eps = None`` and reports minimal perturbations. ``needs_fit_data``: the
     attack fits on training data, passed as ``fit_data=(x, y)`` (universal perturbations).
+    ``positive_budget``: eps = 0 is refused (a UAP radius ξ or a pixel count k must be > 0).
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data))
+        ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
+                                     positive_budget))
         return fn
 
     return decorator
@@ -273,6 +276,9 @@ def check_threat(spec: AttackSpec, threat: ThreatModel) -> None:
         )
     if threat.eps is None and not spec.minimal:
         raise BadInput(f"attack {spec.name!r} needs an eps budget")
+    if spec.positive_budget and threat.eps is not None and threat.eps <= 0:
+        raise BadInput(f"attack {spec.name!r} needs eps > 0 (got {threat.eps_display}); its "
+                       f"clean baseline is the clean_acc column of every row")
     if threat.norm is Norm.L0 and threat.eps is not None and (
             threat.eps < 1 or threat.eps != int(threat.eps)):
         raise BadInput(f"attack {spec.name!r}: an l0 budget is a pixel count, a whole number "

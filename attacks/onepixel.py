@@ -86,7 +86,7 @@ def _score(calls: ModelCalls, x: torch.Tensor, members: torch.Tensor, labels: to
     return torch.cat(fitness), torch.cat(fooled)
 
 
-@register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,))
+@register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,), positive_budget=True)
 def onepixel(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: OnePixelParams, y_target: torch.Tensor | None = None,
@@ -108,8 +108,6 @@ def onepixel(
     assert labels is not None
     success = (clean_pred == labels) if params.targeted else (clean_pred != labels)
     x_adv = x.clone()
-    if k == 0:
-        return AttackResult.build(x, x_adv, success, calls, y_target=y_target)
     active = torch.nonzero(~success).flatten()
     size = params.population
     chunk = params.chunk or (8192 if x.device.type == "cuda" else 256)

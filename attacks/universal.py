@@ -137,7 +137,8 @@ def fit_uap_sgd(calls: ModelCalls, x: torch.Tensor, labels: torch.Tensor, clean_
     return v, rate
 
 
-@register_attack("uap", params=UAPParams, norms=(Norm.LINF, Norm.L2), needs_fit_data=True)
+@register_attack("uap", params=UAPParams, norms=(Norm.LINF, Norm.L2), needs_fit_data=True,
+                 positive_budget=True)
 def uap(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: UAPParams, y_target: torch.Tensor | None = None,
@@ -152,9 +153,7 @@ def uap(
         fit_x, fit_y = fit_x[:params.max_fit], fit_y[:params.max_fit]
     calls = ModelCalls(target)
     clean_fit = _predict(calls, fit_x, 1024)
-    if eps == 0:
-        v, rate = torch.zeros_like(x[:1]), 0.0
-    elif params.method == "deepfool":
+    if params.method == "deepfool":
         v, rate = fit_uap_deepfool(calls, fit_x, clean_fit, eps=eps, norm=norm, params=params,
                                    generator=generator, bounds=target.bounds,
                                    candidates=resolve_candidates(params.candidates, target))

@@ -73,9 +73,9 @@ def test_inside_bounds_and_eps_ball(name: str, norm: Norm, target_and_data: Any)
     assert res.n_forward >= len(x) and res.n_backward >= 0
 
 
-# An l0 budget is a pixel count >= 1 (eps = 0 is refused for it, see test_l0_budget_is_a_count).
-@pytest.mark.parametrize("name,norm", [c for c in CASES
-                                       if not ATTACKS.get(c[0]).minimal and c[1] is not Norm.L0])
+# UAP's ξ and one-pixel's k must be > 0 (issue 3); see test_positive_budgets_are_enforced.
+@pytest.mark.parametrize("name,norm", [c for c in CASES if not ATTACKS.get(c[0]).minimal
+                                       and not ATTACKS.get(c[0]).positive_budget])
 def test_eps_zero_reproduces_clean_predictions(name: str, norm: Norm,
                                                target_and_data: Any) -> None:
     target, x, y = target_and_data
@@ -87,11 +87,21 @@ def test_eps_zero_reproduces_clean_predictions(name: str, norm: Norm,
         assert torch.equal(res.success, clean_wrong)
 
 
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if ATTACKS.get(n).positive_budget])
+def test_positive_budgets_are_enforced(name: str, lenet: Target,
+                                       digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = digits[0][:2], digits[1][:2]
+    norm = ATTACKS.get(name).norms[0]
+    for eps in (0, -1):
+        with pytest.raises(BadInput, match="eps"):
+            attack(name, lenet, x, y, norm=norm, eps=eps)
+
+
 @pytest.mark.parametrize("name", [n for n in ATTACKS.names() if Norm.L0 in ATTACKS.get(n).norms])
 def test_l0_budget_is_a_count(name: str, lenet: Target,
                               digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits[0][:2], digits[1][:2]
-    for eps in (0, 1.5, 785):
+    for eps in (1.5, 785):
         with pytest.raises(BadInput, match="pixel|exceeds"):
             attack(name, lenet, x, y, norm="l0", eps=eps)
 

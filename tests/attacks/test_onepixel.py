@@ -64,7 +64,7 @@ def test_success_rate_at_least_torchattacks_at_the_same_budget(lenet: Target,
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"eps": 0}, "whole number >= 1"),
+    ({"eps": 0}, "needs eps > 0"),
     ({"eps": -1}, "eps must be"),
     ({"eps": 2.5}, "whole number"),
     ({"eps": 785}, "exceeds the largest meaningful l0 budget"),

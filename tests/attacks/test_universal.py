@@ -55,6 +55,7 @@ def test_uap_needs_fit_data(lenet: Target, mnist5k: Dataset) -> None:
     ({"target_fooling_rate": 1.5}, 0.2, "target_fooling_rate"),
     ({"max_passes": 0}, 0.2, "max_passes must be >= 1"),
     ({}, -0.1, "eps must be"),
+    ({}, 0.0, "needs eps > 0"),
 ])
 def test_bad_uap_requests(params: dict, eps: float, match: str, lenet: Target,
                           mnist5k: Dataset) -> None:

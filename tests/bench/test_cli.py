@@ -186,3 +186,65 @@ def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+MINIMAL_AND_UNIVERSAL = """
+[sweep]
+name = "more"
+seed = 0
+dataset = "mnist5k"
+n_eval = 40
+
+[[targets]]
+model = "lenet"
+
+[[attacks]]
+name = "deepfool"
+norm = "l2"
+eps = [0.5, 1.0, 2.0]
+params = { steps = 20 }
+
+[[attacks]]
+name = "uap"
+norm = "linf"
+eps = [0.3]
+params = { max_passes = 1, max_fit = 300 }
+
+[[attacks]]
+name = "onepixel"
+norm = "l0"
+eps = [2]
+params = { population = 20, generations = 2 }
+"""
+
+
+def test_minimal_curve_universal_artifacts_and_transfer(trained_lenet: Any, cache_dir: Path,
+                                                        tmp_path: Path) -> None:
+    config = tmp_path / "more.toml"
+    # A transfer UAP: fitted on LeNet, evaluated on LeNet again through the 'source' key, so the
+    # transfer row must reproduce the adaptive row exactly (same model, seed and data).
+    config.write_text(MINIMAL_AND_UNIVERSAL + '\n[[attacks]]\nname = "uap"\nnorm = "linf"\n'
+                      'eps = [0.3]\nsource = "lenet"\nparams = { max_passes = 1, max_fit = 300 }\n')
+    out = tmp_path / "results"
+    code = main(["run", str(config), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(cache_dir)])
+    assert code == 0
+    df = load(out)
+    deepfool = df[df["attack"] == "deepfool"].sort_values("eps", na_position="first")
+    assert deepfool["eps"].isna().iloc[0]  # the minimal run itself, then the derived curve
+    assert list(deepfool["eps"].iloc[1:]) == [0.5, 1.0, 2.0]
+    curve = list(deepfool["robust_acc"].iloc[1:])
+    assert curve == sorted(curve, reverse=True)
+    assert deepfool["n_forward"].nunique() == 1  # one run fills the whole curve
+    assert deepfool["rho_adv"].iloc[0] > 0
+    uap = df[df["attack"] == "uap"].set_index("threat")
+    assert uap.loc["transfer", "source_model"] == "lenet"
+    assert uap.loc["transfer", "robust_acc"] == uap.loc["adaptive", "robust_acc"]
+    assert 0 < uap.loc["adaptive", "fooling_rate"] <= 1
+    folders = list((out / "artifacts").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert (folder / "perturbation.safetensors").is_file()
+        assert (folder / "perturbation.png").read_bytes()[:4] == b"\x89PNG"
+    onepixel = df[df["attack"] == "onepixel"].iloc[0]
+    assert onepixel["mean_l0"] != onepixel["mean_l0"] or onepixel["mean_l0"] <= 2  # NaN: none fooled
