@@ -144,6 +144,17 @@ def fgsm(
     )
 
 
+def _iterative(target: Target, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
+               generator: torch.Generator, params: IterativeParams,
+               y_target: torch.Tensor | None, default_step: float) -> AttackResult:
+    step = params.step_size if params.step_size is not None else default_step
+    return gradient_attack(
+        target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
+        step_size=step, random_init=params.random_start, restarts=params.restarts,
+        targeted=params.targeted, loss=params.loss, y_target=y_target,
+    )
+
+
 @register_attack("bim", params=BIMParams, norms=(Norm.LINF, Norm.L2))
 def bim(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
@@ -151,12 +162,8 @@ def bim(
 ) -> AttackResult:
     """Basic iterative method / iterative FGSM (Kurakin et al. 2017)."""
     assert eps is not None
-    step = params.step_size if params.step_size is not None else 1.25 * eps / params.steps
-    return gradient_attack(
-        target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
-        step_size=step, random_init=params.random_start, restarts=params.restarts,
-        targeted=params.targeted, loss=params.loss, y_target=y_target,
-    )
+    return _iterative(target, x, y, eps, norm, generator, params, y_target,
+                      default_step=1.25 * eps / params.steps)
 
 
 @register_attack("pgd", params=IterativeParams, norms=(Norm.LINF, Norm.L2))
@@ -166,9 +173,5 @@ def pgd(
 ) -> AttackResult:
     """Projected gradient descent with random start and restarts (Madry et al. 2018)."""
     assert eps is not None
-    step = params.step_size if params.step_size is not None else 2.5 * eps / params.steps
-    return gradient_attack(
-        target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
-        step_size=step, random_init=params.random_start, restarts=params.restarts,
-        targeted=params.targeted, loss=params.loss, y_target=y_target,
-    )
+    return _iterative(target, x, y, eps, norm, generator, params, y_target,
+                      default_step=2.5 * eps / params.steps)

@@ -32,7 +32,8 @@ def test_deepfool_speed(library: str, model: Target, data: Any, benchmark: Any,
     import foolbox as fb
 
     benchmark.group = "deepfool"
-    x, y = data["x"], data["y"]
+    n = 32 if benchmark.disabled else 256  # smoke test vs timed run
+    x, y = data["x"][:n], data["y"][:n]
 
     def ours() -> tuple[torch.Tensor, torch.Tensor]:
         res = run_attack("deepfool", model, x, y, norm="l2", eps=None)
@@ -57,7 +58,8 @@ def test_onepixel_speed(library: str, model: Target, data: Any, benchmark: Any,
     import torchattacks
 
     benchmark.group = "onepixel"
-    x, y = data["x"][:64], data["y"][:64]
+    n = 16 if benchmark.disabled else 64
+    x, y = data["x"][:n], data["y"][:n]
 
     def ours() -> torch.Tensor:
         return run_attack("onepixel", model, x, y, norm="l0", eps=1,
@@ -82,7 +84,8 @@ def test_uap_speed(library: str, model: Target, data: Any, benchmark: Any, recor
     from art.estimators.classification import PyTorchClassifier
 
     benchmark.group = "uap"
-    fit_x, fit_y, x = data["fit_x"], data["fit_y"], data["x"]
+    n_fit = 20 if benchmark.disabled else 200  # ART runs at about 1 image/s on the CPU
+    fit_x, fit_y, x = data["fit_x"][:n_fit], data["fit_y"][:n_fit], data["x"]
 
     def ours() -> torch.Tensor:
         res = run_attack("uap", model, x, data["y"], eps=0.3, fit_data=(fit_x, fit_y),
