@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import sys
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ def _list(what: str, pattern: str) -> str:
         rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
                 for n in DATASETS.names(pattern)]
     else:
-        rows = [(n,) for n in preset_names() if __import__("fnmatch").fnmatch(n, pattern)]
+        rows = [(n,) for n in preset_names() if fnmatch.fnmatch(n, pattern)]
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, width)), r[-1]]) for r in rows)
 

@@ -20,6 +20,7 @@ from attacks import ATTACKS, ThreatModel
 from attacks.base import check_threat
 from bench.checkpoints import config_hash
 from bench.errors import ConfigError
+from bench.models import MODELS
 from defenses import DEFENSES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -164,8 +165,6 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         _check_keys(tw, t, _TARGET_KEYS, {"model"})
         if not isinstance(t["model"], str):
             raise _type_error(tw, "model", "a model name", t["model"])
-        from bench.models import MODELS
-
         MODELS.get(t["model"])
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
         for d in defenses:
@@ -212,8 +211,6 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         if not isinstance(source, str):
             raise _type_error(aw, "source", "a model name", source)
         if source:
-            from bench.models import MODELS
-
             MODELS.get(source)
         attacks.append(AttackConfig(spec.name, threats_, params_json, source))
 

@@ -158,16 +158,17 @@ class CellResult:
     artifacts: dict[str, torch.Tensor]
 
 
-def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
-                   batch_size: int, fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+def attack_samples(cell: Cell, params: Any, attacked: Target, data: EvalData, *,
+                   device: torch.device, batch_size: int,
+                   fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                    progress: bool = False) -> AttackRun:
-    """Run the cell's attack on ``attacked`` over ``data`` (in batches, timed on the device).
+    """Run the cell's attack (with its parsed ``params``) on ``attacked`` over ``data``, in
+    batches, timed on the device.
 
     Attacks that fit on training data (UAP) see the whole evaluated set in one call, so that
     their one perturbation is fitted once.
     """
     spec = ATTACKS.get(cell.attack)
-    params = spec.make_params(json.loads(cell.params_json))
     if spec.needs_fit_data and fit_data is None:
         raise BadInput(f"attack {spec.name!r} fits on a training split; the sweep has none")
     extra: dict[str, Any] = {"fit_data": fit_data} if spec.needs_fit_data else {}
@@ -217,11 +218,11 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
                                                                  "min")).cell_id
         cache = minimal_runs if minimal_runs is not None else {}
         if key not in cache:
-            cache[key] = attack_samples(cell, attacked, data, device=device,
+            cache[key] = attack_samples(cell, params, attacked, data, device=device,
                                         batch_size=batch_size, progress=progress)
         run = cache[key]
     else:
-        run = attack_samples(cell, attacked, data, device=device, batch_size=batch_size,
+        run = attack_samples(cell, params, attacked, data, device=device, batch_size=batch_size,
                              fit_data=fit_data, progress=progress)
     x_adv = within_budget(run, data.x, cell.threat_model) if spec.minimal else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)

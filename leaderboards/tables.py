@@ -31,10 +31,6 @@ class Board:
         return f"{self.dataset} · {self.target_kind} · {self.threat} · {self.norm}"
 
 
-def _eps_label(eps_display: str) -> str:
-    return eps_display
-
-
 def worst_case(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """Per (group, row, eps): the fraction of samples no attack fooled."""
     keyed = samples.merge(
@@ -53,7 +49,7 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         return []
     summary = summary[summary["eps"].notna()].copy()
     summary["column"] = summary["attack"] + summary["targeted"].map({True: "-ll", False: ""}) \
-        + "@" + summary["eps_display"].map(_eps_label)
+        + "@" + summary["eps_display"]
     worst = worst_case(summary, samples) if not samples.empty else pd.DataFrame()
     boards = []
     for key, group in summary.groupby(GROUP_KEYS, sort=True):
