@@ -366,14 +366,17 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
 
     # Phase 2: attack.
     minimal_runs: dict[str, AttackRun] = {}
+    fit_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train splits on the device
     bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
     for cell in bar:
         bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
                             f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
         fit_data = None
         if ATTACKS.get(cell.attack).needs_fit_data:
-            train = load_dataset(cell.train_dataset).split("train")
-            fit_data = (train.x.to(device), train.y.to(device))
+            if cell.train_dataset not in fit_sets:
+                train = load_dataset(cell.train_dataset).split("train")
+                fit_sets[cell.train_dataset] = (train.x.to(device), train.y.to(device))
+            fit_data = fit_sets[cell.train_dataset]
         result = run_cell(
             cell, prepared[_target_key(cell)], data[cell.dataset], device=device,
             batch_size=config.batch_size, run_id=run_id, progress=options.progress,
