@@ -12,10 +12,7 @@ input (names, eps, params, data bounds) and runs the attack in the target's eval
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -25,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.norms import Norm, l0_norm, l2_norm, linf_norm
-from bench.errors import BadInput, ConfigError
+from bench.errors import BadInput
+from bench.params import parse_params
 from bench.registry import Registry
 from bench.target import Target
 
@@ -198,46 +196,11 @@ class AttackSpec:
     summary: str = ""
     needs_fit_data: bool = False
     positive_budget: bool = False
+    black_box: bool = False
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         """Build the frozen params dataclass from a mapping; unknown keys are named in the error."""
-        if params is None:
-            return self.params_cls()
-        if isinstance(params, self.params_cls):
-            return params
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"params for attack {self.name!r} must be a table, got {params!r}")
-        known = {f.name: f for f in dataclasses.fields(self.params_cls)}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown parameter(s) {', '.join(map(repr, unknown))} for attack {self.name!r}; "
-                f"known: {', '.join(known) or '(none)'}"
-            )
-        hints = typing.get_type_hints(self.params_cls)
-        for key, value in params.items():
-            _check_param_type(self.name, key, value, hints[key])
-        return self.params_cls(**params)
-
-
-def _check_param_type(attack: str, key: str, value: Any, hint: Any) -> None:
-    """Check a config value against the params field's annotation (bool, int, float, str, None)."""
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    ok = False
-    for kind in allowed:
-        if kind is type(None):
-            ok |= value is None
-        elif kind is bool:
-            ok |= isinstance(value, bool)
-        elif kind is float:
-            ok |= isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(kind, type):
-            ok |= isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-        else:
-            ok = True
-    if not ok:
-        names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-        raise ConfigError(f"parameter {key!r} of attack {attack!r} must be {names}, got {value!r}")
+        return parse_params(self.params_cls, params, f"attack {self.name!r}")
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
@@ -245,19 +208,20 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
-    needs_fit_data: bool = False, positive_budget: bool = False,
+    needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
     ``minimal``: takes ``eps = None`` and reports minimal perturbations. ``needs_fit_data``: the
     attack fits on training data, passed as ``fit_data=(x, y)`` (universal perturbations).
     ``positive_budget``: eps = 0 is refused (a UAP radius ξ or a pixel count k must be > 0).
+    ``black_box``: uses model outputs only, never gradients (gradient-masking checks use this).
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
-                                     positive_budget))
+                                     positive_budget, black_box))
         return fn
 
     return decorator

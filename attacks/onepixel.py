@@ -86,7 +86,8 @@ def _score(calls: ModelCalls, x: torch.Tensor, members: torch.Tensor, labels: to
     return torch.cat(fitness), torch.cat(fooled)
 
 
-@register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,), positive_budget=True)
+@register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,), positive_budget=True,
+                 black_box=True)
 def onepixel(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: OnePixelParams, y_target: torch.Tensor | None = None,

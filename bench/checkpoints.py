@@ -37,6 +37,17 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """A short content hash of a module's parameters and buffers (keys caches of fitted
+    defenses by the exact base weights they were fitted on)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 class CheckpointCache:
     """Load and atomically store (weights, card) pairs keyed by ``(kind, key)``."""
 

@@ -20,7 +20,7 @@ LISTS = ("attacks", "defenses", "models", "datasets", "presets")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advbench", description=(
         "Adversarial-robustness benchmark sweeps for PyTorch: attacks x defenses x models, "
-        "results in Parquet, leaderboards in Markdown/CSV."))
+        "results in Parquet, leaderboards and defense comparisons in Markdown/CSV."))
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="print leaderboard tables from stored results")
     board.add_argument("results", nargs="?", default="results", help="results directory")
     board.add_argument("--format", choices=("md", "csv"), default="md")
+
+    comp = sub.add_parser("compare", help=(
+        "compare defenses with the undefended baseline per attack and eps (95%% intervals, "
+        "gradient-masking flags)"))
+    comp.add_argument("results", nargs="?", default="results", help="results directory")
+    comp.add_argument("--format", choices=("md", "csv"), default="md")
     return parser
 
 
@@ -99,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from leaderboards import render
 
             print(render(args.results, args.format))
+            return 0
+        if args.command == "compare":
+            from leaderboards import render_comparison
+
+            print(render_comparison(args.results, args.format))
             return 0
     except BadInput as exc:
         print(f"advbench: error: {exc}", file=sys.stderr)

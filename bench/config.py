@@ -19,7 +19,7 @@ from typing import Any
 from attacks import ATTACKS, ThreatModel
 from attacks.base import check_threat
 from bench.checkpoints import config_hash
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UnknownName
 from bench.models import MODELS
 from defenses import DEFENSES
 
@@ -31,6 +31,7 @@ _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "p
                "device", "batch_size"}
 _TARGET_KEYS = {"model", "defenses", "threats"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
+_DEFENSE_KEYS = {"name", "label", "params"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,26 @@ class TargetConfig:
     model: str
     defenses: tuple[str, ...] = ("none",)
     threats: tuple[str, ...] = ("adaptive",)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """A defense as a sweep uses it: ``label`` names it in targets and results."""
+
+    label: str
+    name: str
+    params_json: str  # canonical JSON of the defense's full params dataclass
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(json.loads(self.params_json))
+
+    @property
+    def identity(self) -> str:
+        """What the defended target depends on ("" for the undefended baseline)."""
+        if self.name == "none":
+            return ""
+        return json.dumps({"name": self.name, "params": self.params}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,13 @@ class SweepConfig:
     batch_size: int
     targets: tuple[TargetConfig, ...]
     attacks: tuple[AttackConfig, ...]
+    defenses: tuple[DefenseConfig, ...] = ()
+
+    def defense(self, label: str) -> DefenseConfig:
+        for d in self.defenses:
+            if d.label == label:
+                return d
+        raise ConfigError(f"no defense labelled {label!r}")
 
 
 @dataclass(frozen=True)
@@ -85,10 +113,12 @@ class Cell:
     seed: int
     precision: str
     source: str = ""
+    defense_params: str = ""  # DefenseConfig.identity
 
     @property
     def cell_id(self) -> str:
-        return config_hash({
+        extra = {"defense_params": self.defense_params} if self.defense_params else {}
+        return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
             "defense": self.defense, "threat": self.threat, "attack": self.attack,
@@ -130,7 +160,8 @@ def _int(where: str, key: str, value: Any, minimum: int) -> int:
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
     """Validate a parsed TOML document; every error names the offending key."""
-    _check_keys(source, data, {"sweep", "targets", "attacks"}, {"sweep", "targets", "attacks"})
+    _check_keys(source, data, {"sweep", "targets", "attacks", "defenses"},
+                {"sweep", "targets", "attacks"})
     sweep = data["sweep"]
     _check_keys(f"{source} [sweep]", sweep, _SWEEP_KEYS, {"name"})
     where = f"{source} [sweep]"
@@ -156,6 +187,9 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise _type_error(where, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
 
+    defense_configs = _parse_defenses(source, data.get("defenses", []))
+    labels = {d.label for d in defense_configs}
+
     targets_raw = data["targets"]
     if not isinstance(targets_raw, list) or not targets_raw:
         raise ConfigError(f"{source}: [[targets]] must list at least one target")
@@ -168,7 +202,19 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         MODELS.get(t["model"])
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
         for d in defenses:
-            DEFENSES.get(d)
+            if d not in labels:
+                if d not in DEFENSES:
+                    try:
+                        DEFENSES.get(d)
+                    except UnknownName as exc:
+                        raise ConfigError(
+                            f"{tw}: {exc}; a target may also name the label of a [[defenses]] "
+                            f"entry{' (' + ', '.join(sorted(labels)) + ')' if labels else ''}"
+                        ) from None
+                spec = DEFENSES.get(d)
+                defense_configs.append(DefenseConfig(spec.name, spec.name, json.dumps(
+                    dataclasses.asdict(spec.make_params({})), sort_keys=True)))
+                labels.add(spec.name)
         threats = _str_list(tw, "threats", t.get("threats", ["adaptive"]))
         for th in threats:
             if th not in THREATS:
@@ -218,8 +264,33 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         name=name, seeds=seeds, datasets=datasets, train_dataset=train_dataset, split=split,
         n_eval=_int(where, "n_eval", sweep.get("n_eval", 1000), 1), precision=precision,
         device=device, batch_size=_int(where, "batch_size", sweep.get("batch_size", 500), 1),
-        targets=tuple(targets), attacks=tuple(attacks),
+        targets=tuple(targets), attacks=tuple(attacks), defenses=tuple(defense_configs),
     )
+
+
+def _parse_defenses(source: str, raw: Any) -> list[DefenseConfig]:
+    """``[[defenses]]`` entries: a registered ``name``, an optional ``label``, ``params``."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: [[defenses]] must be an array of tables")
+    out: list[DefenseConfig] = []
+    for i, d in enumerate(raw):
+        dw = f"{source} [[defenses]] #{i + 1}"
+        _check_keys(dw, d, _DEFENSE_KEYS, {"name"})
+        if not isinstance(d["name"], str):
+            raise _type_error(dw, "name", "a defense name", d["name"])
+        spec = DEFENSES.get(d["name"])
+        label = d.get("label", spec.name)
+        if not isinstance(label, str) or not label or not label.replace("-", "_").replace(
+                ".", "_").replace("@", "_").isidentifier():
+            raise _type_error(dw, "label", "a name of letters, digits, '_', '-', '.', '@'", label)
+        if any(o.label == label for o in out):
+            raise ConfigError(f"{dw}: label {label!r} is used twice; give each entry its own")
+        if label in DEFENSES and label != spec.name:
+            raise ConfigError(f"{dw}: label {label!r} is another registered defense's name")
+        params = spec.make_params(d.get("params", {}))
+        out.append(DefenseConfig(label, spec.name,
+                                 json.dumps(dataclasses.asdict(params), sort_keys=True)))
+    return out
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -253,7 +324,8 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
     for dataset, target, seed in itertools.product(config.datasets, config.targets, config.seeds):
         train_dataset = config.train_dataset or dataset
         for defense, threat in itertools.product(target.defenses, target.threats):
-            if defense == "none" and threat == "transfer":
+            identity = config.defense(defense).identity
+            if not identity and threat == "transfer":
                 continue  # transfer from the undefended model to itself is the adaptive attack
             for attack in config.attacks:
                 if attack.source and threat != target.threats[0]:
@@ -263,6 +335,6 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                         config.name, dataset, train_dataset, config.split, config.n_eval,
                         target.model, defense, "transfer" if attack.source else threat,
                         attack.name, attack.params_json, tm, seed, config.precision,
-                        attack.source,
+                        attack.source, identity,
                     ))
     return cells

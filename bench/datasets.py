@@ -36,6 +36,13 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def fingerprint(self) -> str:
+        """A short content hash (keys checkpoint caches)."""
+        digest = hashlib.sha256()
+        digest.update(self.x.cpu().numpy().tobytes())
+        digest.update(self.y.cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -65,11 +72,7 @@ class Dataset:
 
     def fingerprint(self, split: str) -> str:
         """A short content hash of one split (keys checkpoint caches)."""
-        part = self.split(split)
-        digest = hashlib.sha256()
-        digest.update(part.x.numpy().tobytes())
-        digest.update(part.y.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return self.split(split).fingerprint()
 
 
 DatasetLoader = Callable[[str | None], Dataset]

@@ -17,7 +17,9 @@ from bench.registry import Registry
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """How a zoo model is trained: optimiser, schedule, augmentation (random shifts in pixels)."""
+    """How a network is trained: optimiser, learning-rate schedule (``onecycle``, ``cyclic`` —
+    the triangular schedule of Wong et al. 2020 —, ``cosine`` or ``constant``), augmentation
+    (random shifts in pixels, horizontal flips)."""
 
     epochs: int
     batch_size: int
@@ -27,6 +29,7 @@ class TrainRecipe:
     momentum: float = 0.9
     max_shift: int = 0
     hflip: bool = False
+    schedule: str = "onecycle"
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from bench.errors import AttackContractError, BadInput
 from bench.measure import device_name, git_sha, measure, resolve_device
 from bench.models import MODELS
 from bench.target import Target
-from bench.training import check_compatible, trained_classifier
-from defenses import DEFENSES
+from bench.training import check_compatible, make_target, trained_classifier
+from defenses import DEFENSES, fitted_defense
 from leaderboards.schema import SCHEMA_VERSION
 from leaderboards.store import ResultStore
 
@@ -253,6 +253,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "target_kind": evaluated.kind,
         "model": cell.model,
         "defense": cell.defense,
+        "defense_params": cell.defense_params or None,
         "threat": cell.threat,
         "source_model": cell.source or None,
         "attack": cell.attack,
@@ -312,7 +313,13 @@ def _check_sweep(config: SweepConfig) -> None:
                 f"{dataset.num_classes} classes)"
             )
         for t in config.targets:
-            check_compatible(MODELS.get(t.model), dataset)
+            spec = MODELS.get(t.model)
+            check_compatible(spec, dataset)
+            untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
+            for label in t.defenses:
+                d = config.defense(label)
+                defense = DEFENSES.get(d.name)
+                defense.check(untrained, defense.make_params(d.params))
         if config.n_eval > len(dataset.split(config.split)):
             eval_subset(dataset, config.split, config.n_eval, torch.device("cpu"))
     for attack in config.attacks:
@@ -358,9 +365,10 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
             data[cell.dataset] = eval_subset(load_dataset(cell.dataset), cell.split, cell.n_eval,
                                              device)
         base = zoo_model(cell.train_dataset, cell.model, cell.seed)
-        defended = DEFENSES.get(cell.defense).fit(
-            base, load_dataset(cell.train_dataset).split("train"), None,
-            torch.Generator().manual_seed(cell.seed))
+        defense = config.defense(cell.defense)
+        defended = fitted_defense(
+            DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
+            defense.params, seed=cell.seed, cache=cache, progress=options.progress)
         clean = defended.predict_logits(data[cell.dataset].x, config.batch_size).argmax(1)
         prepared[key] = PreparedTarget(base, defended, clean, data[cell.dataset].y)
 

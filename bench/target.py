@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ class Target(nn.Module):
         self.bounds = (lo, hi)
         self.kind: TargetKind = kind
         self.name = name
+        self.card: dict[str, Any] = {}  # how this target was made (params, training curve)
         channels = self.input_shape[0]
         shape = (1, channels) + (1,) * (len(self.input_shape) - 1)
         mean_t = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)

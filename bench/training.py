@@ -7,7 +7,9 @@ changed recipe or data set trains anew and an unchanged one loads in millisecond
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -68,13 +70,19 @@ def accuracy(target: Target, split: Split, device: torch.device, batch_size: int
     return correct / max(len(split), 1)
 
 
-def fit(target: Target, split: Split, recipe: TrainRecipe, *, seed: int, device: torch.device,
-        progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
-    """Train ``target`` (in place) on ``split`` following ``recipe``; returns per-epoch stats."""
-    if recipe.epochs < 1:
-        raise BadInput(f"training needs at least one epoch, got {recipe.epochs}")
-    generator = torch.Generator().manual_seed(seed)
-    params = [p for p in target.parameters() if p.requires_grad]
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+"""``(x, y) -> (mean loss, logits or None)`` for one training batch."""
+Perturb = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+"""``(x, y, epoch) -> (x', y')``: what the model trains on instead of the clean batch."""
+EpochEnd = Callable[[int, dict[str, float]], bool]
+"""``(epoch, stats) -> stop``: may add entries to ``stats``; returning True ends training."""
+
+SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
+
+
+def make_optimizer(params: list[nn.Parameter], recipe: TrainRecipe, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimiser and its per-step learning-rate schedule."""
     if recipe.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr,
                                                       weight_decay=recipe.weight_decay)
@@ -83,35 +91,86 @@ def fit(target: Target, split: Split, recipe: TrainRecipe, *, seed: int, device:
                               weight_decay=recipe.weight_decay, nesterov=True)
     else:
         raise BadInput(f"unknown optimizer {recipe.optimizer!r}; use 'adam' or 'sgd'")
+    if recipe.schedule == "onecycle":
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
+                                                        total_steps=total_steps)
+    shapes: dict[str, Callable[[float], float]] = {
+        # Wong et al. 2020: linear 0 -> lr over the first 2/5 of training, back to 0 at the end.
+        "cyclic": lambda t: t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6),
+        "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+        "constant": lambda t: 1.0,
+    }
+    if recipe.schedule not in shapes:
+        raise BadInput(f"unknown schedule {recipe.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    shape = shapes[recipe.schedule]
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: shape(min(step + 1, total_steps) / total_steps))
+
+
+def _cross_entropy(model: nn.Module) -> BatchLoss:
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+    return loss
+
+
+def fit(model: nn.Module, split: Split, recipe: TrainRecipe, *, seed: int, device: torch.device,
+        progress: bool = True, desc: str = "train", loss: BatchLoss | None = None,
+        perturb: Perturb | None = None, epoch_end: EpochEnd | None = None
+        ) -> list[dict[str, float]]:
+    """Train ``model``'s trainable parameters (in place) on ``split`` following ``recipe``.
+
+    By default the loss is the cross-entropy of ``model``'s logits on augmented clean batches;
+    ``perturb`` replaces each batch (adversarial training), ``loss`` replaces the objective
+    (denoiser training), ``epoch_end`` evaluates after each epoch and may stop training.
+    Returns per-epoch stats (loss, train accuracy when logits are available, learning rate,
+    and whatever ``epoch_end`` added).
+    """
+    if recipe.epochs < 1:
+        raise BadInput(f"training needs at least one epoch, got {recipe.epochs}")
+    if len(split) == 0:
+        raise BadInput("training needs a non-empty train split")
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = (len(split) + recipe.batch_size - 1) // recipe.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
-    history = []
+    opt, sched = make_optimizer(params, recipe, recipe.epochs * steps_per_epoch)
+    loss_fn = loss or _cross_entropy(model)
+    history: list[dict[str, float]] = []
     bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=not progress,
                unit="step", leave=False)
-    was_training = target.training
-    target.train()
+    was_training = model.training
     try:
         for epoch in range(recipe.epochs):
             order = torch.randperm(len(split), generator=generator)
-            total_loss, correct = 0.0, 0
+            total_loss, correct, seen = 0.0, 0, 0
+            lr = opt.param_groups[0]["lr"]
             for batch in order.split(recipe.batch_size):
                 xb = augment(split.x[batch].to(device), recipe, generator)
                 yb = split.y[batch].to(device)
-                logits = target(xb)
-                loss = F.cross_entropy(logits, yb)
+                if perturb is not None:
+                    xb, yb = perturb(xb, yb, epoch)
+                model.train()
+                value, logits = loss_fn(xb, yb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 opt.step()
                 sched.step()
-                total_loss += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(1) == yb).sum())
+                total_loss += float(value.detach()) * len(yb)
+                seen += len(yb)
+                if logits is not None:
+                    correct += int((logits.argmax(1) == yb).sum())
                 bar.update(1)
-            history.append({"epoch": epoch + 1, "loss": total_loss / len(split),
-                            "train_acc": correct / len(split)})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_acc']:.3f}")
+            stats: dict[str, float] = {"epoch": epoch + 1, "loss": total_loss / seen, "lr": lr}
+            if loss is None:
+                stats["train_acc"] = correct / seen
+            model.train(was_training)
+            stop = epoch_end(epoch, stats) if epoch_end is not None else False
+            history.append(stats)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k not in ("epoch", "lr")})
+            if stop:
+                break
     finally:
-        target.train(was_training)
+        model.train(was_training)
         bar.close()
     return history
 

@@ -11,15 +11,20 @@ from leaderboards.store import ResultStore, load
 from leaderboards.tables import Board, leaderboards, to_csv, to_markdown
 
 
-def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
-    """Every leaderboard of a results directory as one Markdown or CSV document."""
+def _stored(results: str | os.PathLike[str]) -> ResultStore:
     root = Path(results)
     if not root.is_dir():
         raise BadInput(f"results directory {root} does not exist; run a sweep first")
     store = ResultStore(root)
-    summary = store.summary()
-    if summary.empty:
+    if not store.completed_cells():
         raise BadInput(f"no results stored in {root}")
+    return store
+
+
+def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
+    """Every leaderboard of a results directory as one Markdown or CSV document."""
+    store = _stored(results)
+    summary = store.summary()
     boards = leaderboards(summary, store.samples(summary))
     if fmt == "md":
         return "\n".join(to_markdown(b) for b in boards)
@@ -28,5 +33,19 @@ def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
     raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
 
 
+def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
+    """The defense comparison of a results directory (see :mod:`leaderboards.compare`)."""
+    from leaderboards.compare import compare, to_markdown as compare_markdown
+
+    store = _stored(results)
+    summary = store.summary()
+    table = compare(summary, store.samples(summary))
+    if fmt == "md":
+        return compare_markdown(table)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
+
+
 __all__ = ["SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",
-           "leaderboards", "load", "render", "to_csv", "to_markdown"]
+           "leaderboards", "load", "render", "render_comparison", "to_csv", "to_markdown"]

@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""v2 (advbench 0.2) added ``defense_params``; v1 files are migrated on read."""
 
 SUMMARY_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32(), nullable=False),
@@ -26,6 +27,7 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("target_kind", pa.string(), nullable=False),
     pa.field("model", pa.string(), nullable=False),
     pa.field("defense", pa.string(), nullable=False),
+    pa.field("defense_params", pa.string()),
     pa.field("threat", pa.string(), nullable=False),
     pa.field("source_model", pa.string()),
     pa.field("attack", pa.string(), nullable=False),

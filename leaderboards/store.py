@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,22 @@ def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _from_v1(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """v1 → v2: ``defense_params`` did not exist (every v1 defense was parameterless)."""
+    columns = {}
+    for f in schema:
+        if f.name == "schema_version":
+            columns[f.name] = pa.array([SCHEMA_VERSION] * table.num_rows, f.type)
+        elif f.name == "defense_params":
+            columns[f.name] = pa.nulls(table.num_rows, f.type)
+        else:
+            columns[f.name] = table[f.name].cast(f.type)
+    return pa.table(columns, schema=schema)
+
+
+MIGRATIONS: dict[str, Callable[[pa.Table, pa.Schema], pa.Table]] = {"1": _from_v1}
+
+
 class ResultStore:
     """Read and append advbench results under ``root``."""
 
@@ -131,12 +147,16 @@ class ResultStore:
         for path in files:
             meta = pq.read_schema(path).metadata or {}
             version = meta.get(b"advbench_schema_version", b"?").decode()
-            if version != str(SCHEMA_VERSION):
+            if version == str(SCHEMA_VERSION):
+                tables.append(pq.read_table(path, schema=schema))
+            elif version in MIGRATIONS:
+                tables.append(MIGRATIONS[version](pq.read_table(path), schema))
+            else:
                 raise BadInput(
                     f"{path} was written with results schema version {version}; this advbench "
-                    f"reads version {SCHEMA_VERSION}: write new results into another directory"
+                    f"reads versions {', '.join([*MIGRATIONS, str(SCHEMA_VERSION)])}: upgrade "
+                    f"advbench or write new results into another directory"
                 )
-            tables.append(pq.read_table(path, schema=schema))
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def summary(self) -> pd.DataFrame:

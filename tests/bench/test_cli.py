@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -97,6 +98,13 @@ def test_list_commands(tmp_path: Path) -> None:
     assert proc.stdout.split()[0] == "resnet18_cifar"
 
 
+DEFENSE_TABLE = """[[defenses]]
+name = "hgd"
+params = {{ {} }}
+
+[[targets]]
+defenses = ["hgd"]"""
+
 BAD = {
     "unknown attack": ("name = \"fgsm\"", "name = \"fgsn\"", "unknown attack 'fgsn'"),
     "unknown model": ("model = \"lenet\"", "model = \"lenet5\"", "unknown model 'lenet5'"),
@@ -110,6 +118,12 @@ BAD = {
     "invalid toml": ("[sweep]", "[sweep", "invalid TOML"),
     "model/data mismatch": ("model = \"lenet\"", "model = \"resnet18_cifar\"",
                             "expects inputs (3, 32, 32)"),
+    "unknown defense": ("model = \"lenet\"", "model = \"lenet\"\ndefenses = [\"hgdd\"]",
+                        "unknown defense 'hgdd'"),
+    "zero training budget": ("[[targets]]", DEFENSE_TABLE.format("epochs = 0"),
+                             "a training budget of zero trains nothing"),
+    "denoiser cannot wrap": ("[[targets]]", DEFENSE_TABLE.format("depth = 3"),
+                             "needs H and W divisible by 8"),
 }
 
 
@@ -248,3 +262,60 @@ def test_minimal_curve_universal_artifacts_and_transfer(trained_lenet: Any, cach
         assert (folder / "perturbation.png").read_bytes()[:4] == b"\x89PNG"
     onepixel = df[df["attack"] == "onepixel"].iloc[0]
     assert onepixel["mean_l0"] != onepixel["mean_l0"] or onepixel["mean_l0"] <= 2  # NaN: none fooled
+
+
+DEFENDED = """
+[sweep]
+name = "defended"
+dataset = "mnist5k"
+n_eval = 60
+batch_size = 60
+
+[[defenses]]
+name = "hgd"
+label = "hgd-tiny"
+params = { attacks = ["fgsm"], epochs = 1, width = 8, eps_min = 0.1 }
+
+[[targets]]
+model = "lenet"
+defenses = ["none", "hgd-tiny"]
+threats = ["adaptive", "transfer"]
+
+[[attacks]]
+name = "fgsm"
+eps = [0.2]
+"""
+
+
+def test_defended_sweep_and_compare(trained_lenet: Any, cache_dir: Path, tmp_path: Path) -> None:
+    """A defense from a [[defenses]] entry, attacked adaptively and by transfer; the rows say
+    which, `advbench compare` puts them beside the baseline, and a re-run fits nothing."""
+    config = tmp_path / "defended.toml"
+    config.write_text(DEFENDED)
+    out = tmp_path / "results"
+    proc = advbench("run", str(config), "--out", str(out), "--no-progress", cwd=tmp_path,
+                    cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    df = load(out).sort_values(["defense", "threat"])
+    assert df[["defense", "threat"]].values.tolist() == [
+        ["hgd-tiny", "adaptive"], ["hgd-tiny", "transfer"], ["none", "adaptive"]]
+    assert df["defense_params"].iloc[0].startswith('{"name": "hgd"')
+    assert pd.isna(df["defense_params"].iloc[2])
+    base = df[df["defense"] == "none"].iloc[0]
+    transfer = df[(df["defense"] == "hgd-tiny") & (df["threat"] == "transfer")].iloc[0]
+    assert transfer["robust_acc"] > base["robust_acc"]  # the denoiser undoes transferred FGSM
+    entries = list((cache_dir / "defenses").iterdir())
+    assert any((e / "card.json").is_file() for e in entries)
+
+    proc = advbench("compare", str(out), cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "Δ vs none [95% CI]" in proc.stdout and "hgd-tiny" in proc.stdout
+    lines = [ln for ln in proc.stdout.splitlines() if "| hgd-tiny" in ln and "transfer" in ln]
+    assert len(lines) == 1 and "+" in lines[0]
+    proc = advbench("compare", str(out), "--format", "csv", cwd=tmp_path, cache=cache_dir)
+    assert proc.stdout.splitlines()[0].startswith("dataset,model,seed,attack")
+
+    proc = advbench("run", str(config), "--out", str(out), "--no-progress", "--force",
+                    cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((cache_dir / "defenses").iterdir())) == len(entries)  # loaded, not refitted

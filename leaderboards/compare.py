@@ -1,0 +1,175 @@
+"""The defense comparison: every defense against the undefended baseline, per attack and eps.
+
+For each (dataset, model, attack, params, norm, eps, seed) a row per defense and threat with
+clean and robust accuracy (Wilson 95% interval), the difference to the undefended model (``none``)
+under the same attack with a paired 95% interval over the same samples, and flags that point at
+gradient masking (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of
+Security", ICML 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019):
+
+- ``adaptive>transfer``: the defense is *more* robust to white-box attacks through it than to
+  the same attack crafted on the undefended model;
+- ``found N inside <norm> <eps> that every white-box attack missed`` (on a black-box row): a
+  black-box attack (transfer, or a gradient-free one such as one-pixel) fooled samples whose
+  perturbation lies inside a white-box ball that all white-box attacks at that norm and eps
+  failed to break. Decided per sample from the stored perturbation norms, so a one-pixel (l0)
+  adversarial counts against an linf ball when its pixel change is within eps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from attacks import ATTACKS
+
+Z95 = 1.959963984540054
+CELL_KEYS = ["dataset", "split", "model", "attack", "attack_params", "targeted", "norm", "eps",
+             "eps_display", "seed", "precision", "source_model"]
+TARGET_KEYS = ["dataset", "split", "model", "seed", "precision"]
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired 0/1 outcomes and its normal-approximation interval."""
+    d = a.astype(float) - b.astype(float)
+    n = len(d)
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(d.mean())
+    half = z * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+    return (mean, mean - half, mean + half)
+
+
+def _is_black_box(row: pd.Series) -> bool:
+    attack = str(row["attack"])
+    return row["threat"] == "transfer" or (attack in ATTACKS and ATTACKS.get(attack).black_box)
+
+
+def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:
+    """Which perturbations of a cell lie inside a ``norm`` ball of radius ``eps``."""
+    return samples[norm] <= eps * (1 + 1e-5) + 1e-6
+
+
+def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per defended cell (and the baseline rows), with intervals, deltas and flags."""
+    rows = summary[summary["eps"].notna()].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    rows["source_model"] = rows["source_model"].fillna("")
+    per_cell = {cid: g.set_index("sample_idx").sort_index()
+                for cid, g in samples.groupby("cell_id")} if not samples.empty else {}
+    baseline = rows[rows["defense"] == "none"].set_index(CELL_KEYS)
+    out = []
+    for _, r in rows.iterrows():
+        n = int(r["n_samples"])
+        robust_n = round(r["robust_acc"] * n)
+        lo, hi = wilson(robust_n, n)
+        rec = {k: r[k] for k in ["dataset", "model", "seed", "attack", "norm", "eps",
+                                 "eps_display", "defense", "threat", "source_model"]}
+        rec.update(n=n, clean=r["clean_acc"], robust=r["robust_acc"], robust_lo=lo,
+                   robust_hi=hi, delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, flags="")
+        key = tuple(r[k] for k in CELL_KEYS)
+        if r["defense"] != "none" and key in baseline.index:
+            base = baseline.loc[[key]].iloc[0]
+            rec["delta"] = r["robust_acc"] - base["robust_acc"]
+            mine, theirs = per_cell.get(r["cell_id"]), per_cell.get(base["cell_id"])
+            if mine is not None and theirs is not None:
+                common = mine.index.intersection(theirs.index)
+                _, rec["delta_lo"], rec["delta_hi"] = paired_difference(
+                    mine.loc[common, "adv_correct"].to_numpy(),
+                    theirs.loc[common, "adv_correct"].to_numpy())
+        rec["_cell_id"] = r["cell_id"]
+        rec["_black_box"] = _is_black_box(r)
+        rec["_key"] = key
+        out.append(rec)
+    table = pd.DataFrame(out)
+    _flag_masking(table, rows, per_cell)
+    table = table.drop(columns=["_cell_id", "_black_box", "_key"])
+    return table.sort_values(["dataset", "model", "seed", "attack", "norm", "eps", "defense",
+                              "threat"]).reset_index(drop=True)
+
+
+def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
+                  per_cell: dict[str, pd.DataFrame]) -> None:
+    flags: dict[int, list[str]] = {i: [] for i in table.index}
+    by_cell = {cid: i for i, cid in zip(table.index, table["_cell_id"])}
+    # 1. adaptive robust accuracy above transfer robust accuracy, same attack and eps.
+    #    (_key ends with source_model: a transfer from another zoo model counts too)
+    defended = table[table["defense"] != "none"]
+    key_no_threat = defended.assign(_k=defended["_key"].map(lambda k: k[:-1]))
+    for _, g in key_no_threat.groupby(["defense", "_k"], dropna=False):
+        adaptive = g[g["threat"] == "adaptive"]
+        transfer = g[g["threat"] == "transfer"]
+        for i, a in adaptive.iterrows():
+            for _, t in transfer.iterrows():
+                if a["robust"] > t["robust"]:
+                    flags[i].append(f"adaptive>transfer ({a['robust']:.1%} > {t['robust']:.1%})")
+    # 2. per sample: a black-box attack fooled samples inside a white-box ball (norm, eps) that
+    #    every white-box attack at that norm and eps missed. The flag goes on the black-box row.
+    for _, g in rows.groupby([*TARGET_KEYS, "defense"], dropna=False):
+        cells = [(cid, table.loc[by_cell[cid]]) for cid in g["cell_id"]
+                 if cid in by_cell and cid in per_cell]
+        balls: dict[tuple[str, float, str], pd.Series] = {}
+        for cid, t in cells:
+            if not t["_black_box"]:
+                s = per_cell[cid]
+                ball = (str(t["norm"]), float(t["eps"]), str(t["eps_display"]))
+                robust = s["clean_correct"] & s["adv_correct"]
+                balls[ball] = balls[ball] & robust if ball in balls else robust
+        for cid, b in cells:
+            if not b["_black_box"]:
+                continue
+            bs = per_cell[cid]
+            fooled = bs["clean_correct"] & ~bs["adv_correct"]
+            for (norm, eps, shown), missed in sorted(balls.items()):
+                common = missed.index.intersection(bs.index)
+                found = fooled.loc[common] & missed.loc[common] & _inside(bs.loc[common], norm, eps)
+                if int(found.sum()):
+                    flags[by_cell[cid]].append(
+                        f"found {int(found.sum())} inside {norm} {shown} that every white-box "
+                        f"attack missed")
+    table["flags"] = [", ".join(flags[i]) for i in table.index]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Percentages with intervals, one section per dataset and model."""
+    if table.empty:
+        return "no bounded-eps results to compare\n"
+    parts = []
+    for (dataset, model), g in table.groupby(["dataset", "model"], sort=True):
+        shown = pd.DataFrame({
+            "attack": g["attack"] + g["source_model"].map(lambda s: f" (from {s})" if s else ""),
+            "norm": g["norm"], "eps": g["eps_display"], "seed": g["seed"].astype(str),
+            "defense": g["defense"], "threat": g["threat"],
+            "clean": g["clean"].map(_pct),
+            "robust [95% CI]": [f"{_pct(r)} [{_pct(lo)}, {_pct(hi)}]"
+                                for r, lo, hi in zip(g["robust"], g["robust_lo"], g["robust_hi"])],
+            "Δ vs none [95% CI]": [_delta(d, lo, hi) for d, lo, hi in
+                                   zip(g["delta"], g["delta_lo"], g["delta_hi"])],
+            "flags": g["flags"],
+        })
+        parts.append(f"### {dataset} · {model}\n\n"
+                     + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+    return "\n".join(parts)
+
+
+def _pct(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _delta(d: float, lo: float, hi: float) -> str:
+    if math.isnan(d):
+        return ""
+    ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if not math.isnan(lo) else ""
+    return f"{100 * d:+.1f}{ci}"

@@ -1,0 +1,85 @@
+"""The defense comparison: intervals, deltas against the undefended baseline, and the
+gradient-masking flags, on hand-made rows whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leaderboards.compare import compare, paired_difference, to_markdown, wilson
+
+from .test_store import row
+
+
+def cell(cell_id: str, defense: str, threat: str, adv: list[bool], *, attack: str = "pgd",
+         norm: str = "linf", eps: float = 0.3, linf: float = 0.3, l2: float = 3.0
+         ) -> tuple[dict, pd.DataFrame]:
+    n = len(adv)
+    summary = row(cell_id, defense=defense, threat=threat, attack=attack, norm=norm, eps=eps,
+                  eps_display=f"{eps:g}", n_samples=n, clean_acc=1.0,
+                  robust_acc=sum(adv) / n)
+    samples = pd.DataFrame({
+        "cell_id": cell_id, "sample_idx": np.arange(n), "label": 0, "clean_correct": True,
+        "adv_correct": adv, "success": [not a for a in adv], "l2": l2, "linf": linf,
+        "l0": 1.0})
+    return summary, samples
+
+
+def build(*cells: tuple[dict, pd.DataFrame]) -> pd.DataFrame:
+    return compare(pd.DataFrame([c[0] for c in cells]), pd.concat([c[1] for c in cells]))
+
+
+def test_wilson_matches_the_textbook_interval() -> None:
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_paired_difference() -> None:
+    a, b = np.array([1, 1, 1, 0] * 25), np.array([1, 0, 0, 0] * 25)
+    mean, lo, hi = paired_difference(a, b)
+    d = a - b
+    half = 1.959963984540054 * d.std(ddof=1) / 10
+    assert mean == pytest.approx(0.5) and (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
+
+
+def test_delta_against_the_undefended_baseline() -> None:
+    table = build(cell("b", "none", "adaptive", [False] * 8 + [True] * 2),
+                  cell("d", "at", "adaptive", [True] * 6 + [False] * 4))
+    d = table[table["defense"] == "at"].iloc[0]
+    assert d["delta"] == pytest.approx(0.4)
+    assert d["delta_lo"] < 0.4 < d["delta_hi"]
+    assert d["flags"] == ""
+    assert math.isnan(table[table["defense"] == "none"].iloc[0]["delta"])
+    assert "+40.0" in to_markdown(table)
+
+
+def test_adaptive_weaker_than_transfer_is_flagged() -> None:
+    table = build(cell("b", "none", "adaptive", [False] * 10),
+                  cell("a", "hgd", "adaptive", [True] * 7 + [False] * 3),
+                  cell("t", "hgd", "transfer", [True] * 2 + [False] * 8))
+    adaptive = table[table["threat"] == "adaptive"].set_index("defense")
+    assert adaptive.loc["hgd", "flags"] == "adaptive>transfer (70.0% > 20.0%)"
+    assert adaptive.loc["none", "flags"] == ""
+    # and per sample: the transfer attack fooled 5 samples the white-box attack missed
+    transfer = table[table["threat"] == "transfer"].iloc[0]
+    assert transfer["flags"] == "found 5 inside linf 0.3 that every white-box attack missed"
+
+
+def test_black_box_counts_only_inside_the_white_box_ball() -> None:
+    """One-pixel perturbations larger than the Linf budget do not count against PGD; smaller
+    ones do, unless another white-box attack at that eps already found them."""
+    white = cell("w", "d", "adaptive", [True] * 10)
+    big = cell("p", "d", "adaptive", [False] * 10, attack="onepixel", norm="l0", eps=1,
+               linf=0.9)
+    assert build(white, big).set_index("attack").loc["onepixel", "flags"] == ""
+    small = cell("p", "d", "adaptive", [False] * 4 + [True] * 6, attack="onepixel", norm="l0",
+                 eps=1, linf=0.25)
+    flags = build(white, small).set_index("attack").loc["onepixel", "flags"]
+    assert flags == "found 4 inside linf 0.3 that every white-box attack missed"
+    other = cell("f", "d", "adaptive", [False] * 3 + [True] * 7, attack="fgsm")
+    flags = build(white, other, small).set_index("attack").loc["onepixel", "flags"]
+    assert flags == "found 1 inside linf 0.3 that every white-box attack missed"
