@@ -47,6 +47,8 @@ class IterativeParams:
     image); ``None`` picks the attack's default rule relative to eps. ``random_start``: start from
     a uniform point in the eps ball. ``restarts``: independent runs; a sample keeps its first
     successful adversarial, else the one with the highest loss. ``targeted``: least-likely class.
+    ``early_stop``: a sample leaves the loop at the first iterate that fools the model (it stops
+    costing steps, and keeps that iterate); ``false`` spends the full budget on every sample.
     """
 
     steps: int = 40
@@ -55,6 +57,7 @@ class IterativeParams:
     restarts: int = 1
     targeted: bool = False
     loss: str = "ce"
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -89,12 +92,15 @@ def gradient_attack(
     targeted: bool,
     loss: str,
     y_target: torch.Tensor | None,
+    early_stop: bool = False,
 ) -> AttackResult:
     """The shared projected-gradient loop behind FGSM, BIM and PGD.
 
     Untargeted: ascend ``loss(logits, y)``. Targeted: descend ``loss(logits, y_target)``, where
     ``y_target`` defaults to the least-likely class of the clean input. Each restart runs only on
-    the samples no earlier restart fooled.
+    the samples no earlier restart fooled. With ``early_stop``, the logits each gradient step
+    computes anyway decide which samples are fooled already; those keep that iterate and leave
+    the batch, so they stop costing forward and backward passes.
     """
     calls = ModelCalls(target)
     loss_fn = loss_by_name(loss)
@@ -110,21 +116,34 @@ def gradient_attack(
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
     for _ in range(restarts):
-        x0, lab = x[active], labels[active]
+        run = active  # the samples of this restart still being attacked
+        x0, lab = x[run], labels[run]
         delta = random_start(x0, norm, eps, generator) if random_init else torch.zeros_like(x0)
         x_adv = (x0 + delta).clamp(lo, hi)
         for _ in range(steps):
-            _, _, grad = calls.loss_and_grad(x_adv, lab, loss_fn)
+            _, logits, grad = calls.loss_and_grad(x_adv, lab, loss_fn)
+            if early_stop:
+                pred = logits.argmax(1)
+                done = pred == lab if targeted else pred != lab
+                if bool(done.any()):
+                    best[run[done]] = x_adv[done]
+                    success[run[done]] = True
+                    keep = ~done
+                    run, x0, lab, x_adv, grad = run[keep], x0[keep], lab[keep], x_adv[keep], \
+                        grad[keep]
+                    if run.numel() == 0:
+                        break
             x_adv = x_adv + direction * step_size * steepest_direction(grad, norm)
             x_adv = (x0 + project(x_adv - x0, norm, eps)).clamp(lo, hi)
-        logits = calls.logits(x_adv).float()
-        fooled = logits.argmax(1) == lab if targeted else logits.argmax(1) != lab
-        score = direction * loss_fn(logits, lab)
-        better = fooled | (score > best_score[active])
-        best[active[better]] = x_adv[better]
-        best_score[active] = torch.where(better, score, best_score[active])
-        success[active] = fooled
-        active = active[~fooled]
+        if run.numel():
+            logits = calls.logits(x_adv).float()
+            fooled = logits.argmax(1) == lab if targeted else logits.argmax(1) != lab
+            score = direction * loss_fn(logits, lab)
+            better = fooled | (score > best_score[run])
+            best[run[better]] = x_adv[better]
+            best_score[run] = torch.where(better, score, best_score[run])
+            success[run] = fooled
+        active = torch.nonzero(~success).flatten()
         if active.numel() == 0:
             break
     return AttackResult.build(x, best, success, calls, y_target=y_target if targeted else None)
@@ -152,6 +171,7 @@ def _iterative(target: Target, x: torch.Tensor, y: torch.Tensor, eps: float, nor
         target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
         step_size=step, random_init=params.random_start, restarts=params.restarts,
         targeted=params.targeted, loss=params.loss, y_target=y_target,
+        early_stop=params.early_stop,
     )
 
 

@@ -20,7 +20,8 @@ LISTS = ("attacks", "defenses", "models", "datasets", "presets")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advbench", description=(
         "Adversarial-robustness benchmark sweeps for PyTorch: attacks x defenses x models, "
-        "results in Parquet, leaderboards and defense comparisons in Markdown/CSV."))
+        "results in Parquet, leaderboards and defense comparisons in Markdown/CSV, throughput "
+        "against the peers (perf)."))
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -48,6 +49,31 @@ def _parser() -> argparse.ArgumentParser:
         "gradient-masking flags)"))
     comp.add_argument("results", nargs="?", default="results", help="results directory")
     comp.add_argument("--format", choices=("md", "csv"), default="md")
+
+    perf = sub.add_parser("perf", help=(
+        "measure attack throughput against the forward/backward floor and the peers "
+        "(foolbox, torchattacks, ART) at identical budgets"))
+    perf.add_argument("--model", default="lenet", help="a zoo model (default: lenet)")
+    perf.add_argument("--dataset", default=None, help=(
+        "data the model is trained on and attacked with (default: mnist5k for 28x28x1 "
+        "models, mnist5k-rgb32 for 32x32x3; other shapes use random weights on synthetic "
+        "inputs)"))
+    perf.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    perf.add_argument("--batch-size", type=int, default=None,
+                      help="images per attack call (default: 1024 on CUDA, 256 on the CPU)")
+    perf.add_argument("--eps", type=float, default=None,
+                      help="Linf budget (default: 0.3 grayscale, 8/255 colour)")
+    perf.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
+                      choices=("fp32", "bf16", "fp16"), help="precisions for floors and attacks")
+    perf.add_argument("--groups", nargs="+", default=None,
+                      help="subset of: fgsm pgd10 pgd40-eval deepfool onepixel uap")
+    perf.add_argument("--no-peers", action="store_true", help="advbench only")
+    perf.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median)")
+    perf.add_argument("--uap-fit", type=int, default=200,
+                      help="training images the UAP cases fit on (ART needs ~1 s each on a CPU)")
+    perf.add_argument("--out", default="perf", help="where the Parquet file goes (default: perf/)")
+    perf.add_argument("--cache-dir", default=None, help="checkpoint cache")
+    perf.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -91,6 +117,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perf(args: argparse.Namespace) -> int:
+    from bench.checkpoints import resolve_cache_dir
+    from bench.perf import GROUPS, PerfOptions, run_perf, to_markdown, write_perf
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.uap_fit < 1:
+        raise BadInput(f"--uap-fit must be >= 1, got {args.uap_fit}")
+    if args.repeats < 1:
+        raise BadInput(f"--repeats must be >= 1, got {args.repeats}")
+    if args.eps is not None and not args.eps > 0:
+        raise BadInput(f"--eps must be > 0, got {args.eps}")
+    options = PerfOptions(
+        model=args.model, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
+        eps=args.eps, precisions=tuple(dict.fromkeys(["fp32", *args.precision])),
+        groups=tuple(args.groups or GROUPS), peers=not args.no_peers, repeats=args.repeats,
+        uap_fit=args.uap_fit,
+        cache_dir=resolve_cache_dir(args.cache_dir), progress=not args.no_progress)
+    df = run_perf(options)
+    path = write_perf(df, Path(args.out))
+    print(to_markdown(df))
+    print(f"rows written to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -106,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(render(args.results, args.format))
             return 0
+        if args.command == "perf":
+            return _perf(args)
         if args.command == "compare":
             from leaderboards import render_comparison
 

@@ -146,6 +146,21 @@ def mnist5k(arg: str | None = None) -> Dataset:
     )
 
 
+@DATASETS.register("mnist5k-rgb32")
+def mnist5k_rgb32(arg: str | None = None) -> Dataset:
+    """mnist5k padded to 32x32 with the digit in 3 channels: CIFAR-shaped data, offline."""
+    _no_arg("mnist5k-rgb32", arg)
+    base = load_dataset("mnist5k")
+
+    def widen(split: Split) -> Split:
+        x = torch.nn.functional.pad(split.x, (2, 2, 2, 2)).repeat(1, 3, 1, 1).contiguous()
+        return Split(x, split.y)
+
+    assert base.train is not None
+    return Dataset("mnist5k-rgb32", widen(base.test), widen(base.train), base.num_classes,
+                   base.mean * 3, base.std * 3)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array."""
     opener = gzip.open if path.suffix == ".gz" else open

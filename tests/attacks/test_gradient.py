@@ -44,7 +44,8 @@ def test_pgd_without_random_start_matches_foolbox(lenet: Target, digits: Digits)
         _, _, fb_success = attack(fmodel, x, y, epsilons=EPSILONS[:3])
     for i, eps in enumerate(EPSILONS[:3]):
         ours = run_attack("pgd", lenet, x, y, eps=eps,
-                          params={"steps": 10, "step_size": 0.02, "random_start": False})
+                          params={"steps": 10, "step_size": 0.02, "random_start": False,
+                                  "early_stop": False})
         assert torch.equal(ours.success, fb_success[i]), f"eps={eps}"
 
 
@@ -123,9 +124,31 @@ def test_restarts_only_add_successes(lenet: Target, digits: Digits) -> None:
 
 def test_model_call_counts(lenet: Target, digits: Digits) -> None:
     x, y = digits
-    res = run_attack("pgd", lenet, x, y, eps=0.1, params={"steps": 7})
+    res = run_attack("pgd", lenet, x, y, eps=0.1, params={"steps": 7, "early_stop": False})
     assert res.n_backward == 7 * len(x)
     assert res.n_forward == 8 * len(x)  # 7 gradient steps + the final success check
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 3.0)])
+def test_early_stop_saves_steps_and_loses_no_strength(lenet: Target, digits: Digits, norm: str,
+                                                      eps: float) -> None:
+    """Per-sample early stop: fooled samples leave the loop at the first fooling iterate, so an
+    undefended model costs far fewer gradient steps, and no sample that the full-budget run
+    fools is missed (each sample's trajectory is the same until it leaves)."""
+    x, y = digits
+    common = {"steps": 20, "step_size": eps / 8}
+    full = run_attack("pgd", lenet, x, y, norm=norm, eps=eps, params={**common,
+                      "early_stop": False}, generator=torch.Generator().manual_seed(0))
+    early = run_attack("pgd", lenet, x, y, norm=norm, eps=eps, params=common,
+                       generator=torch.Generator().manual_seed(0))
+    assert early.n_backward < 0.5 * full.n_backward
+    assert int((full.success & ~early.success).sum()) <= 2  # float noise across batch sizes
+    assert int(early.success.sum()) >= int(full.success.sum()) - 2
+    fooled = lenet.predict_logits(early.x_adv).argmax(1) != y
+    assert bool((fooled | ~early.success).all())  # a kept iterate really fools the model
+    delta = (early.x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= eps * (1 + 1e-5)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -1,0 +1,482 @@
+"""``advbench perf``: throughput of every attack against the peers, in one run.
+
+For one model and input shape it measures, on the same device, data and budget:
+
+- the *floor*: plain forward and forward+backward-to-the-input throughput per precision;
+- advbench's attacks (FGSM, PGD-10, DeepFool, one-pixel, UAP, and PGD-40 evaluation with and
+  without per-sample early stop);
+- the same attacks in foolbox, torchattacks and ART when they are installed.
+
+Each row carries a strength measure next to its speed (robust accuracy, DeepFool's median L2,
+one-pixel's success rate, UAP's held-out fooling rate), so that equal strength can be checked,
+the speed-up over the fastest peer of its group, and, for advbench, the fraction of the floor its
+model calls reached. Rows are written as Parquet (:data:`PERF_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+import bench
+from attacks import run_attack
+from bench.checkpoints import CheckpointCache
+from bench.datasets import load_dataset
+from bench.errors import BadInput
+from bench.measure import device_name, git_sha
+from bench.models import MODELS
+from bench.target import Target
+from bench.training import trained_classifier
+
+log = logging.getLogger(__name__)
+
+PERF_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("weights", pa.string(), nullable=False),
+    pa.field("input_shape", pa.string(), nullable=False),
+    pa.field("group", pa.string(), nullable=False),
+    pa.field("library", pa.string(), nullable=False),
+    pa.field("precision", pa.string(), nullable=False),
+    pa.field("budget", pa.string(), nullable=False),
+    pa.field("n_images", pa.int64(), nullable=False),
+    pa.field("median_s", pa.float64(), nullable=False),
+    pa.field("img_per_s", pa.float64(), nullable=False),
+    pa.field("speedup_vs_fastest_peer", pa.float64()),
+    pa.field("metric", pa.string()),
+    pa.field("score", pa.float64()),
+    pa.field("n_forward", pa.int64()),
+    pa.field("n_backward", pa.int64()),
+    pa.field("floor_fraction", pa.float64()),
+    pa.field("peak_mem_bytes", pa.int64()),
+    pa.field("device", pa.string(), nullable=False),
+    pa.field("torch_version", pa.string(), nullable=False),
+    pa.field("advbench_version", pa.string(), nullable=False),
+    pa.field("git_sha", pa.string()),
+])
+
+Run = Callable[[], tuple[torch.Tensor, dict[str, Any]]]
+
+
+@dataclass
+class Case:
+    """One timed attack: ``run()`` returns ``(x_adv or perturbation, extra)``."""
+
+    group: str
+    library: str
+    budget: str
+    n_images: int
+    run: Run
+    score: Callable[[torch.Tensor], float]
+    metric: str
+    precision: str = "fp32"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
+           ) -> tuple[float, Any, int | None]:
+    """Median wall seconds of ``fn`` (synchronised), its last output, CUDA peak memory."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return statistics.median(times), out, peak
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16,
+                                              "fp16": torch.float16}[precision])
+
+
+def floors(target: Target, x: torch.Tensor, precisions: tuple[str, ...], repeats: int
+           ) -> dict[tuple[str, str], float]:
+    """Images/s of a plain forward and of forward+backward to the input, per precision."""
+    device = x.device
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    out: dict[tuple[str, str], float] = {}
+    for precision in precisions:
+        def forward() -> None:
+            with torch.no_grad(), _autocast(device, precision):
+                target(x)
+
+        def forward_backward() -> None:
+            xg = x.detach().requires_grad_(True)
+            with _autocast(device, precision):
+                loss = torch.nn.functional.cross_entropy(target(xg).float(), y)
+            torch.autograd.grad(loss, xg)
+
+        for kind, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            # Generous warm-up and repeats: the floor is the denominator of every ratio, and a
+            # cold GPU (clocks, cuDNN autotuning) would flatter every attack measured after it.
+            seconds, _, _ = _timed(fn, device, max(10, 3 * repeats), warmup=10)
+            out[(kind, precision)] = x.shape[0] / seconds
+    return out
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _accuracy(target: Target, y: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    return lambda x_adv: float((target.predict_logits(x_adv).argmax(1) == y).float().mean())
+
+
+def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Tensor, *,
+                eps: float, precisions: tuple[str, ...], peers: bool, groups: set[str],
+                onepixel_n: int, deepfool_n: int) -> list[Case]:
+    """Every case of the run, at identical budgets across libraries."""
+    device, n = x.device, x.shape[0]
+    shape = tuple(target.input_shape)
+    accuracy = _accuracy(target, y)
+    gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
+    cases: list[Case] = []
+
+    def ours(name: str, xs: torch.Tensor, ys: torch.Tensor, precision: str = "fp32",
+             **kwargs: Any) -> Run:
+        def run() -> tuple[torch.Tensor, dict[str, Any]]:
+            with _autocast(device, precision):
+                res = run_attack(name, target, xs, ys, generator=gen(), **kwargs)
+            return (res.artifacts.get("perturbation", res.x_adv),
+                    {"n_forward": res.n_forward, "n_backward": res.n_backward})
+        return run
+
+    step = eps / 4
+    if "fgsm" in groups:
+        for precision in precisions:
+            cases.append(Case("fgsm", "advbench", f"linf {eps:g}", n,
+                              ours("fgsm", x, y, precision, eps=eps), accuracy, "robust_acc",
+                              precision))
+    if "pgd10" in groups:
+        for precision in precisions:
+            cases.append(Case("pgd10", "advbench", f"linf {eps:g}, 10 x {step:g}", n,
+                              ours("pgd", x, y, precision, eps=eps, params={
+                                  "steps": 10, "step_size": step, "early_stop": False}),
+                              accuracy, "robust_acc", precision))
+    if "pgd40-eval" in groups:
+        for early in (True, False):
+            cases.append(Case("pgd40-eval", "advbench" if early else "advbench-full-budget",
+                              f"linf {eps:g}, 40 x {eps / 10:g}", n,
+                              ours("pgd", x, y, eps=eps, params={
+                                  "steps": 40, "step_size": eps / 10, "early_stop": early}),
+                              accuracy, "robust_acc"))
+    xd, yd = x[:deepfool_n], y[:deepfool_n]
+    if "deepfool" in groups:
+        cases.append(Case("deepfool", "advbench", "l2 minimal, 50 steps", len(xd),
+                          ours("deepfool", xd, yd, norm="l2", eps=None),
+                          _median_l2(target, xd, yd), "median_l2"))
+    xo, yo = x[:onepixel_n], y[:onepixel_n]
+    # torchattacks' default one-pixel budget: 10 generations, popsize 10 -> its DE uses
+    # max(1, 10 // d) * d members for d = 2 + C parameters per pixel.
+    d = 2 + shape[0]
+    population = max(1, 10 // d) * d
+    if "onepixel" in groups:
+        cases.append(Case("onepixel", "advbench", f"1 pixel, {population} x 10 generations",
+                          len(xo), ours("onepixel", xo, yo, norm="l0", eps=1, params={
+                              "population": population, "generations": 10}),
+                          _success(target, yo), "success"))
+    if "uap" in groups:
+        cases.append(Case("uap", "advbench", f"linf {eps:g}, one DeepFool pass", len(fit_x),
+                          ours("uap", x, y, eps=eps, fit_data=(fit_x, y[:0].new_zeros(
+                              len(fit_x))), params={"max_passes": 1,
+                                                    "target_fooling_rate": 0.8}),
+                          _fooling(target, x), "heldout_fooling"))
+    if peers:
+        cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
+                            yo=yo, population=population)
+    return cases
+
+
+def _median_l2(target: Target, x: torch.Tensor, y: torch.Tensor
+               ) -> Callable[[torch.Tensor], float]:
+    def score(x_adv: torch.Tensor) -> float:
+        fooled = target.predict_logits(x_adv).argmax(1) != y
+        l2 = (x_adv - x).flatten(1).norm(dim=1)[fooled]
+        return float(l2.median()) if l2.numel() else float("nan")
+    return score
+
+
+def _success(target: Target, y: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    return lambda x_adv: float((target.predict_logits(x_adv).argmax(1) != y).float().mean())
+
+
+def _fooling(target: Target, x: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    clean = target.predict_logits(x).argmax(1)
+
+    def score(v: torch.Tensor) -> float:
+        lo, hi = target.bounds
+        pred = target.predict_logits((x + v).clamp(lo, hi)).argmax(1)
+        return float((pred != clean).float().mean())
+    return score
+
+
+def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Tensor, *,
+               eps: float, groups: set[str], xd: torch.Tensor, yd: torch.Tensor,
+               xo: torch.Tensor, yo: torch.Tensor, population: int) -> list[Case]:
+    """The same budgets in foolbox, torchattacks and ART (those that are installed)."""
+    device, n = x.device, x.shape[0]
+    lo, hi = target.bounds
+    accuracy = _accuracy(target, y)
+    step = eps / 4
+    cases: list[Case] = []
+    none: dict[str, Any] = {}
+    if _available("foolbox"):
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(target, bounds=(lo, hi), device=device)
+
+        def fb_run(attack: Any, xs: torch.Tensor, ys: torch.Tensor, epsilons: Any) -> Run:
+            return lambda: (attack(fmodel, xs, ys, epsilons=epsilons)[1], none)
+
+        if "fgsm" in groups:
+            cases.append(Case("fgsm", "foolbox", f"linf {eps:g}", n,
+                              fb_run(fb.attacks.FGSM(), x, y, eps), accuracy, "robust_acc"))
+        if "pgd10" in groups:
+            cases.append(Case("pgd10", "foolbox", f"linf {eps:g}, 10 x {step:g}", n,
+                              fb_run(fb.attacks.LinfPGD(steps=10, abs_stepsize=step), x, y, eps),
+                              accuracy, "robust_acc"))
+        if "deepfool" in groups:
+            cases.append(Case("deepfool", "foolbox", "l2 minimal, 50 steps", len(xd),
+                              fb_run(fb.attacks.L2DeepFoolAttack(steps=50), xd, yd, None),
+                              _median_l2(target, xd, yd), "median_l2"))
+    if _available("torchattacks"):
+        import torchattacks
+
+        if "fgsm" in groups:
+            atk = torchattacks.FGSM(target, eps=eps)
+            cases.append(Case("fgsm", "torchattacks", f"linf {eps:g}", n,
+                              lambda: (atk(x, y), none), accuracy, "robust_acc"))
+        if "pgd10" in groups:
+            pgd = torchattacks.PGD(target, eps=eps, alpha=step, steps=10)
+            cases.append(Case("pgd10", "torchattacks", f"linf {eps:g}, 10 x {step:g}", n,
+                              lambda: (pgd(x, y), none), accuracy, "robust_acc"))
+        if "onepixel" in groups:
+            op = torchattacks.OnePixel(target, pixels=1, steps=10, popsize=10)
+            cases.append(Case("onepixel", "torchattacks",
+                              f"1 pixel, {population} x 10 generations", len(xo),
+                              lambda: (op(xo, yo), none), _success(target, yo), "success"))
+    if _available("art"):
+        from art.attacks.evasion import (DeepFool, FastGradientMethod, ProjectedGradientDescent,
+                                         UniversalPerturbation)
+        from art.estimators.classification import PyTorchClassifier
+
+        classifier = PyTorchClassifier(
+            target, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(target.input_shape),
+            nb_classes=target.num_classes, clip_values=(lo, hi),
+            device_type="gpu" if device.type == "cuda" else "cpu")
+
+        def art_run(attack: Any, xs: torch.Tensor, ys: torch.Tensor | None) -> Run:
+            def run() -> tuple[torch.Tensor, dict[str, Any]]:
+                kwargs = {} if ys is None else {"y": ys.cpu().numpy()}
+                adv = attack.generate(xs.cpu().numpy(), **kwargs)
+                return torch.from_numpy(adv).to(device), none
+            return run
+
+        if "fgsm" in groups:
+            cases.append(Case("fgsm", "art", f"linf {eps:g}", n, art_run(FastGradientMethod(
+                classifier, eps=eps, batch_size=n), x, y), accuracy, "robust_acc"))
+        if "pgd10" in groups:
+            cases.append(Case("pgd10", "art", f"linf {eps:g}, 10 x {step:g}", n, art_run(
+                ProjectedGradientDescent(classifier, eps=eps, eps_step=step, max_iter=10,
+                                         batch_size=n, verbose=False), x, y),
+                accuracy, "robust_acc"))
+        if "deepfool" in groups:
+            cases.append(Case("deepfool", "art", "l2 minimal, 50 steps", len(xd), art_run(
+                DeepFool(classifier, max_iter=50, nb_grads=10, batch_size=len(xd),
+                         verbose=False), xd, None), _median_l2(target, xd, yd), "median_l2"))
+        if "uap" in groups:
+            def art_uap() -> tuple[torch.Tensor, dict[str, Any]]:
+                attack = UniversalPerturbation(classifier, attacker="deepfool", delta=0.2,
+                                               max_iter=1, eps=eps, norm=np.inf, verbose=False)
+                attack.generate(fit_x.cpu().numpy())
+                return torch.from_numpy(attack.noise[0]).float().to(device), none
+            cases.append(Case("uap", "art", f"linf {eps:g}, one DeepFool pass", len(fit_x),
+                              art_uap, _fooling(target, x), "heldout_fooling"))
+    return cases
+
+
+GROUPS = ("fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap")
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    model: str = "lenet"
+    dataset: str | None = None  # default: mnist5k (28x28x1) / mnist5k-rgb32 (32x32x3)
+    device: str = "auto"
+    batch_size: int | None = None
+    eps: float | None = None
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    groups: tuple[str, ...] = GROUPS
+    peers: bool = True
+    repeats: int = 3
+    onepixel_n: int = 64
+    deepfool_n: int | None = None
+    uap_fit: int = 200
+    cache_dir: Path | None = None
+    progress: bool = True
+
+
+def perf_target(options: PerfOptions, device: torch.device
+                ) -> tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The model (trained when a matching local data set exists, else random weights) and
+    evaluation / fit images with labels the model gets right."""
+    spec = MODELS.get(options.model)
+    n = options.batch_size or (1024 if device.type == "cuda" else 256)
+    name = options.dataset
+    if name is None:
+        name = {(1, 28, 28): "mnist5k", (3, 32, 32): "mnist5k-rgb32"}.get(spec.input_shape)
+    if name is not None:
+        dataset = load_dataset(name)
+        if options.cache_dir is None:
+            raise BadInput("perf with a trained model needs a checkpoint cache directory")
+        target, _ = trained_classifier(spec.name, dataset, seed=0, device=device,
+                                       cache=CheckpointCache(options.cache_dir),
+                                       progress=options.progress)
+        weights = f"trained on {dataset.name}"
+        test, train = dataset.split("test"), dataset.split("train")
+        reps = (n + len(test) - 1) // len(test)
+        x = test.x.repeat(reps, 1, 1, 1)[:n].to(device)
+        y = test.y.repeat(reps)[:n].to(device)
+        fit_x = train.x[:options.uap_fit].to(device)
+    else:
+        torch.manual_seed(0)
+        target = Target(spec.build(10), num_classes=10, input_shape=spec.input_shape,
+                        name=spec.name).to(device)
+        weights = "random init (no local data set; labels = the model's own predictions)"
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((n, *spec.input_shape), generator=g).to(device)
+        fit_x = torch.rand((options.uap_fit, *spec.input_shape), generator=g).to(device)
+        y = target.predict_logits(x).argmax(1)
+    target.eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target, x, y, fit_x, weights
+
+
+def run_perf(options: PerfOptions) -> pd.DataFrame:
+    """Measure floors and every case; return the rows (also the Parquet table's rows)."""
+    from bench.measure import resolve_device
+
+    device = resolve_device(options.device)
+    unknown = sorted(set(options.groups) - set(GROUPS))
+    if unknown:
+        raise BadInput(f"unknown perf group {unknown[0]!r}; known: {', '.join(GROUPS)}")
+    target, x, y, fit_x, weights = perf_target(options, device)
+    eps = options.eps if options.eps is not None else (
+        0.3 if target.input_shape[0] == 1 else 8 / 255)
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    common = {"run_id": run_id, "created_at": dt.datetime.now(dt.timezone.utc),
+              "model": target.name, "weights": weights,
+              "input_shape": "x".join(map(str, target.input_shape)), "device": device_name(device),
+              "torch_version": torch.__version__, "advbench_version": bench.__version__,
+              "git_sha": git_sha()}
+    rows: list[dict[str, Any]] = []
+    floor = floors(target, x, options.precisions, options.repeats)
+    for (kind, precision), rate in floor.items():
+        rows.append({**common, "group": "floor", "library": kind, "precision": precision,
+                     "budget": "", "n_images": x.shape[0], "median_s": x.shape[0] / rate,
+                     "img_per_s": rate})
+    cases = build_cases(target, x, y, fit_x, eps=eps, precisions=options.precisions,
+                        peers=options.peers, groups=set(options.groups),
+                        onepixel_n=min(options.onepixel_n, x.shape[0]),
+                        deepfool_n=min(options.deepfool_n or x.shape[0], x.shape[0]))
+    from tqdm.auto import tqdm
+
+    with target.evaluating():
+        for case in tqdm(cases, desc="perf", unit="case", disable=not options.progress):
+            slow = case.library != "advbench" and case.group in ("onepixel", "uap", "deepfool")
+            seconds, (out, extra), peak = _timed(case.run, device,
+                                                 1 if slow else options.repeats,
+                                                 0 if slow else 1)
+            row = {**common, "group": case.group, "library": case.library,
+                   "precision": case.precision, "budget": case.budget,
+                   "n_images": case.n_images, "median_s": seconds,
+                   "img_per_s": case.n_images / seconds, "metric": case.metric,
+                   "score": case.score(out), "n_forward": extra.get("n_forward"),
+                   "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak}
+            if row["n_backward"]:
+                row["floor_fraction"] = (row["n_backward"] / seconds) / floor[
+                    ("forward+backward", case.precision if case.precision in options.precisions
+                     else "fp32")]
+            elif row["n_forward"]:
+                row["floor_fraction"] = (row["n_forward"] / seconds) / floor[("forward", "fp32")]
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["speedup_vs_fastest_peer"] = np.nan
+    for group, g in df[df["group"] != "floor"].groupby("group"):
+        peers = g[~g["library"].str.startswith("advbench") & (g["precision"] == "fp32")]
+        if peers.empty:
+            continue
+        fastest = peers["img_per_s"].max()
+        mine = g["library"].str.startswith("advbench")
+        df.loc[g[mine].index, "speedup_vs_fastest_peer"] = g.loc[mine, "img_per_s"] / fastest
+    fixed = df[(df["group"] == "pgd40-eval") & (df["library"] == "advbench-full-budget")]
+    if not fixed.empty:  # early stop's speed-up over the same attack at full budget
+        early = (df["group"] == "pgd40-eval") & (df["library"] == "advbench")
+        df.loc[early, "speedup_vs_fastest_peer"] = (df.loc[early, "img_per_s"]
+                                                    / fixed["img_per_s"].iloc[0])
+    for f in PERF_SCHEMA:
+        if f.name not in df:
+            df[f.name] = None
+    return df[[f.name for f in PERF_SCHEMA]]
+
+
+def write_perf(df: pd.DataFrame, out: Path) -> Path:
+    """Write the rows atomically as ``out/perf-<run_id>.parquet``."""
+    from leaderboards.store import _atomic_write
+
+    table = pa.Table.from_pandas(df, schema=PERF_SCHEMA, preserve_index=False)
+    path = Path(out) / f"perf-{df['run_id'].iloc[0]}.parquet"
+    _atomic_write(table, path)
+    return path
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The ratio table: floors first, then each group with its strength measure."""
+    head = df.iloc[0]
+    lines = [f"advbench perf · {head['model']} ({head['input_shape']}, {head['weights']}) · "
+             f"{head['device']} · torch {head['torch_version']}\n"]
+    shown = pd.DataFrame({
+        "group": df["group"], "library": df["library"], "precision": df["precision"],
+        "budget": df["budget"], "n": df["n_images"],
+        "img/s": df["img_per_s"].map(lambda v: f"{v:,.1f}"),
+        "speed-up": df["speedup_vs_fastest_peer"].map(
+            lambda v: "" if pd.isna(v) else f"{v:.2f}x"),
+        "strength": [("" if pd.isna(s) else f"{m} {s:.3f}") for m, s in
+                     zip(df["metric"].fillna(""), df["score"])],
+        "floor %": df["floor_fraction"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}"),
+    })
+    lines.append(shown.to_markdown(index=False, disable_numparse=True))
+    lines.append("\nspeed-up: advbench img/s over the fastest peer of the group at fp32 "
+                 "(pgd40-eval: early stop over the full budget); floor %: the attack's model "
+                 "calls per second over the plain forward(+backward) throughput.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,65 @@
+"""`advbench perf` end to end on the CPU with tiny budgets: floors, every group, the peers at
+identical budgets (equal strength where the attack is deterministic), Parquet output, and bad
+input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench.cli import main
+from bench.perf import PERF_SCHEMA
+
+
+def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: Path,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "perf"
+    code = main(["perf", "--model", "lenet", "--device", "cpu", "--batch-size", "24",
+                 "--repeats", "1", "--uap-fit", "6", "--out", str(out), "--no-progress",
+                 "--cache-dir", str(cache_dir)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    files = list(out.glob("perf-*.parquet"))
+    assert len(files) == 1
+    table = pq.read_table(files[0])
+    assert table.schema.equals(PERF_SCHEMA, check_metadata=False)
+    df = table.to_pandas()
+    floors = df[df["group"] == "floor"]
+    assert set(zip(floors["library"], floors["precision"])) == {
+        (k, p) for k in ("forward", "forward+backward") for p in ("fp32", "bf16")}
+    assert (floors["img_per_s"] > 0).all()
+    ours = df[df["library"] == "advbench"]
+    assert set(ours["group"]) == {"fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap"}
+    assert set(df["library"]) >= {"foolbox", "torchattacks", "art", "advbench-full-budget"}
+    fgsm = df[(df["group"] == "fgsm") & (df["precision"] == "fp32")].set_index("library")
+    # FGSM is deterministic: every library must land on the same robust accuracy.
+    assert fgsm.loc["advbench", "score"] == fgsm.loc["torchattacks", "score"] \
+        == fgsm.loc["foolbox", "score"] == fgsm.loc["art", "score"]
+    assert fgsm.loc["advbench", "speedup_vs_fastest_peer"] == pytest.approx(
+        fgsm.loc["advbench", "img_per_s"] / fgsm.drop("advbench")["img_per_s"].max())
+    assert (ours["floor_fraction"] > 0).all()
+    early = df[(df["group"] == "pgd40-eval") & (df["library"] == "advbench")].iloc[0]
+    full = df[(df["group"] == "pgd40-eval") & (df["library"] == "advbench-full-budget")].iloc[0]
+    assert early["n_backward"] < full["n_backward"]
+    assert early["score"] <= full["score"] + 1 / 24
+    assert "floor" in printed and "speed-up" in printed and str(files[0]) in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--groups", "pgd100"], "unknown perf group 'pgd100'"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--model", "lenett"], "unknown model 'lenett'"),
+    (["--eps", "-1"], "--eps must be > 0"),
+])
+def test_perf_bad_input(argv: list[str], message: str, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "perf"
+    code = main(["perf", "--device", "cpu", "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
