@@ -176,12 +176,26 @@ def attack_samples(cell: Cell, params: Any, attacked: Target, data: EvalData, *,
     step = data.x.shape[0] if spec.needs_fit_data else batch_size
     results: list[AttackResult] = []
     with measure(device) as timing, attacked.evaluating(), _autocast(device, cell.precision):
-        for start in tqdm(range(0, data.x.shape[0], step), disable=not progress, leave=False,
-                          desc=f"{cell.attack}@{cell.threat_model.eps_display}", unit="batch"):
-            results.append(spec.fn(attacked, data.x[start:start + step],
-                                   data.y[start:start + step], eps=cell.threat_model.eps,
-                                   norm=cell.threat_model.norm, generator=generator,
-                                   params=params, **extra))
+        n, start = data.x.shape[0], 0
+        bar = tqdm(total=n, disable=not progress, leave=False, unit="img",
+                   desc=f"{cell.attack}@{cell.threat_model.eps_display}")
+        while start < n:
+            try:
+                results.append(spec.fn(attacked, data.x[start:start + step],
+                                       data.y[start:start + step], eps=cell.threat_model.eps,
+                                       norm=cell.threat_model.norm, generator=generator,
+                                       params=params, **extra))
+            except torch.cuda.OutOfMemoryError:
+                if step == 1 or spec.needs_fit_data:
+                    raise
+                step = max(1, step // 2)  # back off instead of crashing; retry this batch
+                log.warning("CUDA out of memory in %s; retrying with batch size %d",
+                            cell.attack, step)
+                torch.cuda.empty_cache()
+                continue
+            bar.update(min(step, n - start))
+            start += step
+        bar.close()
     targets = [r.y_target for r in results if r.y_target is not None]
     artifacts = {k: v for r in results for k, v in r.artifacts.items()}
     return AttackRun(torch.cat([r.x_adv for r in results]), torch.cat(targets) if targets else None,

@@ -90,3 +90,32 @@ def test_bf16_success_is_confirmed_in_fp32(prepared: Any) -> None:
     fp32_adv_correct = samples["adv_correct"]
     assert summary["precision"] == "bf16"
     assert summary["robust_acc"] == pytest.approx(float(fp32_adv_correct.mean()))
+
+
+def test_cuda_out_of_memory_backs_off_the_batch_size(monkeypatch: pytest.MonkeyPatch,
+                                                     prepared: Any) -> None:
+    """An attack that runs out of memory above 10 images is retried with halved batches; every
+    sample is attacked once and the cell completes."""
+    from bench.runner import attack_samples
+
+    sizes: list[int] = []
+    real = ATTACKS.get("fgsm")
+
+    def fn(target: Target, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> AttackResult:
+        sizes.append(len(x))
+        if len(x) > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real.fn(target, x, y, **kwargs)
+
+    monkeypatch.setitem(ATTACKS._entries, "fgsm", AttackSpec(
+        "fgsm", fn, real.params_cls, real.norms, summary=real.summary))
+    target, data = prepared
+    run = attack_samples(make_cell("fgsm", 0.2), FGSMParams(), target.base, data,
+                         device=torch.device("cpu"), batch_size=40)
+    assert sizes[:2] == [40, 20] and sizes[2:] == [10, 10, 10, 10]
+    assert sum(sizes[2:]) == len(data.y) and run.x_adv.shape == data.x.shape
+    with target.base.evaluating():
+        direct = real.fn(target.base, data.x, data.y, eps=0.2, norm=Norm.LINF,
+                         generator=torch.Generator(), params=FGSMParams())
+    same = (run.x_adv == direct.x_adv).float().mean()
+    assert float(same) > 0.999  # equal up to float noise between batch sizes
