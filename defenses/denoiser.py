@@ -217,6 +217,7 @@ def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Gene
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     defended = build_hgd(base, params)
     denoiser = defended.model.denoiser
+    grad_flags = [(p, p.requires_grad) for p in base.parameters()]
     for p in base.parameters():
         p.requires_grad_(False)
     attack_gen = torch.Generator(device=device).manual_seed(seed)
@@ -244,16 +245,13 @@ def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Gene
 
     recipe = TrainRecipe(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                          optimizer=params.optimizer, schedule=params.schedule)
-    was = [(m, m.training) for m in base.modules()]
-    base.eval()
     try:
-        history = fit(denoiser, train, recipe, seed=seed, device=device, progress=progress,
-                      desc=f"hgd {params.loss}", loss=loss, perturb=perturb)
+        with base.evaluating():  # the classifier stays frozen in eval mode
+            history = fit(denoiser, train, recipe, seed=seed, device=device, progress=progress,
+                          desc=f"hgd {params.loss}", loss=loss, perturb=perturb)
     finally:
-        for module, flag in was:
-            module.training = flag
-        for p in base.parameters():
-            p.requires_grad_(True)
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
     defended.card = {"history": history}
     return defended
 

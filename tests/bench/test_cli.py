@@ -72,7 +72,8 @@ def test_run_writes_typed_parquet_and_prints_a_leaderboard(
     assert zero["robust_acc"] == zero["clean_acc"]  # eps = 0 reproduces clean accuracy exactly
     assert (df["robust_acc"] <= df["clean_acc"]).all()
     pgd = df[df["attack"] == "pgd"].iloc[0]
-    assert pgd["n_backward"] == 3 * 60 and pgd["img_per_s"] > 0 and pgd["device"].startswith("cpu")
+    # early stop: fooled digits leave the loop, so at most 3 steps x 60 digits
+    assert 0 < pgd["n_backward"] <= 3 * 60 and pgd["img_per_s"] > 0 and pgd["device"].startswith("cpu")
     assert pgd["torch_version"] == torch.__version__
     assert not list(out.rglob(".*"))  # no temporary files left behind
 
