@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,7 @@ def test_success_rate_at_least_torchattacks_at_the_same_budget(lenet: Target,
     x, y = digits[0][::2], digits[1][::2]
     k, popsize, steps = 3, 60, 10
     torch.manual_seed(0)
+    np.random.seed(0)  # torchattacks' DE (scipy) draws from numpy's global state
     with lenet.evaluating():
         ta_adv = torchattacks.OnePixel(lenet, pixels=k, steps=steps, popsize=popsize)(x, y)
     ta_rate = float((lenet.predict_logits(ta_adv).argmax(1) != y).float().mean())
