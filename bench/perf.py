@@ -35,7 +35,7 @@ from attacks import run_attack
 from bench.checkpoints import CheckpointCache
 from bench.datasets import load_dataset
 from bench.errors import BadInput
-from bench.measure import device_name, git_sha
+from bench.measure import autocast, device_name, git_sha
 from bench.models import MODELS
 from bench.target import Target
 from bench.training import trained_classifier
@@ -109,15 +109,6 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: in
     return statistics.median(times), out, peak
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16,
-                                              "fp16": torch.float16}[precision])
-
-
 def floors(target: Target, x: torch.Tensor, precisions: tuple[str, ...], repeats: int
            ) -> dict[tuple[str, str], float]:
     """Images/s of a plain forward and of forward+backward to the input, per precision."""
@@ -126,12 +117,12 @@ def floors(target: Target, x: torch.Tensor, precisions: tuple[str, ...], repeats
     out: dict[tuple[str, str], float] = {}
     for precision in precisions:
         def forward() -> None:
-            with torch.no_grad(), _autocast(device, precision):
+            with torch.no_grad(), autocast(device, precision):
                 target(x)
 
         def forward_backward() -> None:
             xg = x.detach().requires_grad_(True)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 loss = torch.nn.functional.cross_entropy(target(xg).float(), y)
             torch.autograd.grad(loss, xg)
 
@@ -164,7 +155,7 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
     def ours(name: str, xs: torch.Tensor, ys: torch.Tensor, precision: str = "fp32",
              **kwargs: Any) -> Run:
         def run() -> tuple[torch.Tensor, dict[str, Any]]:
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 res = run_attack(name, target, xs, ys, generator=gen(), **kwargs)
             return (res.artifacts.get("perturbation", res.x_adv),
                     {"n_forward": res.n_forward, "n_backward": res.n_backward})

@@ -8,7 +8,6 @@ fp32 forward pass of the evaluated target.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -29,7 +28,7 @@ from bench.checkpoints import CheckpointCache
 from bench.config import Cell, SweepConfig, expand_cells
 from bench.datasets import Dataset, load_dataset
 from bench.errors import AttackContractError, BadInput
-from bench.measure import device_name, git_sha, measure, resolve_device
+from bench.measure import autocast, device_name, git_sha, measure, resolve_device
 from bench.models import MODELS
 from bench.target import Target
 from bench.training import check_compatible, make_target, trained_classifier
@@ -95,13 +94,6 @@ def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device)
     perm = torch.randperm(len(part), generator=torch.Generator().manual_seed(EVAL_SUBSET_SEED))
     idx = perm[:n_eval].sort().values
     return EvalData(part.x[idx].to(device), part.y[idx].to(device), idx)
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
@@ -175,7 +167,7 @@ def attack_samples(cell: Cell, params: Any, attacked: Target, data: EvalData, *,
     generator = torch.Generator(device=device).manual_seed(cell.seed)
     step = data.x.shape[0] if spec.needs_fit_data else batch_size
     results: list[AttackResult] = []
-    with measure(device) as timing, attacked.evaluating(), _autocast(device, cell.precision):
+    with measure(device) as timing, attacked.evaluating(), autocast(device, cell.precision):
         n, start = data.x.shape[0], 0
         bar = tqdm(total=n, disable=not progress, leave=False, unit="img",
                    desc=f"{cell.attack}@{cell.threat_model.eps_display}")
