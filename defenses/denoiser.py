@@ -18,6 +18,7 @@ through denoiser and classifier together: sweep it with ``threats = ["adaptive",
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,20 +177,8 @@ def build_hgd(base: Target, params: HGDParams) -> Target:
                   name=f"{base.name}+hgd").to(base.device)
 
 
-def _guided_loss(base: Target, params: HGDParams):  # type: ignore[no-untyped-def]
-    """``(denoised, clean, y) -> loss`` for the chosen guidance; the classifier is frozen."""
-    if params.loss == "pixel":
-        return lambda denoised, clean, y: (denoised - clean).abs().mean()
-    if params.loss == "class":
-        return lambda denoised, clean, y: F.cross_entropy(base(denoised), y)
-    if params.loss == "logit":
-        def logit_loss(denoised: torch.Tensor, clean: torch.Tensor, y: torch.Tensor
-                       ) -> torch.Tensor:
-            with torch.no_grad():
-                reference = base(clean)
-            return (base(denoised) - reference).abs().mean()
-        return logit_loss
-
+def _last_hidden(base: Target) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> the input of the classifier's last nn.Linear`` (its last hidden features)."""
     layer = _last_linear(base)
     assert layer is not None
     captured: list[torch.Tensor] = []
@@ -201,13 +190,24 @@ def _guided_loss(base: Target, params: HGDParams):  # type: ignore[no-untyped-de
         finally:
             handle.remove()
         return captured.pop()
+    return features
 
-    def feature_loss(denoised: torch.Tensor, clean: torch.Tensor, y: torch.Tensor
-                     ) -> torch.Tensor:
+
+def _guided_loss(base: Target, params: HGDParams
+                 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(denoised, clean, y) -> loss`` for the chosen guidance; the classifier is frozen."""
+    if params.loss == "pixel":
+        return lambda denoised, clean, y: (denoised - clean).abs().mean()
+    if params.loss == "class":
+        return lambda denoised, clean, y: F.cross_entropy(base(denoised), y)
+    represent = base if params.loss == "logit" else _last_hidden(base)
+
+    def representation_l1(denoised: torch.Tensor, clean: torch.Tensor, y: torch.Tensor
+                          ) -> torch.Tensor:
         with torch.no_grad():
-            reference = features(clean)
-        return (features(denoised) - reference).abs().mean()
-    return feature_loss
+            reference = represent(clean)
+        return (represent(denoised) - reference).abs().mean()
+    return representation_l1
 
 
 def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Generator, *,
