@@ -90,8 +90,12 @@ def _list(what: str, pattern: str) -> str:
     elif what == "defenses":
         rows = [(n, DEFENSES.get(n).summary) for n in DEFENSES.names(pattern)]
     elif what == "models":
-        rows = [(n, "x".join(map(str, MODELS.get(n).input_shape)), MODELS.get(n).summary)
-                for n in MODELS.names(pattern)]
+        from generative.models import GANS
+
+        rows = [(n, "classifier", "x".join(map(str, MODELS.get(n).input_shape)),
+                 MODELS.get(n).summary) for n in MODELS.names(pattern)]
+        rows += [(n, "discriminator", "28x28, 32x32, 64x64...", GANS.get(n).summary)
+                 for n in GANS.names(pattern)]
     elif what == "datasets":
         rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
                 for n in DATASETS.names(pattern)]

@@ -1,7 +1,8 @@
 """Sweep configs: TOML → a frozen :class:`SweepConfig` → :class:`Cell` s.
 
-A cell is one dataset × target × defense × threat × attack × eps × seed; its ``cell_id`` hashes
-everything that determines its result, so a re-run skips cells already stored.
+A cell is one dataset × target × defense × threat × attack × eps × seed (× direction, for a GAN
+discriminator target); its ``cell_id`` hashes everything that determines its result, so a re-run
+skips cells already stored.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from attacks.base import check_threat
 from bench.checkpoints import config_hash
 from bench.errors import ConfigError, UnknownName
 from bench.models import MODELS
+from bench.target import TargetKind
 from defenses import DEFENSES
+from generative.discriminator import DIRECTIONS
+from generative.models import GANS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 THREATS = ("adaptive", "transfer")
@@ -29,16 +33,35 @@ CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
                "device", "batch_size"}
-_TARGET_KEYS = {"model", "defenses", "threats"}
+_TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
 
 
+def target_kind(model: str) -> TargetKind:
+    """``discriminator`` for a registered GAN (its discriminator is attacked), ``classifier`` for
+    a zoo model; any other name raises, listing both."""
+    if model in GANS:
+        return "discriminator"
+    if model in MODELS:
+        return "classifier"
+    raise UnknownName(f"unknown model {model!r}; classifiers: {', '.join(MODELS.names())}; "
+                      f"GAN discriminators: {', '.join(GANS.names())}")
+
+
 @dataclass(frozen=True)
 class TargetConfig:
+    """``directions``: for a GAN discriminator, which of ``real->fake`` / ``fake->real`` to
+    attack (both by default); empty for a classifier."""
+
     model: str
     defenses: tuple[str, ...] = ("none",)
     threats: tuple[str, ...] = ("adaptive",)
+    directions: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> TargetKind:
+        return target_kind(self.model)
 
 
 @dataclass(frozen=True)
@@ -114,10 +137,14 @@ class Cell:
     precision: str
     source: str = ""
     defense_params: str = ""  # DefenseConfig.identity
+    direction: str = ""  # discriminators: "real->fake" | "fake->real"
 
     @property
     def cell_id(self) -> str:
-        extra = {"defense_params": self.defense_params} if self.defense_params else {}
+        extra: dict[str, str] = {"defense_params": self.defense_params} if self.defense_params \
+            else {}
+        if self.direction:
+            extra["direction"] = self.direction
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
@@ -199,7 +226,21 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         _check_keys(tw, t, _TARGET_KEYS, {"model"})
         if not isinstance(t["model"], str):
             raise _type_error(tw, "model", "a model name", t["model"])
-        MODELS.get(t["model"])
+        try:
+            kind = target_kind(t["model"])
+        except UnknownName as exc:
+            raise ConfigError(f"{tw}: {exc}") from None
+        directions: tuple[str, ...] = ()
+        if kind == "discriminator":
+            directions = _str_list(tw, "directions", t.get("directions", list(DIRECTIONS)))
+            for direction in directions:
+                if direction not in DIRECTIONS:
+                    raise _type_error(tw, "directions", " and/or ".join(map(repr, DIRECTIONS)),
+                                      t["directions"])
+            directions = tuple(dict.fromkeys(directions))
+        elif "directions" in t:
+            raise ConfigError(f"{tw}: 'directions' applies to GAN discriminators "
+                              f"({', '.join(GANS.names())}), not to classifier {t['model']!r}")
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
         for d in defenses:
             if d not in labels:
@@ -219,7 +260,7 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         for th in threats:
             if th not in THREATS:
                 raise _type_error(tw, "threats", "a list of 'adaptive' / 'transfer'", t["threats"])
-        targets.append(TargetConfig(t["model"], defenses, threats))
+        targets.append(TargetConfig(t["model"], defenses, threats, directions))
 
     attacks_raw = data["attacks"]
     if not isinstance(attacks_raw, list) or not attacks_raw:
@@ -257,7 +298,10 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         if not isinstance(source, str):
             raise _type_error(aw, "source", "a model name", source)
         if source:
-            MODELS.get(source)
+            try:
+                target_kind(source)
+            except UnknownName as exc:
+                raise ConfigError(f"{aw}: source: {exc}") from None
         attacks.append(AttackConfig(spec.name, threats_, params_json, source))
 
     return SweepConfig(
@@ -330,11 +374,11 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
             for attack in config.attacks:
                 if attack.source and threat != target.threats[0]:
                     continue  # crafted on another model: one transfer cell per defense
-                for tm in attack.threats:
+                for tm, direction in itertools.product(attack.threats, target.directions or [""]):
                     cells.append(Cell(
                         config.name, dataset, train_dataset, config.split, config.n_eval,
                         target.model, defense, "transfer" if attack.source else threat,
                         attack.name, attack.params_json, tm, seed, config.precision,
-                        attack.source, identity,
+                        attack.source, identity, direction,
                     ))
     return cells

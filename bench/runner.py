@@ -25,14 +25,17 @@ import bench
 from attacks import ATTACKS, AttackResult, ThreatModel
 from attacks.norms import Norm, norm_of
 from bench.checkpoints import CheckpointCache
-from bench.config import Cell, SweepConfig, expand_cells
-from bench.datasets import Dataset, load_dataset
+from bench.config import Cell, SweepConfig, expand_cells, target_kind
+from bench.datasets import Dataset, Split, load_dataset
 from bench.errors import AttackContractError, BadInput
 from bench.measure import autocast, device_name, git_sha, measure, resolve_device
 from bench.models import MODELS
 from bench.target import Target
 from bench.training import check_compatible, make_target, trained_classifier
 from defenses import DEFENSES, fitted_defense
+from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
+from generative.models import GANS
+from generative.training import GAN, build_gan, trained_gan
 from leaderboards.schema import SCHEMA_VERSION
 from leaderboards.store import ResultStore
 
@@ -41,8 +44,15 @@ log = logging.getLogger(__name__)
 EVAL_SUBSET_SEED = 0
 
 
-def _target_key(cell: Cell) -> tuple[str, str, str, int, str]:
-    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense)
+def _target_key(cell: Cell) -> tuple[str, str, str, int, str, str]:
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense, cell.direction)
+
+
+def _data_key(cell: Cell) -> tuple[str | int, ...]:
+    """Classifiers share a dataset's evaluated samples; a discriminator's depend on its GAN."""
+    if not cell.direction:
+        return (cell.dataset,)
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.direction)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,30 @@ def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device)
     perm = torch.randperm(len(part), generator=torch.Generator().manual_seed(EVAL_SUBSET_SEED))
     idx = perm[:n_eval].sort().values
     return EvalData(part.x[idx].to(device), part.y[idx].to(device), idx)
+
+
+def discriminator_data(gan: GAN, dataset: Dataset, split: str, n_eval: int, seed: int,
+                       direction: str, device: torch.device) -> EvalData:
+    """A discriminator's evaluated samples in one direction: ``real->fake`` takes the split's
+    fixed subset of real images (label 1, as :func:`eval_subset`), ``fake->real`` ``n_eval``
+    samples of the GAN's generator (label 0) from noise seeded by the sweep's ``seed``."""
+    if direction == "real->fake":
+        real = eval_subset(dataset, split, n_eval, device)
+        return EvalData(real.x, torch.full_like(real.y, REAL), real.idx)
+    x = gan.sample(n_eval, eval_noise_seed(seed), device)
+    return EvalData(x, torch.full((n_eval,), FAKE, dtype=torch.long, device=device),
+                    torch.arange(n_eval))
+
+
+def discriminator_fit_data(gan: GAN, train: Split, seed: int, direction: str,
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an attack that fits on training data (UAP) sees for a discriminator: the real train
+    images (``real->fake``) or as many fresh generator samples (``fake->real``)."""
+    n = len(train)
+    if direction == "real->fake":
+        return train.x.to(device), torch.full((n,), REAL, dtype=torch.long, device=device)
+    return (gan.sample(n, fit_noise_seed(seed), device),
+            torch.full((n,), FAKE, dtype=torch.long, device=device))
 
 
 def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
@@ -257,6 +291,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "split": cell.split,
         "n_samples": n,
         "target_kind": evaluated.kind,
+        "direction": cell.direction or None,
         "model": cell.model,
         "defense": cell.defense,
         "defense_params": cell.defense_params or None,
@@ -319,9 +354,12 @@ def _check_sweep(config: SweepConfig) -> None:
                 f"{dataset.num_classes} classes)"
             )
         for t in config.targets:
-            spec = MODELS.get(t.model)
-            check_compatible(spec, dataset)
-            untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
+            if t.kind == "discriminator":
+                untrained = build_gan(GANS.get(t.model), dataset.input_shape).target
+            else:
+                spec = MODELS.get(t.model)
+                check_compatible(spec, dataset)
+                untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
             for label in t.defenses:
                 d = config.defense(label)
                 defense = DEFENSES.get(d.name)
@@ -329,6 +367,12 @@ def _check_sweep(config: SweepConfig) -> None:
         if config.n_eval > len(dataset.split(config.split)):
             eval_subset(dataset, config.split, config.n_eval, torch.device("cpu"))
     for attack in config.attacks:
+        for t in config.targets:
+            if attack.source and target_kind(attack.source) != t.kind:
+                raise BadInput(
+                    f"attack {attack.name!r} is crafted on {attack.source!r}, a "
+                    f"{target_kind(attack.source)}, but target {t.model!r} is a {t.kind}; a "
+                    f"transfer source must be of the target's kind")
         for threat in attack.threats:
             for dataset_name in config.datasets:
                 threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
@@ -351,13 +395,21 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     prepared: dict[tuple[str, str, str, int, str], PreparedTarget] = {}
     data: dict[str, EvalData] = {}
     models: dict[tuple[str, str, int], Target] = {}
+    gans: dict[tuple[str, str, int], GAN] = {}
 
     def zoo_model(train_dataset: str, model: str, seed: int) -> Target:
-        if (train_dataset, model, seed) not in models:
-            models[(train_dataset, model, seed)], _ = trained_classifier(
-                model, load_dataset(train_dataset), seed=seed, device=device, cache=cache,
-                progress=options.progress)
-        return models[(train_dataset, model, seed)]
+        """A trained zoo classifier, or a trained GAN's discriminator."""
+        key = (train_dataset, model, seed)
+        if key not in models:
+            if target_kind(model) == "discriminator":
+                gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
+                                        device=device, cache=cache, progress=options.progress)
+                models[key] = gans[key].target
+            else:
+                models[key], _ = trained_classifier(
+                    model, load_dataset(train_dataset), seed=seed, device=device, cache=cache,
+                    progress=options.progress)
+        return models[key]
 
     # Phase 1: train/load every target and transfer source and run the clean passes, so that
     # bad models fail here, before anything is written.
@@ -367,32 +419,42 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
             zoo_model(cell.train_dataset, cell.source, cell.seed)
         if key in prepared:
             continue
-        if cell.dataset not in data:
-            data[cell.dataset] = eval_subset(load_dataset(cell.dataset), cell.split, cell.n_eval,
-                                             device)
         base = zoo_model(cell.train_dataset, cell.model, cell.seed)
+        data_key = _data_key(cell)
+        if data_key not in data:
+            dataset = load_dataset(cell.dataset)
+            data[data_key] = discriminator_data(
+                gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
+                cell.n_eval, cell.seed, cell.direction, device,
+            ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval, device)
+        cell_data = data[data_key]
         defense = config.defense(cell.defense)
         defended = fitted_defense(
             DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
             defense.params, seed=cell.seed, cache=cache, progress=options.progress)
-        clean = defended.predict_logits(data[cell.dataset].x, config.batch_size).argmax(1)
-        prepared[key] = PreparedTarget(base, defended, clean, data[cell.dataset].y)
+        clean = defended.predict_logits(cell_data.x, config.batch_size).argmax(1)
+        prepared[key] = PreparedTarget(base, defended, clean, cell_data.y)
 
     # Phase 2: attack.
     minimal_runs: dict[str, AttackRun] = {}
-    fit_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train splits on the device
+    fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # on device
     bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
     for cell in bar:
         bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
                             f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
         fit_data = None
         if ATTACKS.get(cell.attack).needs_fit_data:
-            if cell.train_dataset not in fit_sets:
+            fit_key = (cell.train_dataset,) + ((cell.model, cell.seed, cell.direction)
+                                               if cell.direction else ())
+            if fit_key not in fit_sets:
                 train = load_dataset(cell.train_dataset).split("train")
-                fit_sets[cell.train_dataset] = (train.x.to(device), train.y.to(device))
-            fit_data = fit_sets[cell.train_dataset]
+                fit_sets[fit_key] = discriminator_fit_data(
+                    gans[(cell.train_dataset, cell.model, cell.seed)], train, cell.seed,
+                    cell.direction, device,
+                ) if cell.direction else (train.x.to(device), train.y.to(device))
+            fit_data = fit_sets[fit_key]
         result = run_cell(
-            cell, prepared[_target_key(cell)], data[cell.dataset], device=device,
+            cell, prepared[_target_key(cell)], data[_data_key(cell)], device=device,
             batch_size=config.batch_size, run_id=run_id, progress=options.progress,
             attacked=zoo_model(cell.train_dataset, cell.source, cell.seed) if cell.source else None,
             fit_data=fit_data, minimal_runs=minimal_runs)

@@ -24,6 +24,7 @@ import torch
 
 from bench.checkpoints import CheckpointCache, config_hash, state_fingerprint
 from bench.datasets import Split
+from bench.errors import BadInput
 from bench.params import parse_params
 from bench.registry import Registry
 from bench.target import Target
@@ -63,6 +64,14 @@ DEFENSES: Registry[DefenseSpec] = Registry("defense")
 
 def _no_check(base: Target, params: Any) -> None:
     return None
+
+
+def require_classifier(base: Target, defense: str) -> None:
+    """Raise :class:`BadInput` unless ``base`` is a classifier (the classifier defenses train on
+    the train split's class labels)."""
+    if base.kind != "classifier":
+        raise BadInput(f"{defense} defends classifiers; target {base.name!r} is a GAN "
+                       f"{base.kind} (its defense is robgan)")
 
 
 def register_defense(
@@ -137,5 +146,6 @@ def no_defense(base: Target, train: Split, params: Any, generator: torch.Generat
 
 from defenses import advtrain as _advtrain  # noqa: E402,F401  (registers pgd_at, fgsm_rs)
 from defenses import denoiser as _denoiser  # noqa: E402,F401  (registers hgd)
+from defenses import robgan as _robgan  # noqa: E402,F401  (registers robgan)
 
 __all__ = ["DEFENSES", "DefenseSpec", "register_defense", "fitted_defense"]

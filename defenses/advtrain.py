@@ -32,7 +32,7 @@ from bench.errors import BadInput
 from bench.models import TrainRecipe
 from bench.target import Target
 from bench.training import SCHEDULES, fit
-from defenses import register_defense
+from defenses import register_defense, require_classifier
 
 
 @dataclass(frozen=True)
@@ -235,6 +235,7 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
 
 
 def _check(base: Target, params: AdvTrainParams) -> None:
+    require_classifier(base, "adversarial training")
     ThreatModel.parse(params.norm, params.eps).check_against(base.bounds, base.input_shape)
 
 

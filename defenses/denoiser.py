@@ -33,7 +33,7 @@ from bench.errors import BadInput
 from bench.models import TrainRecipe
 from bench.target import Target
 from bench.training import SCHEDULES, fit
-from defenses import register_defense
+from defenses import register_defense, require_classifier
 
 LOSSES = ("pixel", "feature", "logit", "class")
 
@@ -154,6 +154,7 @@ def _last_linear(target: Target) -> nn.Linear | None:
 
 def check_hgd(base: Target, params: HGDParams) -> None:
     """Raise :class:`BadInput` if a denoiser of ``params`` cannot wrap ``base``."""
+    require_classifier(base, "the HGD denoiser")
     if len(base.input_shape) != 3:
         raise BadInput(f"the HGD denoiser needs image inputs [C, H, W]; target {base.name!r} "
                        f"takes {base.input_shape}")

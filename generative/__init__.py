@@ -1,6 +1,14 @@
 """GAN models and discriminators as attack targets (DCGAN, SN-DCGAN).
 
-The discriminator-as-target contract lives in :class:`bench.target.Target` (``kind =
-"discriminator"``: one logit ``d`` exposed as ``[0, d]``, with the GAN's ``[-1, 1]`` mapping as
-mean = std = 0.5); the GAN architectures and their training are added here.
+- :mod:`generative.models`: the networks and the registry ``GANS`` (``dcgan``, ``sndcgan``);
+- :mod:`generative.training`: GAN training and its checkpoint cache (``trained_gan``);
+- :mod:`generative.discriminator`: the discriminator as a Target (one logit ``d`` exposed as
+  ``[0, d]``, class 1 = real, the GAN's [-1, 1] mapping inside) and its evaluation data.
 """
+
+from generative.discriminator import DIRECTIONS, check_generator, discriminator_target
+from generative.models import GANS, Discriminator, GANRecipe, GANSpec, Generator
+from generative.training import GAN, build_gan, train_gan, trained_gan
+
+__all__ = ["DIRECTIONS", "GAN", "GANS", "Discriminator", "GANRecipe", "GANSpec", "Generator",
+           "build_gan", "check_generator", "discriminator_target", "train_gan", "trained_gan"]

@@ -25,9 +25,9 @@ import pandas as pd
 from attacks import ATTACKS
 
 Z95 = 1.959963984540054
-CELL_KEYS = ["dataset", "split", "model", "attack", "attack_params", "targeted", "norm", "eps",
-             "eps_display", "seed", "precision", "source_model"]
-TARGET_KEYS = ["dataset", "split", "model", "seed", "precision"]
+CELL_KEYS = ["dataset", "split", "model", "direction", "attack", "attack_params", "targeted",
+             "norm", "eps", "eps_display", "seed", "precision", "source_model"]
+TARGET_KEYS = ["dataset", "split", "model", "direction", "seed", "precision"]
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -67,6 +67,7 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     rows["source_model"] = rows["source_model"].fillna("")
+    rows["direction"] = rows["direction"].fillna("")
     per_cell = {cid: g.set_index("sample_idx").sort_index()
                 for cid, g in samples.groupby("cell_id")} if not samples.empty else {}
     baseline = rows[rows["defense"] == "none"].set_index(CELL_KEYS)
@@ -75,7 +76,7 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
         n = int(r["n_samples"])
         robust_n = round(r["robust_acc"] * n)
         lo, hi = wilson(robust_n, n)
-        rec = {k: r[k] for k in ["dataset", "model", "seed", "attack", "norm", "eps",
+        rec = {k: r[k] for k in ["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                                  "eps_display", "defense", "threat", "source_model"]}
         rec.update(n=n, clean=r["clean_acc"], robust=r["robust_acc"], robust_lo=lo,
                    robust_hi=hi, delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, flags="")
@@ -96,7 +97,8 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(out)
     _flag_masking(table, rows, per_cell)
     table = table.drop(columns=["_cell_id", "_black_box", "_key"])
-    return table.sort_values(["dataset", "model", "seed", "attack", "norm", "eps", "defense",
+    return table.sort_values(["dataset", "model", "direction", "seed", "attack", "norm", "eps",
+                              "defense",
                               "threat"]).reset_index(drop=True)
 
 
@@ -147,7 +149,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return "no bounded-eps results to compare\n"
     parts = []
-    for (dataset, model), g in table.groupby(["dataset", "model"], sort=True):
+    for (dataset, model, direction), g in table.groupby(["dataset", "model", "direction"],
+                                                         sort=True):
         shown = pd.DataFrame({
             "attack": g["attack"] + g["source_model"].map(lambda s: f" (from {s})" if s else ""),
             "norm": g["norm"], "eps": g["eps_display"], "seed": g["seed"].astype(str),
@@ -159,7 +162,8 @@ def to_markdown(table: pd.DataFrame) -> str:
                                    zip(g["delta"], g["delta_lo"], g["delta_hi"])],
             "flags": g["flags"],
         })
-        parts.append(f"### {dataset} · {model}\n\n"
+        title = f"{dataset} · {model}" + (f" · {direction}" if direction else "")
+        parts.append(f"### {title}\n\n"
                      + shown.to_markdown(index=False, disable_numparse=True) + "\n")
     return "\n".join(parts)
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
-"""v2 (advbench 0.2) added ``defense_params``; v1 files are migrated on read."""
+SCHEMA_VERSION = 3
+"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators); older files are migrated
+on read."""
 
 SUMMARY_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32(), nullable=False),
@@ -25,6 +26,7 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("split", pa.string(), nullable=False),
     pa.field("n_samples", pa.int64(), nullable=False),
     pa.field("target_kind", pa.string(), nullable=False),
+    pa.field("direction", pa.string()),  # discriminators: "real->fake" | "fake->real"
     pa.field("model", pa.string(), nullable=False),
     pa.field("defense", pa.string(), nullable=False),
     pa.field("defense_params", pa.string()),

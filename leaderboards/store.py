@@ -80,20 +80,25 @@ def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _from_v1(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """v1 → v2: ``defense_params`` did not exist (every v1 defense was parameterless)."""
+def _add_missing_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """An older file as the current schema: the columns added since are null.
+
+    v1 lacked ``defense_params`` (every v1 defense was parameterless); v1 and v2 lacked
+    ``direction`` (no discriminator targets).
+    """
     columns = {}
     for f in schema:
         if f.name == "schema_version":
             columns[f.name] = pa.array([SCHEMA_VERSION] * table.num_rows, f.type)
-        elif f.name == "defense_params":
+        elif f.name not in table.column_names and f.nullable:
             columns[f.name] = pa.nulls(table.num_rows, f.type)
         else:
             columns[f.name] = table[f.name].cast(f.type)
     return pa.table(columns, schema=schema)
 
 
-MIGRATIONS: dict[str, Callable[[pa.Table, pa.Schema], pa.Table]] = {"1": _from_v1}
+MIGRATIONS: dict[str, Callable[[pa.Table, pa.Schema], pa.Table]] = {
+    "1": _add_missing_columns, "2": _add_missing_columns}
 
 
 class ResultStore:

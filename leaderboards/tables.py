@@ -1,9 +1,11 @@
 """Leaderboard tables: pure functions of the stored rows.
 
-One table per (dataset, target kind, threat model, norm). A row is a (model, defense) pair; the
-columns are clean accuracy, robust accuracy per attack and eps, and the per-eps *worst case*:
-a sample counts as robust only if it was classified correctly and no attack at that eps fooled
-it (as AutoAttack reports). Rows are ranked by the worst case at the largest eps.
+One table per (dataset, target kind, threat model, norm). A row is a (model, defense) pair (and,
+for GAN discriminators, a direction: ``real->fake`` attacks real images, ``fake->real`` generator
+samples, so the discriminator section sets DCGAN beside SN-DCGAN per direction); the columns are
+clean accuracy, robust accuracy per attack and eps, and the per-eps *worst case*: a sample counts
+as robust only if it was classified correctly and no attack at that eps fooled it (as AutoAttack
+reports). Rows are ranked by the worst case at the largest eps.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
-ROW_KEYS = ["model", "defense"]
+ROW_KEYS = ["model", "defense", "direction"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
     if summary.empty:
         return []
     summary = summary[summary["eps"].notna()].copy()
+    summary["direction"] = summary["direction"].fillna("")
     summary["column"] = summary["attack"] + summary["targeted"].map({True: "-ll", False: ""}) \
         + "@" + summary["eps_display"]
     worst = worst_case(summary, samples) if not samples.empty else pd.DataFrame()
@@ -72,6 +75,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         else:
             rank_col = "clean"
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
+        if not table["direction"].astype(bool).any():
+            table = table.drop(columns="direction")  # classifiers have no direction
         boards.append(Board(*key, table=table))
     return boards
 

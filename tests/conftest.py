@@ -74,3 +74,12 @@ def make_tiny_target(kind: str = "classifier", seed: int = 0) -> Target:
     net(torch.zeros(2, 1, 28, 28))
     return Target(net, num_classes=10, input_shape=(1, 28, 28), mean=[0.1307], std=[0.3081],
                   name="tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def trained_dcgan(mnist5k: Dataset, cache_dir: Path) -> Any:
+    """DCGAN trained by advbench's own recipe on mnist5k (what the gan preset uses; ~2 min)."""
+    from generative import trained_gan
+
+    return trained_gan("dcgan", mnist5k, seed=0, device=torch.device("cpu"),
+                       cache=CheckpointCache(cache_dir), progress=False)

@@ -125,6 +125,21 @@ BAD = {
                              "a training budget of zero trains nothing"),
     "denoiser cannot wrap": ("[[targets]]", DEFENSE_TABLE.format("depth = 3"),
                              "needs H and W divisible by 8"),
+    "robgan on a classifier": ("model = \"lenet\"", "model = \"lenet\"\ndefenses = [\"robgan\"]",
+                               "robgan trains a GAN's discriminator; target 'lenet' is a "
+                               "classifier"),
+    "classifier defense on a GAN": ("model = \"lenet\"",
+                                    "model = \"dcgan\"\ndefenses = [\"fgsm_rs\"]",
+                                    "adversarial training defends classifiers; target 'dcgan' is "
+                                    "a GAN discriminator (its defense is robgan)"),
+    "directions on a classifier": ("model = \"lenet\"",
+                                   "model = \"lenet\"\ndirections = [\"real->fake\"]",
+                                   "'directions' applies to GAN discriminators"),
+    "unknown direction": ("model = \"lenet\"", "model = \"dcgan\"\ndirections = [\"up\"]",
+                          "'directions' must be 'real->fake' and/or 'fake->real'"),
+    "transfer across kinds": ("name = \"fgsm\"", "name = \"fgsm\"\nsource = \"dcgan\"",
+                              "crafted on 'dcgan', a discriminator, but target 'lenet' is a "
+                              "classifier"),
 }
 
 

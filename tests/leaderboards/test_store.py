@@ -19,7 +19,8 @@ def row(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, 
         "schema_version": SCHEMA_VERSION, "cell_id": cell_id, "run_id": run_id,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
         "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
-        "defense": "none", "defense_params": None, "threat": "adaptive", "attack": "pgd", "attack_params": "{}",
+        "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
+        "attack": "pgd", "attack_params": "{}",
         "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
         "precision": "fp32", "batch_size": 4, "clean_acc": 1.0, "robust_acc": 0.5,
         "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1, "mean_l0": 700.0,
@@ -102,22 +103,29 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
     table = pq.read_table(path)
     table = table.replace_schema_metadata({"advbench_schema_version": "0"})
     pq.write_table(table, path)
-    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1, 2"):
+    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1, 2, 3"):
         load(tmp_path)
 
 
-def test_v1_results_are_migrated_on_read(tmp_path: Path) -> None:
-    """A v1 file (no defense_params column) reads as v2 rows with defense_params null."""
+@pytest.mark.parametrize("version,dropped", [("1", ["defense_params", "direction"]),
+                                             ("2", ["direction"])])
+def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
+                                          dropped: list[str]) -> None:
+    """v1 (no defense_params, no direction) and v2 (no direction) files read as current rows
+    with the missing columns null."""
     store = ResultStore(tmp_path)
     store.write_cell(row(robust_acc=0.25), samples())
-    path = next((tmp_path / "summary").glob("*.parquet"))
-    table = pq.read_table(path).drop_columns(["defense_params"])
-    table = table.replace_schema_metadata({"advbench_schema_version": "1"})
-    pq.write_table(table, path)
+    for folder in ("summary", "samples"):
+        path = next((tmp_path / folder).glob("*.parquet"))
+        table = pq.read_table(path)
+        table = table.drop_columns([c for c in dropped if c in table.column_names])
+        pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
     assert df["robust_acc"].tolist() == [0.25]
-    assert df["defense_params"].isna().all()
+    for column in dropped:
+        assert df[column].isna().all()
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
+    assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 
 
 def test_load_missing_directory(tmp_path: Path) -> None:

@@ -1,0 +1,282 @@
+"""GAN training (Goodfellow et al. 2014, with Radford et al.'s DCGAN recipe), cached on disk.
+
+D is trained on one batch of real and fake images together (so its batch-norm statistics, and
+the running statistics it is evaluated with, describe the mixture it must separate); G with the
+non-saturating loss ``-log D(G(z))``, through the same mixed batch. A ``d_perturb`` hook replaces
+D's inputs before each D step: Rob-GAN's adversarial training of D (``defenses.robgan``).
+
+:func:`trained_gan` caches (G, D) as one safetensors file with a JSON card (recipe, data
+fingerprint, per-epoch curve, D's held-out accuracy) and a PNG grid of samples from fixed noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from bench.checkpoints import CheckpointCache, config_hash
+from bench.datasets import Dataset, Split
+from bench.errors import BadInput
+from bench.target import Target
+from generative.discriminator import (
+    FAKE,
+    REAL,
+    check_generator,
+    discriminator_target,
+    eval_noise_seed,
+    sample,
+    to_pixels,
+)
+from generative.models import GANS, Discriminator, GANRecipe, GANSpec, Generator
+
+log = logging.getLogger(__name__)
+
+GAN_CODE_VERSION = 1
+GRID_SEED = 2016  # the fixed noise of the sample grid saved with each checkpoint
+
+DPerturb = Callable[[Target, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(D as a target, real, fake) -> (real', fake')`` in [0, 1]: what D trains on."""
+
+
+@dataclass
+class GAN:
+    """A trained generator and discriminator; ``target`` is the discriminator as a Target."""
+
+    spec: GANSpec
+    recipe: GANRecipe
+    generator: Generator
+    discriminator: Discriminator
+    image_shape: tuple[int, ...]
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> Target:
+        target = discriminator_target(self.discriminator, self.image_shape, name=self.spec.name)
+        target.card = {"gan": self.spec.name, "recipe": dataclasses.asdict(self.recipe),
+                       **{k: v for k, v in self.card.items() if k in ("cache_key", "metrics")}}
+        return target
+
+    def sample(self, n: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
+        """``n`` samples in [0, 1] from noise seeded by ``seed``."""
+        device = device or next(self.generator.parameters()).device
+        return sample(self.generator, self.recipe.z_dim, n, seed, device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**{f"generator.{k}": v for k, v in self.generator.state_dict().items()},
+                **{f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for prefix, module in (("generator.", self.generator),
+                               ("discriminator.", self.discriminator)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                    if k.startswith(prefix)})
+
+
+def build_gan(spec: GANSpec, image_shape: tuple[int, ...], recipe: GANRecipe | None = None,
+              device: torch.device | None = None) -> GAN:
+    """An untrained GAN of ``spec`` for ``image_shape`` images."""
+    recipe = recipe or spec.recipe
+    g, d = spec.build(image_shape, recipe)
+    gan = GAN(spec, recipe, g.to(device), d.to(device), tuple(image_shape))
+    check_generator(gan.generator, recipe.z_dim, gan.target)
+    return gan
+
+
+@torch.no_grad()
+def discriminator_accuracy(gan: GAN, real: torch.Tensor, seed: int) -> dict[str, float]:
+    """D's accuracy (eval mode) on ``real`` images and as many fresh generator samples."""
+    target = gan.target
+    fake = gan.sample(real.shape[0], seed, real.device)
+    pred_real = target.predict_logits(real).argmax(1)
+    pred_fake = target.predict_logits(fake).argmax(1)
+    acc_real = float((pred_real == REAL).float().mean())
+    acc_fake = float((pred_fake == FAKE).float().mean())
+    return {"d_acc_real": acc_real, "d_acc_fake": acc_fake,
+            "d_acc": (acc_real + acc_fake) / 2}
+
+
+def train_gan(spec: GANSpec, split: Split, *, seed: int, device: torch.device,
+              recipe: GANRecipe | None = None, d_perturb: DPerturb | None = None,
+              progress: bool = True, desc: str | None = None) -> GAN:
+    """Train ``spec`` on ``split``'s images (labels are ignored)."""
+    recipe = recipe or spec.recipe
+    if len(split) < recipe.batch_size:
+        raise BadInput(f"GAN training needs at least batch_size = {recipe.batch_size} images, "
+                       f"got {len(split)}")
+    image_shape = tuple(int(s) for s in split.x.shape[1:])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        gan = build_gan(spec, image_shape, recipe, device)
+    g, d = gan.generator, gan.discriminator
+    d_target = discriminator_target(d, image_shape, name=spec.name)
+    betas = (recipe.beta1, recipe.beta2)
+    opt_g = torch.optim.Adam(g.parameters(), lr=recipe.lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=recipe.lr, betas=betas)
+    rng = torch.Generator().manual_seed(seed)
+    steps_per_epoch = len(split) // recipe.batch_size  # drop the last, smaller batch (BN)
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc or f"train {spec.name}",
+               disable=not progress, unit="step", leave=False)
+
+    def logits(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = d_target(torch.cat([real, fake]))[:, 1]  # one batch: BN sees the mixture
+        return out[:real.shape[0]], out[real.shape[0]:]
+
+    step = 0
+    try:
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(len(split), generator=rng)[:steps_per_epoch * recipe.batch_size]
+            sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+            g_steps = 0
+            for batch in order.split(recipe.batch_size):
+                real = split.x[batch].to(device)
+                n = real.shape[0]
+                z = torch.randn(n, recipe.z_dim, generator=rng).to(device)
+                g.train()
+                with torch.no_grad():
+                    fake = to_pixels(g(z))
+                if d_perturb is not None:
+                    real, fake = d_perturb(d_target, real, fake)
+                d.train()
+                d_real, d_fake = logits(real, fake)
+                loss_d = (F.binary_cross_entropy_with_logits(
+                    d_real, torch.full_like(d_real, recipe.real_label))
+                    + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                sums["loss_d"] += float(loss_d.detach())
+                sums["d_real"] += float(torch.sigmoid(d_real.detach()).mean())
+                sums["d_fake"] += float(torch.sigmoid(d_fake.detach()).mean())
+                step += 1
+                if step % recipe.d_steps == 0:
+                    z = torch.randn(n, recipe.z_dim, generator=rng).to(device)
+                    _, d_gen = logits(split.x[batch].to(device), to_pixels(g(z)))
+                    loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+                    opt_g.zero_grad(set_to_none=True)
+                    loss_g.backward()  # D's grads from this pass are cleared before its next step
+                    opt_g.step()
+                    sums["loss_g"] += float(loss_g.detach())
+                    g_steps += 1
+                bar.update(1)
+            stats = {"epoch": float(epoch + 1),
+                     "loss_d": sums["loss_d"] / steps_per_epoch,
+                     "loss_g": sums["loss_g"] / max(g_steps, 1),
+                     "d_real": sums["d_real"] / steps_per_epoch,
+                     "d_fake": sums["d_fake"] / steps_per_epoch}
+            for key, value in stats.items():
+                if value != value:
+                    raise BadInput(f"GAN training diverged at epoch {epoch + 1} ({key} is NaN); "
+                                   f"lower the learning rate")
+            history.append(stats)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k != "epoch"})
+    finally:
+        bar.close()
+    recalibrate_batch_norm(gan, split, seed)
+    gan.card = {"history": history}
+    return gan
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(gan: GAN, split: Split, seed: int, batches: int = 50) -> None:
+    """Re-estimate G's and D's batch-norm statistics with the final networks ("precise BN",
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021), then leave both in eval mode.
+
+    During training D changes fast and its running statistics lag behind (measured on mnist5k:
+    eval-mode D accuracy on fakes 47% before, 98% after); D sees the same real + fake mixture it
+    was trained on.
+    """
+    g, d = gan.generator, gan.discriminator
+    bns = [m for m in (*g.modules(), *d.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the recalibration batches
+    device = next(g.parameters()).device
+    rng = torch.Generator().manual_seed(seed + 1)
+    d_target = discriminator_target(d, gan.image_shape, name=gan.spec.name)
+    n = min(gan.recipe.batch_size, len(split))
+    try:
+        g.train()
+        d.train()
+        for _ in range(batches):
+            z = torch.randn(n, gan.recipe.z_dim, generator=rng).to(device)
+            fake = to_pixels(g(z))
+            real = split.x[torch.randint(0, len(split), (n,), generator=rng)].to(device)
+            d_target.model(torch.cat([real, fake]) * 2 - 1)  # the raw D in train mode
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        g.eval()
+        d.eval()
+
+
+def sample_grid_png(gan: GAN, n: int = 64) -> bytes:
+    """A PNG grid of ``n`` samples from the fixed noise ``GRID_SEED``."""
+    import torchvision
+    from PIL import Image
+
+    images = gan.sample(n, GRID_SEED).cpu()
+    grid = torchvision.utils.make_grid(images, nrow=int(n ** 0.5), padding=2, pad_value=1.0)
+    array = (grid * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if images.shape[1] == 1 else array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def trained_gan(name: str, dataset: Dataset, *, seed: int, device: torch.device,
+                cache: CheckpointCache, progress: bool = True,
+                recipe: GANRecipe | None = None) -> GAN:
+    """The registered GAN ``name`` trained on ``dataset``'s train split, from the cache when
+    present (kind ``gans``: weights, card and ``samples.png``)."""
+    spec = GANS.get(name)
+    recipe = recipe or spec.recipe
+    train = dataset.split("train")
+    config = {
+        "gan": spec.name,
+        "dataset": dataset.name,
+        "train_fingerprint": train.fingerprint(),
+        "recipe": dataclasses.asdict(recipe),
+        "seed": seed,
+        "code_version": GAN_CODE_VERSION,
+    }
+    key = config_hash(config)
+    hit = cache.load("gans", key)
+    if hit is not None:
+        state, card = hit
+        gan = build_gan(spec, dataset.input_shape, recipe, device)
+        gan.load_state_dict(state)
+        gan.generator.eval()
+        gan.discriminator.eval()
+        gan.card = card
+        log.info("loaded %s from %s", spec.name, cache.entry("gans", key))
+        return gan
+    log.info("training %s on %s (cache key %s)", spec.name, dataset.name, key)
+    start = time.perf_counter()
+    gan = train_gan(spec, train, seed=seed, device=device, recipe=recipe, progress=progress)
+    test = dataset.test.x[:1000].to(device)
+    gan.card = {
+        "architecture": spec.name,
+        "summary": spec.summary,
+        "config": config,
+        "cache_key": key,
+        "history": gan.card["history"],
+        "metrics": {**discriminator_accuracy(gan, test, eval_noise_seed(seed) + 1),
+                    "train_s": time.perf_counter() - start},
+    }
+    cache.save("gans", key, gan.state_dict(), gan.card,
+               extra_files={"samples.png": sample_grid_png(gan)})
+    return gan
+
+
+__all__ = ["GAN", "build_gan", "train_gan", "trained_gan", "discriminator_accuracy",
+           "sample_grid_png", "DPerturb"]
