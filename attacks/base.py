@@ -184,6 +184,10 @@ class AttackFn(Protocol):
     ) -> AttackResult: ...
 
 
+CostFn = Callable[[Any, int, int, int], tuple[int, int]]
+"""``(params, n_images, num_classes, n_fit) -> (forward, backward)`` model calls, upper bound."""
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     """A registered attack: its function, params dataclass, supported norms and paper."""
@@ -197,6 +201,13 @@ class AttackSpec:
     needs_fit_data: bool = False
     positive_budget: bool = False
     black_box: bool = False
+    cost: CostFn | None = None
+
+    def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
+                  ) -> tuple[int, int] | None:
+        """Upper bound on (forward, backward) per-image model calls for ``n`` images (``n_fit``
+        fitting images), from the attack's full budget; ``None`` when the attack has no rule."""
+        return None if self.cost is None else self.cost(params, n, num_classes, n_fit)
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         """Build the frozen params dataclass from a mapping; unknown keys are named in the error."""
@@ -209,6 +220,7 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
+    cost: CostFn | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -216,12 +228,13 @@ def register_attack(
     attack fits on training data, passed as ``fit_data=(x, y)`` (universal perturbations).
     ``positive_budget``: eps = 0 is refused (a UAP radius ξ or a pixel count k must be > 0).
     ``black_box``: uses model outputs only, never gradients (gradient-masking checks use this).
+    ``cost``: the upper bound of model calls for a budget (``advbench run --dry-run``).
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
-                                     positive_budget, black_box))
+                                     positive_budget, black_box, cost))
         return fn
 
     return decorator

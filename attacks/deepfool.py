@@ -113,7 +113,14 @@ def deepfool_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: 
     return x_adv, success
 
 
-@register_attack("deepfool", params=DeepFoolParams, norms=(Norm.L2, Norm.LINF), minimal=True)
+def _deepfool_cost(params: DeepFoolParams, n: int, num_classes: int, n_fit: int
+                   ) -> tuple[int, int]:
+    k = min(num_classes, params.candidates or 10)
+    return n * (params.steps + 1), n * params.steps * (k - 1)
+
+
+@register_attack("deepfool", params=DeepFoolParams, norms=(Norm.L2, Norm.LINF), minimal=True,
+                 cost=_deepfool_cost)
 def deepfool(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: DeepFoolParams, y_target: torch.Tensor | None = None,

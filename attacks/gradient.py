@@ -149,7 +149,17 @@ def gradient_attack(
     return AttackResult.build(x, best, success, calls, y_target=y_target if targeted else None)
 
 
-@register_attack("fgsm", params=FGSMParams, norms=(Norm.LINF, Norm.L2))
+def _fgsm_cost(params: FGSMParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:
+    return 2 * n, n  # the gradient pass and the success check
+
+
+def _iterative_cost(params: IterativeParams, n: int, num_classes: int, n_fit: int
+                    ) -> tuple[int, int]:
+    steps = params.steps * params.restarts  # early stop only lowers this
+    return n * (steps + params.restarts), n * steps
+
+
+@register_attack("fgsm", params=FGSMParams, norms=(Norm.LINF, Norm.L2), cost=_fgsm_cost)
 def fgsm(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: FGSMParams, y_target: torch.Tensor | None = None,
@@ -175,7 +185,7 @@ def _iterative(target: Target, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     )
 
 
-@register_attack("bim", params=BIMParams, norms=(Norm.LINF, Norm.L2))
+@register_attack("bim", params=BIMParams, norms=(Norm.LINF, Norm.L2), cost=_iterative_cost)
 def bim(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: BIMParams, y_target: torch.Tensor | None = None,
@@ -186,7 +196,8 @@ def bim(
                       default_step=1.25 * eps / params.steps)
 
 
-@register_attack("pgd", params=IterativeParams, norms=(Norm.LINF, Norm.L2))
+@register_attack("pgd", params=IterativeParams, norms=(Norm.LINF, Norm.L2),
+                 cost=_iterative_cost)
 def pgd(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: IterativeParams, y_target: torch.Tensor | None = None,

@@ -86,8 +86,13 @@ def _score(calls: ModelCalls, x: torch.Tensor, members: torch.Tensor, labels: to
     return torch.cat(fitness), torch.cat(fooled)
 
 
+def _onepixel_cost(params: OnePixelParams, n: int, num_classes: int, n_fit: int
+                   ) -> tuple[int, int]:
+    return n * params.population * (params.generations + 1), 0
+
+
 @register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,), positive_budget=True,
-                 black_box=True)
+                 black_box=True, cost=_onepixel_cost)
 def onepixel(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: OnePixelParams, y_target: torch.Tensor | None = None,

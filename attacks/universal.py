@@ -137,8 +137,16 @@ def fit_uap_sgd(calls: ModelCalls, x: torch.Tensor, labels: torch.Tensor, clean_
     return v, rate
 
 
+def _uap_cost(params: UAPParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:
+    fit = min(params.max_fit or n_fit, n_fit) * params.max_passes
+    if params.method == "sgd":
+        return fit + n, fit
+    k = min(num_classes, params.candidates or 10)
+    return fit * (params.deepfool_steps + 1) + n, fit * params.deepfool_steps * (k - 1)
+
+
 @register_attack("uap", params=UAPParams, norms=(Norm.LINF, Norm.L2), needs_fit_data=True,
-                 positive_budget=True)
+                 positive_budget=True, cost=_uap_cost)
 def uap(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: UAPParams, y_target: torch.Tensor | None = None,

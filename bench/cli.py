@@ -35,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="override the config's device (cpu, cuda:0)")
     run.add_argument("--force", action="store_true", help="recompute cells already stored")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the cells and their estimated model calls; run nothing")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: this machine; ray: one Ray task per group of cells")
+    run.add_argument("--workers", type=int, default=None, help=(
+        "local executor: worker processes (default: one per visible GPU on CUDA, else 1 = "
+        "in process)"))
+    run.add_argument("--address", default=None, help=(
+        "ray executor: 'auto' or host:port of a running cluster (default: start a local one)"))
+    run.add_argument("--retries", type=int, default=2,
+                     help="reruns of a failed worker/Ray task before its cells are reported")
 
     lst = sub.add_parser("list", help="list registered attacks, defenses, models, datasets, presets")
     lst.add_argument("what", choices=LISTS)
@@ -49,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         "gradient-masking flags)"))
     comp.add_argument("results", nargs="?", default="results", help="results directory")
     comp.add_argument("--format", choices=("md", "csv"), default="md")
+
+    pub = sub.add_parser("publish", help=(
+        "write leaderboards as Markdown, CSV, LaTeX and a static HTML site (sortable tables, "
+        "robust accuracy vs eps plots)"))
+    pub.add_argument("results", nargs="?", default="results", help="results directory")
+    pub.add_argument("--out", default="site", help="site folder (default: ./site)")
 
     perf = sub.add_parser("perf", help=(
         "measure attack throughput against the forward/backward floor and the peers "
@@ -108,16 +125,26 @@ def _list(what: str, pattern: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     from bench.checkpoints import resolve_cache_dir
     from bench.config import load_config, load_preset
-    from bench.runner import RunOptions, run_sweep
+    from bench.runner import RunOptions
+    from bench.sweep import dry_run_text, plan_sweep, run_sweep, summary_line
     from leaderboards import render
 
     config = load_preset(args.preset) if args.preset else load_config(args.config)
     options = RunOptions(out=Path(args.out), cache_dir=resolve_cache_dir(args.cache_dir),
-                         force=args.force, progress=not args.no_progress, device=args.device)
+                         force=args.force, progress=not args.no_progress, device=args.device,
+                         executor=args.executor, workers=args.workers, address=args.address,
+                         retries=args.retries)
+    if args.dry_run:
+        print(dry_run_text(plan_sweep(config, options)))
+        return 0
     report = run_sweep(config, options)
-    print(f"sweep {config.name!r}: {len(report.written)} cell(s) run, {report.skipped} already "
-          f"stored; results in {options.out}/\n")
-    print(render(options.out, "md"))
+    print(summary_line(config, report, options.out) + "\n")
+    if report.written or report.skipped:
+        print(render(options.out, "md"))
+    if report.failed:
+        for cell_id, error in report.failed:
+            print(f"advbench: cell {cell_id} failed: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -163,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "perf":
             return _perf(args)
+        if args.command == "publish":
+            from leaderboards import publish_site
+
+            files = publish_site(args.results, args.out)
+            print(f"published {len(files)} file(s) to {args.out}/ (open {args.out}/index.html)")
+            return 0
         if args.command == "compare":
             from leaderboards import render_comparison
 

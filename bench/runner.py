@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import bench
 from attacks import ATTACKS, AttackResult, ThreatModel
 from attacks.norms import Norm, norm_of
 from bench.checkpoints import CheckpointCache
-from bench.config import Cell, SweepConfig, expand_cells, target_kind
+from bench.config import Cell, SweepConfig, target_kind
 from bench.datasets import Dataset, Split, load_dataset
 from bench.errors import AttackContractError, BadInput
 from bench.measure import autocast, device_name, git_sha, measure, resolve_device
@@ -37,7 +36,6 @@ from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
 from generative.models import GANS
 from generative.training import GAN, build_gan, trained_gan
 from leaderboards.schema import SCHEMA_VERSION
-from leaderboards.store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +55,32 @@ def _data_key(cell: Cell) -> tuple[str | int, ...]:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How a sweep runs: ``executor`` "local" (in process; ``workers`` > 1 = a process pool,
+    by default one per visible GPU) or "ray" (``address``: None starts a local instance,
+    "auto" or "host:port" joins a cluster); ``retries``: reruns of a failed pool/Ray task."""
+
     out: Path
     cache_dir: Path
     force: bool = False
     progress: bool = True
     device: str | None = None
+    executor: str = "local"
+    workers: int | None = None
+    address: str | None = None
+    retries: int = 2
 
 
 @dataclass
 class RunReport:
+    """``skipped``: cells already stored; ``busy``: cells another running sweep holds;
+    ``failed``: (cell_id, error) of cells whose task failed after its retries."""
+
     run_id: str
     cells: int
     skipped: int
     written: list[dict[str, Any]] = field(default_factory=list)
+    busy: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -338,7 +349,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
     return CellResult(summary, samples, run.artifacts)
 
 
-def _check_sweep(config: SweepConfig) -> None:
+def check_sweep(config: SweepConfig) -> None:
     """Everything that can be checked before any training or writing."""
     for name in config.datasets + ((config.train_dataset,) if config.train_dataset else ()):
         load_dataset(name)
@@ -378,92 +389,110 @@ def _check_sweep(config: SweepConfig) -> None:
                 threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
 
 
-def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
-    """Run every cell of ``config`` not already stored in ``options.out``."""
-    _check_sweep(config)
-    device = resolve_device(options.device or config.device)
-    store = ResultStore(options.out)
-    cells = expand_cells(config)
-    done = set() if options.force else store.completed_cells()
-    todo = [c for c in cells if c.cell_id not in done]
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
-    report = RunReport(run_id, len(cells), len(cells) - len(todo))
-    if not todo:
-        return report
+class Worker:
+    """Prepares targets and runs cells on one device; keeps trained models, GANs, fitted
+    defenses and evaluated data across the cells it is given.
 
-    cache = CheckpointCache(options.cache_dir)
-    prepared: dict[tuple[str, str, str, int, str], PreparedTarget] = {}
-    data: dict[str, EvalData] = {}
-    models: dict[tuple[str, str, int], Target] = {}
-    gans: dict[tuple[str, str, int], GAN] = {}
+    :meth:`prepare` trains or loads every target and transfer source and runs the clean passes,
+    so that bad models fail before anything is written; :meth:`run` attacks.
+    """
 
-    def zoo_model(train_dataset: str, model: str, seed: int) -> Target:
+    def __init__(self, config: SweepConfig, options: RunOptions, run_id: str) -> None:
+        self.config = config
+        self.options = options
+        self.run_id = run_id
+        self.device = resolve_device(options.device or config.device)
+        self.cache = CheckpointCache(options.cache_dir)
+        self.prepared: dict[tuple[str, str, str, int, str, str], PreparedTarget] = {}
+        self.data: dict[tuple[str | int, ...], EvalData] = {}
+        self.models: dict[tuple[str, str, int], Target] = {}
+        self.gans: dict[tuple[str, str, int], GAN] = {}
+        self.fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.minimal_runs: dict[str, AttackRun] = {}
+
+    def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
         """A trained zoo classifier, or a trained GAN's discriminator."""
         key = (train_dataset, model, seed)
-        if key not in models:
+        if key not in self.models:
+            progress = self.options.progress
             if target_kind(model) == "discriminator":
-                gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
-                                        device=device, cache=cache, progress=options.progress)
-                models[key] = gans[key].target
+                self.gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
+                                             device=self.device, cache=self.cache,
+                                             progress=progress)
+                self.models[key] = self.gans[key].target
             else:
-                models[key], _ = trained_classifier(
-                    model, load_dataset(train_dataset), seed=seed, device=device, cache=cache,
-                    progress=options.progress)
-        return models[key]
+                self.models[key], _ = trained_classifier(
+                    model, load_dataset(train_dataset), seed=seed, device=self.device,
+                    cache=self.cache, progress=progress)
+        return self.models[key]
 
-    # Phase 1: train/load every target and transfer source and run the clean passes, so that
-    # bad models fail here, before anything is written.
-    for cell in todo:
-        key = _target_key(cell)
-        if cell.source:
-            zoo_model(cell.train_dataset, cell.source, cell.seed)
-        if key in prepared:
-            continue
-        base = zoo_model(cell.train_dataset, cell.model, cell.seed)
-        data_key = _data_key(cell)
-        if data_key not in data:
-            dataset = load_dataset(cell.dataset)
-            data[data_key] = discriminator_data(
-                gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
-                cell.n_eval, cell.seed, cell.direction, device,
-            ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval, device)
-        cell_data = data[data_key]
-        defense = config.defense(cell.defense)
-        defended = fitted_defense(
-            DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
-            defense.params, seed=cell.seed, cache=cache, progress=options.progress)
-        clean = defended.predict_logits(cell_data.x, config.batch_size).argmax(1)
-        prepared[key] = PreparedTarget(base, defended, clean, cell_data.y)
+    def prepare(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            key = _target_key(cell)
+            if cell.source:
+                self.zoo_model(cell.train_dataset, cell.source, cell.seed)
+            if key in self.prepared:
+                continue
+            base = self.zoo_model(cell.train_dataset, cell.model, cell.seed)
+            data_key = _data_key(cell)
+            if data_key not in self.data:
+                dataset = load_dataset(cell.dataset)
+                self.data[data_key] = discriminator_data(
+                    self.gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
+                    cell.n_eval, cell.seed, cell.direction, self.device,
+                ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval,
+                                                     self.device)
+            cell_data = self.data[data_key]
+            defense = self.config.defense(cell.defense)
+            defended = fitted_defense(
+                DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
+                defense.params, seed=cell.seed, cache=self.cache, progress=self.options.progress)
+            clean = defended.predict_logits(cell_data.x, self.config.batch_size).argmax(1)
+            self.prepared[key] = PreparedTarget(base, defended, clean, cell_data.y)
 
-    # Phase 2: attack.
-    minimal_runs: dict[str, AttackRun] = {}
-    fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # on device
-    bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not options.progress)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
-                            f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
-        fit_data = None
-        if ATTACKS.get(cell.attack).needs_fit_data:
-            fit_key = (cell.train_dataset,) + ((cell.model, cell.seed, cell.direction)
-                                               if cell.direction else ())
-            if fit_key not in fit_sets:
-                train = load_dataset(cell.train_dataset).split("train")
-                fit_sets[fit_key] = discriminator_fit_data(
-                    gans[(cell.train_dataset, cell.model, cell.seed)], train, cell.seed,
-                    cell.direction, device,
-                ) if cell.direction else (train.x.to(device), train.y.to(device))
-            fit_data = fit_sets[fit_key]
+    def fit_data(self, cell: Cell) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not ATTACKS.get(cell.attack).needs_fit_data:
+            return None
+        key = (cell.train_dataset,) + ((cell.model, cell.seed, cell.direction)
+                                       if cell.direction else ())
+        if key not in self.fit_sets:
+            train = load_dataset(cell.train_dataset).split("train")
+            self.fit_sets[key] = discriminator_fit_data(
+                self.gans[(cell.train_dataset, cell.model, cell.seed)], train, cell.seed,
+                cell.direction, self.device,
+            ) if cell.direction else (train.x.to(self.device), train.y.to(self.device))
+        return self.fit_sets[key]
+
+    def run_one(self, cell: Cell) -> CellResult:
+        """Attack one prepared cell (:meth:`prepare` must have seen it)."""
         result = run_cell(
-            cell, prepared[_target_key(cell)], data[_data_key(cell)], device=device,
-            batch_size=config.batch_size, run_id=run_id, progress=options.progress,
-            attacked=zoo_model(cell.train_dataset, cell.source, cell.seed) if cell.source else None,
-            fit_data=fit_data, minimal_runs=minimal_runs)
-        store.write_cell(result.summary, result.samples, result.artifacts)
-        report.written.append(result.summary)
+            cell, self.prepared[_target_key(cell)], self.data[_data_key(cell)],
+            device=self.device, batch_size=self.config.batch_size, run_id=self.run_id,
+            progress=self.options.progress,
+            attacked=self.zoo_model(cell.train_dataset, cell.source, cell.seed)
+            if cell.source else None,
+            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs)
+        result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
         log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
                  cell.threat_model.eps_display, result.summary["robust_acc"])
-    return report
+        return result
 
 
-__all__ = ["RunOptions", "RunReport", "run_sweep", "run_cell", "verify_adversarials",
-           "eval_subset"]
+def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list[Cell]
+              ) -> list[CellResult]:
+    """Prepare and run ``cells`` in a fresh worker (what a pool process or a Ray task runs)."""
+    worker = Worker(config, dataclasses.replace(options, progress=False), run_id)
+    worker.prepare(cells)
+    return [worker.run_one(cell) for cell in cells]
+
+
+def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
+    """Run every cell of ``config`` not already stored in ``options.out`` (see
+    :mod:`bench.sweep`)."""
+    from bench.sweep import run_sweep as run
+
+    return run(config, options)
+
+
+__all__ = ["RunOptions", "RunReport", "Worker", "run_group", "run_sweep", "run_cell",
+           "verify_adversarials", "eval_subset", "check_sweep"]

@@ -47,5 +47,17 @@ def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
     raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
 
 
-__all__ = ["SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",
+def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
+    """``advbench publish``: Markdown, CSV, LaTeX and the static HTML site of a results
+    directory (see :mod:`leaderboards.publish`)."""
+    from leaderboards.compare import compare
+    from leaderboards.publish import publish
+
+    store = _stored(results)
+    summary = store.summary()
+    samples = store.samples(summary)
+    return publish(summary, samples, Path(out), compare(summary, samples))
+
+
+__all__ = ["publish_site", "SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",
            "leaderboards", "load", "render", "render_comparison", "to_csv", "to_markdown"]

@@ -5,15 +5,22 @@ Layout under the results directory::
     summary/<cell_id>-<run_id>.parquet   one summary row per cell
     samples/<cell_id>-<run_id>.parquet   that cell's per-sample rows
 
+    claims/<cell_id>                     a cell being computed (pid, host), while it runs
+
 A cell's samples file is written before its summary file, each through a hidden temporary name
 and an atomic rename, so readers see whole files or nothing, and a cell counts as stored exactly
-when its summary file exists.
+when its summary file exists. A killed sweep leaves at most hidden temporary files (ignored by
+readers) and the claims of the cells it had in flight; a claim whose process is gone (same
+host, dead pid) is taken over by the next sweep, so two sweeps writing into one directory never
+compute a cell twice.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import socket
 import shutil
 import tempfile
 import uuid
@@ -124,6 +131,55 @@ class ResultStore:
     def artifacts_dir(self) -> Path:
         return self.root / "artifacts"
 
+    @property
+    def claims_dir(self) -> Path:
+        return self.root / "claims"
+
+    def is_stored(self, cell_id: str) -> bool:
+        return any(self.summary_dir.glob(f"{cell_id}-*.parquet"))
+
+    def claim(self, cell_id: str, run_id: str) -> bool:
+        """Take ``cell_id`` for this process; ``False`` if a live process holds it.
+
+        The claim file is written under a temporary name and hard-linked into place, so it
+        appears whole or not at all, and two processes cannot both create it.
+        """
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        path = self.claims_dir / cell_id
+        tmp = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "run_id": run_id}))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    if not _claim_is_stale(path):
+                        return False
+                    # the holder died: move its claim aside (only one taker can) and retry
+                    aside = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.stale"
+                    try:
+                        os.rename(path, aside)
+                        aside.unlink()
+                    except FileNotFoundError:
+                        pass
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def release(self, cell_id: str) -> None:
+        (self.claims_dir / cell_id).unlink(missing_ok=True)
+
+    def remove_empty(self) -> None:
+        """Remove the claims folder, and the results folder itself, when they hold nothing (a
+        sweep that failed before writing leaves no trace)."""
+        for folder in (self.claims_dir, self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty, or not there
+
     def write_cell(self, summary: Mapping[str, Any], samples: Mapping[str, Any],
                    artifacts: Mapping[str, torch.Tensor] | None = None) -> None:
         """Store one finished cell: artifacts, then samples, then its summary row."""
@@ -178,6 +234,26 @@ class ResultStore:
         wanted = {f"{c}-{r}.parquet" for c, r in zip(summary["cell_id"], summary["run_id"])}
         files = [p for p in self._files(self.samples_dir) if p.name in wanted]
         return self._read(files, SAMPLES_SCHEMA).to_pandas()
+
+
+def _claim_is_stale(path: Path) -> bool:
+    """A claim is stale when its process, on this host, no longer exists. Claims of other hosts
+    are trusted (delete ``claims/`` by hand if such a machine died)."""
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
 
 
 def load(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -5,7 +5,9 @@ for GAN discriminators, a direction: ``real->fake`` attacks real images, ``fake-
 samples, so the discriminator section sets DCGAN beside SN-DCGAN per direction); the columns are
 clean accuracy, robust accuracy per attack and eps, and the per-eps *worst case*: a sample counts
 as robust only if it was classified correctly and no attack at that eps fooled it (as AutoAttack
-reports). Rows are ranked by the worst case at the largest eps.
+reports), with its Wilson 95% interval (``worst@eps lo`` / ``hi``). Rows are ranked by the
+worst case at the largest eps. Throughput columns close each row: the median images/s of its
+attack cells and their summed attack wall time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+
+from leaderboards.compare import wilson
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
@@ -71,9 +75,16 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
                                  sort=False)
             wide.columns = [f"worst@{c}" for c in wide.columns]
             table = table.join(wide)
+            for col in wide.columns:
+                bounds = [wilson(round(w * n_), int(n_)) if pd.notna(w) else (None, None)
+                          for w, n_ in zip(table[col], table["n"])]
+                table[f"{col} lo"] = [b[0] for b in bounds]
+                table[f"{col} hi"] = [b[1] for b in bounds]
             rank_col = wide.columns[-1] if len(wide.columns) else "clean"
         else:
             rank_col = "clean"
+        table["img/s"] = group.groupby(ROW_KEYS)["img_per_s"].median()
+        table["attack s"] = group.groupby(ROW_KEYS)["wall_s"].sum()
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
@@ -81,13 +92,34 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
     return boards
 
 
+def display_table(board: Board) -> pd.DataFrame:
+    """The board as strings for people: accuracies in percent with one decimal, each worst
+    case with its interval ("69.2 [66.3, 72.0]"), throughput rounded."""
+    table = board.table
+    shown = pd.DataFrame(index=table.index)
+    pct = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"  # noqa: E731
+    for col in table.columns:
+        if col.endswith((" lo", " hi")):
+            continue
+        if col in (*ROW_KEYS, "n"):
+            shown[col] = table[col].astype(str)
+        elif col == "img/s":
+            shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
+        elif col == "attack s":
+            shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        elif f"{col} lo" in table.columns:
+            shown[col] = [f"{pct(v)} [{pct(lo)}, {pct(hi)}]" if pd.notna(v) else ""
+                          for v, lo, hi in zip(table[col], table[f"{col} lo"],
+                                               table[f"{col} hi"])]
+        else:
+            shown[col] = table[col].map(pct)
+    return shown
+
+
 def to_markdown(board: Board) -> str:
-    """A Markdown table, accuracies in percent with one decimal."""
-    shown = board.table.copy()
-    for col in shown.columns:
-        if col not in (*ROW_KEYS, "n"):
-            shown[col] = (shown[col] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
-    return f"### {board.title}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    """A Markdown table (see :func:`display_table`)."""
+    return (f"### {board.title}\n\n"
+            + display_table(board).to_markdown(index=False, disable_numparse=True) + "\n")
 
 
 def to_csv(board: Board) -> str:

@@ -22,6 +22,7 @@ def test_worst_case_is_computed_per_sample(tmp_path: Path) -> None:
     assert table.loc["lenet", "fgsm@0.1"] == 0.5 and table.loc["lenet", "pgd@0.1"] == 0.5
     assert table.loc["lenet", "worst@0.1"] == 0.0
     assert table.loc["big", "worst@0.1"] == 0.75
+    assert table.loc["big", "worst@0.1 lo"] < 0.75 < table.loc["big", "worst@0.1 hi"]
     assert list(boards[0].table["model"]) == ["big", "lenet"]  # ranked by worst case
 
 
@@ -34,7 +35,9 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     md = to_markdown(boards[1])
     assert md.startswith("### mnist5k · classifier · adaptive · linf")
     cells = [c.strip() for c in md.splitlines()[-1].split("|")[1:-1]]
-    assert cells == ["lenet", "none", "4", "100.0", "50.0", "50.0"]
+    assert cells[:5] == ["lenet", "none", "4", "100.0", "50.0"]
+    assert cells[5] == "50.0 [15.0, 85.0]"  # Wilson 95% for 2 of 4
+    assert cells[6:] == ["40", "0.1"]  # median img/s, attack seconds
     text = render(tmp_path)
     assert "pgd@1" in text and "pgd@0.1" in text
     csv = render(tmp_path, "csv")

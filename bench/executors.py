@@ -1,0 +1,201 @@
+"""Where a sweep's cells run: in this process, in a pool of local processes, or on Ray.
+
+Each executor takes groups of cells (cells sharing a trained base model) and yields
+``(cell, CellResult)`` as cells finish, or ``(cell, exception)`` for the cells of a group whose
+task still failed after ``options.retries`` reruns. Workers never write results: the driver
+(:func:`bench.sweep.run_sweep`) alone writes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Protocol
+
+from bench.config import Cell, SweepConfig
+from bench.errors import BadInput
+from bench.runner import CellResult, RunOptions, Worker, run_group
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[Cell, "CellResult | BaseException"]
+GroupTask = Callable[[SweepConfig, RunOptions, str, list[Cell]], list[CellResult]]
+
+
+class Executor(Protocol):
+    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """All cells in this process, on one device. Every target is prepared (trained, fitted,
+    clean pass) before the first attack, so a bad model fails before anything is written; an
+    error stops the sweep (the cells already written stay)."""
+
+    def __init__(self, config: SweepConfig, options: RunOptions) -> None:
+        self.config, self.options = config, options
+
+    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+        worker = Worker(self.config, self.options, run_id)
+        cells = [cell for group in groups for cell in group]
+        worker.prepare(cells)
+        for cell in cells:
+            yield cell, worker.run_one(cell)
+
+    def close(self) -> None:
+        pass
+
+
+def _pin_device(devices: Any) -> None:
+    """Pool initializer: give this worker process one GPU of the queue (before CUDA starts)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+
+
+class _Retrying:
+    """Submit each group as a task; rerun a failed one up to ``retries`` times, then report
+    its cells as failed."""
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+
+    def drive(self, submit: Callable[[list[Cell]], Any], done: Callable[[list[Any]], list[Any]],
+              result: Callable[[Any], list[CellResult]], groups: list[list[Cell]]
+              ) -> Iterator[Outcome]:
+        pending = {submit(group): (group, 0) for group in groups}
+        while pending:
+            for handle in done(list(pending)):
+                group, attempt = pending.pop(handle)
+                try:
+                    results = result(handle)
+                except Exception as exc:  # noqa: BLE001 - reported per cell, not lost
+                    if attempt < self.retries:
+                        log.warning("task of %d cell(s) failed (%s); retry %d of %d",
+                                    len(group), exc, attempt + 1, self.retries)
+                        pending[submit(group)] = (group, attempt + 1)
+                        continue
+                    yield from ((cell, exc) for cell in group)
+                    continue
+                yield from zip(group, results)
+
+
+class LocalPool:
+    """``workers`` spawned processes; on CUDA each is pinned to one visible GPU."""
+
+    def __init__(self, config: SweepConfig, options: RunOptions, workers: int,
+                 gpus: list[int], task: GroupTask = run_group) -> None:
+        self.config, self.options, self.task = config, options, task
+        context = multiprocessing.get_context("spawn")
+        initializer, initargs = None, ()
+        if gpus:
+            queue = context.Queue()
+            for i in range(workers):
+                queue.put(gpus[i % len(gpus)])
+            initializer, initargs = _pin_device, (queue,)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                        initializer=initializer, initargs=initargs)
+
+    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+        options = self.options
+
+        def submit(group: list[Cell]) -> Future[list[CellResult]]:
+            return self.pool.submit(self.task, self.config, options, run_id, group)
+
+        def done(handles: list[Any]) -> list[Any]:
+            return list(wait(handles, return_when=FIRST_COMPLETED).done)
+
+        yield from _Retrying(self.options.retries).drive(submit, done,
+                                                         lambda f: f.result(), groups)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_reachable(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BadInput(f"Ray address must be 'auto' or 'host:port', got {address!r}")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise BadInput(f"cannot reach the Ray cluster at {address} ({exc}); start it with "
+                       f"'ray start --head' or pass the head node's address") from None
+
+
+class RayExecutor:
+    """One Ray task per group (``num_gpus=1`` when the sweep runs on CUDA), retried by Ray up
+    to ``retries`` times on errors and lost workers; results return to the driver."""
+
+    def __init__(self, config: SweepConfig, options: RunOptions,
+                 task: GroupTask = run_group) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise BadInput("--executor ray needs Ray: pip install 'advbench[ray]'") from None
+        self.ray = ray
+        address = options.address
+        if address not in (None, "auto", "local"):
+            _check_reachable(address)
+        self.started = not ray.is_initialized()
+        if self.started:
+            try:
+                ray.init(address=None if address == "local" else address,
+                         include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True)
+            except ConnectionError as exc:
+                raise BadInput(f"cannot reach a Ray cluster at {address!r}: {exc}") from None
+        device = options.device or config.device
+        gpus = device.startswith("cuda") or (
+            device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        self.remote = ray.remote(num_gpus=1 if gpus else 0, max_retries=options.retries,
+                                 retry_exceptions=True)(task)
+        self.config, self.options = config, options
+
+    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+        ray = self.ray
+        options = self.options
+
+        def submit(group: list[Cell]) -> Any:
+            return self.remote.remote(self.config, options, run_id, group)
+
+        def done(handles: list[Any]) -> list[Any]:
+            ready, _ = ray.wait(handles, num_returns=1)
+            return ready
+
+        # Ray already retried each task: report what still fails.
+        yield from _Retrying(0).drive(submit, done, ray.get, groups)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_executor(config: SweepConfig, options: RunOptions) -> Executor:
+    """The executor ``options`` ask for (bad settings raise :class:`BadInput`)."""
+    if options.retries < 0:
+        raise BadInput(f"retries must be >= 0, got {options.retries}")
+    if options.executor == "ray":
+        return RayExecutor(config, options)
+    if options.executor != "local":
+        raise BadInput(f"unknown executor {options.executor!r}; use 'local' or 'ray'")
+    if options.address is not None:
+        raise BadInput("--address applies to --executor ray")
+    gpus: list[int] = []
+    device = options.device or config.device
+    if device in ("auto", "cuda"):
+        import torch
+
+        gpus = list(range(torch.cuda.device_count()))
+    workers = options.workers if options.workers is not None else max(len(gpus), 1)
+    if workers < 1:
+        raise BadInput(f"workers must be >= 1, got {workers}")
+    if workers == 1:
+        return InProcess(config, options)
+    return LocalPool(config, options, workers, gpus)
+
+
+__all__ = ["Executor", "InProcess", "LocalPool", "RayExecutor", "make_executor"]

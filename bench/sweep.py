@@ -1,0 +1,171 @@
+"""Sweeps: plan the cells, skip what is stored, claim the rest, execute, write.
+
+- **Plan.** Every cell of the config; those whose ``cell_id`` is stored are skipped (``--force``
+  recomputes them). ``advbench run --dry-run`` prints the plan with each cell's upper bound of
+  model calls and touches nothing.
+- **Claims.** Before running, the driver claims each cell in the store (``claims/<cell_id>``);
+  a cell a live process holds is left to it, so two sweeps writing into one directory never
+  compute or store a cell twice. A killed sweep's claims are taken over by the next run.
+- **Executors** (:mod:`bench.executors`): ``local`` runs in this process, or with ``workers`` > 1
+  in a pool of processes (one per visible GPU by default on CUDA); ``ray`` runs one task per
+  group of cells sharing a base model. Workers only compute; the driver alone writes the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from attacks import ATTACKS
+from bench.config import Cell, SweepConfig, expand_cells
+from bench.datasets import load_dataset
+from bench.errors import BadInput
+from bench.runner import RunOptions, RunReport, check_sweep
+from leaderboards.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def group_key(cell: Cell) -> tuple[str, str, str, int]:
+    """Cells that share a trained base model run in one task (it is trained or loaded once)."""
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed)
+
+
+@dataclass
+class Plan:
+    """A sweep's cells and which of them are already stored."""
+
+    config: SweepConfig
+    cells: list[Cell]
+    stored: set[str]
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.cell_id not in self.stored]
+
+    def groups(self, cells: list[Cell] | None = None) -> list[list[Cell]]:
+        out: dict[tuple[str, str, str, int], list[Cell]] = {}
+        for cell in self.todo if cells is None else cells:
+            out.setdefault(group_key(cell), []).append(cell)
+        return list(out.values())
+
+
+def plan_sweep(config: SweepConfig, options: RunOptions) -> Plan:
+    """Check the config (nothing is trained or written) and list its cells."""
+    check_sweep(config)
+    cells = expand_cells(config)
+    if not cells:
+        raise BadInput(
+            f"sweep {config.name!r} has no cells: each target needs a threat its defenses can "
+            f"be attacked under ('transfer' applies to defended targets only, 'none' has just "
+            f"'adaptive')")
+    stored = set() if options.force else ResultStore(options.out).completed_cells()
+    return Plan(config, cells, stored)
+
+
+def estimated_calls(cell: Cell) -> tuple[int, int] | None:
+    """Upper bound on the cell's (forward, backward) per-image model calls; a minimal attack's
+    eps cells reuse its one run (0, 0)."""
+    spec = ATTACKS.get(cell.attack)
+    if spec.minimal and cell.threat_model.eps is not None:
+        return (0, 0)
+    params = spec.make_params(json.loads(cell.params_json))
+    num_classes = 2 if cell.direction else load_dataset(cell.dataset).num_classes
+    n_fit = len(load_dataset(cell.train_dataset).split("train")) if spec.needs_fit_data else 0
+    return spec.max_calls(params, cell.n_eval, num_classes, n_fit)
+
+
+def dry_run_table(plan: Plan) -> pd.DataFrame:
+    """One row per cell: whether it is stored, what it is, and its estimated model calls."""
+    rows = []
+    for cell in plan.cells:
+        calls = estimated_calls(cell)
+        rows.append({
+            "status": "stored" if cell.cell_id in plan.stored else "todo",
+            "cell_id": cell.cell_id[:10], "dataset": cell.dataset, "model": cell.model,
+            "defense": cell.defense, "threat": cell.threat, "direction": cell.direction,
+            "attack": cell.attack + (f" (from {cell.source})" if cell.source else ""),
+            "norm": cell.threat_model.norm.value, "eps": cell.threat_model.eps_display,
+            "seed": cell.seed, "n": cell.n_eval,
+            "forward": calls[0] if calls else None, "backward": calls[1] if calls else None,
+        })
+    table = pd.DataFrame(rows)
+    if not table["direction"].astype(bool).any():
+        table = table.drop(columns="direction")
+    return table
+
+
+def dry_run_text(plan: Plan) -> str:
+    table = dry_run_table(plan)
+    todo = table[table["status"] == "todo"]
+    fwd, bwd = todo["forward"].fillna(0).sum(), todo["backward"].fillna(0).sum()
+    return (table.to_markdown(index=False) + "\n\n"
+            f"{len(plan.cells)} cell(s): {len(todo)} to run, {len(plan.cells) - len(todo)} "
+            f"already stored; at most {int(fwd):,} forward and {int(bwd):,} backward per-image "
+            f"model calls to run them (dry run: nothing trained or written)")
+
+
+def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
+    """Run every cell of ``config`` not already stored in ``options.out``."""
+    from bench.executors import make_executor
+
+    plan = plan_sweep(config, options)
+    executor = make_executor(config, options)  # a bad executor setting fails before writing
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
+    todo = plan.todo
+    report = RunReport(run_id, len(plan.cells), len(plan.cells) - len(todo))
+    if not todo:
+        return report
+    store = ResultStore(options.out)
+    claimed: list[Cell] = []
+    try:
+        for cell in todo:
+            if store.claim(cell.cell_id, run_id):
+                if not options.force and store.is_stored(cell.cell_id):
+                    store.release(cell.cell_id)  # another sweep stored it since we looked
+                    report.skipped += 1
+                else:
+                    claimed.append(cell)
+            else:
+                report.busy += 1
+        if report.busy:
+            log.warning("%d cell(s) are being run by another sweep; left to it", report.busy)
+        bar = tqdm(total=len(claimed), desc=f"sweep {config.name}", unit="cell",
+                   disable=not options.progress)
+        for cell, outcome in executor.run(plan.groups(claimed), run_id):
+            if isinstance(outcome, BaseException):
+                report.failed.append((cell.cell_id, f"{type(outcome).__name__}: {outcome}"))
+            else:
+                store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
+                report.written.append(outcome.summary)
+            store.release(cell.cell_id)
+            bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
+                                f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
+            bar.update(1)
+        bar.close()
+    finally:
+        for cell in claimed:
+            store.release(cell.cell_id)
+        store.remove_empty()
+        executor.close()
+    return report
+
+
+def summary_line(config: SweepConfig, report: RunReport, out: Any) -> str:
+    parts = [f"{len(report.written)} cell(s) run", f"{report.skipped} already stored"]
+    if report.busy:
+        parts.append(f"{report.busy} left to another running sweep")
+    if report.failed:
+        parts.append(f"{len(report.failed)} failed")
+    return f"sweep {config.name!r}: {', '.join(parts)}; results in {out}/"
+
+
+__all__ = ["Plan", "plan_sweep", "run_sweep", "dry_run_table", "dry_run_text",
+           "estimated_calls", "summary_line"]

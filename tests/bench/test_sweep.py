@@ -1,0 +1,243 @@
+"""Sweeps at scale, with real processes: resume after kill -9 and Ctrl-C, two sweeps writing into
+one directory, --dry-run, zero-cell sweeps, the process-pool executor's retries, and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench.cli import main
+from bench.config import expand_cells, parse_config
+from bench.executors import LocalPool
+from bench.runner import RunOptions, run_group
+from bench.sweep import estimated_calls, plan_sweep, run_sweep
+from leaderboards import ResultStore
+from leaderboards.store import _claim_is_stale
+
+ROOT = Path(__file__).resolve().parents[2]
+EPS = [round(0.02 * i, 2) for i in range(1, 13)]
+SLOW = f"""
+[sweep]
+name = "slow"
+dataset = "mnist5k"
+n_eval = 400
+batch_size = 400
+
+[[targets]]
+model = "lenet"
+
+[[attacks]]
+name = "pgd"
+eps = {EPS}
+params = {{ steps = 30, step_size = 0.01, early_stop = false }}
+"""
+
+
+def start(config: Path, out: Path, cache: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", str(config), "--out", str(out),
+                             "--no-progress", *extra], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_cells(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((out / "summary").glob("*.parquet"))) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("sweep wrote no cells in time")
+
+
+def assert_store_whole(out: Path) -> set[str]:
+    """Every visible file reads as whole Parquet; each summary has its samples; no duplicates."""
+    summaries = sorted((out / "summary").glob("*.parquet"))
+    samples = {p.name for p in (out / "samples").glob("*.parquet")}
+    for path in summaries:
+        assert pq.read_table(path).num_rows == 1
+        assert path.name in samples
+    for name in samples:
+        pq.read_table(out / "samples" / name)
+    ids = [p.name.split("-", 1)[0] for p in summaries]
+    assert len(ids) == len(set(ids)), "a cell was stored twice"
+    return set(ids)
+
+
+@pytest.fixture
+def slow_config(tmp_path: Path) -> Path:
+    path = tmp_path / "slow.toml"
+    path.write_text(SLOW)
+    return path
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -signal.SIGKILL),
+                                      (signal.SIGINT, 130)])
+def test_interrupted_sweep_loses_only_cells_in_flight(sig: int, code: int, trained_lenet: Any,
+                                                      cache_dir: Path, slow_config: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = start(slow_config, out, cache_dir)
+    wait_for_cells(out, 2, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == code
+    before = assert_store_whole(out)
+    assert 2 <= len(before) < len(EPS), "the sweep must be interrupted mid-way"
+    if sig == signal.SIGINT:
+        assert not (out / "claims").exists() or not list((out / "claims").iterdir())
+    again = start(slow_config, out, cache_dir)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    assert f"{len(EPS) - len(before)} cell(s) run, {len(before)} already stored" in stdout
+    after = assert_store_whole(out)
+    assert before < after and len(after) == len(EPS)
+    assert {c.cell_id for c in expand_cells(parse_config(
+        tomllib.loads(SLOW)))} == after
+
+
+def test_two_sweeps_into_one_directory_store_each_cell_once(trained_lenet: Any, cache_dir: Path,
+                                                            slow_config: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    procs = [start(slow_config, out, cache_dir) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr
+    assert len(assert_store_whole(out)) == len(EPS)
+    ran = [int(stdout.split(": ", 1)[1].split(" cell(s) run")[0]) for stdout, _ in outputs]
+    assert sum(ran) == len(EPS), outputs  # no cell computed twice
+
+
+def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    assert store.claim("c1", "r1")
+    assert not store.claim("c1", "r2")  # this (live) process holds it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    holder = json.loads((tmp_path / "claims" / "c1").read_text())
+    (tmp_path / "claims" / "c1").write_text(json.dumps({**holder, "pid": int(dead)}))
+    assert _claim_is_stale(tmp_path / "claims" / "c1")
+    assert store.claim("c1", "r3")
+    other_host = {**holder, "host": "elsewhere", "pid": int(dead)}
+    (tmp_path / "claims" / "c2").write_text(json.dumps(other_host))
+    assert not store.claim("c2", "r4")  # another machine's claim is trusted
+    store.release("c1")
+    assert not (tmp_path / "claims" / "c1").exists()
+
+
+def test_dry_run_lists_cells_and_calls_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW + '\n[[attacks]]\nname = "deepfool"\neps = [0.5]\nnorm = "l2"\n')
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    assert main(["run", str(config), "--dry-run", "--out", str(out),
+                 "--cache-dir", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists() and not cache.exists()
+    assert f"{len(EPS) + 2} cell(s): {len(EPS) + 2} to run, 0 already stored" in text
+    # PGD: 30 steps of one forward and one backward, plus the final check, per image
+    pgd = 400 * 31 * len(EPS), 400 * 30 * len(EPS)
+    deepfool = 400 * 51, 400 * 50 * 9  # 50 steps, 9 candidate classes; its eps cell reuses it
+    assert f"at most {pgd[0] + deepfool[0]:,} forward and {pgd[1] + deepfool[1]:,} backward" \
+        in text
+    cells = expand_cells(parse_config(tomllib.loads(config.read_text())))
+    assert [estimated_calls(c) for c in cells if c.attack == "deepfool"] == [deepfool, (0, 0)]
+
+
+def test_zero_cell_sweep_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "zero.toml"
+    config.write_text(SLOW.replace('model = "lenet"', 'model = "lenet"\nthreats = ["transfer"]'))
+    assert main(["run", str(config), "--out", str(tmp_path / "r"), "--no-progress",
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "has no cells" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+FLAKY_STATE = "ADVBENCH_TEST_FLAKY_DIR"
+
+
+def flaky_group(config: Any, options: RunOptions, run_id: str, cells: list[Any]) -> list[Any]:
+    """Fails the first attempt of every group (and every attempt of 'always' groups)."""
+    state = Path(os.environ[FLAKY_STATE])
+    marker = state / cells[0].cell_id
+    if cells[0].threat_model.eps == EPS[-1] or not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected failure for {cells[0].cell_id[:8]}")
+    return run_group(config, options, run_id, cells)
+
+
+def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_dir: Path,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv(FLAKY_STATE, str(state))
+    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 2")))
+    options = RunOptions(out=tmp_path / "results", cache_dir=cache_dir, progress=False,
+                         device="cpu", retries=1)
+    plan = plan_sweep(config, options)
+    # one group per cell here, so that one cell can keep failing while the others recover
+    pool = LocalPool(config, options, workers=2, gpus=[], task=flaky_group)
+    try:
+        outcomes = list(pool.run([[c] for c in plan.todo], "run1"))
+    finally:
+        pool.close()
+    failed = [c for c, o in outcomes if isinstance(o, BaseException)]
+    assert [c.threat_model.eps for c in failed] == [EPS[-1]]
+    assert "injected failure" in str(dict((c, o) for c, o in outcomes)[failed[0]])
+    good = [o for c, o in outcomes if not isinstance(o, BaseException)]
+    assert len(good) == len(EPS) - 1 and all(0 <= o.summary["robust_acc"] <= 1 for o in good)
+
+
+def test_local_pool_gives_the_in_process_results(trained_lenet: Any, cache_dir: Path,
+                                                 tmp_path: Path) -> None:
+    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 3")))
+    rows = {}
+    for workers in (1, 2):
+        report = run_sweep(config, RunOptions(out=tmp_path / str(workers), cache_dir=cache_dir,
+                                              progress=False, device="cpu", workers=workers))
+        assert len(report.written) == len(EPS) and not report.failed
+        rows[workers] = {r["cell_id"]: r["robust_acc"] for r in report.written}
+    assert rows[1] == rows[2]
+    assert_store_whole(tmp_path / "2")
+
+
+def test_unreachable_ray_address_is_a_clear_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW)
+    code = main(["run", str(config), "--executor", "ray", "--address", "127.0.0.1:9",
+                 "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:9" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """A local Ray instance: one task per base model, results written by the driver alone."""
+    pytest.importorskip("ray")
+    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 3")))
+    local = run_sweep(config, RunOptions(out=tmp_path / "local", cache_dir=cache_dir,
+                                         progress=False, device="cpu"))
+    remote = run_sweep(config, RunOptions(out=tmp_path / "ray", cache_dir=cache_dir,
+                                          progress=False, device="cpu", executor="ray",
+                                          address="local"))
+    assert not remote.failed and len(remote.written) == len(EPS)
+    assert ({r["cell_id"]: r["robust_acc"] for r in remote.written}
+            == {r["cell_id"]: r["robust_acc"] for r in local.written})
+    assert len(assert_store_whole(tmp_path / "ray")) == len(EPS)
