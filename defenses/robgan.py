@@ -75,7 +75,7 @@ def build_robgan(base: Target, params: RobGANParams) -> Target:
     discriminator = Discriminator(base.input_shape, recipe.width, spectral=GANS.get(name).spectral)
     target = discriminator_target(discriminator.to(base.device), base.input_shape,
                                   name=f"{base.name}+robgan")
-    target.card = dict(base.card)
+    target.card = {"gan": name, "recipe": dataclasses.asdict(recipe)}
     return target
 
 
@@ -106,7 +106,8 @@ def robgan(base: Target, train: Split, params: RobGANParams, generator: torch.Ge
     gan = train_gan(GANS.get(name), train, seed=seed, device=device, recipe=recipe,
                     d_perturb=perturb, progress=progress, desc=f"robgan {name}@{params.eps:g}")
     target = discriminator_target(gan.discriminator, base.input_shape, name=f"{base.name}+robgan")
-    target.card = {**base.card, "history": gan.card["history"]}
+    target.card = {"gan": name, "recipe": dataclasses.asdict(recipe),
+                   "history": gan.card["history"]}
     return target
 
 
