@@ -8,6 +8,7 @@ skips cells already stored.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.resources
 import itertools
 import json
@@ -45,7 +46,10 @@ def target_kind(model: str) -> TargetKind:
         return "discriminator"
     if model in MODELS:
         return "classifier"
-    raise UnknownName(f"unknown model {model!r}; classifiers: {', '.join(MODELS.names())}; "
+    close = difflib.get_close_matches(model.lower(), MODELS.names() + GANS.names(), n=3,
+                                      cutoff=0.5)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    raise UnknownName(f"unknown model {model!r}; {hint}classifiers: {', '.join(MODELS.names())}; "
                       f"GAN discriminators: {', '.join(GANS.names())}")
 
 

@@ -36,7 +36,7 @@ def attack(name: str, target: Target, x: torch.Tensor, y: torch.Tensor, **kwargs
     return run_attack(name, target, x, y, **kwargs)
 
 
-@pytest.fixture(params=["classifier", "discriminator"])
+@pytest.fixture(params=["classifier", "discriminator", "dcgan"])
 def target_and_data(request: pytest.FixtureRequest, lenet: Target,
                     digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[Target, torch.Tensor,
                                                                          torch.Tensor]:
@@ -44,7 +44,14 @@ def target_and_data(request: pytest.FixtureRequest, lenet: Target,
     x, y = x[::6], y[::6]  # 34 digits, every class
     if request.param == "classifier":
         return lenet, x, y
-    target = make_tiny_target("discriminator")
+    if request.param == "dcgan":
+        # the trained DCGAN's discriminator: real digits (class 1) and its own samples (class 0)
+        gan = request.getfixturevalue("trained_dcgan")
+        fakes = gan.sample(len(x) // 2, seed=11)
+        x = torch.cat([x[: len(x) - len(fakes)], fakes])
+        real = (torch.arange(len(x)) < len(x) - len(fakes)).long()
+        return gan.target, x, real
+    target = make_tiny_target("discriminator")  # a tiny untrained one with dropout and BN
     real = torch.arange(len(x)) % 2  # half "real", half "fake"
     return target, x, real
 

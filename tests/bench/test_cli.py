@@ -329,7 +329,7 @@ def test_defended_sweep_and_compare(trained_lenet: Any, cache_dir: Path, tmp_pat
     lines = [ln for ln in proc.stdout.splitlines() if "| hgd-tiny" in ln and "transfer" in ln]
     assert len(lines) == 1 and "+" in lines[0]
     proc = advbench("compare", str(out), "--format", "csv", cwd=tmp_path, cache=cache_dir)
-    assert proc.stdout.splitlines()[0].startswith("dataset,model,seed,attack")
+    assert proc.stdout.splitlines()[0].startswith("dataset,model,direction,seed,attack")
 
     proc = advbench("run", str(config), "--out", str(out), "--no-progress", "--force",
                     cwd=tmp_path, cache=cache_dir)

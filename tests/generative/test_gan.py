@@ -171,3 +171,18 @@ def test_trained_discriminator_separates_real_from_fake(trained_dcgan: Any,
     acc = discriminator_accuracy(trained_dcgan, mnist5k.test.x[:500], seed=99)
     assert acc["d_acc_real"] >= 0.7 and acc["d_acc_fake"] >= 0.7, acc
     assert not trained_dcgan.discriminator.training and not trained_dcgan.generator.training
+
+
+@pytest.mark.parametrize("name", ["dcgan", "sndcgan"])
+def test_gan_trains_on_32x32_colour_images(name: str) -> None:
+    from bench.datasets import Split, load_dataset
+    from generative import train_gan
+
+    data = load_dataset("mnist5k-rgb32").split("train")
+    gan = train_gan(GANS.get(name), Split(data.x[:256], data.y[:256]), seed=0, device=CPU,
+                    recipe=GANRecipe(epochs=2), progress=False)
+    assert gan.image_shape == (3, 32, 32) and len(gan.card["history"]) == 2
+    assert all(v == v for h in gan.card["history"] for v in h.values())  # no NaN
+    x = gan.sample(6, seed=0)
+    assert x.shape == (6, 3, 32, 32)
+    assert gan.target.predict_logits(x).shape == (6, 2)
