@@ -56,31 +56,26 @@ def _pin_device(devices: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
 
 
-class _Retrying:
-    """Submit each group as a task; rerun a failed one up to ``retries`` times, then report
-    its cells as failed."""
-
-    def __init__(self, retries: int) -> None:
-        self.retries = retries
-
-    def drive(self, submit: Callable[[list[Cell]], Any], done: Callable[[list[Any]], list[Any]],
-              result: Callable[[Any], list[CellResult]], groups: list[list[Cell]]
-              ) -> Iterator[Outcome]:
-        pending = {submit(group): (group, 0) for group in groups}
-        while pending:
-            for handle in done(list(pending)):
-                group, attempt = pending.pop(handle)
-                try:
-                    results = result(handle)
-                except Exception as exc:  # noqa: BLE001 - reported per cell, not lost
-                    if attempt < self.retries:
-                        log.warning("task of %d cell(s) failed (%s); retry %d of %d",
-                                    len(group), exc, attempt + 1, self.retries)
-                        pending[submit(group)] = (group, attempt + 1)
-                        continue
-                    yield from ((cell, exc) for cell in group)
+def _drive(submit: Callable[[list[Cell]], Any], done: Callable[[list[Any]], list[Any]],
+           result: Callable[[Any], list[CellResult]], groups: list[list[Cell]], retries: int
+           ) -> Iterator[Outcome]:
+    """Submit each group as a task; rerun a failed one up to ``retries`` times, then report its
+    cells as failed. ``done`` waits for finished handles, ``result`` reads (or raises) one."""
+    pending = {submit(group): (group, 0) for group in groups}
+    while pending:
+        for handle in done(list(pending)):
+            group, attempt = pending.pop(handle)
+            try:
+                results = result(handle)
+            except Exception as exc:  # noqa: BLE001 - reported per cell, not lost
+                if attempt < retries:
+                    log.warning("task of %d cell(s) failed (%s); retry %d of %d",
+                                len(group), exc, attempt + 1, retries)
+                    pending[submit(group)] = (group, attempt + 1)
                     continue
-                yield from zip(group, results)
+                yield from ((cell, exc) for cell in group)
+                continue
+            yield from zip(group, results)
 
 
 class LocalPool:
@@ -108,8 +103,7 @@ class LocalPool:
         def done(handles: list[Any]) -> list[Any]:
             return list(wait(handles, return_when=FIRST_COMPLETED).done)
 
-        yield from _Retrying(self.options.retries).drive(submit, done,
-                                                         lambda f: f.result(), groups)
+        yield from _drive(submit, done, lambda f: f.result(), groups, self.options.retries)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -167,7 +161,7 @@ class RayExecutor:
             return ready
 
         # Ray already retried each task: report what still fails.
-        yield from _Retrying(0).drive(submit, done, ray.get, groups)
+        yield from _drive(submit, done, ray.get, groups, retries=0)
 
     def close(self) -> None:
         if self.started:

@@ -486,13 +486,5 @@ def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list
     return [worker.run_one(cell) for cell in cells]
 
 
-def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
-    """Run every cell of ``config`` not already stored in ``options.out`` (see
-    :mod:`bench.sweep`)."""
-    from bench.sweep import run_sweep as run
-
-    return run(config, options)
-
-
-__all__ = ["RunOptions", "RunReport", "Worker", "run_group", "run_sweep", "run_cell",
+__all__ = ["RunOptions", "RunReport", "Worker", "run_group", "run_cell",
            "verify_adversarials", "eval_subset", "check_sweep"]

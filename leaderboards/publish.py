@@ -54,13 +54,14 @@ STYLE = """
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
 table { border-collapse: collapse; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right;
+         white-space: nowrap; }
 th { background: #f3f3f3; cursor: pointer; user-select: none; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 td.key, th.key { text-align: left; }
 nav a { margin-right: 1rem; }
-img { max-width: 720px; }
+img { max-width: 800px; }
 </style>
 """
 
@@ -111,7 +112,7 @@ def plot_worst_case(board: Board, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     eps = [_eps_value(c.removeprefix("worst@")) for c in worst]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
     for _, row in board.table.iterrows():
         label = " / ".join(str(row[k]) for k in ("model", "defense", "direction")
                            if k in board.table.columns and row[k])
@@ -125,7 +126,7 @@ def plot_worst_case(board: Board, path: Path) -> bool:
     ax.set_ylim(0, 100)
     ax.set_title(board.title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -14,7 +14,8 @@ from attacks.gradient import IterativeParams
 from attacks.norms import Norm
 from bench.config import expand_cells, parse_config
 from bench.datasets import Dataset, Split
-from bench.runner import RunOptions, discriminator_data, eval_subset, run_sweep
+from bench.runner import RunOptions, discriminator_data, eval_subset
+from bench.sweep import run_sweep
 from bench.target import Target
 from defenses import DEFENSES
 from defenses.robgan import RobGANParams

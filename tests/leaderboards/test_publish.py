@@ -44,7 +44,7 @@ def test_publish_writes_every_format(results: Path, tmp_path: Path,
     page = "mnist5k-classifier-adaptive-linf"
     assert {"index.html", "leaderboard.md", "leaderboard.csv", "leaderboard.tex",
             "comparison.md", "comparison.csv", f"{page}.html", f"{page}.png"} <= names
-    assert Image.open(site / f"{page}.png").size == (640, 400)
+    assert Image.open(site / f"{page}.png").size == (800, 400)
     tex = (site / "leaderboard.tex").read_text()
     assert r"\toprule" in tex and "worst@0.3" in tex
     md = (site / "leaderboard.md").read_text()
@@ -94,7 +94,7 @@ def test_site_renders_and_sorts_in_headless_chromium(results: Path, tmp_path: Pa
         assert driver.title == "mnist5k · classifier · adaptive · linf"
         image = driver.find_element(By.TAG_NAME, "img")
         assert driver.execute_script("return arguments[0].complete && "
-                                     "arguments[0].naturalWidth", image) == 640
+                                     "arguments[0].naturalWidth", image) == 800
         headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "th")]
         assert headers[:4] == ["model", "defense", "n", "clean"]
 
