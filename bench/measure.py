@@ -1,4 +1,5 @@
-"""Throughput measurement: wall time synchronised with the device, peak memory, device names."""
+"""Throughput measurement: wall time synchronised with the device, peak memory, device names,
+and the forward / forward+backward *floor* every attack's throughput is compared with."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import contextlib
 import functools
 import os
 import platform
+import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +87,64 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device.type, dtype=dtype)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
+          ) -> tuple[float, Any, int | None]:
+    """Median wall seconds of ``fn`` (synchronised), its last output, CUDA peak memory."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return statistics.median(times), out, peak
+
+
+def floors(target: torch.nn.Module, x: torch.Tensor, precisions: tuple[str, ...], repeats: int,
+           *, warmup: int = 10, min_repeats: int = 10) -> dict[tuple[str, str], float]:
+    """Images/s of a plain forward and of forward+backward to the input, per precision.
+
+    The floor is the denominator of every throughput ratio, so it gets a generous warm-up and
+    repeats by default: a cold GPU (clocks, cuDNN autotuning) would flatter every attack
+    measured after it.
+    """
+    device = x.device
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    out: dict[tuple[str, str], float] = {}
+    for precision in precisions:
+        def forward() -> None:
+            with torch.no_grad(), autocast(device, precision):
+                target(x)
+
+        def forward_backward() -> None:
+            xg = x.detach().requires_grad_(True)
+            with autocast(device, precision):
+                loss = torch.nn.functional.cross_entropy(target(xg).float(), y)
+            torch.autograd.grad(loss, xg)
+
+        for kind, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            seconds, _, _ = timed(fn, device, max(min_repeats, 3 * repeats), warmup=warmup)
+            out[(kind, precision)] = x.shape[0] / seconds
+    return out
+
+
+def floor_fraction(n_forward: int, n_backward: int, wall_s: float,
+                   floor: dict[tuple[str, str], float], precision: str) -> float | None:
+    """The share of the floor an attack reached: its backward passes per second over the
+    forward+backward floor (gradient attacks), or its forward passes per second over the
+    forward floor (gradient-free ones)."""
+    if wall_s <= 0:
+        return None
+    if n_backward:
+        return (n_backward / wall_s) / floor[("forward+backward", precision)]
+    if n_forward:
+        return (n_forward / wall_s) / floor[("forward", precision)]
+    return None

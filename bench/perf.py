@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import logging
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from attacks import run_attack
 from bench.checkpoints import CheckpointCache
 from bench.datasets import load_dataset
 from bench.errors import BadInput
-from bench.measure import autocast, device_name, git_sha
+from bench.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
 from bench.models import MODELS
 from bench.target import Target
 from bench.training import trained_classifier
@@ -83,55 +81,6 @@ class Case:
     score: Callable[[torch.Tensor], float]
     metric: str
     precision: str = "fp32"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
-           ) -> tuple[float, Any, int | None]:
-    """Median wall seconds of ``fn`` (synchronised), its last output, CUDA peak memory."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-    return statistics.median(times), out, peak
-
-
-def floors(target: Target, x: torch.Tensor, precisions: tuple[str, ...], repeats: int
-           ) -> dict[tuple[str, str], float]:
-    """Images/s of a plain forward and of forward+backward to the input, per precision."""
-    device = x.device
-    y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    out: dict[tuple[str, str], float] = {}
-    for precision in precisions:
-        def forward() -> None:
-            with torch.no_grad(), autocast(device, precision):
-                target(x)
-
-        def forward_backward() -> None:
-            xg = x.detach().requires_grad_(True)
-            with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(target(xg).float(), y)
-            torch.autograd.grad(loss, xg)
-
-        for kind, fn in (("forward", forward), ("forward+backward", forward_backward)):
-            # Generous warm-up and repeats: the floor is the denominator of every ratio, and a
-            # cold GPU (clocks, cuDNN autotuning) would flatter every attack measured after it.
-            seconds, _, _ = _timed(fn, device, max(10, 3 * repeats), warmup=10)
-            out[(kind, precision)] = x.shape[0] / seconds
-    return out
 
 
 def _available(module: str) -> bool:
@@ -405,7 +354,7 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
     with target.evaluating():
         for case in tqdm(cases, desc="perf", unit="case", disable=not options.progress):
             slow = case.library != "advbench" and case.group in ("onepixel", "uap", "deepfool")
-            seconds, (out, extra), peak = _timed(case.run, device,
+            seconds, (out, extra), peak = timed(case.run, device,
                                                  1 if slow else options.repeats,
                                                  0 if slow else 1)
             row = {**common, "group": case.group, "library": case.library,
@@ -414,12 +363,9 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
                    "img_per_s": case.n_images / seconds, "metric": case.metric,
                    "score": case.score(out), "n_forward": extra.get("n_forward"),
                    "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak}
-            if row["n_backward"]:
-                row["floor_fraction"] = (row["n_backward"] / seconds) / floor[
-                    ("forward+backward", case.precision if case.precision in options.precisions
-                     else "fp32")]
-            elif row["n_forward"]:
-                row["floor_fraction"] = (row["n_forward"] / seconds) / floor[("forward", "fp32")]
+            row["floor_fraction"] = floor_fraction(
+                row["n_forward"] or 0, row["n_backward"] or 0, seconds, floor,
+                case.precision if case.precision in options.precisions else "fp32")
             rows.append(row)
     df = pd.DataFrame(rows)
     df["speedup_vs_fastest_peer"] = np.nan

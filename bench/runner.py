@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,15 @@ from bench.checkpoints import CheckpointCache
 from bench.config import Cell, SweepConfig, target_kind
 from bench.datasets import Dataset, Split, load_dataset
 from bench.errors import AttackContractError, BadInput
-from bench.measure import autocast, device_name, git_sha, measure, resolve_device
+from bench.measure import (
+    autocast,
+    device_name,
+    floor_fraction,
+    floors,
+    git_sha,
+    measure,
+    resolve_device,
+)
 from bench.models import MODELS
 from bench.target import Target
 from bench.training import check_compatible, make_target, trained_classifier
@@ -252,12 +261,17 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
              batch_size: int, run_id: str, progress: bool = False,
              attacked: Target | None = None,
              fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-             minimal_runs: dict[str, AttackRun] | None = None) -> CellResult:
+             minimal_runs: dict[str, AttackRun] | None = None,
+             floor_of: Callable[[Target, str, torch.Tensor], dict[tuple[str, str], float]]
+             | None = None
+             ) -> CellResult:
     """Attack one cell's samples, verify, and compute its summary row and per-sample columns.
 
     ``attacked`` overrides the model the attack is crafted on (a transfer source); by default it
     is the defended target (adaptive) or the undefended base (transfer). ``minimal_runs`` caches
-    minimal-perturbation runs so every eps of one curve reuses one run.
+    minimal-perturbation runs so every eps of one curve reuses one run. ``floor_of(model,
+    precision, x)`` measures the attacked model's floor on a batch ``x`` (:func:`bench.measure.floors`) for the
+    row's floor columns.
     """
     spec = ATTACKS.get(cell.attack)
     params = spec.make_params(json.loads(cell.params_json))
@@ -293,6 +307,8 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
     n = data.x.shape[0]
     n_correct = int(clean_correct.sum())
     rho = l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
+    floor = floor_of(attacked, cell.precision, data.x[:batch_size]) if floor_of else None
+    floor_kind = "forward+backward" if run.n_backward else "forward"
     summary = {
         "schema_version": SCHEMA_VERSION,
         "cell_id": cell.cell_id,
@@ -329,6 +345,9 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "n_backward": run.n_backward,
         "wall_s": run.wall_s,
         "img_per_s": n / max(run.wall_s, 1e-9),
+        "floor_img_per_s": floor[(floor_kind, cell.precision)] if floor else None,
+        "floor_fraction": floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
+                                         cell.precision) if floor else None,
         "peak_mem_bytes": run.peak_mem_bytes,
         "device": device_name(device),
         "torch_version": torch.__version__,
@@ -409,6 +428,18 @@ class Worker:
         self.gans: dict[tuple[str, str, int], GAN] = {}
         self.fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.minimal_runs: dict[str, AttackRun] = {}
+        self.floors: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
+
+    def floor(self, model: Target, precision: str, x: torch.Tensor
+              ) -> dict[tuple[str, str], float]:
+        """``model``'s floor at ``precision``, measured once per model on a batch ``x`` of
+        evaluated images (a short warm-up: it is a per-row reference, not a benchmark)."""
+        key = (id(model), precision)
+        if key not in self.floors:
+            with model.evaluating():
+                self.floors[key] = floors(model, x, (precision,), repeats=1, warmup=2,
+                                          min_repeats=5)
+        return self.floors[key]
 
     def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
         """A trained zoo classifier, or a trained GAN's discriminator."""
@@ -471,7 +502,7 @@ class Worker:
             progress=self.options.progress,
             attacked=self.zoo_model(cell.train_dataset, cell.source, cell.seed)
             if cell.source else None,
-            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs)
+            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs, floor_of=self.floor)
         result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
         log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
                  cell.threat_model.eps_display, result.summary["robust_acc"])

@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 
 SCHEMA_VERSION = 3
-"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators); older files are migrated
-on read."""
+"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators) and the floor columns;
+older files are migrated on read (the added columns null)."""
 
 SUMMARY_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32(), nullable=False),
@@ -53,6 +53,10 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("n_backward", pa.int64(), nullable=False),
     pa.field("wall_s", pa.float64(), nullable=False),
     pa.field("img_per_s", pa.float64(), nullable=False),
+    # the attacked model's forward+backward (or, for gradient-free attacks, forward) images/s
+    # at the cell's precision, and the share of it the attack's model calls reached
+    pa.field("floor_img_per_s", pa.float64()),
+    pa.field("floor_fraction", pa.float64()),
     pa.field("peak_mem_bytes", pa.int64()),
     pa.field("device", pa.string(), nullable=False),
     pa.field("torch_version", pa.string(), nullable=False),

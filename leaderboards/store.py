@@ -91,7 +91,7 @@ def _add_missing_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """An older file as the current schema: the columns added since are null.
 
     v1 lacked ``defense_params`` (every v1 defense was parameterless); v1 and v2 lacked
-    ``direction`` (no discriminator targets).
+    ``direction`` (no discriminator targets) and the floor columns.
     """
     columns = {}
     for f in schema:

@@ -7,7 +7,8 @@ clean accuracy, robust accuracy per attack and eps, and the per-eps *worst case*
 as robust only if it was classified correctly and no attack at that eps fooled it (as AutoAttack
 reports), with its Wilson 95% interval (``worst@eps lo`` / ``hi``). Rows are ranked by the
 worst case at the largest eps. Throughput columns close each row: the median images/s of its
-attack cells and their summed attack wall time.
+attack cells, their summed attack wall time, and the median share of the attacked model's
+forward+backward floor their model calls reached.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
             rank_col = "clean"
         table["img/s"] = group.groupby(ROW_KEYS)["img_per_s"].median()
         table["attack s"] = group.groupby(ROW_KEYS)["wall_s"].sum()
+        if group["floor_fraction"].notna().any():
+            table["floor %"] = group.groupby(ROW_KEYS)["floor_fraction"].median()
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
@@ -105,6 +108,8 @@ def display_table(board: Board) -> pd.DataFrame:
             shown[col] = table[col].astype(str)
         elif col == "img/s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
+        elif col == "floor %":
+            shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
         elif col == "attack s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         elif f"{col} lo" in table.columns:

@@ -75,6 +75,11 @@ def test_run_writes_typed_parquet_and_prints_a_leaderboard(
     # early stop: fooled digits leave the loop, so at most 3 steps x 60 digits
     assert 0 < pgd["n_backward"] <= 3 * 60 and pgd["img_per_s"] > 0 and pgd["device"].startswith("cpu")
     assert pgd["torch_version"] == torch.__version__
+    # the floor: the LeNet's forward+backward images/s, and the share PGD's backward passes
+    # reached (PGD's steps are forward+backward passes, so it is of the floor's order)
+    assert pgd["floor_img_per_s"] > 0 and 0.05 < pgd["floor_fraction"] < 3
+    assert pgd["floor_fraction"] == pytest.approx(
+        pgd["n_backward"] / pgd["wall_s"] / pgd["floor_img_per_s"])
     assert not list(out.rglob(".*"))  # no temporary files left behind
 
     again = advbench("run", str(small_config), "--out", str(out), "--no-progress",

@@ -26,6 +26,7 @@ def row(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, 
         "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1, "mean_l0": 700.0,
         "rho_adv": 0.1, "source_model": None, "fooling_rate": 0.5,
         "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
+        "floor_img_per_s": None, "floor_fraction": None,
         "peak_mem_bytes": None, "device": "cpu", "torch_version": "x", "advbench_version": "y",
         "git_sha": None,
     }
