@@ -114,15 +114,16 @@ def dry_run_text(plan: Plan) -> str:
 
 def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     """Run every cell of ``config`` not already stored in ``options.out``."""
-    from bench.executors import make_executor
+    from bench.executors import check_options, make_executor
 
     plan = plan_sweep(config, options)
-    executor = make_executor(config, options)  # a bad executor setting fails before writing
+    check_options(options)
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
     todo = plan.todo
     report = RunReport(run_id, len(plan.cells), len(plan.cells) - len(todo))
     if not todo:
-        return report
+        return report  # nothing to run: no executor (and no Ray instance) is started
+    executor = make_executor(config, options)  # an unreachable cluster fails before writing
     store = ResultStore(options.out)
     claimed: list[Cell] = []
     try:

@@ -241,3 +241,20 @@ def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_
     assert ({r["cell_id"]: r["robust_acc"] for r in remote.written}
             == {r["cell_id"]: r["robust_acc"] for r in local.written})
     assert len(assert_store_whole(tmp_path / "ray")) == len(EPS)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--retries", "-1"], "retries must be >= 0"),
+    (["--address", "auto"], "--address applies to --executor ray"),
+    (["--executor", "ray", "--workers", "2"], "--workers applies to --executor local"),
+])
+def test_bad_executor_settings_exit_2(flags: list[str], message: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW)
+    code = main(["run", str(config), "--out", str(tmp_path / "r"), "--no-progress",
+                 "--cache-dir", str(tmp_path / "c"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
