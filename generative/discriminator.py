@@ -104,11 +104,5 @@ def fit_noise_seed(seed: int) -> int:
     return _FIT_NOISE_SEED * 1_000 + seed
 
 
-def check_direction(direction: str) -> Direction:
-    if direction not in DIRECTIONS:
-        raise BadInput(f"unknown direction {direction!r}; use {' or '.join(DIRECTIONS)}")
-    return direction  # type: ignore[return-value]
-
-
 __all__ = ["DIRECTIONS", "Direction", "REAL", "FAKE", "discriminator_target", "check_generator",
-           "sample", "to_pixels", "eval_noise_seed", "fit_noise_seed", "check_direction"]
+           "sample", "to_pixels", "eval_noise_seed", "fit_noise_seed"]
