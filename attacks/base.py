@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
 
@@ -75,29 +75,44 @@ class ThreatModel:
             )
 
 
-@dataclass
+SuccessCheck = Callable[[], torch.Tensor]
+"""Computes ``success`` when it is first read (a fresh fp32 forward of the final iterates)."""
+
+
 class AttackResult:
     """What every attack returns. Norms are of ``x_adv - x``, per sample, in pixel space.
 
     ``n_forward`` / ``n_backward`` count per-image model evaluations (a batch of 128 counts 128).
+    ``success`` may be given as a :data:`SuccessCheck` instead of a tensor: an attack whose last
+    iterate needs no decision (FGSM, one-restart PGD) leaves the check to whoever reads it, so a
+    sweep, whose runner verifies every adversarial with its own fresh fp32 forward anyway, never
+    pays for it twice. That forward is not counted in ``n_forward``.
     """
 
-    x_adv: torch.Tensor
-    success: torch.Tensor
-    l2: torch.Tensor
-    linf: torch.Tensor
-    l0: torch.Tensor
-    n_forward: int
-    n_backward: int
-    y_target: torch.Tensor | None = None
-    artifacts: dict[str, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, x_adv: torch.Tensor, success: torch.Tensor | SuccessCheck,
+                 l2: torch.Tensor, linf: torch.Tensor, l0: torch.Tensor, n_forward: int,
+                 n_backward: int, y_target: torch.Tensor | None = None,
+                 artifacts: dict[str, torch.Tensor] | None = None) -> None:
+        self.x_adv = x_adv
+        self._success = success
+        self.l2, self.linf, self.l0 = l2, linf, l0
+        self.n_forward, self.n_backward = n_forward, n_backward
+        self.y_target = y_target
+        self.artifacts: dict[str, torch.Tensor] = artifacts or {}
+
+    @property
+    def success(self) -> torch.Tensor:
+        """``[N]`` bool: the adversarial fools the model (reaches ``y_target`` when targeted)."""
+        if callable(self._success):
+            self._success = self._success().bool()
+        return self._success
 
     @classmethod
     def build(
         cls,
         x: torch.Tensor,
         x_adv: torch.Tensor,
-        success: torch.Tensor,
+        success: torch.Tensor | SuccessCheck,
         calls: ModelCalls,
         y_target: torch.Tensor | None = None,
         artifacts: dict[str, torch.Tensor] | None = None,
@@ -105,15 +120,29 @@ class AttackResult:
         delta = x_adv - x
         return cls(
             x_adv=x_adv,
-            success=success.bool(),
+            success=success if callable(success) else success.bool(),
             l2=l2_norm(delta),
             linf=linf_norm(delta),
             l0=l0_norm(delta),
             n_forward=calls.n_forward,
             n_backward=calls.n_backward,
             y_target=y_target,
-            artifacts=artifacts or {},
+            artifacts=artifacts,
         )
+
+
+def deferred_success(target: Target, x_adv: torch.Tensor, labels: torch.Tensor, *,
+                     targeted: bool, known: torch.Tensor, unknown: torch.Tensor) -> SuccessCheck:
+    """A :data:`SuccessCheck`: ``known`` where ``unknown`` is False, else a fresh fp32 eval-mode
+    prediction of ``x_adv`` against ``labels`` (the target class when ``targeted``)."""
+    def check() -> torch.Tensor:
+        success = known.clone()
+        rows = torch.nonzero(unknown).flatten()
+        if rows.numel():
+            pred = target.predict_logits(x_adv[rows]).argmax(1)
+            success[rows] = pred == labels[rows] if targeted else pred != labels[rows]
+        return success
+    return check
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,6 +231,7 @@ class AttackSpec:
     positive_budget: bool = False
     black_box: bool = False
     cost: CostFn | None = None
+    streams: bool = False
 
     def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
                   ) -> tuple[int, int] | None:
@@ -220,7 +250,7 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
-    cost: CostFn | None = None,
+    cost: CostFn | None = None, streams: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -229,12 +259,14 @@ def register_attack(
     ``positive_budget``: eps = 0 is refused (a UAP radius ξ or a pixel count k must be > 0).
     ``black_box``: uses model outputs only, never gradients (gradient-masking checks use this).
     ``cost``: the upper bound of model calls for a budget (``advbench run --dry-run``).
+    ``streams``: takes ``batch_size=`` and works through any number of images that many at a
+    time, refilling the rows that finish early; the runner then hands it a whole cell at once.
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
-                                     positive_budget, black_box, cost))
+                                     positive_budget, black_box, cost, streams))
         return fn
 
     return decorator
@@ -274,8 +306,12 @@ def run_attack(
     params: Mapping[str, Any] | Any = None,
     y_target: torch.Tensor | None = None,
     fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int | None = None,
 ) -> AttackResult:
     """Validate the request and run a registered attack in the target's eval mode.
+
+    ``batch_size`` caps the rows a streaming attack (``spec.streams``) works on at a time; the
+    others take all of ``x`` at once.
 
     Raises :class:`BadInput` for unknown names, bad eps, unknown params, inputs of the wrong
     shape or outside the target's bounds, and labels that do not match the inputs.
@@ -297,6 +333,11 @@ def run_attack(
                            f"(in a sweep: a dataset with a train split, or train_dataset)")
         target.check_inputs(fit_data[0])
         extra["fit_data"] = fit_data
+    if batch_size is not None:
+        if batch_size < 1:
+            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
+        if spec.streams:
+            extra["batch_size"] = batch_size
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     with target.evaluating():

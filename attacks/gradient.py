@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import AttackResult, ModelCalls, loss_by_name, register_attack
+from attacks.base import (AttackResult, LossFn, ModelCalls, deferred_success, loss_by_name,
+                          register_attack)
 from attacks.norms import Norm, project, random_start, steepest_direction
 from bench.errors import BadInput
 from bench.target import Target
@@ -93,116 +94,195 @@ def gradient_attack(
     loss: str,
     y_target: torch.Tensor | None,
     early_stop: bool = False,
+    batch_size: int | None = None,
 ) -> AttackResult:
     """The shared projected-gradient loop behind FGSM, BIM and PGD.
 
     Untargeted: ascend ``loss(logits, y)``. Targeted: descend ``loss(logits, y_target)``, where
     ``y_target`` defaults to the least-likely class of the clean input. Each restart runs only on
-    the samples no earlier restart fooled. With ``early_stop``, the logits each gradient step
-    computes anyway decide which samples are fooled already; those keep that iterate and leave
-    the batch, so they stop costing forward and backward passes.
+    the samples no earlier restart fooled.
+
+    The loop works on at most ``batch_size`` samples at a time (default: all of ``x``), each with
+    its own step count, and refills free rows from the queue of waiting samples. With
+    ``early_stop``, the logits each gradient step computes anyway decide which samples are fooled
+    already; those keep that iterate and leave, so they stop costing forward and backward passes
+    and the batch stays full. Random starts are drawn for the whole of ``x`` up front, so the
+    result does not depend on ``batch_size``.
     """
     calls = ModelCalls(target)
     loss_fn = loss_by_name(loss)
-    lo, hi = target.bounds
+    n = x.shape[0]
+    rows = max(1, batch_size or n)
     if targeted and y_target is None:
-        y_target = calls.logits(x).argmin(dim=1)
+        y_target = torch.cat([calls.logits(c).argmin(dim=1) for c in x.split(rows)]) if n \
+            else y.clone()
     labels = y_target if targeted else y
     assert labels is not None
-    direction = -1.0 if targeted else 1.0
-
+    loop = _Loop(calls, x, labels, eps=eps, norm=norm, steps=steps, step_size=step_size,
+                 targeted=targeted, loss_fn=loss_fn, early_stop=early_stop, rows=rows)
     best = x.clone()
-    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
-    active = torch.arange(x.shape[0], device=x.device)
-    for _ in range(restarts):
-        run = active  # the samples of this restart still being attacked
-        x0, lab = x[run], labels[run]
-        delta = random_start(x0, norm, eps, generator) if random_init else torch.zeros_like(x0)
-        x_adv = (x0 + delta).clamp(lo, hi)
-        for _ in range(steps):
-            _, logits, grad = calls.loss_and_grad(x_adv, lab, loss_fn)
-            if early_stop:
-                pred = logits.argmax(1)
-                done = pred == lab if targeted else pred != lab
-                if bool(done.any()):
-                    best[run[done]] = x_adv[done]
-                    success[run[done]] = True
-                    keep = ~done
-                    run, x0, lab, x_adv, grad = run[keep], x0[keep], lab[keep], x_adv[keep], \
-                        grad[keep]
-                    if run.numel() == 0:
-                        break
-            x_adv = x_adv + direction * step_size * steepest_direction(grad, norm)
-            x_adv = (x0 + project(x_adv - x0, norm, eps)).clamp(lo, hi)
-        if run.numel():
-            logits = calls.logits(x_adv).float()
-            fooled = logits.argmax(1) == lab if targeted else logits.argmax(1) != lab
-            score = direction * loss_fn(logits, lab)
-            better = fooled | (score > best_score[run])
-            best[run[better]] = x_adv[better]
-            best_score[run] = torch.where(better, score, best_score[run])
-            success[run] = fooled
-        active = torch.nonzero(~success).flatten()
-        if active.numel() == 0:
+    success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    unknown = torch.zeros(n, dtype=torch.bool, device=x.device)  # success not checked yet
+    best_score = torch.full((n,), float("-inf"), device=x.device)
+    waiting = torch.arange(n, device=x.device)
+    for restart in range(restarts):
+        delta = random_start(x[waiting], norm, eps, generator) if random_init \
+            else torch.zeros_like(x[waiting])
+        fooled, fooled_x, ended, ended_x = loop.run(waiting, delta)
+        best[fooled], success[fooled] = fooled_x, True
+        if restarts == 1:  # nothing to choose between: the final check is the reader's
+            best[ended], unknown[ended] = ended_x, True
+        elif ended.numel():
+            logits = torch.cat([calls.logits(c) for c in ended_x.split(rows)]).float()
+            lab = labels[ended]
+            hit = logits.argmax(1) == lab if targeted else logits.argmax(1) != lab
+            score = (-1.0 if targeted else 1.0) * loss_fn(logits, lab)
+            better = hit | (score > best_score[ended])
+            best[ended[better]] = ended_x[better]
+            best_score[ended] = torch.where(better, score, best_score[ended])
+            success[ended] = hit
+        waiting = torch.nonzero(~success).flatten()
+        if waiting.numel() == 0:
             break
-    return AttackResult.build(x, best, success, calls, y_target=y_target if targeted else None)
+    result = deferred_success(target, best, labels, targeted=targeted, known=success,
+                              unknown=unknown) if bool(unknown.any()) else success
+    return AttackResult.build(x, best, result, calls, y_target=y_target if targeted else None)
+
+
+class _Loop:
+    """One restart of projected gradient steps over a queue of samples, ``rows`` at a time."""
+
+    def __init__(self, calls: ModelCalls, x: torch.Tensor, labels: torch.Tensor, *, eps: float,
+                 norm: Norm, steps: int, step_size: float, targeted: bool, loss_fn: LossFn,
+                 early_stop: bool, rows: int) -> None:
+        self.calls, self.x, self.labels = calls, x, labels
+        self.eps, self.norm, self.steps, self.step_size = eps, norm, steps, step_size
+        self.targeted, self.loss_fn = targeted, loss_fn
+        self.early_stop, self.rows = early_stop, rows
+        self.direction = -1.0 if targeted else 1.0
+
+    def run(self, queue: torch.Tensor, delta: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attack the samples ``queue`` from ``x[queue] + delta``. Returns the samples an
+        iterate fooled on the way (early stop) with that iterate, and the others with their
+        final iterate."""
+        lo, hi = self.calls.target.bounds
+        x = self.x
+        starts = (x[queue] + delta).clamp(lo, hi)
+        fooled: list[torch.Tensor] = []
+        ended: list[torch.Tensor] = []
+        fooled_x: list[torch.Tensor] = []
+        ended_x: list[torch.Tensor] = []
+        idx = queue[:0]
+        x_adv, x0, lab = starts[:0], starts[:0], self.labels[:0]
+        done_steps = torch.zeros(0, dtype=torch.long, device=x.device)
+        taken, wave = 0, 0  # wave: steps left to the rows in flight, without early stop
+        while True:
+            free = min(self.rows - idx.numel(), queue.numel() - taken)
+            if free > 0:  # refill from the queue so the batch stays full
+                new = queue[taken:taken + free]
+                idx = torch.cat([idx, new])
+                x_adv = torch.cat([x_adv, starts[taken:taken + free]])
+                x0, lab = torch.cat([x0, x[new]]), torch.cat([lab, self.labels[new]])
+                done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
+                taken += free
+            if idx.numel() == 0:
+                break
+            _, logits, grad = self.calls.loss_and_grad(x_adv, lab, self.loss_fn)
+            if self.early_stop:
+                pred = logits.argmax(1)
+                hit = pred == lab if self.targeted else pred != lab
+                fooled.append(idx[hit])
+                fooled_x.append(x_adv[hit])
+            x_adv = x_adv + self.direction * self.step_size * steepest_direction(grad, self.norm)
+            x_adv = (x0 + project(x_adv - x0, self.norm, self.eps)).clamp(lo, hi)
+            done_steps += 1
+            if not self.early_stop:
+                # Every row started together (rows are refilled only once all have ended), so
+                # the step count is known on the host: no device sync per step.
+                if wave == 0:
+                    wave = self.steps
+                wave -= 1
+                if wave == 0:
+                    ended.append(idx)
+                    ended_x.append(x_adv)
+                    idx, x_adv, x0, lab = idx[:0], x_adv[:0], x0[:0], lab[:0]
+                    done_steps = done_steps[:0]
+                continue
+            last = ~hit & (done_steps >= self.steps)
+            ended.append(idx[last])
+            ended_x.append(x_adv[last])
+            keep = ~hit & ~last
+            if not bool(keep.all()):
+                idx, x_adv, x0, lab = idx[keep], x_adv[keep], x0[keep], lab[keep]
+                done_steps = done_steps[keep]
+        return (torch.cat(fooled) if fooled else queue[:0],
+                torch.cat(fooled_x) if fooled_x else starts[:0],
+                torch.cat(ended) if ended else queue[:0],
+                torch.cat(ended_x) if ended_x else starts[:0])
 
 
 def _fgsm_cost(params: FGSMParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:
-    return 2 * n, n  # the gradient pass and the success check
+    return n * (1 + params.targeted), n  # the gradient pass (and the least-likely class)
 
 
 def _iterative_cost(params: IterativeParams, n: int, num_classes: int, n_fit: int
                     ) -> tuple[int, int]:
     steps = params.steps * params.restarts  # early stop only lowers this
-    return n * (steps + params.restarts), n * steps
+    checks = params.restarts if params.restarts > 1 else 0  # choosing between restarts
+    return n * (steps + checks + params.targeted), n * steps
 
 
-@register_attack("fgsm", params=FGSMParams, norms=(Norm.LINF, Norm.L2), cost=_fgsm_cost)
+@register_attack("fgsm", params=FGSMParams, norms=(Norm.LINF, Norm.L2), cost=_fgsm_cost,
+                 streams=True)
 def fgsm(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: FGSMParams, y_target: torch.Tensor | None = None,
+    batch_size: int | None = None,
 ) -> AttackResult:
     """Fast gradient (sign) method, one step of size eps (Goodfellow et al. 2015)."""
     assert eps is not None
     return gradient_attack(
         target, x, y, eps=eps, norm=norm, generator=generator, steps=1, step_size=eps,
         random_init=False, restarts=1, targeted=params.targeted, loss=params.loss,
-        y_target=y_target,
+        y_target=y_target, batch_size=batch_size,
     )
 
 
 def _iterative(target: Target, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
                generator: torch.Generator, params: IterativeParams,
-               y_target: torch.Tensor | None, default_step: float) -> AttackResult:
+               y_target: torch.Tensor | None, default_step: float, batch_size: int | None
+               ) -> AttackResult:
     step = params.step_size if params.step_size is not None else default_step
     return gradient_attack(
         target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
         step_size=step, random_init=params.random_start, restarts=params.restarts,
         targeted=params.targeted, loss=params.loss, y_target=y_target,
-        early_stop=params.early_stop,
+        early_stop=params.early_stop, batch_size=batch_size,
     )
 
 
-@register_attack("bim", params=BIMParams, norms=(Norm.LINF, Norm.L2), cost=_iterative_cost)
+@register_attack("bim", params=BIMParams, norms=(Norm.LINF, Norm.L2), cost=_iterative_cost,
+                 streams=True)
 def bim(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: BIMParams, y_target: torch.Tensor | None = None,
+    batch_size: int | None = None,
 ) -> AttackResult:
     """Basic iterative method / iterative FGSM (Kurakin et al. 2017)."""
     assert eps is not None
     return _iterative(target, x, y, eps, norm, generator, params, y_target,
-                      default_step=1.25 * eps / params.steps)
+                      default_step=1.25 * eps / params.steps, batch_size=batch_size)
 
 
 @register_attack("pgd", params=IterativeParams, norms=(Norm.LINF, Norm.L2),
-                 cost=_iterative_cost)
+                 cost=_iterative_cost, streams=True)
 def pgd(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: IterativeParams, y_target: torch.Tensor | None = None,
+    batch_size: int | None = None,
 ) -> AttackResult:
     """Projected gradient descent with random start and restarts (Madry et al. 2018)."""
     assert eps is not None
     return _iterative(target, x, y, eps, norm, generator, params, y_target,
-                      default_step=2.5 * eps / params.steps)
+                      default_step=2.5 * eps / params.steps, batch_size=batch_size)

@@ -43,7 +43,7 @@ class UAPParams:
     max_passes: int = 10
     batch_size: int | None = None
     max_fit: int = 0
-    deepfool_steps: int = 10
+    deepfool_steps: int = 50
     overshoot: float = 0.02
     candidates: int | None = None
     step_size: float | None = None

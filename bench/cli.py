@@ -83,11 +83,19 @@ def _parser() -> argparse.ArgumentParser:
     perf.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
                       choices=("fp32", "bf16", "fp16"), help="precisions for floors and attacks")
     perf.add_argument("--groups", nargs="+", default=None,
-                      help="subset of: fgsm pgd10 pgd40-eval deepfool onepixel uap")
+                      help="subset of: fastpath fgsm pgd10 pgd40-eval deepfool onepixel uap")
     perf.add_argument("--no-peers", action="store_true", help="advbench only")
     perf.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median)")
     perf.add_argument("--uap-fit", type=int, default=200,
                       help="training images the UAP cases fit on (ART needs ~1 s each on a CPU)")
+    perf.add_argument("--eval-batches", type=int, default=4, help=(
+        "pgd40-eval attacks this many batches of images, --batch-size rows at a time "
+        "(default: 4)"))
+    perf.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help=(
+        "advbench's attacks on an NHWC copy of the model: on, off, or auto (the faster "
+        "measured; default)"))
+    perf.add_argument("--compile", choices=("auto", "on", "off"), default="off", help=(
+        "advbench's attacks on a torch.compile'd model: on, off (default), or auto"))
     perf.add_argument("--out", default="perf", help="where the Parquet file goes (default: perf/)")
     perf.add_argument("--cache-dir", default=None, help="checkpoint cache")
     perf.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -150,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _perf(args: argparse.Namespace) -> int:
     from bench.checkpoints import resolve_cache_dir
+    from bench.fastpath import FastPathOptions
     from bench.perf import GROUPS, PerfOptions, run_perf, to_markdown, write_perf
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -160,11 +169,16 @@ def _perf(args: argparse.Namespace) -> int:
         raise BadInput(f"--repeats must be >= 1, got {args.repeats}")
     if args.eps is not None and not args.eps > 0:
         raise BadInput(f"--eps must be > 0, got {args.eps}")
+    if args.eval_batches < 1:
+        raise BadInput(f"--eval-batches must be >= 1, got {args.eval_batches}")
+    choice = {"auto": "auto", "on": True, "off": False}
     options = PerfOptions(
         model=args.model, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
         eps=args.eps, precisions=tuple(dict.fromkeys(["fp32", *args.precision])),
         groups=tuple(args.groups or GROUPS), peers=not args.no_peers, repeats=args.repeats,
-        uap_fit=args.uap_fit,
+        uap_fit=args.uap_fit, eval_batches=args.eval_batches,
+        fast=FastPathOptions(channels_last=choice[args.channels_last],  # type: ignore[arg-type]
+                             compile=choice[args.compile]),  # type: ignore[arg-type]
         cache_dir=resolve_cache_dir(args.cache_dir), progress=not args.no_progress)
     df = run_perf(options)
     path = write_perf(df, Path(args.out))

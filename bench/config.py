@@ -21,7 +21,8 @@ from typing import Any
 from attacks import ATTACKS, ThreatModel
 from attacks.base import check_threat
 from bench.checkpoints import config_hash
-from bench.errors import ConfigError, UnknownName
+from bench.errors import BadInput, ConfigError, UnknownName
+from bench.fastpath import FastPathOptions
 from bench.models import MODELS
 from bench.target import TargetKind
 from defenses import DEFENSES
@@ -33,7 +34,7 @@ THREATS = ("adaptive", "transfer")
 CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
-               "device", "batch_size"}
+               "device", "batch_size", "channels_last", "compile"}
 _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
@@ -114,6 +115,8 @@ class SweepConfig:
     targets: tuple[TargetConfig, ...]
     attacks: tuple[AttackConfig, ...]
     defenses: tuple[DefenseConfig, ...] = ()
+    fast: FastPathOptions = FastPathOptions()
+    """How attacked models run: channels_last, torch.compile, automatic batch size."""
 
     def defense(self, label: str) -> DefenseConfig:
         for d in self.defenses:
@@ -308,11 +311,24 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
                 raise ConfigError(f"{aw}: source: {exc}") from None
         attacks.append(AttackConfig(spec.name, threats_, params_json, source))
 
+    batch_raw = sweep.get("batch_size", 500)
+    if batch_raw != "auto" and (not isinstance(batch_raw, int) or isinstance(batch_raw, bool)
+                                or batch_raw < 1):
+        raise _type_error(where, "batch_size", 'an integer >= 1 or "auto"', batch_raw)
+    batch_size = 500 if batch_raw == "auto" else batch_raw
+    try:
+        fast = FastPathOptions(
+            channels_last=FastPathOptions.check_choice("channels_last",
+                                                       sweep.get("channels_last", "auto")),
+            compile=FastPathOptions.check_choice("compile", sweep.get("compile", False)),
+            batch_size="auto" if batch_raw == "auto" else batch_size)
+    except BadInput as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return SweepConfig(
         name=name, seeds=seeds, datasets=datasets, train_dataset=train_dataset, split=split,
         n_eval=_int(where, "n_eval", sweep.get("n_eval", 1000), 1), precision=precision,
-        device=device, batch_size=_int(where, "batch_size", sweep.get("batch_size", 500), 1),
-        targets=tuple(targets), attacks=tuple(attacks), defenses=tuple(defense_configs),
+        device=device, batch_size=batch_size, targets=tuple(targets), attacks=tuple(attacks),
+        defenses=tuple(defense_configs), fast=fast,
     )
 
 

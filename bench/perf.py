@@ -15,6 +15,7 @@ model calls reached. Rows are written as Parquet (:data:`PERF_SCHEMA`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.util
 import logging
@@ -33,6 +34,7 @@ from attacks import run_attack
 from bench.checkpoints import CheckpointCache
 from bench.datasets import load_dataset
 from bench.errors import BadInput
+from bench.fastpath import FastPath, FastPathOptions, accelerate, candidates, tune
 from bench.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
 from bench.models import MODELS
 from bench.target import Target
@@ -49,6 +51,7 @@ PERF_SCHEMA = pa.schema([
     pa.field("group", pa.string(), nullable=False),
     pa.field("library", pa.string(), nullable=False),
     pa.field("precision", pa.string(), nullable=False),
+    pa.field("fast_path", pa.string()),  # advbench rows: how the attacked model ran
     pa.field("budget", pa.string(), nullable=False),
     pa.field("n_images", pa.int64(), nullable=False),
     pa.field("median_s", pa.float64(), nullable=False),
@@ -93,9 +96,16 @@ def _accuracy(target: Target, y: torch.Tensor) -> Callable[[torch.Tensor], float
 
 def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Tensor, *,
                 eps: float, precisions: tuple[str, ...], peers: bool, groups: set[str],
-                onepixel_n: int, deepfool_n: int) -> list[Case]:
-    """Every case of the run, at identical budgets across libraries."""
+                onepixel_n: int, deepfool_n: int, fast: Target | None = None,
+                eval_batches: int = 4) -> list[Case]:
+    """Every case of the run, at identical budgets across libraries.
+
+    advbench's attacks run on ``fast`` (the target on its chosen fast path, as in a sweep), the
+    peers on ``target``. The PGD-40 evaluation attacks ``eval_batches`` batches' worth of
+    images with ``x``'s batch size, so that early stop can refill the rows fooled images free.
+    """
     device, n = x.device, x.shape[0]
+    fast = target if fast is None else fast
     shape = tuple(target.input_shape)
     accuracy = _accuracy(target, y)
     gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
@@ -105,7 +115,7 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
              **kwargs: Any) -> Run:
         def run() -> tuple[torch.Tensor, dict[str, Any]]:
             with autocast(device, precision):
-                res = run_attack(name, target, xs, ys, generator=gen(), **kwargs)
+                res = run_attack(name, fast, xs, ys, generator=gen(), **kwargs)
             return (res.artifacts.get("perturbation", res.x_adv),
                     {"n_forward": res.n_forward, "n_backward": res.n_backward})
         return run
@@ -123,12 +133,13 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
                                   "steps": 10, "step_size": step, "early_stop": False}),
                               accuracy, "robust_acc", precision))
     if "pgd40-eval" in groups:
+        xe, ye = x.repeat(eval_batches, *([1] * (x.ndim - 1))), y.repeat(eval_batches)
         for early in (True, False):
             cases.append(Case("pgd40-eval", "advbench" if early else "advbench-full-budget",
-                              f"linf {eps:g}, 40 x {eps / 10:g}", n,
-                              ours("pgd", x, y, eps=eps, params={
+                              f"linf {eps:g}, 40 x {eps / 10:g}, {n} rows", len(xe),
+                              ours("pgd", xe, ye, eps=eps, batch_size=n, params={
                                   "steps": 40, "step_size": eps / 10, "early_stop": early}),
-                              accuracy, "robust_acc"))
+                              _accuracy(target, ye), "robust_acc"))
     xd, yd = x[:deepfool_n], y[:deepfool_n]
     if "deepfool" in groups:
         cases.append(Case("deepfool", "advbench", "l2 minimal, 50 steps", len(xd),
@@ -264,7 +275,7 @@ def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Te
     return cases
 
 
-GROUPS = ("fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap")
+GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap")
 
 
 @dataclass(frozen=True)
@@ -281,6 +292,8 @@ class PerfOptions:
     onepixel_n: int = 64
     deepfool_n: int | None = None
     uap_fit: int = 200
+    eval_batches: int = 4
+    fast: FastPathOptions = FastPathOptions()
     cache_dir: Path | None = None
     progress: bool = True
 
@@ -345,10 +358,15 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
         rows.append({**common, "group": "floor", "library": kind, "precision": precision,
                      "budget": "", "n_images": x.shape[0], "median_s": x.shape[0] / rate,
                      "img_per_s": rate})
+    if "fastpath" in options.groups:
+        rows += fast_path_rows(target, x, options, common, floor)
+    tuned = tune(target, x, "fp32", dataclasses.replace(options.fast, batch_size=x.shape[0]),
+                 cap=x.shape[0])
     cases = build_cases(target, x, y, fit_x, eps=eps, precisions=options.precisions,
                         peers=options.peers, groups=set(options.groups),
                         onepixel_n=min(options.onepixel_n, x.shape[0]),
-                        deepfool_n=min(options.deepfool_n or x.shape[0], x.shape[0]))
+                        deepfool_n=min(options.deepfool_n or x.shape[0], x.shape[0]),
+                        fast=tuned.target, eval_batches=options.eval_batches)
     from tqdm.auto import tqdm
 
     with target.evaluating():
@@ -358,7 +376,8 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
                                                  1 if slow else options.repeats,
                                                  0 if slow else 1)
             row = {**common, "group": case.group, "library": case.library,
-                   "precision": case.precision, "budget": case.budget,
+                   "precision": case.precision, "fast_path": tuned.path.name
+                   if case.library.startswith("advbench") else None, "budget": case.budget,
                    "n_images": case.n_images, "median_s": seconds,
                    "img_per_s": case.n_images / seconds, "metric": case.metric,
                    "score": case.score(out), "n_forward": extra.get("n_forward"),
@@ -367,6 +386,7 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
                 row["n_forward"] or 0, row["n_backward"] or 0, seconds, floor,
                 case.precision if case.precision in options.precisions else "fp32")
             rows.append(row)
+    rows += equal_fooling_rows(rows, target, x, y, fit_x, tuned.target, eps, device, options)
     df = pd.DataFrame(rows)
     df["speedup_vs_fastest_peer"] = np.nan
     for group, g in df[df["group"] != "floor"].groupby("group"):
@@ -387,6 +407,66 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
     return df[[f.name for f in PERF_SCHEMA]]
 
 
+def equal_fooling_rows(rows: list[dict[str, Any]], target: Target, x: torch.Tensor,
+                       y: torch.Tensor, fit_x: torch.Tensor, fast: Target, eps: float,
+                       device: torch.device, options: PerfOptions) -> list[dict[str, Any]]:
+    """UAP time to equal strength: advbench fits passes until its fitting fooling rate reaches
+    ART's held-out fooling rate (at most 10 passes), timed once; its row is
+    ``advbench-equal-fooling``, so its speed-up over ART compares equal-strength perturbations."""
+    art = [r for r in rows if r["group"] == "uap" and r["library"] == "art"]
+    if not art:
+        return []
+    goal = float(art[0]["score"])
+    ours = next(r for r in rows if r["group"] == "uap" and r["library"] == "advbench")
+    fooling = _fooling(target, x)
+
+    def run() -> tuple[torch.Tensor, dict[str, Any]]:
+        res = run_attack("uap", fast, x, y, eps=eps,
+                         generator=torch.Generator(device).manual_seed(0),
+                         fit_data=(fit_x, y[:0].new_zeros(len(fit_x))),
+                         params={"max_passes": 10,
+                                 "target_fooling_rate": min(1.0, max(goal, 1e-6))})
+        return res.artifacts["perturbation"], {"n_forward": res.n_forward,
+                                               "n_backward": res.n_backward}
+
+    with fast.evaluating():
+        seconds, (v, extra), peak = timed(run, device, 1, 0)
+    return [{**ours, "library": "advbench-equal-fooling",
+             "budget": f"linf {eps:g}, passes until fitting fooling >= {goal:.3f} (ART's)",
+             "median_s": seconds, "img_per_s": len(fit_x) / seconds, "score": fooling(v),
+             "n_forward": extra["n_forward"], "n_backward": extra["n_backward"],
+             "peak_mem_bytes": peak, "floor_fraction": None}]
+
+
+def fast_path_rows(target: Target, x: torch.Tensor, options: PerfOptions,
+                   common: dict[str, Any], floor: dict[tuple[str, str], float]
+                   ) -> list[dict[str, Any]]:
+    """Forward+backward images/s of every fast path (channels_last x torch.compile) per
+    precision, beside the eager floor: what ``channels_last = "auto"`` / ``compile = "auto"``
+    choose between. A path that fails (no compiler) is logged and left out."""
+    rows = []
+    every = FastPathOptions(channels_last="auto", compile="auto")
+    for path in candidates(target, every):
+        if path == FastPath():
+            continue
+        try:
+            fast = accelerate(target, path)
+            with fast.evaluating():
+                rates = floors(fast, x, options.precisions, options.repeats)
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            log.warning("fast path %s failed: %s", path.name, str(exc).splitlines()[0][:200])
+            continue
+        for precision in options.precisions:
+            rate = rates[("forward+backward", precision)]
+            rows.append({**common, "group": "fastpath", "library": "advbench",
+                         "fast_path": path.name, "precision": precision,
+                         "budget": f"{path.name} forward+backward", "n_images": x.shape[0],
+                         "median_s": x.shape[0] / rate, "img_per_s": rate,
+                         "speedup_vs_fastest_peer": None, "metric": "vs eager floor",
+                         "score": rate / floor[("forward+backward", precision)]})
+    return rows
+
+
 def write_perf(df: pd.DataFrame, out: Path) -> Path:
     """Write the rows atomically as ``out/perf-<run_id>.parquet``."""
     from leaderboards.store import _atomic_write
@@ -404,6 +484,7 @@ def to_markdown(df: pd.DataFrame) -> str:
              f"{head['device']} · torch {head['torch_version']}\n"]
     shown = pd.DataFrame({
         "group": df["group"], "library": df["library"], "precision": df["precision"],
+        "path": df["fast_path"].fillna(""),
         "budget": df["budget"], "n": df["n_images"],
         "img/s": df["img_per_s"].map(lambda v: f"{v:,.1f}"),
         "speed-up": df["speedup_vs_fastest_peer"].map(
@@ -414,6 +495,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     })
     lines.append(shown.to_markdown(index=False, disable_numparse=True))
     lines.append("\nspeed-up: advbench img/s over the fastest peer of the group at fp32 "
-                 "(pgd40-eval: early stop over the full budget); floor %: the attack's model "
-                 "calls per second over the plain forward(+backward) throughput.")
+                 "(pgd40-eval: early stop over the full budget); path: the fast path advbench's "
+                 "attacks ran on (fastpath rows: its forward+backward over the eager floor); "
+                 "floor %: the attack's model calls per second over the plain (eager) "
+                 "forward(+backward) throughput.")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from bench.checkpoints import CheckpointCache
 from bench.config import Cell, SweepConfig, target_kind
 from bench.datasets import Dataset, Split, load_dataset
 from bench.errors import AttackContractError, BadInput
+from bench.fastpath import Tuned, tune
 from bench.measure import (
     autocast,
     device_name,
@@ -208,39 +209,46 @@ def attack_samples(cell: Cell, params: Any, attacked: Target, data: EvalData, *,
                    device: torch.device, batch_size: int,
                    fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                    progress: bool = False) -> AttackRun:
-    """Run the cell's attack (with its parsed ``params``) on ``attacked`` over ``data``, in
-    batches, timed on the device.
+    """Run the cell's attack (with its parsed ``params``) on ``attacked`` over ``data``,
+    ``batch_size`` images at a time, timed on the device.
 
     Attacks that fit on training data (UAP) see the whole evaluated set in one call, so that
-    their one perturbation is fitted once.
+    their one perturbation is fitted once. Streaming attacks (``spec.streams``: FGSM, BIM, PGD)
+    also get the whole set in one call and keep ``batch_size`` rows busy, refilling the rows
+    early stop frees. A CUDA out-of-memory error halves the batch size and retries.
     """
     spec = ATTACKS.get(cell.attack)
     if spec.needs_fit_data and fit_data is None:
         raise BadInput(f"attack {spec.name!r} fits on a training split; the sweep has none")
     extra: dict[str, Any] = {"fit_data": fit_data} if spec.needs_fit_data else {}
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    step = data.x.shape[0] if spec.needs_fit_data else batch_size
+    n, rows = data.x.shape[0], batch_size
+    whole = spec.needs_fit_data or spec.streams
     results: list[AttackResult] = []
     with measure(device) as timing, attacked.evaluating(), autocast(device, cell.precision):
-        n, start = data.x.shape[0], 0
+        start = 0
         bar = tqdm(total=n, disable=not progress, leave=False, unit="img",
                    desc=f"{cell.attack}@{cell.threat_model.eps_display}")
         while start < n:
+            chunk = n if whole else rows
             try:
-                results.append(spec.fn(attacked, data.x[start:start + step],
-                                       data.y[start:start + step], eps=cell.threat_model.eps,
+                results.append(spec.fn(attacked, data.x[start:start + chunk],
+                                       data.y[start:start + chunk], eps=cell.threat_model.eps,
                                        norm=cell.threat_model.norm, generator=generator,
-                                       params=params, **extra))
+                                       params=params, **extra,
+                                       **({"batch_size": rows} if spec.streams else {})))
             except torch.cuda.OutOfMemoryError:
-                if step == 1 or spec.needs_fit_data:
+                if rows == 1 or spec.needs_fit_data:
                     raise
-                step = max(1, step // 2)  # back off instead of crashing; retry this batch
+                rows = max(1, rows // 2)  # back off instead of crashing; retry this chunk
                 log.warning("CUDA out of memory in %s; retrying with batch size %d",
-                            cell.attack, step)
+                            cell.attack, rows)
+                if spec.streams:  # the whole cell starts over, from the same random state
+                    generator = torch.Generator(device=device).manual_seed(cell.seed)
                 torch.cuda.empty_cache()
                 continue
-            bar.update(min(step, n - start))
-            start += step
+            bar.update(min(chunk, n - start))
+            start += chunk
         bar.close()
     targets = [r.y_target for r in results if r.y_target is not None]
     artifacts = {k: v for r in results for k, v in r.artifacts.items()}
@@ -263,7 +271,8 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
              fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
              minimal_runs: dict[str, AttackRun] | None = None,
              floor_of: Callable[[Target, str, torch.Tensor], dict[tuple[str, str], float]]
-             | None = None
+             | None = None,
+             tune: Callable[[Target, str, torch.Tensor], Tuned] | None = None,
              ) -> CellResult:
     """Attack one cell's samples, verify, and compute its summary row and per-sample columns.
 
@@ -271,23 +280,28 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
     is the defended target (adaptive) or the undefended base (transfer). ``minimal_runs`` caches
     minimal-perturbation runs so every eps of one curve reuses one run. ``floor_of(model,
     precision, x)`` measures the attacked model's floor on a batch ``x`` (:func:`bench.measure.floors`) for the
-    row's floor columns.
+    row's floor columns. ``tune(model, precision, x)`` picks the fast path and batch size the
+    attack runs with (:func:`bench.fastpath.tune`); the floor stays the plain model's, and
+    verification always uses the plain model in fp32.
     """
     spec = ATTACKS.get(cell.attack)
     params = spec.make_params(json.loads(cell.params_json))
     evaluated = prepared.defended
     if attacked is None:
         attacked = prepared.defended if cell.threat == "adaptive" else prepared.base
+    tuned = tune(attacked, cell.precision, data.x) if tune else None
+    crafted_on = tuned.target if tuned else attacked
+    rows = tuned.batch_size if tuned else batch_size
     if spec.minimal:
         key = dataclasses.replace(cell, threat_model=ThreatModel(cell.threat_model.norm, None,
                                                                  "min")).cell_id
         cache = minimal_runs if minimal_runs is not None else {}
         if key not in cache:
-            cache[key] = attack_samples(cell, params, attacked, data, device=device,
-                                        batch_size=batch_size, progress=progress)
+            cache[key] = attack_samples(cell, params, crafted_on, data, device=device,
+                                        batch_size=rows, progress=progress)
         run = cache[key]
     else:
-        run = attack_samples(cell, params, attacked, data, device=device, batch_size=batch_size,
+        run = attack_samples(cell, params, crafted_on, data, device=device, batch_size=rows,
                              fit_data=fit_data, progress=progress)
     x_adv = within_budget(run, data.x, cell.threat_model) if spec.minimal else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
@@ -307,7 +321,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
     n = data.x.shape[0]
     n_correct = int(clean_correct.sum())
     rho = l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
-    floor = floor_of(attacked, cell.precision, data.x[:batch_size]) if floor_of else None
+    floor = floor_of(attacked, cell.precision, data.x[:rows]) if floor_of else None
     floor_kind = "forward+backward" if run.n_backward else "forward"
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -332,7 +346,8 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: to
         "eps_display": cell.threat_model.eps_display,
         "seed": cell.seed,
         "precision": cell.precision,
-        "batch_size": batch_size,
+        "batch_size": rows,
+        "fast_path": tuned.path.name if tuned else "eager",
         "clean_acc": n_correct / n,
         "robust_acc": int(adv_correct.sum()) / n,
         "success_rate": int(fooled.sum()) / n_correct if n_correct else None,
@@ -429,6 +444,7 @@ class Worker:
         self.fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.minimal_runs: dict[str, AttackRun] = {}
         self.floors: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
+        self.tuned: dict[tuple[int, str], Tuned] = {}
 
     def floor(self, model: Target, precision: str, x: torch.Tensor
               ) -> dict[tuple[str, str], float]:
@@ -440,6 +456,13 @@ class Worker:
                 self.floors[key] = floors(model, x, (precision,), repeats=1, warmup=2,
                                           min_repeats=5)
         return self.floors[key]
+
+    def tune(self, model: Target, precision: str, x: torch.Tensor) -> Tuned:
+        """``model``'s fast path and batch size at ``precision``, chosen once per model."""
+        key = (id(model), precision)
+        if key not in self.tuned:
+            self.tuned[key] = tune(model, x, precision, self.config.fast, cap=x.shape[0])
+        return self.tuned[key]
 
     def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
         """A trained zoo classifier, or a trained GAN's discriminator."""
@@ -502,7 +525,8 @@ class Worker:
             progress=self.options.progress,
             attacked=self.zoo_model(cell.train_dataset, cell.source, cell.seed)
             if cell.source else None,
-            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs, floor_of=self.floor)
+            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs, floor_of=self.floor,
+            tune=self.tune)
         result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
         log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
                  cell.threat_model.eps_display, result.summary["robust_acc"])

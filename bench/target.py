@@ -60,6 +60,8 @@ class Target(nn.Module):
         self.kind: TargetKind = kind
         self.name = name
         self.card: dict[str, Any] = {}  # how this target was made (params, training curve)
+        self.channels_last = False  # feed the model NHWC tensors (bench.fastpath)
+        self.__dict__["_compiled"] = None  # torch.compile(model), kept out of the submodules
         channels = self.input_shape[0]
         shape = (1, channels) + (1,) * (len(self.input_shape) - 1)
         mean_t = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
@@ -73,8 +75,16 @@ class Target(nn.Module):
             return tensor.device
         return self.mean.device
 
+    def compile_model(self) -> None:
+        """Run the model through ``torch.compile`` from now on (weights stay shared)."""
+        self.__dict__["_compiled"] = torch.compile(self.model)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model((x - self.mean) / self.std)
+        z = (x - self.mean) / self.std
+        if self.channels_last and z.ndim == 4:
+            z = z.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__["_compiled"]
+        out = (self.model if compiled is None else compiled)(z)
         if self.kind == "discriminator":
             if out.ndim == 2 and out.shape[1] == 1:
                 out = out[:, 0]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
-"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators) and the floor columns;
-older files are migrated on read (the added columns null)."""
+SCHEMA_VERSION = 4
+"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators) and the floor columns, v4
+``fast_path``; older files are migrated on read (the added columns null)."""
 
 SUMMARY_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32(), nullable=False),
@@ -41,6 +41,8 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("precision", pa.string(), nullable=False),
     pa.field("batch_size", pa.int64(), nullable=False),
+    # how the attacked model ran: "eager", "channels_last", "compile", "channels_last+compile"
+    pa.field("fast_path", pa.string()),
     pa.field("clean_acc", pa.float64(), nullable=False),
     pa.field("robust_acc", pa.float64(), nullable=False),
     pa.field("success_rate", pa.float64()),

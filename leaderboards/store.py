@@ -91,7 +91,8 @@ def _add_missing_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """An older file as the current schema: the columns added since are null.
 
     v1 lacked ``defense_params`` (every v1 defense was parameterless); v1 and v2 lacked
-    ``direction`` (no discriminator targets) and the floor columns.
+    ``direction`` (no discriminator targets) and the floor columns; v1 to v3 lacked
+    ``fast_path``.
     """
     columns = {}
     for f in schema:
@@ -105,7 +106,7 @@ def _add_missing_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 MIGRATIONS: dict[str, Callable[[pa.Table, pa.Schema], pa.Table]] = {
-    "1": _add_missing_columns, "2": _add_missing_columns}
+    "1": _add_missing_columns, "2": _add_missing_columns, "3": _add_missing_columns}
 
 
 class ResultStore:

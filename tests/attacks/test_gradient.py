@@ -125,10 +125,76 @@ def test_restarts_only_add_successes(lenet: Target, digits: Digits) -> None:
 
 
 def test_model_call_counts(lenet: Target, digits: Digits) -> None:
+    """One restart costs exactly its gradient steps: the success of the last iterate is checked
+    when first read (a fresh fp32 forward, the runner's verification), not by the attack."""
     x, y = digits
     res = run_attack("pgd", lenet, x, y, eps=0.1, params={"steps": 7, "early_stop": False})
-    assert res.n_backward == 7 * len(x)
-    assert res.n_forward == 8 * len(x)  # 7 gradient steps + the final success check
+    assert res.n_backward == 7 * len(x) and res.n_forward == 7 * len(x)
+    assert torch.equal(res.success, lenet.predict_logits(res.x_adv).argmax(1) != y)
+    assert res.n_forward == 7 * len(x)
+    fgsm = run_attack("fgsm", lenet, x, y, eps=0.1)
+    assert (fgsm.n_forward, fgsm.n_backward) == (len(x), len(x))
+    # Two restarts: each restart's final iterates are checked, to choose which samples rerun.
+    two = run_attack("pgd", lenet, x, y, eps=0.1, params={"steps": 7, "restarts": 2,
+                                                          "early_stop": False})
+    rerun = two.n_backward // 7 - len(x)
+    assert 0 < rerun < len(x)
+    assert two.n_forward == 8 * (len(x) + rerun)
+
+
+class RowCounter(torch.nn.Module):
+    """Wraps a target and records the rows of every gradient pass."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__()
+        self.target, self.rows = target, []
+        self.bounds, self.input_shape = target.bounds, target.input_shape
+        self.num_classes, self.name = target.num_classes, target.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.rows.append(x.shape[0])
+        return self.target(x)
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target.predict_logits(x)
+
+
+def test_early_stop_refills_the_batch_and_does_not_depend_on_it(lenet: Target,
+                                                                digits: Digits) -> None:
+    """With early stop, rows freed by fooled samples are refilled from the queue, so every
+    gradient pass but the last few (the tail of the queue) is a full batch; the random starts
+    are drawn up front, so the result is the same for any batch size."""
+    from attacks.gradient import gradient_attack
+
+    x, y = digits
+    counter = RowCounter(lenet)
+    kwargs = dict(eps=0.2, norm=Norm.LINF, steps=20, step_size=0.05, random_init=True,
+                  restarts=1, targeted=False, loss="ce", y_target=None, early_stop=True)
+    with lenet.evaluating():
+        streamed = gradient_attack(counter, x, y, generator=torch.Generator().manual_seed(0),
+                                   batch_size=16, **kwargs)  # type: ignore[arg-type]
+        whole = gradient_attack(lenet, x, y, generator=torch.Generator().manual_seed(0),
+                                **kwargs)
+    rows = counter.rows
+    assert sum(rows) == streamed.n_backward
+    full = rows.index(next(r for r in rows if r < 16)) if min(rows) < 16 else len(rows)
+    assert full >= len(rows) - 20  # only the queue's tail (at most `steps` passes) runs short
+    assert all(r == 16 for r in rows[:full])
+    assert streamed.n_backward == pytest.approx(whole.n_backward, rel=0.02)  # float noise
+    same = (streamed.x_adv - whole.x_adv).flatten(1).abs().amax(1) < 1e-5
+    assert float(same.float().mean()) > 0.98  # equal up to float noise between batch sizes
+    assert int((streamed.success != whole.success).sum()) <= 2
+    # Full budget: rows advance in waves of 16 and every image gets exactly its 20 steps.
+    full = {**kwargs, "early_stop": False}
+    with lenet.evaluating():
+        waves = gradient_attack(lenet, x, y, generator=torch.Generator().manual_seed(0),
+                                batch_size=16, **full)  # type: ignore[arg-type]
+        at_once = gradient_attack(lenet, x, y, generator=torch.Generator().manual_seed(0),
+                                  **full)  # type: ignore[arg-type]
+    assert waves.n_backward == at_once.n_backward == 20 * len(x)
+    same = (waves.x_adv - at_once.x_adv).flatten(1).abs().amax(1) < 1e-5
+    assert float(same.float().mean()) > 0.98
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 3.0)])

@@ -32,8 +32,14 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
     assert set(zip(floors["library"], floors["precision"])) == {
         (k, p) for k in ("forward", "forward+backward") for p in ("fp32", "bf16")}
     assert (floors["img_per_s"] > 0).all()
-    ours = df[df["library"] == "advbench"]
+    ours = df[(df["library"] == "advbench") & (df["group"] != "fastpath")]
     assert set(ours["group"]) == {"fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap"}
+    # the default: channels_last where measured faster, so either path may have been taken
+    assert set(ours["fast_path"]) <= {"eager", "channels_last"} and ours["fast_path"].nunique() == 1
+    paths = df[df["group"] == "fastpath"]
+    assert {"channels_last", "compile", "channels_last+compile"} >= set(paths["fast_path"]) \
+        >= {"channels_last"}
+    assert (paths["img_per_s"] > 0).all() and (paths["score"] > 0).all()
     assert set(df["library"]) >= {"foolbox", "torchattacks", "art", "advbench-full-budget"}
     fgsm = df[(df["group"] == "fgsm") & (df["precision"] == "fp32")].set_index("library")
     # FGSM is deterministic: every library must land on the same robust accuracy.
@@ -44,8 +50,17 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
     assert (ours["floor_fraction"] > 0).all()
     early = df[(df["group"] == "pgd40-eval") & (df["library"] == "advbench")].iloc[0]
     full = df[(df["group"] == "pgd40-eval") & (df["library"] == "advbench-full-budget")].iloc[0]
+    assert early["n_images"] == full["n_images"] == 4 * 24  # 4 batches through 24 rows
     assert early["n_backward"] < full["n_backward"]
     assert early["score"] <= full["score"] + 1 / 24
+    assert fgsm.loc["advbench", "n_forward"] == fgsm.loc["advbench", "n_backward"] == 24
+    # UAP at equal strength: passes until advbench's fitting fooling reaches ART's held-out
+    uap = df[df["group"] == "uap"].set_index("library")
+    equal = uap.loc["advbench-equal-fooling"]
+    assert equal["n_backward"] >= uap.loc["advbench", "n_backward"] > 0
+    assert f"{uap.loc['art', 'score']:.3f} (ART's)" in equal["budget"]
+    assert equal["speedup_vs_fastest_peer"] == pytest.approx(
+        equal["img_per_s"] / uap.loc["art", "img_per_s"])
     assert "floor" in printed and "speed-up" in printed and str(files[0]) in printed
 
 
@@ -54,6 +69,7 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--model", "lenett"], "unknown model 'lenett'"),
     (["--eps", "-1"], "--eps must be > 0"),
+    (["--eval-batches", "0"], "--eval-batches must be >= 1"),
 ])
 def test_perf_bad_input(argv: list[str], message: str, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from typing import Any
 
@@ -119,3 +121,34 @@ def test_cuda_out_of_memory_backs_off_the_batch_size(monkeypatch: pytest.MonkeyP
                          generator=torch.Generator(), params=FGSMParams())
     same = (run.x_adv == direct.x_adv).float().mean()
     assert float(same) > 0.999  # equal up to float noise between batch sizes
+
+
+def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(
+        monkeypatch: pytest.MonkeyPatch, prepared: Any) -> None:
+    """PGD streams: one call sees every sample of the cell with ``batch_size`` rows busy at a
+    time. Out of memory above 10 rows, the call starts over with halved rows and the same random
+    state, so the result equals an undisturbed run."""
+    from attacks.gradient import IterativeParams
+    from bench.runner import attack_samples
+
+    calls: list[tuple[int, int]] = []
+    real = ATTACKS.get("pgd")
+    assert real.streams
+
+    def fn(target: Target, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> AttackResult:
+        calls.append((len(x), kwargs["batch_size"]))
+        if kwargs["batch_size"] > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real.fn(target, x, y, **kwargs)
+
+    monkeypatch.setitem(ATTACKS._entries, "pgd", dataclasses.replace(real, fn=fn))
+    target, data = prepared
+    params = IterativeParams(steps=5)
+    run = attack_samples(make_cell("pgd", 0.2), params, target.base, data,
+                         device=torch.device("cpu"), batch_size=40)
+    n = len(data.y)
+    assert calls == [(n, 40), (n, 20), (n, 10)]
+    with target.base.evaluating():
+        direct = real.fn(target.base, data.x, data.y, eps=0.2, norm=Norm.LINF,
+                         generator=torch.Generator().manual_seed(0), params=params)
+    assert torch.allclose(run.x_adv, direct.x_adv, atol=1e-6)

@@ -147,8 +147,9 @@ def test_dry_run_lists_cells_and_calls_and_writes_nothing(
     text = capsys.readouterr().out
     assert not out.exists() and not cache.exists()
     assert f"{len(EPS) + 2} cell(s): {len(EPS) + 2} to run, 0 already stored" in text
-    # PGD: 30 steps of one forward and one backward, plus the final check, per image
-    pgd = 400 * 31 * len(EPS), 400 * 30 * len(EPS)
+    # PGD: 30 steps of one forward and one backward per image (one restart: no final check;
+    # the runner's verification is not an attack call)
+    pgd = 400 * 30 * len(EPS), 400 * 30 * len(EPS)
     deepfool = 400 * 51, 400 * 50 * 9  # 50 steps, 9 candidate classes; its eps cell reuses it
     assert f"at most {pgd[0] + deepfool[0]:,} forward and {pgd[1] + deepfool[1]:,} backward" \
         in text

@@ -22,7 +22,7 @@ def row(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, 
         "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
         "attack": "pgd", "attack_params": "{}",
         "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
-        "precision": "fp32", "batch_size": 4, "clean_acc": 1.0, "robust_acc": 0.5,
+        "precision": "fp32", "batch_size": 4, "fast_path": "eager", "clean_acc": 1.0, "robust_acc": 0.5,
         "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1, "mean_l0": 700.0,
         "rho_adv": 0.1, "source_model": None, "fooling_rate": 0.5,
         "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
@@ -104,16 +104,17 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
     table = pq.read_table(path)
     table = table.replace_schema_metadata({"advbench_schema_version": "0"})
     pq.write_table(table, path)
-    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1, 2, 3"):
+    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1, 2, 3, 4"):
         load(tmp_path)
 
 
-@pytest.mark.parametrize("version,dropped", [("1", ["defense_params", "direction"]),
-                                             ("2", ["direction"])])
+@pytest.mark.parametrize("version,dropped", [
+    ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
+    ("3", ["fast_path"])])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
                                           dropped: list[str]) -> None:
-    """v1 (no defense_params, no direction) and v2 (no direction) files read as current rows
-    with the missing columns null."""
+    """v1 (no defense_params, no direction), v2 (no direction) and v3 (no fast_path) files read
+    as current rows with the missing columns null."""
     store = ResultStore(tmp_path)
     store.write_cell(row(robust_acc=0.25), samples())
     for folder in ("summary", "samples"):

@@ -1,0 +1,155 @@
+"""Fast paths: channels_last and torch.compile copies, the measured choice, the automatic batch
+size, and their place in a sweep's rows."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import bench.fastpath as fastpath
+from bench.config import parse_config
+from bench.errors import ConfigError
+from bench.fastpath import FastPath, FastPathOptions, accelerate, candidates, fit_batch_size, tune
+from bench.target import Target
+
+
+def test_fit_batch_size_is_the_largest_power_of_two_in_the_memory_share() -> None:
+    mib = 2 ** 20
+    assert fit_batch_size(mib, 100 * mib, cap=4096) == 32  # 60 MiB usable -> 60 images -> 32
+    assert fit_batch_size(mib, 100 * mib, cap=16) == 16
+    assert fit_batch_size(mib, 100 * mib, cap=40) == 32
+    assert fit_batch_size(200 * mib, 100 * mib, cap=4096) == 1  # nothing fits: one at a time
+    assert fit_batch_size(0, 100 * mib, cap=300) == 300
+
+
+def test_candidates_follow_the_options_and_the_model() -> None:
+    conv = Target(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(10)),
+                  num_classes=10, input_shape=(1, 8, 8))
+    mlp = Target(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), num_classes=10,
+                 input_shape=(1, 8, 8))
+    auto = FastPathOptions(channels_last="auto", compile="auto")
+    assert candidates(conv, auto) == [FastPath(False, False), FastPath(False, True),
+                                      FastPath(True, False), FastPath(True, True)]
+    assert candidates(mlp, auto) == [FastPath(False, False), FastPath(False, True)]
+    assert candidates(conv, FastPathOptions(channels_last=True)) == [FastPath(True, False)]
+    assert FastPath(True, True).name == "channels_last+compile" and FastPath().name == "eager"
+
+
+def test_channels_last_copy_computes_the_same_logits_and_leaves_the_original(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x = digits[0][:32]
+    fast = accelerate(lenet, FastPath(channels_last=True))
+    assert fast is not lenet and fast.channels_last and not lenet.channels_last
+    seen: list[bool] = []
+    conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))
+    hook = conv.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        got = fast.predict_logits(x)
+    finally:
+        hook.remove()
+    assert seen == [True]
+    assert torch.allclose(got, lenet.predict_logits(x), atol=1e-4)
+    assert all(p.is_contiguous() for p in lenet.parameters())  # checkpoints stay saveable
+    assert accelerate(lenet, FastPath()) is lenet
+
+
+def test_compiled_copy_computes_the_same_logits_and_gradients(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x = digits[0][:16]
+    fast = accelerate(lenet, FastPath(compiled=True))
+    assert torch.allclose(fast.predict_logits(x), lenet.predict_logits(x), atol=1e-4)
+    grads = []
+    for model in (lenet, fast):
+        xg = x.clone().requires_grad_(True)
+        with model.evaluating():
+            model(xg).logsumexp(1).sum().backward()
+        grads.append(xg.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert "_compiled" not in dict(fast.named_modules())  # not a submodule: no extra weights
+    assert set(fast.state_dict()) == set(lenet.state_dict())
+
+
+def test_tune_takes_the_fastest_measured_path_and_skips_failing_ones(
+        monkeypatch: pytest.MonkeyPatch, lenet: Target,
+        digits: tuple[torch.Tensor, torch.Tensor], caplog: pytest.LogCaptureFixture) -> None:
+    def fake_floors(model: Target, x: torch.Tensor, precisions: tuple[str, ...],
+                    **_: Any) -> dict[tuple[str, str], float]:
+        return {("forward+backward", precisions[0]): 200.0 if model.channels_last else 100.0}
+
+    def broken_compile(self: Target) -> None:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fastpath, "floors", fake_floors)
+    monkeypatch.setattr(Target, "compile_model", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="bench.fastpath"):
+        tuned = tune(lenet, digits[0], "fp32",
+                     FastPathOptions(channels_last="auto", compile="auto"), cap=200)
+    assert tuned.path == FastPath(channels_last=True) and tuned.target.channels_last
+    assert tuned.measured == {"eager": 100.0, "channels_last": 200.0}
+    assert "fast path compile failed" in caplog.text and "no compiler here" in caplog.text
+    assert tuned.batch_size == 500
+    monkeypatch.setattr(fastpath, "floors", lambda m, x, p, **_: {
+        ("forward+backward", p[0]): 50.0 if m.channels_last else 99.0})
+    slow = tune(lenet, digits[0], "fp32", FastPathOptions(channels_last="auto"), cap=200)
+    assert slow.path == FastPath() and slow.target is lenet  # never a path measured slower
+
+
+def test_auto_batch_size_on_the_cpu_is_capped_by_the_data(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    options = FastPathOptions(channels_last=False, batch_size="auto")
+    assert tune(lenet, digits[0], "fp32", options, cap=200).batch_size == 200
+    assert tune(lenet, digits[0], "fp32", options, cap=10_000).batch_size == 500
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_fits_in_cuda_memory(lenet: Target,
+                                             digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    import copy
+
+    model = copy.deepcopy(lenet).cuda()
+    x = digits[0].cuda()
+    size = fastpath.auto_batch_size(model, x, "fp32", cap=1 << 20)
+    assert size == fastpath.MAX_AUTO_BATCH or size >= 1024
+    big = x[:1].expand(size, *x.shape[1:]).contiguous()
+    xg = big.requires_grad_(True)
+    model(xg).sum().backward()  # the chosen batch's forward+backward fits
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("channels_last", "yes", "'channels_last' must be true, false or \"auto\""),
+    ("compile", 1, "'compile' must be true, false or \"auto\""),
+    ("batch_size", "big", "'batch_size' must be an integer >= 1 or \"auto\""),
+    ("batch_size", 0, "'batch_size' must be an integer >= 1 or \"auto\""),
+])
+def test_bad_fast_path_settings_are_config_errors(key: str, value: Any, message: str) -> None:
+    base = {"targets": [{"model": "lenet"}], "attacks": [{"name": "fgsm", "eps": [0.1]}]}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**base, "sweep": {"name": "x", key: value}})
+
+
+def test_sweep_rows_record_the_fast_path_and_batch(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """A cell crafted on the channels_last copy gives the eager cell's results (up to float
+    noise), records its fast path and automatic batch size, and keeps the eager model's floor."""
+    from bench.runner import PreparedTarget, EvalData, run_cell
+    from tests.bench.test_runner import make_cell
+
+    x, y = digits
+    clean = lenet.predict_logits(x).argmax(1)
+    prepared, data = PreparedTarget(lenet, lenet, clean, y), EvalData(x, y, torch.arange(len(y)))
+    cell = make_cell("fgsm", 0.15)
+    rows = {}
+    for options in (FastPathOptions(channels_last=False),
+                    FastPathOptions(channels_last=True, batch_size="auto")):
+        rows[options.channels_last] = run_cell(
+            cell, prepared, data, device=torch.device("cpu"), batch_size=64, run_id="r",
+            tune=lambda m, p, xs, o=options: tune(m, xs, p, o, cap=xs.shape[0])).summary
+    eager, fast = rows[False], rows[True]
+    assert (eager["fast_path"], eager["batch_size"]) == ("eager", 500)
+    assert (fast["fast_path"], fast["batch_size"]) == ("channels_last", len(y))
+    assert abs(fast["robust_acc"] - eager["robust_acc"]) <= 2 / len(y)
