@@ -125,7 +125,7 @@ def gradient_attack(
     unknown = torch.zeros(n, dtype=torch.bool, device=x.device)  # success not checked yet
     best_score = torch.full((n,), float("-inf"), device=x.device)
     waiting = torch.arange(n, device=x.device)
-    for restart in range(restarts):
+    for _ in range(restarts):
         delta = random_start(x[waiting], norm, eps, generator) if random_init \
             else torch.zeros_like(x[waiting])
         fooled, fooled_x, ended, ended_x = loop.run(waiting, delta)
@@ -184,7 +184,8 @@ class _Loop:
                 idx = torch.cat([idx, new])
                 x_adv = torch.cat([x_adv, starts[taken:taken + free]])
                 x0, lab = torch.cat([x0, x[new]]), torch.cat([lab, self.labels[new]])
-                done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
+                if self.early_stop:
+                    done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
                 taken += free
             if idx.numel() == 0:
                 break
@@ -196,7 +197,6 @@ class _Loop:
                 fooled_x.append(x_adv[hit])
             x_adv = x_adv + self.direction * self.step_size * steepest_direction(grad, self.norm)
             x_adv = (x0 + project(x_adv - x0, self.norm, self.eps)).clamp(lo, hi)
-            done_steps += 1
             if not self.early_stop:
                 # Every row started together (rows are refilled only once all have ended), so
                 # the step count is known on the host: no device sync per step.
@@ -207,8 +207,8 @@ class _Loop:
                     ended.append(idx)
                     ended_x.append(x_adv)
                     idx, x_adv, x0, lab = idx[:0], x_adv[:0], x0[:0], lab[:0]
-                    done_steps = done_steps[:0]
                 continue
+            done_steps += 1  # early stop: each row has its own count
             last = ~hit & (done_steps >= self.steps)
             ended.append(idx[last])
             ended_x.append(x_adv[last])

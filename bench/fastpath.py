@@ -135,6 +135,26 @@ def auto_batch_size(target: Target, x: torch.Tensor, precision: str, cap: int) -
     return fit_batch_size(per_image, free, cap)
 
 
+def measure_paths(target: Target, x: torch.Tensor, paths: list[FastPath],
+                  precisions: tuple[str, ...], **timing: int
+                  ) -> dict[FastPath, tuple[Target, dict[str, float]]]:
+    """Each path's copy of ``target`` and its forward+backward images/s on ``x`` per precision
+    (``timing``: :func:`bench.measure.floors`' repeats / warmup / min_repeats). A path that
+    fails (a platform that cannot compile) is logged and left out."""
+    out: dict[FastPath, tuple[Target, dict[str, float]]] = {}
+    with target.evaluating():
+        for path in paths:
+            try:
+                fast = accelerate(target, path)
+                rates = floors(fast, x, precisions, **timing)
+            except Exception as exc:  # noqa: BLE001 - a path that fails is a path not taken
+                log.warning("fast path %s failed on %s (%s: %s); not using it", path.name,
+                            target.name, type(exc).__name__, str(exc).splitlines()[0][:200])
+                continue
+            out[path] = (fast, {p: rates[("forward+backward", p)] for p in precisions})
+    return out
+
+
 def tune(target: Target, x: torch.Tensor, precision: str, options: FastPathOptions,
          cap: int) -> Tuned:
     """Choose ``target``'s fast path and batch size for attacks at ``precision`` on images like
@@ -145,24 +165,12 @@ def tune(target: Target, x: torch.Tensor, precision: str, options: FastPathOptio
     paths = candidates(target, options)
     if len(paths) == 1:
         return Tuned(accelerate(target, paths[0]), paths[0], batch, {})
-    sample = x[:batch]
-    measured: dict[str, float] = {}
-    best: tuple[float, FastPath, Target] | None = None
-    with target.evaluating():
-        for path in paths:
-            try:
-                fast = accelerate(target, path)
-                rate = floors(fast, sample, (precision,), repeats=1, warmup=2,
-                              min_repeats=3)[("forward+backward", precision)]
-            except Exception as exc:  # noqa: BLE001 - a path that fails is a path not taken
-                log.warning("fast path %s failed on %s (%s: %s); not using it", path.name,
-                            target.name, type(exc).__name__, str(exc).splitlines()[0][:200])
-                continue
-            measured[path.name] = rate
-            if best is None or rate > best[0]:
-                best = (rate, path, fast)
-    if best is None:
+    results = measure_paths(target, x[:batch], paths, (precision,), repeats=1, warmup=2,
+                            min_repeats=3)
+    measured = {path.name: rates[precision] for path, (_, rates) in results.items()}
+    if not results:
         return Tuned(target, FastPath(), batch, measured)
-    log.info("fast path for %s at %s: %s (%s)", target.name, precision, best[1].name,
+    best = max(results, key=lambda path: results[path][1][precision])
+    log.info("fast path for %s at %s: %s (%s)", target.name, precision, best.name,
              ", ".join(f"{k} {v:,.0f} img/s" for k, v in measured.items()))
-    return Tuned(best[2], best[1], batch, measured)
+    return Tuned(results[best][0], best, batch, measured)

@@ -34,7 +34,7 @@ from attacks import run_attack
 from bench.checkpoints import CheckpointCache
 from bench.datasets import load_dataset
 from bench.errors import BadInput
-from bench.fastpath import FastPath, FastPathOptions, accelerate, candidates, tune
+from bench.fastpath import FastPath, FastPathOptions, candidates, measure_paths, tune
 from bench.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
 from bench.models import MODELS
 from bench.target import Target
@@ -445,19 +445,11 @@ def fast_path_rows(target: Target, x: torch.Tensor, options: PerfOptions,
     precision, beside the eager floor: what ``channels_last = "auto"`` / ``compile = "auto"``
     choose between. A path that fails (no compiler) is logged and left out."""
     rows = []
-    every = FastPathOptions(channels_last="auto", compile="auto")
-    for path in candidates(target, every):
-        if path == FastPath():
-            continue
-        try:
-            fast = accelerate(target, path)
-            with fast.evaluating():
-                rates = floors(fast, x, options.precisions, options.repeats)
-        except Exception as exc:  # noqa: BLE001 - reported, not fatal
-            log.warning("fast path %s failed: %s", path.name, str(exc).splitlines()[0][:200])
-            continue
-        for precision in options.precisions:
-            rate = rates[("forward+backward", precision)]
+    paths = [p for p in candidates(target, FastPathOptions(channels_last="auto", compile="auto"))
+             if p != FastPath()]
+    for path, (_, rates) in measure_paths(target, x, paths, options.precisions,
+                                          repeats=options.repeats).items():
+        for precision, rate in rates.items():
             rows.append({**common, "group": "fastpath", "library": "advbench",
                          "fast_path": path.name, "precision": precision,
                          "budget": f"{path.name} forward+backward", "n_images": x.shape[0],
