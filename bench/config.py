@@ -321,7 +321,7 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
             channels_last=FastPathOptions.check_choice("channels_last",
                                                        sweep.get("channels_last", "auto")),
             compile=FastPathOptions.check_choice("compile", sweep.get("compile", False)),
-            batch_size="auto" if batch_raw == "auto" else batch_size)
+            batch_size=batch_raw)
     except BadInput as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return SweepConfig(

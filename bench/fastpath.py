@@ -114,7 +114,7 @@ def fit_batch_size(bytes_per_image: float, free_bytes: int, cap: int) -> int:
     size = 1
     while size * 2 <= min(fits, cap):
         size *= 2
-    return min(size, cap) if fits >= 1 else 1
+    return size
 
 
 def auto_batch_size(target: Target, x: torch.Tensor, precision: str, cap: int) -> int:
