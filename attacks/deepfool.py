@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import AttackResult, ModelCalls, register_attack
-from attacks.norms import Norm
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.attack import AttackResult, ModelCalls, register_attack
+from bench.core.errors import BadInput
+from bench.core.norms import Norm
+from bench.core.target import Target
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import (AttackResult, LossFn, ModelCalls, deferred_success, loss_by_name,
-                          register_attack)
-from attacks.norms import Norm, project, random_start, steepest_direction
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.attack import (
+    AttackResult,
+    LossFn,
+    ModelCalls,
+    deferred_success,
+    loss_by_name,
+    register_attack,
+)
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, project, random_start, steepest_direction
+from bench.core.target import Target
 
 
 def _check_loss(loss: str) -> None:

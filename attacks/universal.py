@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import AttackResult, ModelCalls, cross_entropy_loss, register_attack
 from attacks.deepfool import deepfool_core, resolve_candidates
-from attacks.norms import Norm, project, steepest_direction
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.attack import AttackResult, ModelCalls, cross_entropy_loss, register_attack
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, project, steepest_direction
+from bench.core.target import Target
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 LISTS = ("attacks", "defenses", "models", "datasets", "presets")
 
@@ -105,10 +105,11 @@ def _parser() -> argparse.ArgumentParser:
 def _list(what: str, pattern: str) -> str:
     from attacks import ATTACKS
     from bench.config import preset_names
-    from bench.datasets import DATASETS
-    from bench.models import MODELS
+    from bench.core.datasets import DATASETS
+    from bench.core.models import MODELS
     from defenses import DEFENSES
 
+    rows: list[tuple[str, ...]]
     if what == "attacks":
         rows = [(n, ",".join(x.value for x in ATTACKS.get(n).norms), ATTACKS.get(n).summary)
                 for n in ATTACKS.names(pattern)]
@@ -131,8 +132,8 @@ def _list(what: str, pattern: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.checkpoints import resolve_cache_dir
     from bench.config import load_config, load_preset
+    from bench.core.checkpoints import resolve_cache_dir
     from bench.runner import RunOptions
     from bench.sweep import dry_run_text, plan_sweep, run_sweep, summary_line
     from leaderboards import render
@@ -157,8 +158,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from bench.checkpoints import resolve_cache_dir
-    from bench.fastpath import FastPathOptions
+    from bench.core.checkpoints import resolve_cache_dir
+    from bench.core.fastpath import FastPathOptions
     from bench.perf import GROUPS, PerfOptions, run_perf, to_markdown, write_perf
 
     if args.batch_size is not None and args.batch_size < 1:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attacks import ATTACKS, ThreatModel
-from attacks.base import check_threat
-from bench.checkpoints import config_hash
-from bench.errors import BadInput, ConfigError, UnknownName
-from bench.fastpath import FastPathOptions
-from bench.models import MODELS
-from bench.target import TargetKind
+from attacks import ATTACKS, Attack, AttackSpec, ThreatModel
+from bench.core.attack import check_threat
+from bench.core.checkpoints import config_hash
+from bench.core.errors import BadInput, ConfigError, UnknownName
+from bench.core.fastpath import FastPathOptions
+from bench.core.models import MODELS
+from bench.core.target import TargetKind
 from defenses import DEFENSES
 from generative.discriminator import DIRECTIONS
 from generative.models import GANS
@@ -89,16 +89,30 @@ class DefenseConfig:
         return json.dumps({"name": self.name, "params": self.params}, sort_keys=True)
 
 
+def params_json(params: Any) -> str:
+    """Canonical JSON of a full params dataclass (what a cell's identity hashes)."""
+    return json.dumps(dataclasses.asdict(params), sort_keys=True)
+
+
 @dataclass(frozen=True)
 class AttackConfig:
-    name: str
+    """An ``[[attacks]]`` entry: the attack with its params parsed, at each of its budgets."""
+
+    spec: AttackSpec
     threats: tuple[ThreatModel, ...]
-    params_json: str  # canonical JSON of the attack's full params dataclass
+    params: Any  # the attack's frozen params dataclass
     source: str = ""  # a zoo model the attack is crafted on (transfer); "" = the target itself
 
     @property
-    def params(self) -> dict[str, Any]:
-        return dict(json.loads(self.params_json))
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def params_json(self) -> str:
+        return params_json(self.params)
+
+    def at(self, threat: ThreatModel) -> Attack:
+        return Attack(self.spec, threat, self.params)
 
 
 @dataclass(frozen=True)
@@ -137,14 +151,24 @@ class Cell:
     model: str
     defense: str
     threat: str
-    attack: str
-    params_json: str
-    threat_model: ThreatModel
+    attack: Attack  # params parsed, threat model checked
     seed: int
     precision: str
     source: str = ""
     defense_params: str = ""  # DefenseConfig.identity
     direction: str = ""  # discriminators: "real->fake" | "fake->real"
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        return self.attack.threat
+
+    @property
+    def attack_name(self) -> str:
+        return self.attack.name
+
+    @property
+    def params_json(self) -> str:
+        return params_json(self.attack.params)
 
     @property
     def cell_id(self) -> str:
@@ -155,7 +179,7 @@ class Cell:
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
-            "defense": self.defense, "threat": self.threat, "attack": self.attack,
+            "defense": self.defense, "threat": self.threat, "attack": self.attack.name,
             "params": self.params_json, "norm": self.threat_model.norm.value,
             "eps": self.threat_model.eps, "seed": self.seed, "precision": self.precision,
             "source": self.source,
@@ -193,12 +217,34 @@ def _int(where: str, key: str, value: Any, minimum: int) -> int:
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
-    """Validate a parsed TOML document; every error names the offending key."""
+    """Validate a parsed TOML document; every error names the file and the offending key."""
     _check_keys(source, data, {"sweep", "targets", "attacks", "defenses"},
                 {"sweep", "targets", "attacks"})
     sweep = data["sweep"]
-    _check_keys(f"{source} [sweep]", sweep, _SWEEP_KEYS, {"name"})
     where = f"{source} [sweep]"
+    _check_keys(where, sweep, _SWEEP_KEYS, {"name"})
+    defense_configs = _parse_defenses(source, data.get("defenses", []))
+    targets = _parse_targets(source, data["targets"], defense_configs)
+    attacks = _parse_attacks(source, data["attacks"])
+    batch_raw = sweep.get("batch_size", 500)
+    if batch_raw != "auto" and (not isinstance(batch_raw, int) or isinstance(batch_raw, bool)
+                                or batch_raw < 1):
+        raise _type_error(where, "batch_size", 'an integer >= 1 or "auto"', batch_raw)
+    try:
+        fast = FastPathOptions(
+            channels_last=FastPathOptions.check_choice("channels_last",
+                                                       sweep.get("channels_last", "auto")),
+            compile=FastPathOptions.check_choice("compile", sweep.get("compile", False)),
+            batch_size=batch_raw)
+    except BadInput as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return SweepConfig(
+        **_parse_sweep(where, sweep), batch_size=500 if batch_raw == "auto" else batch_raw,
+        targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast)
+
+
+def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar settings of ``[sweep]``."""
     name = sweep["name"]
     if not isinstance(name, str) or not name:
         raise _type_error(where, "name", "a non-empty string", name)
@@ -207,7 +253,6 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         seeds_raw if isinstance(seeds_raw, list) else [seeds_raw]))
     if not seeds:
         raise _type_error(where, "seed", "an integer or a non-empty list of integers", seeds_raw)
-    datasets = _str_list(where, "dataset", sweep.get("dataset", "mnist5k"))
     train_dataset = sweep.get("train_dataset")
     if train_dataset is not None and not isinstance(train_dataset, str):
         raise _type_error(where, "train_dataset", "a dataset name", train_dataset)
@@ -220,15 +265,21 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
     device = sweep.get("device", "auto")
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise _type_error(where, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
+    return {"name": name, "seeds": seeds,
+            "datasets": _str_list(where, "dataset", sweep.get("dataset", "mnist5k")),
+            "train_dataset": train_dataset, "split": split,
+            "n_eval": _int(where, "n_eval", sweep.get("n_eval", 1000), 1),
+            "precision": precision, "device": device}
 
-    defense_configs = _parse_defenses(source, data.get("defenses", []))
-    labels = {d.label for d in defense_configs}
 
-    targets_raw = data["targets"]
-    if not isinstance(targets_raw, list) or not targets_raw:
+def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig]
+                   ) -> tuple[TargetConfig, ...]:
+    """``[[targets]]``; a defense a target names without a ``[[defenses]]`` entry is added to
+    ``defense_configs`` with its default params."""
+    if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: [[targets]] must list at least one target")
     targets = []
-    for i, t in enumerate(targets_raw):
+    for i, t in enumerate(raw):
         tw = f"{source} [[targets]] #{i + 1}"
         _check_keys(tw, t, _TARGET_KEYS, {"model"})
         if not isinstance(t["model"], str):
@@ -237,99 +288,94 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
             kind = target_kind(t["model"])
         except UnknownName as exc:
             raise ConfigError(f"{tw}: {exc}") from None
-        directions: tuple[str, ...] = ()
-        if kind == "discriminator":
-            directions = _str_list(tw, "directions", t.get("directions", list(DIRECTIONS)))
-            for direction in directions:
-                if direction not in DIRECTIONS:
-                    raise _type_error(tw, "directions", " and/or ".join(map(repr, DIRECTIONS)),
-                                      t["directions"])
-            directions = tuple(dict.fromkeys(directions))
-        elif "directions" in t:
-            raise ConfigError(f"{tw}: 'directions' applies to GAN discriminators "
-                              f"({', '.join(GANS.names())}), not to classifier {t['model']!r}")
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
-        for d in defenses:
-            if d not in labels:
-                if d not in DEFENSES:
-                    try:
-                        DEFENSES.get(d)
-                    except UnknownName as exc:
-                        raise ConfigError(
-                            f"{tw}: {exc}; a target may also name the label of a [[defenses]] "
-                            f"entry{' (' + ', '.join(sorted(labels)) + ')' if labels else ''}"
-                        ) from None
-                spec = DEFENSES.get(d)
-                defense_configs.append(DefenseConfig(spec.name, spec.name, json.dumps(
-                    dataclasses.asdict(spec.make_params({})), sort_keys=True)))
-                labels.add(spec.name)
+        for label in defenses:
+            _resolve_defense(tw, label, defense_configs)
         threats = _str_list(tw, "threats", t.get("threats", ["adaptive"]))
         for th in threats:
             if th not in THREATS:
                 raise _type_error(tw, "threats", "a list of 'adaptive' / 'transfer'", t["threats"])
-        targets.append(TargetConfig(t["model"], defenses, threats, directions))
+        targets.append(TargetConfig(t["model"], defenses, threats,
+                                    _parse_directions(tw, t, kind)))
+    return tuple(targets)
 
-    attacks_raw = data["attacks"]
-    if not isinstance(attacks_raw, list) or not attacks_raw:
-        raise ConfigError(f"{source}: [[attacks]] must list at least one attack")
-    attacks = []
-    for i, a in enumerate(attacks_raw):
-        aw = f"{source} [[attacks]] #{i + 1}"
-        _check_keys(aw, a, _ATTACK_KEYS, {"name"})
-        spec = ATTACKS.get(a["name"]) if isinstance(a["name"], str) else None
-        if spec is None:
-            raise _type_error(aw, "name", "an attack name", a["name"])
-        eps_raw = a.get("eps")
-        if eps_raw is None and not spec.minimal:
-            raise ConfigError(f"{aw}: attack {spec.name!r} needs 'eps' (a number or a list)")
-        eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
-        if not eps_list and not spec.minimal:
-            raise _type_error(aw, "eps", "a number or a non-empty list of numbers", eps_raw)
-        if spec.minimal:
-            # One minimal-perturbation run; robust accuracy at each eps is derived from its norms.
-            eps_list = [None] + [e for e in eps_list if e is not None]
-        for e in eps_list:
-            if isinstance(e, bool) or not isinstance(e, (int, float, str, type(None))):
-                raise _type_error(aw, "eps", "numbers (or strings like \"8/255\")", eps_raw)
+
+def _parse_directions(where: str, table: Mapping[str, Any], kind: TargetKind
+                      ) -> tuple[str, ...]:
+    """A discriminator's attacked directions (both by default); a classifier has none."""
+    if kind != "discriminator":
+        if "directions" in table:
+            raise ConfigError(f"{where}: 'directions' applies to GAN discriminators "
+                              f"({', '.join(GANS.names())}), not to classifier "
+                              f"{table['model']!r}")
+        return ()
+    directions = _str_list(where, "directions", table.get("directions", list(DIRECTIONS)))
+    for direction in directions:
+        if direction not in DIRECTIONS:
+            raise _type_error(where, "directions", " and/or ".join(map(repr, DIRECTIONS)),
+                              table["directions"])
+    return tuple(dict.fromkeys(directions))
+
+
+def _resolve_defense(where: str, label: str, defense_configs: list[DefenseConfig]) -> None:
+    """A target's defense: a ``[[defenses]]`` label, or a registered name (default params)."""
+    labels = {d.label for d in defense_configs}
+    if label in labels:
+        return
+    if label not in DEFENSES:
         try:
-            threats_ = tuple(ThreatModel.parse(a.get("norm", "linf"), e) for e in eps_list)
-            for tm in threats_:
-                check_threat(spec, tm)
-            params = spec.make_params(a.get("params", {}))
-        except ConfigError:
-            raise
-        except ValueError as exc:
-            raise ConfigError(f"{aw}: {exc}") from None
-        params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
-        source = a.get("source", "")
-        if not isinstance(source, str):
-            raise _type_error(aw, "source", "a model name", source)
-        if source:
-            try:
-                target_kind(source)
-            except UnknownName as exc:
-                raise ConfigError(f"{aw}: source: {exc}") from None
-        attacks.append(AttackConfig(spec.name, threats_, params_json, source))
+            DEFENSES.get(label)
+        except UnknownName as exc:
+            raise ConfigError(
+                f"{where}: {exc}; a target may also name the label of a [[defenses]] "
+                f"entry{' (' + ', '.join(sorted(labels)) + ')' if labels else ''}"
+            ) from None
+    spec = DEFENSES.get(label)
+    defense_configs.append(DefenseConfig(spec.name, spec.name, params_json(spec.make_params({}))))
 
-    batch_raw = sweep.get("batch_size", 500)
-    if batch_raw != "auto" and (not isinstance(batch_raw, int) or isinstance(batch_raw, bool)
-                                or batch_raw < 1):
-        raise _type_error(where, "batch_size", 'an integer >= 1 or "auto"', batch_raw)
-    batch_size = 500 if batch_raw == "auto" else batch_raw
+
+def _parse_attacks(source: str, raw: Any) -> tuple[AttackConfig, ...]:
+    """``[[attacks]]``: each attack's params parsed and its threat models checked, once."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: [[attacks]] must list at least one attack")
+    return tuple(_parse_attack(f"{source} [[attacks]] #{i + 1}", a) for i, a in enumerate(raw))
+
+
+def _parse_attack(where: str, table: Any) -> AttackConfig:
+    _check_keys(where, table, _ATTACK_KEYS, {"name"})
+    if not isinstance(table["name"], str):
+        raise _type_error(where, "name", "an attack name", table["name"])
+    spec = ATTACKS.get(table["name"])
+    eps_raw = table.get("eps")
+    if eps_raw is None and not spec.minimal:
+        raise ConfigError(f"{where}: attack {spec.name!r} needs 'eps' (a number or a list)")
+    eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
+    if not eps_list and not spec.minimal:
+        raise _type_error(where, "eps", "a number or a non-empty list of numbers", eps_raw)
+    if spec.minimal:
+        # One minimal-perturbation run; robust accuracy at each eps is derived from its norms.
+        eps_list = [None] + [e for e in eps_list if e is not None]
+    for e in eps_list:
+        if isinstance(e, bool) or not isinstance(e, (int, float, str, type(None))):
+            raise _type_error(where, "eps", "numbers (or strings like \"8/255\")", eps_raw)
     try:
-        fast = FastPathOptions(
-            channels_last=FastPathOptions.check_choice("channels_last",
-                                                       sweep.get("channels_last", "auto")),
-            compile=FastPathOptions.check_choice("compile", sweep.get("compile", False)),
-            batch_size=batch_raw)
-    except BadInput as exc:
+        threats = tuple(ThreatModel.parse(table.get("norm", "linf"), e) for e in eps_list)
+        for threat in threats:
+            check_threat(spec, threat)
+        params = spec.make_params(table.get("params", {}))
+    except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return SweepConfig(
-        name=name, seeds=seeds, datasets=datasets, train_dataset=train_dataset, split=split,
-        n_eval=_int(where, "n_eval", sweep.get("n_eval", 1000), 1), precision=precision,
-        device=device, batch_size=batch_size, targets=tuple(targets), attacks=tuple(attacks),
-        defenses=tuple(defense_configs), fast=fast,
-    )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    source_model = table.get("source", "")
+    if not isinstance(source_model, str):
+        raise _type_error(where, "source", "a model name", source_model)
+    if source_model:
+        try:
+            target_kind(source_model)
+        except UnknownName as exc:
+            raise ConfigError(f"{where}: source: {exc}") from None
+    return AttackConfig(spec, threats, params, source_model)
 
 
 def _parse_defenses(source: str, raw: Any) -> list[DefenseConfig]:
@@ -351,9 +397,8 @@ def _parse_defenses(source: str, raw: Any) -> list[DefenseConfig]:
             raise ConfigError(f"{dw}: label {label!r} is used twice; give each entry its own")
         if label in DEFENSES and label != spec.name:
             raise ConfigError(f"{dw}: label {label!r} is another registered defense's name")
-        params = spec.make_params(d.get("params", {}))
         out.append(DefenseConfig(label, spec.name,
-                                 json.dumps(dataclasses.asdict(params), sort_keys=True)))
+                                 params_json(spec.make_params(d.get("params", {})))))
     return out
 
 
@@ -398,7 +443,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                     cells.append(Cell(
                         config.name, dataset, train_dataset, config.split, config.n_eval,
                         target.model, defense, "transfer" if attack.source else threat,
-                        attack.name, attack.params_json, tm, seed, config.precision,
+                        attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
                     ))
     return cells

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any, Protocol
 
 from bench.config import Cell, SweepConfig
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.runner import CellResult, RunOptions, Worker, run_group
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ class LocalPool:
                  gpus: list[int], task: GroupTask = run_group) -> None:
         self.config, self.options, self.task = config, options, task
         context = multiprocessing.get_context("spawn")
-        initializer, initargs = None, ()
+        initializer: Callable[..., None] | None = None
+        initargs: tuple[Any, ...] = ()
         if gpus:
             queue = context.Queue()
             for i in range(workers):

@@ -31,14 +31,14 @@ import torch
 
 import bench
 from attacks import run_attack
-from bench.checkpoints import CheckpointCache
-from bench.datasets import load_dataset
-from bench.errors import BadInput
-from bench.fastpath import FastPath, FastPathOptions, candidates, measure_paths, tune
-from bench.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
-from bench.models import MODELS
-from bench.target import Target
-from bench.training import trained_classifier
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import load_dataset
+from bench.core.errors import BadInput
+from bench.core.fastpath import FastPath, FastPathOptions, candidates, measure_paths, tune
+from bench.core.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
+from bench.core.models import MODELS
+from bench.core.target import Target
+from bench.core.training import trained_classifier
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,12 @@ def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Te
                               f"1 pixel, {population} x 10 generations", len(xo),
                               lambda: (op(xo, yo), none), _success(target, yo), "success"))
     if _available("art"):
-        from art.attacks.evasion import (DeepFool, FastGradientMethod, ProjectedGradientDescent,
-                                         UniversalPerturbation)
+        from art.attacks.evasion import (
+            DeepFool,
+            FastGradientMethod,
+            ProjectedGradientDescent,
+            UniversalPerturbation,
+        )
         from art.estimators.classification import PyTorchClassifier
 
         classifier = PyTorchClassifier(
@@ -337,7 +341,7 @@ def perf_target(options: PerfOptions, device: torch.device
 
 def run_perf(options: PerfOptions) -> pd.DataFrame:
     """Measure floors and every case; return the rows (also the Parquet table's rows)."""
-    from bench.measure import resolve_device
+    from bench.core.measure import resolve_device
 
     device = resolve_device(options.device)
     unknown = sorted(set(options.groups) - set(GROUPS))
@@ -461,11 +465,11 @@ def fast_path_rows(target: Target, x: torch.Tensor, options: PerfOptions,
 
 def write_perf(df: pd.DataFrame, out: Path) -> Path:
     """Write the rows atomically as ``out/perf-<run_id>.parquet``."""
-    from leaderboards.store import _atomic_write
+    from leaderboards.store import atomic_write
 
     table = pa.Table.from_pandas(df, schema=PERF_SCHEMA, preserve_index=False)
     path = Path(out) / f"perf-{df['run_id'].iloc[0]}.parquet"
-    _atomic_write(table, path)
+    atomic_write(table, path)
     return path
 
 

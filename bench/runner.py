@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import bench
-from attacks import ATTACKS, AttackResult, ThreatModel
-from attacks.norms import Norm, norm_of
-from bench.checkpoints import CheckpointCache
+from attacks import ThreatModel
 from bench.config import Cell, SweepConfig, target_kind
-from bench.datasets import Dataset, Split, load_dataset
-from bench.errors import AttackContractError, BadInput
-from bench.fastpath import Tuned, tune
-from bench.measure import (
+from bench.core.attack import FitData
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import Dataset, Split, load_dataset
+from bench.core.errors import AttackContractError, BadInput
+from bench.core.fastpath import tune
+from bench.core.measure import (
     autocast,
     device_name,
     floor_fraction,
@@ -38,14 +35,15 @@ from bench.measure import (
     measure,
     resolve_device,
 )
-from bench.models import MODELS
-from bench.target import Target
-from bench.training import check_compatible, make_target, trained_classifier
+from bench.core.models import MODELS
+from bench.core.norms import Norm, norm_of
+from bench.core.target import Target
+from bench.core.training import check_compatible, make_target, trained_classifier
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
 from generative.models import GANS
 from generative.training import GAN, build_gan, trained_gan
-from leaderboards.schema import SCHEMA_VERSION
+from leaderboards.schema import SummaryRow
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ class RunReport:
     run_id: str
     cells: int
     skipped: int
-    written: list[dict[str, Any]] = field(default_factory=list)
+    written: list[SummaryRow] = field(default_factory=list)
     busy: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -154,18 +152,19 @@ def discriminator_fit_data(gan: GAN, train: Split, seed: int, direction: str,
 def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
                         bounds: tuple[float, float]) -> None:
     """Raise :class:`AttackContractError` unless ``x_adv`` is inside the bounds and eps ball."""
+    name = cell.attack_name
     if x_adv.shape != x.shape or x_adv.dtype != x.dtype or x_adv.device != x.device:
         raise AttackContractError(
-            f"{cell.attack}: x_adv is {tuple(x_adv.shape)} {x_adv.dtype} on {x_adv.device}, "
+            f"{name}: x_adv is {tuple(x_adv.shape)} {x_adv.dtype} on {x_adv.device}, "
             f"expected {tuple(x.shape)} {x.dtype} on {x.device}"
         )
     if not bool(torch.isfinite(x_adv).all()):
-        raise AttackContractError(f"{cell.attack}: x_adv holds NaN or infinite values")
+        raise AttackContractError(f"{name}: x_adv holds NaN or infinite values")
     lo, hi = bounds
     tol = 1e-6 * (hi - lo)
     if float(x_adv.min()) < lo - tol or float(x_adv.max()) > hi + tol:
         raise AttackContractError(
-            f"{cell.attack}: x_adv leaves the bounds [{lo:g}, {hi:g}] "
+            f"{name}: x_adv leaves the bounds [{lo:g}, {hi:g}] "
             f"(min {float(x_adv.min()):g}, max {float(x_adv.max()):g})"
         )
     eps = cell.threat_model.eps
@@ -177,7 +176,7 @@ def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
     worst = float(dist.max()) if dist.numel() else 0.0
     if worst > limit:
         raise AttackContractError(
-            f"{cell.attack}: a perturbation has {norm.value} norm {worst:.6g} > eps {eps:g}"
+            f"{name}: a perturbation has {norm.value} norm {worst:.6g} > eps {eps:g}"
         )
 
 
@@ -200,61 +199,37 @@ class AttackRun:
 
 @dataclass
 class CellResult:
-    summary: dict[str, Any]
+    summary: SummaryRow
     samples: dict[str, Any]
     artifacts: dict[str, torch.Tensor]
 
 
-def attack_samples(cell: Cell, params: Any, attacked: Target, data: EvalData, *,
-                   device: torch.device, batch_size: int,
-                   fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   progress: bool = False) -> AttackRun:
-    """Run the cell's attack (with its parsed ``params``) on ``attacked`` over ``data``,
-    ``batch_size`` images at a time, timed on the device.
+@dataclass(frozen=True)
+class AttackedModel:
+    """The model a cell's attack is crafted on, prepared once per sweep and precision: the
+    plain model (its floor is the row's reference), the copy on the chosen fast path with its
+    batch size, and the floor (:func:`bench.core.measure.floors`)."""
 
-    Attacks that fit on training data (UAP) see the whole evaluated set in one call, so that
-    their one perturbation is fitted once. Streaming attacks (``spec.streams``: FGSM, BIM, PGD)
-    also get the whole set in one call and keep ``batch_size`` rows busy, refilling the rows
-    early stop frees. A CUDA out-of-memory error halves the batch size and retries.
-    """
-    spec = ATTACKS.get(cell.attack)
-    if spec.needs_fit_data and fit_data is None:
-        raise BadInput(f"attack {spec.name!r} fits on a training split; the sweep has none")
-    extra: dict[str, Any] = {"fit_data": fit_data} if spec.needs_fit_data else {}
+    plain: Target
+    fast: Target
+    fast_path: str
+    batch_size: int
+    floor: dict[tuple[str, str], float] | None = None
+
+
+def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
+                   batch_size: int, fit_data: FitData | None = None,
+                   progress: bool = False) -> AttackRun:
+    """Run the cell's attack on ``attacked`` over ``data`` at the cell's precision, timed on the
+    device (batching, streaming and the out-of-memory back-off are the attack entry point's)."""
+    if cell.attack.spec.needs_fit_data and fit_data is None:
+        raise BadInput(f"attack {cell.attack_name!r} fits on a training split; the sweep has none")
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    n, rows = data.x.shape[0], batch_size
-    whole = spec.needs_fit_data or spec.streams
-    results: list[AttackResult] = []
-    with measure(device) as timing, attacked.evaluating(), autocast(device, cell.precision):
-        start = 0
-        bar = tqdm(total=n, disable=not progress, leave=False, unit="img",
-                   desc=f"{cell.attack}@{cell.threat_model.eps_display}")
-        while start < n:
-            chunk = n if whole else rows
-            try:
-                results.append(spec.fn(attacked, data.x[start:start + chunk],
-                                       data.y[start:start + chunk], eps=cell.threat_model.eps,
-                                       norm=cell.threat_model.norm, generator=generator,
-                                       params=params, **extra,
-                                       **({"batch_size": rows} if spec.streams else {})))
-            except torch.cuda.OutOfMemoryError:
-                if rows == 1 or spec.needs_fit_data:
-                    raise
-                rows = max(1, rows // 2)  # back off instead of crashing; retry this chunk
-                log.warning("CUDA out of memory in %s; retrying with batch size %d",
-                            cell.attack, rows)
-                if spec.streams:  # the whole cell starts over, from the same random state
-                    generator = torch.Generator(device=device).manual_seed(cell.seed)
-                torch.cuda.empty_cache()
-                continue
-            bar.update(min(chunk, n - start))
-            start += chunk
-        bar.close()
-    targets = [r.y_target for r in results if r.y_target is not None]
-    artifacts = {k: v for r in results for k, v in r.artifacts.items()}
-    return AttackRun(torch.cat([r.x_adv for r in results]), torch.cat(targets) if targets else None,
-                     sum(r.n_forward for r in results), sum(r.n_backward for r in results),
-                     timing.wall_s, timing.peak_mem_bytes, artifacts)
+    with measure(device) as timing, autocast(device, cell.precision):
+        result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,
+                             batch_size=batch_size, progress=progress)
+    return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
+                     timing.wall_s, timing.peak_mem_bytes, result.artifacts)
 
 
 def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -265,122 +240,114 @@ def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel) -> torch
     return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
 
 
-def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, *, device: torch.device,
-             batch_size: int, run_id: str, progress: bool = False,
-             attacked: Target | None = None,
-             fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-             minimal_runs: dict[str, AttackRun] | None = None,
-             floor_of: Callable[[Target, str, torch.Tensor], dict[tuple[str, str], float]]
-             | None = None,
-             tune: Callable[[Target, str, torch.Tensor], Tuned] | None = None,
-             ) -> CellResult:
-    """Attack one cell's samples, verify, and compute its summary row and per-sample columns.
+@dataclass
+class Outcome:
+    """A cell's verified per-sample outcome on the evaluated target."""
 
-    ``attacked`` overrides the model the attack is crafted on (a transfer source); by default it
-    is the defended target (adaptive) or the undefended base (transfer). ``minimal_runs`` caches
-    minimal-perturbation runs so every eps of one curve reuses one run. ``floor_of(model,
-    precision, x)`` measures the attacked model's floor on a batch ``x`` (:func:`bench.measure.floors`) for the
-    row's floor columns. ``tune(model, precision, x)`` picks the fast path and batch size the
-    attack runs with (:func:`bench.fastpath.tune`); the floor stays the plain model's, and
-    verification always uses the plain model in fp32.
-    """
-    spec = ATTACKS.get(cell.attack)
-    params = spec.make_params(json.loads(cell.params_json))
+    adv_pred: torch.Tensor
+    success: torch.Tensor
+    adv_correct: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    l0: torch.Tensor
+
+
+def verify(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
+           batch_size: int) -> Outcome:
+    """Check the run's adversarials against the bounds and the eps ball, then judge them with a
+    fresh fp32 forward of the evaluated (defended) target: the attack's claim is not trusted."""
     evaluated = prepared.defended
-    if attacked is None:
-        attacked = prepared.defended if cell.threat == "adaptive" else prepared.base
-    tuned = tune(attacked, cell.precision, data.x) if tune else None
-    crafted_on = tuned.target if tuned else attacked
-    rows = tuned.batch_size if tuned else batch_size
-    if spec.minimal:
-        key = dataclasses.replace(cell, threat_model=ThreatModel(cell.threat_model.norm, None,
-                                                                 "min")).cell_id
-        cache = minimal_runs if minimal_runs is not None else {}
-        if key not in cache:
-            cache[key] = attack_samples(cell, params, crafted_on, data, device=device,
-                                        batch_size=rows, progress=progress)
-        run = cache[key]
-    else:
-        run = attack_samples(cell, params, crafted_on, data, device=device, batch_size=rows,
-                             fit_data=fit_data, progress=progress)
-    x_adv = within_budget(run, data.x, cell.threat_model) if spec.minimal else run.x_adv
+    x_adv = within_budget(run, data.x, cell.threat_model) if cell.attack.spec.minimal \
+        else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
     adv_pred = evaluated.predict_logits(x_adv, batch_size).argmax(1)
-    targeted = bool(getattr(params, "targeted", False))
-    if targeted:
+    if cell.attack.targeted:
         if run.y_target is None:
-            raise AttackContractError(f"{cell.attack}: a targeted run returned no y_target")
+            raise AttackContractError(f"{cell.attack_name}: a targeted run returned no y_target")
         success = adv_pred == run.y_target
     else:
         success = adv_pred != data.y
-    clean_correct = prepared.clean_correct
-    adv_correct = clean_correct & (adv_pred == data.y)
     delta = x_adv - data.x
     l2, linf, l0 = (norm_of(delta, nm) for nm in (Norm.L2, Norm.LINF, Norm.L0))
-    fooled = clean_correct & success
-    n = data.x.shape[0]
-    n_correct = int(clean_correct.sum())
-    rho = l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
-    floor = floor_of(attacked, cell.precision, data.x[:rows]) if floor_of else None
+    return Outcome(adv_pred, success, prepared.clean_correct & (adv_pred == data.y), l2, linf, l0)
+
+
+def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
+              outcome: Outcome, attacked: AttackedModel, *, device: torch.device,
+              run_id: str) -> SummaryRow:
+    """The cell's summary row."""
+    clean_correct = prepared.clean_correct
+    fooled = clean_correct & outcome.success
+    n, n_correct = data.x.shape[0], int(clean_correct.sum())
+    rho = outcome.l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
+    floor = attacked.floor
     floor_kind = "forward+backward" if run.n_backward else "forward"
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "cell_id": cell.cell_id,
-        "run_id": run_id,
-        "created_at": dt.datetime.now(dt.timezone.utc),
-        "dataset": cell.dataset,
-        "split": cell.split,
-        "n_samples": n,
-        "target_kind": evaluated.kind,
-        "direction": cell.direction or None,
-        "model": cell.model,
-        "defense": cell.defense,
-        "defense_params": cell.defense_params or None,
-        "threat": cell.threat,
-        "source_model": cell.source or None,
-        "attack": cell.attack,
-        "attack_params": cell.params_json,
-        "targeted": targeted,
-        "norm": cell.threat_model.norm.value,
-        "eps": cell.threat_model.eps,
-        "eps_display": cell.threat_model.eps_display,
-        "seed": cell.seed,
-        "precision": cell.precision,
-        "batch_size": rows,
-        "fast_path": tuned.path.name if tuned else "eager",
-        "clean_acc": n_correct / n,
-        "robust_acc": int(adv_correct.sum()) / n,
-        "success_rate": int(fooled.sum()) / n_correct if n_correct else None,
-        "fooling_rate": int((adv_pred != prepared.clean_pred).sum()) / n,
-        "median_l2": _median(l2[fooled]),
-        "median_linf": _median(linf[fooled]),
-        "mean_l0": float(l0[fooled].mean()) if bool(fooled.any()) else None,
-        "rho_adv": float(rho.mean()) if rho.numel() else None,
-        "n_forward": run.n_forward,
-        "n_backward": run.n_backward,
-        "wall_s": run.wall_s,
-        "img_per_s": n / max(run.wall_s, 1e-9),
-        "floor_img_per_s": floor[(floor_kind, cell.precision)] if floor else None,
-        "floor_fraction": floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
-                                         cell.precision) if floor else None,
-        "peak_mem_bytes": run.peak_mem_bytes,
-        "device": device_name(device),
-        "torch_version": torch.__version__,
-        "advbench_version": bench.__version__,
-        "git_sha": git_sha(),
-    }
-    samples = {
+    return SummaryRow(
+        cell_id=cell.cell_id, run_id=run_id, created_at=dt.datetime.now(dt.timezone.utc),
+        dataset=cell.dataset, split=cell.split, n_samples=n,
+        target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
+        defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
+        source_model=cell.source or None, attack=cell.attack_name,
+        attack_params=cell.params_json, black_box=cell.attack.spec.black_box,
+        targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
+        eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
+        precision=cell.precision, batch_size=attacked.batch_size, fast_path=attacked.fast_path,
+        clean_acc=n_correct / n, robust_acc=int(outcome.adv_correct.sum()) / n,
+        success_rate=int(fooled.sum()) / n_correct if n_correct else None,
+        fooling_rate=int((outcome.adv_pred != prepared.clean_pred).sum()) / n,
+        median_l2=_median(outcome.l2[fooled]), median_linf=_median(outcome.linf[fooled]),
+        mean_l0=float(outcome.l0[fooled].mean()) if bool(fooled.any()) else None,
+        rho_adv=float(rho.mean()) if rho.numel() else None,
+        n_forward=run.n_forward, n_backward=run.n_backward, wall_s=run.wall_s,
+        img_per_s=n / max(run.wall_s, 1e-9),
+        floor_img_per_s=floor[(floor_kind, cell.precision)] if floor else None,
+        floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
+                                      cell.precision) if floor else None,
+        peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
+        torch_version=torch.__version__, advbench_version=bench.__version__, git_sha=git_sha(),
+    )
+
+
+def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
+                   outcome: Outcome) -> dict[str, Any]:
+    """The cell's per-sample columns (one per :class:`leaderboards.schema.SampleRow` field)."""
+    n = data.x.shape[0]
+    return {
         "cell_id": [cell.cell_id] * n,
         "sample_idx": data.idx.numpy().astype(np.int64),
         "label": data.y.cpu().numpy().astype(np.int64),
-        "clean_correct": clean_correct.cpu().numpy(),
-        "adv_correct": adv_correct.cpu().numpy(),
-        "success": success.cpu().numpy(),
-        "l2": l2.cpu().numpy().astype(np.float32),
-        "linf": linf.cpu().numpy().astype(np.float32),
-        "l0": l0.cpu().numpy().astype(np.float32),
+        "clean_correct": prepared.clean_correct.cpu().numpy(),
+        "adv_correct": outcome.adv_correct.cpu().numpy(),
+        "success": outcome.success.cpu().numpy(),
+        "l2": outcome.l2.cpu().numpy().astype(np.float32),
+        "linf": outcome.linf.cpu().numpy().astype(np.float32),
+        "l0": outcome.l0.cpu().numpy().astype(np.float32),
     }
-    return CellResult(summary, samples, run.artifacts)
+
+
+def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: AttackedModel, *,
+             device: torch.device, run_id: str, progress: bool = False,
+             fit_data: FitData | None = None,
+             minimal_runs: dict[str, AttackRun] | None = None) -> CellResult:
+    """Attack one cell's samples on the prepared ``attacked`` model, verify, summarise.
+
+    ``minimal_runs`` caches minimal-perturbation runs so every eps of one curve reuses one run.
+    """
+    if cell.attack.spec.minimal:
+        cache = minimal_runs if minimal_runs is not None else {}
+        key = dataclasses.replace(cell, attack=cell.attack.at(None)).cell_id
+        if key not in cache:
+            cache[key] = attack_samples(cell, attacked.fast, data, device=device,
+                                        batch_size=attacked.batch_size, progress=progress)
+        run = cache[key]
+    else:
+        run = attack_samples(cell, attacked.fast, data, device=device,
+                             batch_size=attacked.batch_size, fit_data=fit_data,
+                             progress=progress)
+    outcome = verify(cell, prepared, data, run, attacked.batch_size)
+    return CellResult(
+        summarise(cell, prepared, data, run, outcome, attacked, device=device, run_id=run_id),
+        sample_columns(cell, prepared, data, outcome), run.artifacts)
 
 
 def check_sweep(config: SweepConfig) -> None:
@@ -423,12 +390,22 @@ def check_sweep(config: SweepConfig) -> None:
                 threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
 
 
+def _attacked_key(cell: Cell) -> tuple[Any, ...]:
+    """Which model a cell's attack is crafted on: a transfer source, or the target's defended
+    (adaptive) or undefended (transfer) model; each is prepared once per precision."""
+    if cell.source:
+        return ("source", cell.train_dataset, cell.source, cell.seed, cell.precision)
+    role = "defended" if cell.threat == "adaptive" else "base"
+    return (role, *_target_key(cell), cell.precision)
+
+
 class Worker:
     """Prepares targets and runs cells on one device; keeps trained models, GANs, fitted
-    defenses and evaluated data across the cells it is given.
+    defenses, evaluated data and prepared attacked models across the cells it is given.
 
-    :meth:`prepare` trains or loads every target and transfer source and runs the clean passes,
-    so that bad models fail before anything is written; :meth:`run` attacks.
+    :meth:`prepare` trains or loads every target and transfer source, runs the clean passes and
+    prepares every attacked model (fast path, batch size, floor), so that bad models fail before
+    anything is written and a cell is only attack → verify → summarise (:meth:`run_one`).
     """
 
     def __init__(self, config: SweepConfig, options: RunOptions, run_id: str) -> None:
@@ -441,28 +418,19 @@ class Worker:
         self.data: dict[tuple[str | int, ...], EvalData] = {}
         self.models: dict[tuple[str, str, int], Target] = {}
         self.gans: dict[tuple[str, str, int], GAN] = {}
-        self.fit_sets: dict[tuple[str | int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fit_sets: dict[tuple[str | int, ...], FitData] = {}
         self.minimal_runs: dict[str, AttackRun] = {}
-        self.floors: dict[tuple[int, str], dict[tuple[str, str], float]] = {}
-        self.tuned: dict[tuple[int, str], Tuned] = {}
+        self.attacked: dict[tuple[Any, ...], AttackedModel] = {}
 
-    def floor(self, model: Target, precision: str, x: torch.Tensor
-              ) -> dict[tuple[str, str], float]:
-        """``model``'s floor at ``precision``, measured once per model on a batch ``x`` of
-        evaluated images (a short warm-up: it is a per-row reference, not a benchmark)."""
-        key = (id(model), precision)
-        if key not in self.floors:
-            with model.evaluating():
-                self.floors[key] = floors(model, x, (precision,), repeats=1, warmup=2,
-                                          min_repeats=5)
-        return self.floors[key]
-
-    def tune(self, model: Target, precision: str, x: torch.Tensor) -> Tuned:
-        """``model``'s fast path and batch size at ``precision``, chosen once per model."""
-        key = (id(model), precision)
-        if key not in self.tuned:
-            self.tuned[key] = tune(model, x, precision, self.config.fast, cap=x.shape[0])
-        return self.tuned[key]
+    def prepare_attacked(self, model: Target, precision: str, x: torch.Tensor) -> AttackedModel:
+        """``model``'s fast path and batch size at ``precision`` (:func:`bench.core.fastpath.tune`)
+        and its floor, measured on a batch of evaluated images ``x`` (a short warm-up: it is a
+        per-row reference, not a benchmark)."""
+        tuned = tune(model, x, precision, self.config.fast, cap=x.shape[0])
+        with model.evaluating():
+            floor = floors(model, x[:tuned.batch_size], (precision,), repeats=1, warmup=2,
+                           min_repeats=5)
+        return AttackedModel(model, tuned.target, tuned.path.name, tuned.batch_size, floor)
 
     def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
         """A trained zoo classifier, or a trained GAN's discriminator."""
@@ -480,35 +448,46 @@ class Worker:
                     cache=self.cache, progress=progress)
         return self.models[key]
 
-    def prepare(self, cells: list[Cell]) -> None:
-        for cell in cells:
-            key = _target_key(cell)
-            if cell.source:
-                self.zoo_model(cell.train_dataset, cell.source, cell.seed)
-            if key in self.prepared:
-                continue
+    def eval_data(self, cell: Cell) -> EvalData:
+        key = _data_key(cell)
+        if key not in self.data:
+            dataset = load_dataset(cell.dataset)
+            self.data[key] = discriminator_data(
+                self.gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
+                cell.n_eval, cell.seed, cell.direction, self.device,
+            ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval, self.device)
+        return self.data[key]
+
+    def prepare_target(self, cell: Cell) -> PreparedTarget:
+        """The cell's undefended and defended target and the defended target's clean pass."""
+        key = _target_key(cell)
+        if key not in self.prepared:
             base = self.zoo_model(cell.train_dataset, cell.model, cell.seed)
-            data_key = _data_key(cell)
-            if data_key not in self.data:
-                dataset = load_dataset(cell.dataset)
-                self.data[data_key] = discriminator_data(
-                    self.gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
-                    cell.n_eval, cell.seed, cell.direction, self.device,
-                ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval,
-                                                     self.device)
-            cell_data = self.data[data_key]
+            data = self.eval_data(cell)
             defense = self.config.defense(cell.defense)
             defended = fitted_defense(
                 DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
                 defense.params, seed=cell.seed, cache=self.cache, progress=self.options.progress)
-            clean = defended.predict_logits(cell_data.x, self.config.batch_size).argmax(1)
-            self.prepared[key] = PreparedTarget(base, defended, clean, cell_data.y)
+            clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
+            self.prepared[key] = PreparedTarget(base, defended, clean, data.y)
+        return self.prepared[key]
 
-    def fit_data(self, cell: Cell) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not ATTACKS.get(cell.attack).needs_fit_data:
+    def prepare(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            prepared = self.prepare_target(cell)
+            key = _attacked_key(cell)
+            if key not in self.attacked:
+                model = (self.zoo_model(cell.train_dataset, cell.source, cell.seed)
+                         if cell.source else
+                         prepared.defended if cell.threat == "adaptive" else prepared.base)
+                self.attacked[key] = self.prepare_attacked(model, cell.precision,
+                                                           self.eval_data(cell).x)
+
+    def fit_data(self, cell: Cell) -> FitData | None:
+        if not cell.attack.spec.needs_fit_data:
             return None
-        key = (cell.train_dataset,) + ((cell.model, cell.seed, cell.direction)
-                                       if cell.direction else ())
+        key: tuple[str | int, ...] = (cell.train_dataset,) + (
+            (cell.model, cell.seed, cell.direction) if cell.direction else ())
         if key not in self.fit_sets:
             train = load_dataset(cell.train_dataset).split("train")
             self.fit_sets[key] = discriminator_fit_data(
@@ -521,15 +500,12 @@ class Worker:
         """Attack one prepared cell (:meth:`prepare` must have seen it)."""
         result = run_cell(
             cell, self.prepared[_target_key(cell)], self.data[_data_key(cell)],
-            device=self.device, batch_size=self.config.batch_size, run_id=self.run_id,
-            progress=self.options.progress,
-            attacked=self.zoo_model(cell.train_dataset, cell.source, cell.seed)
-            if cell.source else None,
-            fit_data=self.fit_data(cell), minimal_runs=self.minimal_runs, floor_of=self.floor,
-            tune=self.tune)
+            self.attacked[_attacked_key(cell)], device=self.device, run_id=self.run_id,
+            progress=self.options.progress, fit_data=self.fit_data(cell),
+            minimal_runs=self.minimal_runs)
         result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
-        log.info("%s %s@%s robust_acc=%.4f", cell.attack, cell.threat_model.norm.value,
-                 cell.threat_model.eps_display, result.summary["robust_acc"])
+        log.info("%s %s@%s robust_acc=%.4f", cell.attack_name, cell.threat_model.norm.value,
+                 cell.threat_model.eps_display, result.summary.robust_acc)
         return result
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from attacks import ATTACKS
 from bench.config import Cell, SweepConfig, expand_cells
-from bench.datasets import load_dataset
-from bench.errors import BadInput
+from bench.core.datasets import load_dataset
+from bench.core.errors import BadInput
 from bench.runner import RunOptions, RunReport, check_sweep
 from leaderboards.store import ResultStore
 
@@ -73,10 +71,10 @@ def plan_sweep(config: SweepConfig, options: RunOptions) -> Plan:
 def estimated_calls(cell: Cell) -> tuple[int, int] | None:
     """Upper bound on the cell's (forward, backward) per-image model calls; a minimal attack's
     eps cells reuse its one run (0, 0)."""
-    spec = ATTACKS.get(cell.attack)
+    spec = cell.attack.spec
     if spec.minimal and cell.threat_model.eps is not None:
         return (0, 0)
-    params = spec.make_params(json.loads(cell.params_json))
+    params = cell.attack.params
     num_classes = 2 if cell.direction else load_dataset(cell.dataset).num_classes
     n_fit = len(load_dataset(cell.train_dataset).split("train")) if spec.needs_fit_data else 0
     return spec.max_calls(params, cell.n_eval, num_classes, n_fit)
@@ -91,7 +89,7 @@ def dry_run_table(plan: Plan) -> pd.DataFrame:
             "status": "stored" if cell.cell_id in plan.stored else "todo",
             "cell_id": cell.cell_id[:10], "dataset": cell.dataset, "model": cell.model,
             "defense": cell.defense, "threat": cell.threat, "direction": cell.direction,
-            "attack": cell.attack + (f" (from {cell.source})" if cell.source else ""),
+            "attack": cell.attack_name + (f" (from {cell.source})" if cell.source else ""),
             "norm": cell.threat_model.norm.value, "eps": cell.threat_model.eps_display,
             "seed": cell.seed, "n": cell.n_eval,
             "forward": calls[0] if calls else None, "backward": calls[1] if calls else None,
@@ -147,7 +145,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
                 store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
                 report.written.append(outcome.summary)
             store.release(cell.cell_id)
-            bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack} "
+            bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
                                 f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
             bar.update(1)
         bar.close()

@@ -23,16 +23,13 @@ from typing import Any
 
 import torch
 
-from attacks import ATTACKS
-from attacks.base import AttackSpec, ThreatModel, check_threat
-from attacks.gradient import IterativeParams
-from attacks.norms import Norm
-from bench.datasets import Split
-from bench.errors import BadInput
-from bench.models import TrainRecipe
-from bench.target import Target
-from bench.training import SCHEDULES, fit
-from defenses import register_defense, require_classifier
+from attacks import ATTACKS, Attack, ThreatModel
+from bench.core.datasets import Split
+from bench.core.errors import BadInput
+from bench.core.models import TrainRecipe
+from bench.core.target import Target
+from bench.core.training import SCHEDULES, fit
+from defenses.base import register_defense, require_classifier
 
 
 @dataclass(frozen=True)
@@ -93,21 +90,25 @@ class AdvTrainParams:
             raise BadInput(f"guard_drop must lie in (0, 1], got {self.guard_drop}")
         self.inner_attack(self.eps)  # validates attack, norm and attack_params
 
-    def inner_attack(self, eps: float) -> tuple[AttackSpec, Any, ThreatModel]:
-        """The inner attack's spec, its params at budget ``eps``, and the threat model."""
+    def inner_attack(self, eps: float) -> Attack:
+        """The inner attack at budget ``eps``, its params parsed."""
         spec = ATTACKS.get(self.attack)
         if spec.minimal or spec.needs_fit_data:
             raise BadInput(f"attack {spec.name!r} cannot be the inner attack of adversarial "
                            f"training (it needs an eps budget and no training data)")
-        threat = ThreatModel.parse(self.norm, eps)
-        check_threat(spec, threat)
         params = dict(self.attack_params)
         if self.step_rel is not None:
             if "step_size" not in {f.name for f in dataclasses.fields(spec.params_cls)}:
                 raise BadInput(f"step_rel needs an inner attack with a step_size; "
                                f"{spec.name!r} has none")
             params["step_size"] = self.step_rel * eps
-        return spec, spec.make_params(params), threat
+        return Attack.create(spec, norm=self.norm, eps=eps, params=params)
+
+    def monitor_attack(self) -> Attack:
+        """PGD of the per-epoch curve: ``monitor_steps`` steps of 2.5·eps/steps, random start."""
+        return Attack.create("pgd", norm=self.norm, eps=self.eps, params={
+            "steps": self.monitor_steps, "step_size": 2.5 * self.eps / self.monitor_steps,
+            "random_start": True})
 
     @property
     def warmup_epochs(self) -> int:
@@ -153,20 +154,13 @@ def build_adversarially_trained(base: Target, params: AdvTrainParams) -> Target:
     return defended
 
 
-def robust_accuracy(target: Target, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
-                    steps: int, generator: torch.Generator, batch_size: int = 500
-                    ) -> tuple[float, float]:
-    """(clean accuracy, PGD robust accuracy) of ``target`` on ``(x, y)``."""
-    pgd = ATTACKS.get("pgd")
-    params = IterativeParams(steps=steps, step_size=2.5 * eps / steps, random_start=True)
-    clean = robust = 0
-    with target.evaluating():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            ok = target.predict_logits(xb).argmax(1) == yb
-            adv = pgd.fn(target, xb, yb, eps=eps, norm=norm, generator=generator, params=params)
-            robust += int((ok & (target.predict_logits(adv.x_adv).argmax(1) == yb)).sum())
-            clean += int(ok.sum())
-    return clean / len(y), robust / len(y)
+def robust_accuracy(target: Target, x: torch.Tensor, y: torch.Tensor, attack: Attack,
+                    generator: torch.Generator, batch_size: int = 500) -> tuple[float, float]:
+    """(clean accuracy, robust accuracy under ``attack``) of ``target`` on ``(x, y)``."""
+    clean = target.predict_logits(x).argmax(1) == y
+    x_adv = attack(target, x, y, generator=generator, batch_size=batch_size).x_adv
+    robust = clean & (target.predict_logits(x_adv).argmax(1) == y)
+    return int(clean.sum()) / len(y), int(robust.sum()) / len(y)
 
 
 def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
@@ -175,7 +169,8 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
     device = base.device
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     target = build_adversarially_trained(base, params)
-    norm = Norm.parse(params.norm)
+    monitor_attack = params.monitor_attack()
+    inner: dict[float, Attack] = {}  # the inner attack at each budget, parsed once
     if params.monitor_samples >= len(train):
         raise BadInput(f"monitor_samples = {params.monitor_samples} leaves no training data in a "
                        f"train split of {len(train)}")
@@ -193,18 +188,17 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
 
     def perturb(x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         eps = eps_at(epoch)
-        spec, attack_params, _ = params.inner_attack(eps)
+        if eps not in inner:
+            inner[eps] = params.inner_attack(eps)
         n_clean = int(round(params.clean_fraction * x.shape[0]))
-        with target.evaluating():
-            adv = spec.fn(target, x[n_clean:], y[n_clean:], eps=eps, norm=norm,
-                          generator=attack_gen, params=attack_params)
+        adv = inner[eps](target, x[n_clean:], y[n_clean:], generator=attack_gen)
         return torch.cat([x[:n_clean], adv.x_adv.detach()]), y
 
     best: dict[str, Any] = {"robust": -1.0, "epoch": 0, "state": None}
 
     def epoch_end(epoch: int, stats: dict[str, float]) -> bool:
         clean, robust = robust_accuracy(
-            target, monitor_x, monitor_y, params.eps, norm, params.monitor_steps,
+            target, monitor_x, monitor_y, monitor_attack,
             torch.Generator(device=device).manual_seed(monitor_seed))
         stats.update(eps=eps_at(epoch), monitor_clean_acc=clean, monitor_robust_acc=robust)
         warm = epoch >= params.warmup_epochs
@@ -222,14 +216,15 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
     collapsed = bool(history and history[-1].get("collapsed"))
     if collapsed and best["state"] is not None:
         target.load_state_dict(best["state"])
-    kept = history[best["epoch"] - 1] if collapsed and best["state"] is not None else history[-1]
+    kept_stats = (history[best["epoch"] - 1] if collapsed and best["state"] is not None
+                  else history[-1])
     target.name = f"{base.name}+advtrain"
     target.card = {
         "history": history,
         "collapsed_at_epoch": history[-1]["epoch"] if collapsed else None,
-        "kept_epoch": kept["epoch"],
-        "metrics": {"monitor_clean_acc": kept["monitor_clean_acc"],
-                    "monitor_robust_acc": kept["monitor_robust_acc"]},
+        "kept_epoch": kept_stats["epoch"],
+        "metrics": {"monitor_clean_acc": kept_stats["monitor_clean_acc"],
+                    "monitor_robust_acc": kept_stats["monitor_robust_acc"]},
     }
     return target
 

@@ -18,22 +18,22 @@ through denoiser and classifier together: sweep it with ``threats = ["adaptive",
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import ATTACKS
-from attacks.base import ThreatModel, check_threat
-from bench.datasets import Split
-from bench.errors import BadInput
-from bench.models import TrainRecipe
-from bench.target import Target
-from bench.training import SCHEDULES, fit
-from defenses import register_defense, require_classifier
+from attacks import ATTACKS, Attack, ThreatModel
+from bench.core.datasets import Split
+from bench.core.errors import BadInput
+from bench.core.models import TrainRecipe
+from bench.core.target import Target
+from bench.core.training import SCHEDULES, fit
+from defenses.base import register_defense, require_classifier
 
 LOSSES = ("pixel", "feature", "logit", "class")
 
@@ -82,17 +82,20 @@ class HGDParams:
             raise BadInput(f"clean_fraction must lie in [0, 1), got {self.clean_fraction}")
         if self.schedule not in SCHEDULES:
             raise BadInput(f"schedule must be one of {', '.join(SCHEDULES)}")
-        for name in self.attacks:
-            self.attack_params(name)
-            check_threat(ATTACKS.get(name), ThreatModel.parse(self.norm, self.eps_max))
+        self.inner_attacks()  # validates the attacks, the norm and eps_max
 
-    def attack_params(self, name: str) -> Any:
-        spec = ATTACKS.get(name)
-        if spec.minimal or spec.needs_fit_data:
-            raise BadInput(f"attack {name!r} cannot make HGD training pairs (it needs an eps "
-                           f"budget and no training data)")
-        fields = spec.params_cls.__dataclass_fields__
-        return spec.make_params({"steps": self.attack_steps} if "steps" in fields else {})
+    def inner_attacks(self) -> tuple[Attack, ...]:
+        """The attacks making the training pairs, at budget ``eps_max``, params parsed."""
+        out = []
+        for name in self.attacks:
+            spec = ATTACKS.get(name)
+            if spec.minimal or spec.needs_fit_data:
+                raise BadInput(f"attack {name!r} cannot make HGD training pairs (it needs an "
+                               f"eps budget and no training data)")
+            fields = {f.name for f in dataclasses.fields(spec.params_cls)}
+            out.append(Attack.create(spec, norm=self.norm, eps=self.eps_max, params=(
+                {"steps": self.attack_steps} if "steps" in fields else {})))
+        return tuple(out)
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -119,7 +122,7 @@ class DUNet(nn.Module):
                                 for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], channels, 1)
         nn.init.zeros_(self.head.weight)  # starts as the identity: dx = 0
-        nn.init.zeros_(self.head.bias)
+        nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]  # a Conv2d with bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x * 2 - 1)
@@ -217,7 +220,7 @@ def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Gene
     device = base.device
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     defended = build_hgd(base, params)
-    denoiser = defended.model.denoiser
+    denoiser = typing.cast(DenoisedClassifier, defended.model).denoiser
     grad_flags = [(p, p.requires_grad) for p in base.parameters()]
     for p in base.parameters():
         p.requires_grad_(False)
@@ -226,17 +229,15 @@ def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Gene
     guided = _guided_loss(base, params)
     pending: list[torch.Tensor] = []  # the clean batch of the pair being trained on
     batch_no = [0]
+    attacks = params.inner_attacks()
 
     def perturb(x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        name = params.attacks[batch_no[0] % len(params.attacks)]
+        attack = attacks[batch_no[0] % len(attacks)]
         batch_no[0] += 1
         u = float(torch.rand((), generator=eps_gen))
         eps = params.eps_min + (params.eps_max - params.eps_min) * u
         n_clean = int(round(params.clean_fraction * x.shape[0]))
-        with base.evaluating():
-            adv = ATTACKS.get(name).fn(base, x[n_clean:], y[n_clean:], eps=eps,
-                                       norm=ThreatModel.parse(params.norm, eps).norm,
-                                       generator=attack_gen, params=params.attack_params(name))
+        adv = attack.at(eps)(base, x[n_clean:], y[n_clean:], generator=attack_gen)
         pending.append(x)
         return torch.cat([x[:n_clean], adv.x_adv.detach()]), y
 

@@ -22,13 +22,11 @@ from typing import Any
 
 import torch
 
-from attacks import ATTACKS
-from attacks.gradient import IterativeParams
-from attacks.norms import Norm
-from bench.datasets import Split
-from bench.errors import BadInput
-from bench.target import Target
-from defenses import register_defense
+from attacks import Attack
+from bench.core.datasets import Split
+from bench.core.errors import BadInput
+from bench.core.target import Target
+from defenses.base import register_defense
 from generative.discriminator import FAKE, REAL, discriminator_target
 from generative.models import GANS, Discriminator, GANRecipe
 from generative.training import train_gan
@@ -89,18 +87,16 @@ def robgan(base: Target, train: Split, params: RobGANParams, generator: torch.Ge
         recipe = dataclasses.replace(recipe, epochs=params.epochs)
     device = base.device
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    pgd = ATTACKS.get("pgd")
-    pgd_params = IterativeParams(steps=params.steps, step_size=params.step_rel * params.eps
-                                 / params.steps, random_start=True, early_stop=False)
+    pgd = Attack.create("pgd", norm="linf", eps=params.eps, params={
+        "steps": params.steps, "step_size": params.step_rel * params.eps / params.steps,
+        "random_start": True, "early_stop": False})
     attack_rng = torch.Generator(device=device).manual_seed(seed)
 
     def perturb(d: Target, real: torch.Tensor, fake: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         def attacked(x: torch.Tensor, label: int) -> torch.Tensor:
             y = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
-            with d.evaluating():
-                return pgd.fn(d, x, y, eps=params.eps, norm=Norm.LINF, generator=attack_rng,
-                              params=pgd_params).x_adv.detach()
+            return pgd(d, x, y, generator=attack_rng).x_adv.detach()
         return attacked(real, REAL), attacked(fake, FAKE) if params.attack_fake else fake
 
     gan = train_gan(GANS.get(name), train, seed=seed, device=device, recipe=recipe,

@@ -1,6 +1,6 @@
 """The discriminator as an attack target, and the data it is evaluated on.
 
-A discriminator returns one logit ``d`` per image (high = real). As a :class:`~bench.target.Target`
+A discriminator returns one logit ``d`` per image (high = real). As a :class:`~bench.core.target.Target`
 of kind ``discriminator`` it is exposed as the two logits ``[0, d]`` over advbench's [0, 1] pixel
 space (the GAN's [-1, 1] mapping, mean = std = 0.5, lives inside the target), so class 1 = real,
 class 0 = fake and every registered attack runs on it unchanged.
@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import BadInput, ModelOutputError
-from bench.target import Target
+from bench.core.errors import BadInput, ModelOutputError
+from bench.core.target import Target
 
 Direction = Literal["real->fake", "fake->real"]
 DIRECTIONS: tuple[Direction, ...] = ("real->fake", "fake->real")

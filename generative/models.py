@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from bench.errors import BadInput
-from bench.registry import Registry
+from bench.core.errors import BadInput
+from bench.core.registry import Registry
 
 
 def layout(input_shape: Sequence[int]) -> tuple[int, int]:

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bench.checkpoints import CheckpointCache, config_hash
-from bench.datasets import Dataset, Split
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.checkpoints import CheckpointCache, load_or_fit
+from bench.core.datasets import Dataset, Split
+from bench.core.errors import BadInput
+from bench.core.target import Target
 from generative.discriminator import (
     FAKE,
     REAL,
@@ -249,32 +249,30 @@ def trained_gan(name: str, dataset: Dataset, *, seed: int, device: torch.device,
         "seed": seed,
         "code_version": GAN_CODE_VERSION,
     }
-    key = config_hash(config)
-    hit = cache.load("gans", key)
-    if hit is not None:
-        state, card = hit
+
+    def restore(weights: dict[str, torch.Tensor]) -> GAN:
         gan = build_gan(spec, dataset.input_shape, recipe, device)
-        gan.load_state_dict(state)
+        gan.load_state_dict(weights)
         gan.generator.eval()
         gan.discriminator.eval()
-        gan.card = card
-        log.info("loaded %s from %s", spec.name, cache.entry("gans", key))
         return gan
-    log.info("training %s on %s (cache key %s)", spec.name, dataset.name, key)
-    start = time.perf_counter()
-    gan = train_gan(spec, train, seed=seed, device=device, recipe=recipe, progress=progress)
-    test = dataset.test.x[:1000].to(device)
-    gan.card = {
-        "architecture": spec.name,
-        "summary": spec.summary,
-        "config": config,
-        "cache_key": key,
-        "history": gan.card["history"],
-        "metrics": {**discriminator_accuracy(gan, test, eval_noise_seed(seed) + 1),
-                    "train_s": time.perf_counter() - start},
-    }
-    cache.save("gans", key, gan.state_dict(), gan.card,
-               extra_files={"samples.png": sample_grid_png(gan)})
+
+    def fit(key: str) -> tuple[GAN, dict[str, Any]]:
+        start = time.perf_counter()
+        gan = train_gan(spec, train, seed=seed, device=device, recipe=recipe, progress=progress)
+        test = dataset.test.x[:1000].to(device)
+        return gan, {
+            "architecture": spec.name, "summary": spec.summary, "config": config,
+            "cache_key": key, "history": gan.card["history"],
+            "metrics": {**discriminator_accuracy(gan, test, eval_noise_seed(seed) + 1),
+                        "train_s": time.perf_counter() - start},
+        }
+
+    gan, card = load_or_fit(cache, "gans", config, seed=seed, device=device, restore=restore,
+                            fit=fit, state=GAN.state_dict,
+                            extra_files=lambda g: {"samples.png": sample_grid_png(g)},
+                            what=f"{spec.name} on {dataset.name}")
+    gan.card = card
     return gan
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from leaderboards.schema import SAMPLES_SCHEMA, SCHEMA_VERSION, SUMMARY_SCHEMA
 from leaderboards.store import ResultStore, load
 from leaderboards.tables import Board, leaderboards, to_csv, to_markdown
@@ -35,7 +35,8 @@ def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
 
 def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
     """The defense comparison of a results directory (see :mod:`leaderboards.compare`)."""
-    from leaderboards.compare import compare, to_markdown as compare_markdown
+    from leaderboards.compare import compare
+    from leaderboards.compare import to_markdown as compare_markdown
 
     store = _stored(results)
     summary = store.summary()

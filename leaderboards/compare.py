@@ -22,8 +22,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from attacks import ATTACKS
-
 Z95 = 1.959963984540054
 CELL_KEYS = ["dataset", "split", "model", "direction", "attack", "attack_params", "targeted",
              "norm", "eps", "eps_display", "seed", "precision", "source_model"]
@@ -52,8 +50,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> tuple[flo
 
 
 def _is_black_box(row: pd.Series) -> bool:
-    attack = str(row["attack"])
-    return row["threat"] == "transfer" or (attack in ATTACKS and ATTACKS.get(attack).black_box)
+    """Crafted without the evaluated model's gradients: a transfer attack or a black-box one."""
+    return row["threat"] == "transfer" or bool(row["black_box"])
 
 
 def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:

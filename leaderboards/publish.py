@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from leaderboards.tables import Board, display_table, leaderboards, to_csv, to_markdown
 
 SORT_SCRIPT = """

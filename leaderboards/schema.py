@@ -1,125 +1,216 @@
 """The versioned Parquet schema of advbench results (DESIGN.md, "Results schema").
 
-Two tables: one *summary* row per cell and one *samples* row per (cell, evaluated sample), so
-that worst cases over attacks are computed per sample. Numbers are numbers: accuracies are
-floats in [0, 1], eps is a float (its display string is kept beside it).
+Two tables: one *summary* row per cell (:class:`SummaryRow`) and one *samples* row per (cell,
+evaluated sample) (:class:`SampleRow`), so that worst cases over attacks are computed per sample.
+Each table is one frozen dataclass; its Arrow schema, its validation and the defaults that
+migrate older files are derived from the fields. Numbers are numbers: accuracies are floats in
+[0, 1], eps is a float (its display string is kept beside it).
+
+Adding a column is one field (``X | None`` when older rows cannot know it) plus an entry in
+:data:`ADDED_IN`, and, when older rows *can* know it, a function in :data:`MIGRATION_VALUES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-SCHEMA_VERSION = 4
-"""v2 added ``defense_params``, v3 ``direction`` (GAN discriminators) and the floor columns, v4
-``fast_path``; older files are migrated on read (the added columns null)."""
+SCHEMA_VERSION = 5
 
-SUMMARY_SCHEMA = pa.schema([
-    pa.field("schema_version", pa.int32(), nullable=False),
-    pa.field("cell_id", pa.string(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("n_samples", pa.int64(), nullable=False),
-    pa.field("target_kind", pa.string(), nullable=False),
-    pa.field("direction", pa.string()),  # discriminators: "real->fake" | "fake->real"
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("defense", pa.string(), nullable=False),
-    pa.field("defense_params", pa.string()),
-    pa.field("threat", pa.string(), nullable=False),
-    pa.field("source_model", pa.string()),
-    pa.field("attack", pa.string(), nullable=False),
-    pa.field("attack_params", pa.string(), nullable=False),
-    pa.field("targeted", pa.bool_(), nullable=False),
-    pa.field("norm", pa.string(), nullable=False),
-    pa.field("eps", pa.float64()),
-    pa.field("eps_display", pa.string(), nullable=False),
-    pa.field("seed", pa.int64(), nullable=False),
-    pa.field("precision", pa.string(), nullable=False),
-    pa.field("batch_size", pa.int64(), nullable=False),
-    # how the attacked model ran: "eager", "channels_last", "compile", "channels_last+compile"
-    pa.field("fast_path", pa.string()),
-    pa.field("clean_acc", pa.float64(), nullable=False),
-    pa.field("robust_acc", pa.float64(), nullable=False),
-    pa.field("success_rate", pa.float64()),
-    pa.field("fooling_rate", pa.float64(), nullable=False),
-    pa.field("median_l2", pa.float64()),
-    pa.field("median_linf", pa.float64()),
-    pa.field("mean_l0", pa.float64()),
-    pa.field("rho_adv", pa.float64()),
-    pa.field("n_forward", pa.int64(), nullable=False),
-    pa.field("n_backward", pa.int64(), nullable=False),
-    pa.field("wall_s", pa.float64(), nullable=False),
-    pa.field("img_per_s", pa.float64(), nullable=False),
-    # the attacked model's forward+backward (or, for gradient-free attacks, forward) images/s
-    # at the cell's precision, and the share of it the attack's model calls reached
-    pa.field("floor_img_per_s", pa.float64()),
-    pa.field("floor_fraction", pa.float64()),
-    pa.field("peak_mem_bytes", pa.int64()),
-    pa.field("device", pa.string(), nullable=False),
-    pa.field("torch_version", pa.string(), nullable=False),
-    pa.field("advbench_version", pa.string(), nullable=False),
-    pa.field("git_sha", pa.string()),
-], metadata={"advbench_schema_version": str(SCHEMA_VERSION), "advbench_table": "summary"})
-
-SAMPLES_SCHEMA = pa.schema([
-    pa.field("cell_id", pa.string(), nullable=False),
-    pa.field("sample_idx", pa.int64(), nullable=False),
-    pa.field("label", pa.int64(), nullable=False),
-    pa.field("clean_correct", pa.bool_(), nullable=False),
-    pa.field("adv_correct", pa.bool_(), nullable=False),
-    pa.field("success", pa.bool_(), nullable=False),
-    pa.field("l2", pa.float32(), nullable=False),
-    pa.field("linf", pa.float32(), nullable=False),
-    pa.field("l0", pa.float32(), nullable=False),
-], metadata={"advbench_schema_version": str(SCHEMA_VERSION), "advbench_table": "samples"})
-
-_FRACTIONS = ("clean_acc", "robust_acc", "success_rate", "fooling_rate")
+INT32 = pa.int32()
+FLOAT32 = pa.float32()
 
 
 class SchemaError(ValueError):
     """A row does not fit the results schema (a bug in whoever built it)."""
 
 
-def summary_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Validate summary rows and build a typed Arrow table."""
-    for row in rows:
-        missing = [f.name for f in SUMMARY_SCHEMA if f.name not in row]
-        extra = sorted(set(row) - set(SUMMARY_SCHEMA.names))
-        if missing or extra:
-            raise SchemaError(f"summary row: missing {missing}, unexpected {extra}")
-        if row["schema_version"] != SCHEMA_VERSION:
-            raise SchemaError(f"summary row has schema_version {row['schema_version']}")
-        for name in _FRACTIONS:
-            value = row[name]
+@dataclass(frozen=True, kw_only=True)
+class SummaryRow:
+    """One cell's result: what was evaluated, how, and what it measured."""
+
+    schema_version: Annotated[int, INT32] = SCHEMA_VERSION
+    cell_id: str
+    run_id: str
+    created_at: dt.datetime
+    dataset: str
+    split: str
+    n_samples: int
+    target_kind: str
+    direction: str | None  # discriminators: "real->fake" | "fake->real"
+    model: str
+    defense: str
+    defense_params: str | None
+    threat: str
+    source_model: str | None
+    attack: str
+    attack_params: str
+    black_box: bool  # the attack uses model outputs only, never gradients
+    targeted: bool
+    norm: str
+    eps: float | None
+    eps_display: str
+    seed: int
+    precision: str
+    batch_size: int
+    # how the attacked model ran: "eager", "channels_last", "compile", "channels_last+compile"
+    fast_path: str | None
+    clean_acc: float
+    robust_acc: float
+    success_rate: float | None
+    fooling_rate: float
+    median_l2: float | None
+    median_linf: float | None
+    mean_l0: float | None
+    rho_adv: float | None
+    n_forward: int
+    n_backward: int
+    wall_s: float
+    img_per_s: float
+    # the attacked model's forward+backward (or, for gradient-free attacks, forward) images/s
+    # at the cell's precision, and the share of it the attack's model calls reached
+    floor_img_per_s: float | None
+    floor_fraction: float | None
+    peak_mem_bytes: int | None
+    device: str
+    torch_version: str
+    advbench_version: str
+    git_sha: str | None
+
+    def __post_init__(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise SchemaError(f"summary row has schema_version {self.schema_version}")
+        for name in ("clean_acc", "robust_acc", "success_rate", "fooling_rate"):
+            value = getattr(self, name)
             if value is not None and not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 raise SchemaError(f"{name} must be a float in [0, 1], got {value!r}")
         for name in ("n_samples", "n_forward", "n_backward"):
-            if not isinstance(row[name], int) or row[name] < 0:
-                raise SchemaError(f"{name} must be a non-negative int, got {row[name]!r}")
-        eps = row["eps"]
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise SchemaError(f"{name} must be a non-negative int, got {value!r}")
+        eps = self.eps
         if eps is not None and (not isinstance(eps, float) or math.isnan(eps) or eps < 0):
             raise SchemaError(f"eps must be a non-negative float or null, got {eps!r}")
-    return _table(rows, SUMMARY_SCHEMA)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRow:
+    """One evaluated sample of one cell (the table is written column-wise)."""
+
+    cell_id: str
+    sample_idx: int
+    label: int
+    clean_correct: bool
+    adv_correct: bool
+    success: bool
+    l2: Annotated[float, FLOAT32]
+    linf: Annotated[float, FLOAT32]
+    l0: Annotated[float, FLOAT32]
+
+
+ADDED_IN: dict[str, int] = {
+    "defense_params": 2,  # every v1 defense was parameterless
+    "direction": 3,  # v1 and v2 had no discriminator targets
+    "floor_img_per_s": 3,
+    "floor_fraction": 3,
+    "fast_path": 4,
+    "black_box": 5,
+}
+"""The schema version that added each column; older files get its migration value."""
+
+MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
+    # up to v4 the one registered black-box attack was the one-pixel attack
+    "black_box": lambda table: pc.equal(table["attack"], "onepixel"),
+}
+"""Columns whose value an older file implies; every other added column migrates as null."""
+
+_SCALARS: dict[Any, pa.DataType] = {
+    str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+    dt.datetime: pa.timestamp("us", tz="UTC"),
+}
+
+
+def _arrow_field(name: str, hint: Any) -> pa.Field:
+    """An Arrow field from a dataclass annotation: ``X | None`` is nullable, ``Annotated[X, t]``
+    stores type ``t``."""
+    nullable = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        nullable, hint = True, args[0]
+    if typing.get_origin(hint) is Annotated:
+        arrow_type = typing.get_args(hint)[1]
+    else:
+        arrow_type = _SCALARS[hint]
+    return pa.field(name, arrow_type, nullable=nullable)
+
+
+def arrow_schema(row_cls: type, table: str) -> pa.Schema:
+    """The Arrow schema of a row dataclass, tagged with the schema version and table name."""
+    hints = typing.get_type_hints(row_cls, include_extras=True)
+    fields = [_arrow_field(f.name, hints[f.name]) for f in dataclasses.fields(row_cls)]
+    return pa.schema(fields, metadata={"advbench_schema_version": str(SCHEMA_VERSION),
+                                       "advbench_table": table})
+
+
+SUMMARY_SCHEMA = arrow_schema(SummaryRow, "summary")
+SAMPLES_SCHEMA = arrow_schema(SampleRow, "samples")
+
+
+def summary_row(values: SummaryRow | Mapping[str, Any]) -> SummaryRow:
+    """A validated :class:`SummaryRow` from a row or a mapping of its fields."""
+    if isinstance(values, SummaryRow):
+        return values
+    names = [f.name for f in dataclasses.fields(SummaryRow)]
+    missing = [n for n in names if n not in values and n != "schema_version"]
+    extra = sorted(set(values) - set(names))
+    if missing or extra:
+        raise SchemaError(f"summary row: missing {missing}, unexpected {extra}")
+    return SummaryRow(**values)
+
+
+def summary_table(rows: Sequence[SummaryRow | Mapping[str, Any]]) -> pa.Table:
+    """Validate summary rows and build a typed Arrow table."""
+    records = [dataclasses.asdict(summary_row(r)) for r in rows]
+    try:
+        return pa.Table.from_pylist(records, schema=SUMMARY_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SchemaError(str(exc)) from None
 
 
 def samples_table(columns: Mapping[str, Any]) -> pa.Table:
-    """Build the typed per-sample table from column arrays."""
+    """Build the typed per-sample table from one array per :class:`SampleRow` field."""
     missing = [f.name for f in SAMPLES_SCHEMA if f.name not in columns]
-    if missing:
-        raise SchemaError(f"samples table: missing columns {missing}")
+    extra = sorted(set(columns) - set(SAMPLES_SCHEMA.names))
+    if missing or extra:
+        raise SchemaError(f"samples table: missing columns {missing}, unexpected {extra}")
     try:
         return pa.table({f.name: columns[f.name] for f in SAMPLES_SCHEMA}, schema=SAMPLES_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise SchemaError(f"samples table: {exc}") from None
 
 
-def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(list(rows), schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise SchemaError(str(exc)) from None
+def migrate(table: pa.Table, version: int, schema: pa.Schema) -> pa.Table:
+    """A table written at an older ``version`` as the current ``schema``: each column added
+    since gets its :data:`MIGRATION_VALUES` entry, or nulls."""
+    columns = {}
+    for f in schema:
+        if f.name == "schema_version":
+            columns[f.name] = pa.array([SCHEMA_VERSION] * table.num_rows, f.type)
+        elif f.name in table.column_names:
+            columns[f.name] = table[f.name].cast(f.type)
+        elif ADDED_IN.get(f.name, 0) > version:
+            make = MIGRATION_VALUES.get(f.name)
+            columns[f.name] = make(table).cast(f.type) if make else pa.nulls(table.num_rows,
+                                                                             f.type)
+        else:
+            raise SchemaError(f"a version-{version} table lacks column {f.name!r}")
+    return pa.table(columns, schema=schema)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import shutil
+import socket
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +32,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from leaderboards.schema import (
     SAMPLES_SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_SCHEMA,
+    SummaryRow,
+    migrate,
     samples_table,
+    summary_row,
     summary_table,
 )
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
+def atomic_write(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as Parquet through a hidden temporary name and an atomic
+    rename: readers see the whole file or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -87,26 +92,8 @@ def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _add_missing_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """An older file as the current schema: the columns added since are null.
-
-    v1 lacked ``defense_params`` (every v1 defense was parameterless); v1 and v2 lacked
-    ``direction`` (no discriminator targets) and the floor columns; v1 to v3 lacked
-    ``fast_path``.
-    """
-    columns = {}
-    for f in schema:
-        if f.name == "schema_version":
-            columns[f.name] = pa.array([SCHEMA_VERSION] * table.num_rows, f.type)
-        elif f.name not in table.column_names and f.nullable:
-            columns[f.name] = pa.nulls(table.num_rows, f.type)
-        else:
-            columns[f.name] = table[f.name].cast(f.type)
-    return pa.table(columns, schema=schema)
-
-
-MIGRATIONS: dict[str, Callable[[pa.Table, pa.Schema], pa.Table]] = {
-    "1": _add_missing_columns, "2": _add_missing_columns, "3": _add_missing_columns}
+OLDEST_READABLE = 1
+"""Files of schema versions from this one up are migrated on read."""
 
 
 class ResultStore:
@@ -181,24 +168,17 @@ class ResultStore:
             except OSError:
                 pass  # not empty, or not there
 
-    def write_cell(self, summary: Mapping[str, Any], samples: Mapping[str, Any],
+    def write_cell(self, summary: SummaryRow | Mapping[str, Any], samples: Mapping[str, Any],
                    artifacts: Mapping[str, torch.Tensor] | None = None) -> None:
         """Store one finished cell: artifacts, then samples, then its summary row."""
-        summary_t = summary_table([summary])
+        row = summary_row(summary)
+        summary_t = summary_table([row])
         samples_t = samples_table(samples)
-        stem = f"{summary['cell_id']}-{summary['run_id']}"
+        stem = f"{row.cell_id}-{row.run_id}"
         if artifacts:
             _atomic_artifacts(artifacts, self.artifacts_dir / stem)
-        _atomic_write(samples_t, self.samples_dir / f"{stem}.parquet")
-        _atomic_write(summary_t, self.summary_dir / f"{stem}.parquet")
-
-    def artifact(self, cell_id: str, name: str) -> torch.Tensor:
-        """Load a stored artifact tensor (e.g. a universal perturbation) of a cell."""
-        for folder in sorted(self.artifacts_dir.glob(f"{cell_id}-*")):
-            path = folder / f"{name}.safetensors"
-            if path.is_file():
-                return load_file(str(path))[name]
-        raise BadInput(f"no artifact {name!r} stored for cell {cell_id}")
+        atomic_write(samples_t, self.samples_dir / f"{stem}.parquet")
+        atomic_write(summary_t, self.summary_dir / f"{stem}.parquet")
 
     def completed_cells(self) -> set[str]:
         """cell_ids whose summary file exists."""
@@ -208,15 +188,16 @@ class ResultStore:
         tables = []
         for path in files:
             meta = pq.read_schema(path).metadata or {}
-            version = meta.get(b"advbench_schema_version", b"?").decode()
-            if version == str(SCHEMA_VERSION):
+            text = meta.get(b"advbench_schema_version", b"?").decode()
+            version = int(text) if text.isdigit() else -1
+            if version == SCHEMA_VERSION:
                 tables.append(pq.read_table(path, schema=schema))
-            elif version in MIGRATIONS:
-                tables.append(MIGRATIONS[version](pq.read_table(path), schema))
+            elif OLDEST_READABLE <= version < SCHEMA_VERSION:
+                tables.append(migrate(pq.read_table(path), version, schema))
             else:
                 raise BadInput(
-                    f"{path} was written with results schema version {version}; this advbench "
-                    f"reads versions {', '.join([*MIGRATIONS, str(SCHEMA_VERSION)])}: upgrade "
+                    f"{path} was written with results schema version {text}; this advbench "
+                    f"reads versions {OLDEST_READABLE} to {SCHEMA_VERSION}: upgrade "
                     f"advbench or write new results into another directory"
                 )
         return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -91,7 +91,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
-        boards.append(Board(*key, table=table))
+        dataset, target_kind, threat, norm = (str(k) for k in key)
+        boards.append(Board(dataset, target_kind, threat, norm, table))
     return boards
 
 

@@ -1,19 +1,31 @@
-"""Shared fixtures: a LeNet trained with the real recipe on mnist5k (once per session, in a
-temporary cache), held-out digits, and tiny targets for fast contract tests."""
+"""Shared fixtures and helpers: a LeNet trained with the real recipe on mnist5k (once per session,
+in a temporary cache), held-out digits, tiny targets for fast contract tests, a result-row factory,
+sweep cells, and the CLI as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bench.checkpoints import CheckpointCache
-from bench.datasets import Dataset, load_dataset
-from bench.target import Target
-from bench.training import trained_classifier
+from attacks import Attack
+from bench.config import Cell
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import Dataset, load_dataset
+from bench.core.registry import Registry
+from bench.core.target import Target
+from bench.core.training import trained_classifier
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -83,3 +95,62 @@ def trained_dcgan(mnist5k: Dataset, cache_dir: Path) -> Any:
 
     return trained_gan("dcgan", mnist5k, seed=0, device=torch.device("cpu"),
                        cache=CheckpointCache(cache_dir), progress=False)
+
+
+Register = Callable[[Registry[Any], str, Any], None]
+
+
+@pytest.fixture
+def register() -> Iterator[Register]:
+    """``register(REGISTRY, name, entry)``: a throwaway registry entry for one test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda registry, name, entry: stack.enter_context(registry.scoped(name, entry))
+
+
+def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, Any]:
+    """Every field of a valid :class:`leaderboards.schema.SummaryRow`, as a mapping."""
+    from leaderboards.schema import SummaryRow
+
+    base = {
+        "cell_id": cell_id, "run_id": run_id,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
+        "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
+        "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
+        "attack": "pgd", "attack_params": "{}", "black_box": False,
+        "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
+        "precision": "fp32", "batch_size": 4, "fast_path": "eager", "clean_acc": 1.0,
+        "robust_acc": 0.5, "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1,
+        "mean_l0": 700.0, "rho_adv": 0.1, "source_model": None, "fooling_rate": 0.5,
+        "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
+        "floor_img_per_s": None, "floor_fraction": None,
+        "peak_mem_bytes": None, "device": "cpu", "torch_version": "x", "advbench_version": "y",
+        "git_sha": None,
+    }
+    assert set(base) | {"schema_version"} == {f.name for f in dataclasses.fields(SummaryRow)}
+    base.update(overrides)
+    return base
+
+
+def sample_values(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, True, False)
+                  ) -> dict[str, Any]:
+    """The per-sample columns of a cell whose samples were all classified correctly."""
+    n = len(adv)
+    return {"cell_id": [cell_id] * n, "sample_idx": np.arange(n), "label": np.zeros(n, int),
+            "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
+            "success": ~np.array(adv), "l2": np.ones(n, np.float32),
+            "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32)}
+
+
+def make_cell(attack: str, eps: float = 0.1, norm: str = "linf", params: Any = None,
+              **fields: Any) -> Cell:
+    """A sweep cell attacking LeNet on 40 mnist5k digits (fields override the cell's)."""
+    cell = Cell("t", "mnist5k", "mnist5k", "test", 40, "lenet", "none", "adaptive",
+                Attack.create(attack, norm=norm, eps=eps, params=params), 0, "fp32")
+    return dataclasses.replace(cell, **fields)
+
+
+def advbench(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)

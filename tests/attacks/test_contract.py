@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackSpec, run_attack
-from bench.errors import BadInput
-from attacks.norms import Norm, norm_of
-from bench.target import Target
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, norm_of
+from bench.core.target import Target
 from tests.conftest import make_tiny_target
 
 EPS = {Norm.LINF: 0.2, Norm.L2: 2.0, Norm.L0: 3.0}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attacks import run_attack
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.errors import BadInput
+from bench.core.target import Target
 from tests.conftest import make_tiny_target
 
 Digits = tuple[torch.Tensor, torch.Tensor]

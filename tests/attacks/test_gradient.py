@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from attacks import run_attack
-from attacks.norms import Norm, l2_norm
-from bench.errors import BadInput, ConfigError, UnknownName
-from bench.target import Target
+from bench.core.errors import BadInput, ConfigError, UnknownName
+from bench.core.norms import Norm, l2_norm
+from bench.core.target import Target
 
 Digits = tuple[torch.Tensor, torch.Tensor]
 EPSILONS = [0.1, 0.15, 0.2, 0.3]

@@ -8,8 +8,8 @@ import torch
 
 from attacks import run_attack
 from attacks.onepixel import apply_pixels
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.errors import BadInput
+from bench.core.target import Target
 
 Digits = tuple[torch.Tensor, torch.Tensor]
 

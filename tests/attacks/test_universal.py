@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from attacks import run_attack
-from attacks.norms import l2_norm
-from bench.datasets import Dataset
-from bench.errors import BadInput
-from bench.target import Target
+from bench.core.datasets import Dataset
+from bench.core.errors import BadInput
+from bench.core.norms import l2_norm
+from bench.core.target import Target
 
 
 def held_out_fooling(target: Target, x: torch.Tensor, v: torch.Tensor) -> float:

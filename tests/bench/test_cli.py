@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +12,9 @@ import torch
 from torch import nn
 
 from bench.cli import main
-from bench.models import MODELS, ModelSpec, TrainRecipe
+from bench.core.models import MODELS, ModelSpec, TrainRecipe
 from leaderboards import SUMMARY_SCHEMA, load
+from tests.conftest import Register, advbench
 
 SMALL = """
 [sweep]
@@ -39,12 +37,6 @@ norm = "linf"
 eps = [0.2]
 params = { steps = 3, step_size = 0.1 }
 """
-
-
-def advbench(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -209,12 +201,11 @@ class _Broken(nn.Module):
 @pytest.mark.parametrize("mode,message", [("nan", "returned NaN or infinite logits"),
                                           ("shape", "must return [N, 10] logits")])
 def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_path: Path,
-                                                   small_config: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   small_config: Path, register: Register,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     spec = ModelSpec(f"broken_{mode}", lambda n: _Broken(mode), (1, 28, 28),
                      TrainRecipe(epochs=1, batch_size=500, lr=1e-3), "broken")
-    monkeypatch.setitem(MODELS._entries, spec.name, spec)
+    register(MODELS, spec.name, spec)
     small_config.write_text(SMALL.replace("model = \"lenet\"", f"model = \"{spec.name}\""))
     out = tmp_path / "results"
     code = main(["run", str(small_config), "--out", str(out), "--no-progress",

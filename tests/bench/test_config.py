@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bench.config import expand_cells, load_config, load_preset, parse_config, preset_names
-from bench.errors import BadInput, ConfigError
+from bench.core.errors import BadInput, ConfigError
 
 
 def base() -> dict[str, Any]:
@@ -23,7 +23,7 @@ def test_quick_preset_parses() -> None:
     assert "quick" in preset_names()
     cfg = load_preset("quick")
     cells = expand_cells(cfg)
-    assert {(c.attack, c.threat_model.eps) for c in cells} == {
+    assert {(c.attack_name, c.threat_model.eps) for c in cells} == {
         (a, e) for a in ("fgsm", "pgd") for e in (0.1, 0.2, 0.3)}
     assert cfg.n_eval == 1000 and cfg.datasets == ("mnist5k",)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.datasets import Dataset, load_dataset, read_idx
-from bench.errors import BadInput, UnknownName
+from bench.core.datasets import Dataset, load_dataset, read_idx
+from bench.core.errors import BadInput, UnknownName
 from tests.conftest import SHARED_MNIST
 
 
@@ -28,7 +28,7 @@ def test_mnist5k_split_is_stratified_disjoint_and_deterministic(mnist5k: Dataset
     train_rows = {bytes(r) for r in (mnist5k.train.x * 255).round().byte().flatten(1).numpy()}
     test_rows = {bytes(r) for r in (mnist5k.test.x * 255).round().byte().flatten(1).numpy()}
     assert len(train_rows & test_rows) <= 1  # (no digit appears in both; equal images at most by chance)
-    from bench import datasets
+    from bench.core import datasets
 
     again = datasets.mnist5k(None)
     assert torch.equal(again.test.x, mnist5k.test.x) and torch.equal(again.train.y, mnist5k.train.y)

@@ -10,11 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-import bench.fastpath as fastpath
+import bench.core.fastpath as fastpath
 from bench.config import parse_config
-from bench.errors import ConfigError
-from bench.fastpath import FastPath, FastPathOptions, accelerate, candidates, fit_batch_size, tune
-from bench.target import Target
+from bench.core.errors import ConfigError
+from bench.core.fastpath import (
+    FastPath,
+    FastPathOptions,
+    accelerate,
+    candidates,
+    fit_batch_size,
+    tune,
+)
+from bench.core.target import Target
 
 
 def test_fit_batch_size_is_the_largest_power_of_two_in_the_memory_share() -> None:
@@ -86,7 +93,7 @@ def test_tune_takes_the_fastest_measured_path_and_skips_failing_ones(
 
     monkeypatch.setattr(fastpath, "floors", fake_floors)
     monkeypatch.setattr(Target, "compile_model", broken_compile)
-    with caplog.at_level(logging.WARNING, logger="bench.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="bench.core.fastpath"):
         tuned = tune(lenet, digits[0], "fp32",
                      FastPathOptions(channels_last="auto", compile="auto"), cap=200)
     assert tuned.path == FastPath(channels_last=True) and tuned.target.channels_last
@@ -136,8 +143,8 @@ def test_sweep_rows_record_the_fast_path_and_batch(
         lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     """A cell crafted on the channels_last copy gives the eager cell's results (up to float
     noise), records its fast path and automatic batch size, and keeps the eager model's floor."""
-    from bench.runner import PreparedTarget, EvalData, run_cell
-    from tests.bench.test_runner import make_cell
+    from bench.runner import AttackedModel, EvalData, PreparedTarget, run_cell
+    from tests.conftest import make_cell
 
     x, y = digits
     clean = lenet.predict_logits(x).argmax(1)
@@ -146,10 +153,11 @@ def test_sweep_rows_record_the_fast_path_and_batch(
     rows = {}
     for options in (FastPathOptions(channels_last=False),
                     FastPathOptions(channels_last=True, batch_size="auto")):
-        rows[options.channels_last] = run_cell(
-            cell, prepared, data, device=torch.device("cpu"), batch_size=64, run_id="r",
-            tune=lambda m, p, xs, o=options: tune(m, xs, p, o, cap=xs.shape[0])).summary
+        tuned = tune(lenet, x, "fp32", options, cap=x.shape[0])
+        attacked = AttackedModel(lenet, tuned.target, tuned.path.name, tuned.batch_size)
+        rows[options.channels_last] = run_cell(cell, prepared, data, attacked,
+                                               device=torch.device("cpu"), run_id="r").summary
     eager, fast = rows[False], rows[True]
-    assert (eager["fast_path"], eager["batch_size"]) == ("eager", 500)
-    assert (fast["fast_path"], fast["batch_size"]) == ("channels_last", len(y))
-    assert abs(fast["robust_acc"] - eager["robust_acc"]) <= 2 / len(y)
+    assert (eager.fast_path, eager.batch_size) == ("eager", 500)
+    assert (fast.fast_path, fast.batch_size) == ("channels_last", len(y))
+    assert abs(fast.robust_acc - eager.robust_acc) <= 2 / len(y)

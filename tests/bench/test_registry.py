@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.errors import BadInput, UnknownName
-from bench.registry import Registry
+from bench.core.errors import BadInput, UnknownName
+from bench.core.registry import Registry
 
 
 def make() -> Registry[int]:
@@ -44,8 +44,8 @@ def test_wildcards() -> None:
 @pytest.mark.parametrize("kind", ["attacks", "models", "datasets", "defenses"])
 def test_project_registries_are_populated(kind: str) -> None:
     from attacks import ATTACKS
-    from bench.datasets import DATASETS
-    from bench.models import MODELS
+    from bench.core.datasets import DATASETS
+    from bench.core.models import MODELS
     from defenses import DEFENSES
 
     reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "defenses": DEFENSES}[kind]

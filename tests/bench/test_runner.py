@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-
-import json
 from typing import Any
 
 import pytest
 import torch
 
-from attacks.base import ATTACKS, AttackResult, AttackSpec
 from attacks.gradient import FGSMParams
-from attacks.norms import Norm
-from bench.config import Cell
-from attacks import ThreatModel
-from bench.errors import AttackContractError
-from bench.runner import EvalData, PreparedTarget, run_cell
-from bench.target import Target
-
-
-def make_cell(attack: str, eps: float = 0.1, norm: str = "linf") -> Cell:
-    return Cell("t", "mnist5k", "mnist5k", "test", 40, "lenet", "none", "adaptive", attack,
-                json.dumps({"targeted": False, "loss": "ce"}), ThreatModel.parse(norm, eps), 0,
-                "fp32")
+from bench.core.attack import ATTACKS, AttackResult, AttackSpec
+from bench.core.errors import AttackContractError
+from bench.core.norms import Norm
+from bench.core.target import Target
+from bench.runner import AttackedModel, EvalData, PreparedTarget, attack_samples, run_cell
+from tests.conftest import Register, make_cell
 
 
 @pytest.fixture
@@ -34,8 +25,12 @@ def prepared(lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[
     return PreparedTarget(lenet, lenet, clean, y), EvalData(x, y, torch.arange(len(y)))
 
 
-def fake_attack(monkeypatch: pytest.MonkeyPatch, name: str, make_adv: Any,
-                claim: bool = True) -> None:
+def eager(model: Target, batch_size: int = 16) -> AttackedModel:
+    """``model`` prepared as attacks in a sweep see it, on the eager path, with no floor."""
+    return AttackedModel(model, model, "eager", batch_size)
+
+
+def fake_attack(register: Register, name: str, make_adv: Any, claim: bool = True) -> None:
     def fn(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
            generator: torch.Generator, params: Any, y_target: Any = None) -> AttackResult:
         x_adv = make_adv(x, eps)
@@ -43,7 +38,7 @@ def fake_attack(monkeypatch: pytest.MonkeyPatch, name: str, make_adv: Any,
         return AttackResult(x_adv, torch.full_like(y, claim, dtype=torch.bool), zeros, zeros,
                             zeros, n_forward=0, n_backward=0)
 
-    monkeypatch.setitem(ATTACKS._entries, name, AttackSpec(name, fn, FGSMParams, (Norm.LINF,)))
+    register(ATTACKS, name, AttackSpec(name, fn, FGSMParams, (Norm.LINF,)))
 
 
 @pytest.mark.parametrize("make_adv,match", [
@@ -52,23 +47,23 @@ def fake_attack(monkeypatch: pytest.MonkeyPatch, name: str, make_adv: Any,
     (lambda x, eps: x[:, :, :-1], "expected"),
     (lambda x, eps: x * float("nan"), "NaN"),
 ])
-def test_contract_violations_raise(monkeypatch: pytest.MonkeyPatch, prepared: Any,
+def test_contract_violations_raise(register: Register, prepared: Any,
                                    make_adv: Any, match: str) -> None:
-    fake_attack(monkeypatch, "cheat", make_adv)
+    fake_attack(register, "cheat", make_adv)
     target, data = prepared
     with pytest.raises(AttackContractError, match=match):
-        run_cell(make_cell("cheat"), target, data, device=torch.device("cpu"), batch_size=16,
+        run_cell(make_cell("cheat"), target, data, eager(target.base), device=torch.device("cpu"),
                  run_id="r")
 
 
-def test_claimed_success_is_not_trusted(monkeypatch: pytest.MonkeyPatch, prepared: Any) -> None:
-    fake_attack(monkeypatch, "liar", lambda x, eps: x.clone(), claim=True)
+def test_claimed_success_is_not_trusted(register: Register, prepared: Any) -> None:
+    fake_attack(register, "liar", lambda x, eps: x.clone(), claim=True)
     target, data = prepared
-    result = run_cell(make_cell("liar"), target, data, device=torch.device("cpu"),
-                      batch_size=16, run_id="r")
+    result = run_cell(make_cell("liar"), target, data, eager(target.base),
+                      device=torch.device("cpu"), run_id="r")
     summary, samples = result.summary, result.samples
-    assert summary["robust_acc"] == summary["clean_acc"]
-    assert summary["success_rate"] == 0.0
+    assert summary.robust_acc == summary.clean_acc
+    assert summary.success_rate == 0.0
     assert list(samples["success"]) == list(~target.clean_correct.numpy())
 
 
@@ -76,30 +71,26 @@ def test_eps_zero_reproduces_clean_accuracy_exactly(prepared: Any) -> None:
     target, data = prepared
     for attack in ("fgsm", "pgd", "bim"):
         cell = make_cell(attack, eps=0.0)
-        cell = Cell(**{**cell.__dict__, "params_json": json.dumps({})})
-        summary = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16,
+        summary = run_cell(cell, target, data, eager(target.base), device=torch.device("cpu"),
                            run_id="r").summary
-        assert summary["robust_acc"] == summary["clean_acc"]
-        assert summary["median_l2"] is None or summary["median_l2"] == 0.0
+        assert summary.robust_acc == summary.clean_acc
+        assert summary.median_l2 is None or summary.median_l2 == 0.0
 
 
 def test_bf16_success_is_confirmed_in_fp32(prepared: Any) -> None:
     target, data = prepared
-    cell = make_cell("pgd", eps=0.15)
-    cell = Cell(**{**cell.__dict__, "params_json": json.dumps({"steps": 5}), "precision": "bf16"})
-    result = run_cell(cell, target, data, device=torch.device("cpu"), batch_size=16, run_id="r")
+    cell = make_cell("pgd", eps=0.15, params={"steps": 5}, precision="bf16")
+    result = run_cell(cell, target, data, eager(target.base), device=torch.device("cpu"),
+                      run_id="r")
     summary, samples = result.summary, result.samples
     fp32_adv_correct = samples["adv_correct"]
-    assert summary["precision"] == "bf16"
-    assert summary["robust_acc"] == pytest.approx(float(fp32_adv_correct.mean()))
+    assert summary.precision == "bf16"
+    assert summary.robust_acc == pytest.approx(float(fp32_adv_correct.mean()))
 
 
-def test_cuda_out_of_memory_backs_off_the_batch_size(monkeypatch: pytest.MonkeyPatch,
-                                                     prepared: Any) -> None:
-    """An attack that runs out of memory above 10 images is retried with halved batches; every
-    sample is attacked once and the cell completes."""
-    from bench.runner import attack_samples
-
+def test_cuda_out_of_memory_backs_off_the_batch_size(prepared: Any) -> None:
+    """An attack that runs out of memory above 10 images is run again with halved batches from
+    the same random state; every sample is attacked once and the cell completes."""
     sizes: list[int] = []
     real = ATTACKS.get("fgsm")
 
@@ -109,11 +100,11 @@ def test_cuda_out_of_memory_backs_off_the_batch_size(monkeypatch: pytest.MonkeyP
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real.fn(target, x, y, **kwargs)
 
-    monkeypatch.setitem(ATTACKS._entries, "fgsm", AttackSpec(
-        "fgsm", fn, real.params_cls, real.norms, summary=real.summary))
     target, data = prepared
-    run = attack_samples(make_cell("fgsm", 0.2), FGSMParams(), target.base, data,
-                         device=torch.device("cpu"), batch_size=40)
+    cell = make_cell("fgsm", 0.2)
+    cell = dataclasses.replace(cell, attack=dataclasses.replace(
+        cell.attack, spec=AttackSpec("fgsm", fn, real.params_cls, real.norms)))
+    run = attack_samples(cell, target.base, data, device=torch.device("cpu"), batch_size=40)
     assert sizes[:2] == [40, 20] and sizes[2:] == [10, 10, 10, 10]
     assert sum(sizes[2:]) == len(data.y) and run.x_adv.shape == data.x.shape
     with target.base.evaluating():
@@ -123,14 +114,10 @@ def test_cuda_out_of_memory_backs_off_the_batch_size(monkeypatch: pytest.MonkeyP
     assert float(same) > 0.999  # equal up to float noise between batch sizes
 
 
-def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(
-        monkeypatch: pytest.MonkeyPatch, prepared: Any) -> None:
+def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(prepared: Any) -> None:
     """PGD streams: one call sees every sample of the cell with ``batch_size`` rows busy at a
     time. Out of memory above 10 rows, the call starts over with halved rows and the same random
     state, so the result equals an undisturbed run."""
-    from attacks.gradient import IterativeParams
-    from bench.runner import attack_samples
-
     calls: list[tuple[int, int]] = []
     real = ATTACKS.get("pgd")
     assert real.streams
@@ -141,14 +128,14 @@ def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real.fn(target, x, y, **kwargs)
 
-    monkeypatch.setitem(ATTACKS._entries, "pgd", dataclasses.replace(real, fn=fn))
     target, data = prepared
-    params = IterativeParams(steps=5)
-    run = attack_samples(make_cell("pgd", 0.2), params, target.base, data,
-                         device=torch.device("cpu"), batch_size=40)
+    cell = make_cell("pgd", 0.2, params={"steps": 5})
+    cell = dataclasses.replace(cell, attack=dataclasses.replace(
+        cell.attack, spec=dataclasses.replace(real, fn=fn)))
+    run = attack_samples(cell, target.base, data, device=torch.device("cpu"), batch_size=40)
     n = len(data.y)
     assert calls == [(n, 40), (n, 20), (n, 10)]
     with target.base.evaluating():
         direct = real.fn(target.base, data.x, data.y, eps=0.2, norm=Norm.LINF,
-                         generator=torch.Generator().manual_seed(0), params=params)
+                         generator=torch.Generator().manual_seed(0), params=cell.attack.params)
     assert torch.allclose(run.x_adv, direct.x_adv, atol=1e-6)

@@ -154,7 +154,7 @@ def test_dry_run_lists_cells_and_calls_and_writes_nothing(
     assert f"at most {pgd[0] + deepfool[0]:,} forward and {pgd[1] + deepfool[1]:,} backward" \
         in text
     cells = expand_cells(parse_config(tomllib.loads(config.read_text())))
-    assert [estimated_calls(c) for c in cells if c.attack == "deepfool"] == [deepfool, (0, 0)]
+    assert [estimated_calls(c) for c in cells if c.attack_name == "deepfool"] == [deepfool, (0, 0)]
 
 
 def test_zero_cell_sweep_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,7 +200,7 @@ def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_d
     assert [c.threat_model.eps for c in failed] == [EPS[-1]]
     assert "injected failure" in str(dict((c, o) for c, o in outcomes)[failed[0]])
     good = [o for c, o in outcomes if not isinstance(o, BaseException)]
-    assert len(good) == len(EPS) - 1 and all(0 <= o.summary["robust_acc"] <= 1 for o in good)
+    assert len(good) == len(EPS) - 1 and all(0 <= o.summary.robust_acc <= 1 for o in good)
 
 
 def test_local_pool_gives_the_in_process_results(trained_lenet: Any, cache_dir: Path,
@@ -211,7 +211,7 @@ def test_local_pool_gives_the_in_process_results(trained_lenet: Any, cache_dir: 
         report = run_sweep(config, RunOptions(out=tmp_path / str(workers), cache_dir=cache_dir,
                                               progress=False, device="cpu", workers=workers))
         assert len(report.written) == len(EPS) and not report.failed
-        rows[workers] = {r["cell_id"]: r["robust_acc"] for r in report.written}
+        rows[workers] = {r.cell_id: r.robust_acc for r in report.written}
     assert rows[1] == rows[2]
     assert_store_whole(tmp_path / "2")
 
@@ -239,8 +239,8 @@ def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_
                                           progress=False, device="cpu", executor="ray",
                                           address="local"))
     assert not remote.failed and len(remote.written) == len(EPS)
-    assert ({r["cell_id"]: r["robust_acc"] for r in remote.written}
-            == {r["cell_id"]: r["robust_acc"] for r in local.written})
+    assert ({r.cell_id: r.robust_acc for r in remote.written}
+            == {r.cell_id: r.robust_acc for r in local.written})
     assert len(assert_store_whole(tmp_path / "ray")) == len(EPS)
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import BadInput, ModelOutputError
-from bench.target import Target
+from bench.core.errors import BadInput, ModelOutputError
+from bench.core.target import Target
 from tests.conftest import make_tiny_target
 
 

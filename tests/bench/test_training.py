@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 import torch
 
-from bench import training
-from bench.checkpoints import CheckpointCache, resolve_cache_dir
-from bench.datasets import Dataset
-from bench.errors import BadInput
-from bench.models import TrainRecipe
-from bench.target import Target
+from bench.core import training
+from bench.core.checkpoints import CheckpointCache, resolve_cache_dir
+from bench.core.datasets import Dataset
+from bench.core.errors import BadInput
+from bench.core.models import TrainRecipe
+from bench.core.target import Target
 
 
 def test_lenet_reaches_97_percent_on_held_out_digits(trained_lenet: tuple[Target, dict[str, Any]],
@@ -46,7 +46,7 @@ def test_cache_hit_loads_without_training(trained_lenet: tuple[Target, dict[str,
 
 
 def test_interrupted_save_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.checkpoints as ckpt
+    import bench.core.checkpoints as ckpt
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
@@ -80,7 +80,7 @@ def test_zero_epochs_and_wrong_shapes_are_refused(mnist5k: Dataset, tmp_path: Pa
 
 
 def test_resnet18_cifar_builds_for_32x32() -> None:
-    from bench.models import MODELS
+    from bench.core.models import MODELS
 
     net = MODELS.get("resnet18_cifar").build(10).eval()
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench.target import Target
+from bench.core.target import Target
 
 RESULTS: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attacks import run_attack
-from bench.target import Target
+from bench.core.target import Target
 
 EPS, STEP, STEPS, N = 0.2, 0.05, 10, 512
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attacks import run_attack
-from bench.target import Target
+from bench.core.target import Target
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from torch import nn
 
 import defenses.advtrain as advtrain
 from attacks import run_attack
-from bench.checkpoints import CheckpointCache
-from bench.datasets import Dataset, Split
-from bench.errors import BadInput, ConfigError, UnknownName
-from bench.target import Target
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import Dataset, Split
+from bench.core.errors import BadInput, ConfigError, UnknownName
+from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
 
 from ..conftest import make_tiny_target

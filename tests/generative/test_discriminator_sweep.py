@@ -11,18 +11,18 @@ import torch
 
 from attacks import ATTACKS
 from attacks.gradient import IterativeParams
-from attacks.norms import Norm
 from bench.config import expand_cells, parse_config
-from bench.datasets import Dataset, Split
+from bench.core.datasets import Dataset, Split
+from bench.core.norms import Norm
+from bench.core.target import Target
 from bench.runner import RunOptions, discriminator_data, eval_subset
 from bench.sweep import run_sweep
-from bench.target import Target
 from defenses import DEFENSES
 from defenses.robgan import RobGANParams
 from generative import GANS, train_gan
 from leaderboards import ResultStore, leaderboards
 from leaderboards.compare import compare
-from tests.bench.test_cli import advbench
+from tests.conftest import advbench
 
 CPU = torch.device("cpu")
 CONFIG: dict[str, Any] = {

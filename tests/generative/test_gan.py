@@ -13,10 +13,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import generative.training as gan_training
-from bench.checkpoints import CheckpointCache
-from bench.datasets import Dataset
-from bench.errors import BadInput, ModelOutputError
-from bench.target import Target
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import Dataset
+from bench.core.errors import BadInput, ModelOutputError
+from bench.core.target import Target
 from generative import (
     GANS,
     GANRecipe,
@@ -175,7 +175,7 @@ def test_trained_discriminator_separates_real_from_fake(trained_dcgan: Any,
 
 @pytest.mark.parametrize("name", ["dcgan", "sndcgan"])
 def test_gan_trains_on_32x32_colour_images(name: str) -> None:
-    from bench.datasets import Split, load_dataset
+    from bench.core.datasets import Split, load_dataset
     from generative import train_gan
 
     data = load_dataset("mnist5k-rgb32").split("train")

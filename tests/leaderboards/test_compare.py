@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 
 from leaderboards.compare import compare, paired_difference, to_markdown, wilson
-
-from .test_store import row
+from tests.conftest import summary_values as row
 
 
 def cell(cell_id: str, defense: str, threat: str, adv: list[bool], *, attack: str = "pgd",
          norm: str = "linf", eps: float = 0.3, linf: float = 0.3, l2: float = 3.0
          ) -> tuple[dict, pd.DataFrame]:
     n = len(adv)
-    summary = row(cell_id, defense=defense, threat=threat, attack=attack, norm=norm, eps=eps,
+    summary = row(cell_id, defense=defense, threat=threat, attack=attack,
+                  black_box=attack == "onepixel", norm=norm, eps=eps,
                   eps_display=f"{eps:g}", n_samples=n, clean_acc=1.0,
                   robust_acc=sum(adv) / n)
     samples = pd.DataFrame({

@@ -12,7 +12,8 @@ from PIL import Image
 
 from bench.cli import main
 from leaderboards import ResultStore
-from tests.leaderboards.test_store import row, samples
+from tests.conftest import sample_values as samples
+from tests.conftest import summary_values as row
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -4,42 +4,15 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from leaderboards import ResultStore, load
 from leaderboards.schema import SCHEMA_VERSION, SchemaError, summary_table
-
-
-def row(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, Any]:
-    base = {
-        "schema_version": SCHEMA_VERSION, "cell_id": cell_id, "run_id": run_id,
-        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
-        "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
-        "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
-        "attack": "pgd", "attack_params": "{}",
-        "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
-        "precision": "fp32", "batch_size": 4, "fast_path": "eager", "clean_acc": 1.0, "robust_acc": 0.5,
-        "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1, "mean_l0": 700.0,
-        "rho_adv": 0.1, "source_model": None, "fooling_rate": 0.5,
-        "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
-        "floor_img_per_s": None, "floor_fraction": None,
-        "peak_mem_bytes": None, "device": "cpu", "torch_version": "x", "advbench_version": "y",
-        "git_sha": None,
-    }
-    base.update(overrides)
-    return base
-
-
-def samples(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, True, False)) -> dict:
-    n = len(adv)
-    return {"cell_id": [cell_id] * n, "sample_idx": np.arange(n), "label": np.zeros(n, int),
-            "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
-            "success": ~np.array(adv), "l2": np.ones(n, np.float32),
-            "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32)}
+from tests.conftest import sample_values as samples
+from tests.conftest import summary_values as row
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -104,28 +77,33 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
     table = pq.read_table(path)
     table = table.replace_schema_metadata({"advbench_schema_version": "0"})
     pq.write_table(table, path)
-    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1, 2, 3, 4"):
+    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1 to 5"):
         load(tmp_path)
 
 
 @pytest.mark.parametrize("version,dropped", [
     ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
-    ("3", ["fast_path"])])
+    ("3", ["fast_path"]), ("4", [])])
+@pytest.mark.parametrize("attack", ["pgd", "onepixel"])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
-                                          dropped: list[str]) -> None:
-    """v1 (no defense_params, no direction), v2 (no direction) and v3 (no fast_path) files read
-    as current rows with the missing columns null."""
+                                          dropped: list[str], attack: str) -> None:
+    """v1 (no defense_params, no direction), v2 (no direction), v3 (no fast_path) and v4 (no
+    black_box) files read as current rows with the missing columns null, and black_box true
+    exactly for the one-pixel attack, the one black-box attack those versions had."""
     store = ResultStore(tmp_path)
-    store.write_cell(row(robust_acc=0.25), samples())
+    store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack == "onepixel"),
+                     samples())
     for folder in ("summary", "samples"):
         path = next((tmp_path / folder).glob("*.parquet"))
         table = pq.read_table(path)
-        table = table.drop_columns([c for c in dropped if c in table.column_names])
+        gone = [*dropped, "black_box"] if folder == "summary" else dropped
+        table = table.drop_columns([c for c in gone if c in table.column_names])
         pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
     assert df["robust_acc"].tolist() == [0.25]
     for column in dropped:
         assert df[column].isna().all()
+    assert df["black_box"].tolist() == [attack == "onepixel"]
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 

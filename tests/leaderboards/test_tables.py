@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from leaderboards import ResultStore, leaderboards, render, to_markdown
-from tests.leaderboards.test_store import row, samples
+from tests.conftest import sample_values as samples
+from tests.conftest import summary_values as row
 
 
 def test_worst_case_is_computed_per_sample(tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
 
 
 def test_render_errors(tmp_path: Path) -> None:
-    from bench.errors import BadInput
+    from bench.core.errors import BadInput
 
     with pytest.raises(BadInput, match="no results"):
         render(tmp_path)

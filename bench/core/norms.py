@@ -21,7 +21,7 @@ class Norm(str, Enum):
 
     @classmethod
     def parse(cls, value: str | Norm) -> Norm:
-        from bench.errors import BadInput
+        from bench.core.errors import BadInput
 
         try:
             return cls(str(value.value if isinstance(value, Norm) else value).lower())

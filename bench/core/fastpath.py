@@ -22,9 +22,9 @@ from typing import Literal
 
 import torch
 
-from bench.errors import BadInput
-from bench.measure import floors
-from bench.target import Target
+from bench.core.errors import BadInput
+from bench.core.measure import floors
+from bench.core.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class FastPathOptions:
     @staticmethod
     def check_choice(key: str, value: object) -> Choice:
         if value == "auto" or isinstance(value, bool):
-            return value  # type: ignore[return-value]
+            return value
         raise BadInput(f"'{key}' must be true, false or \"auto\", got {value!r}")
 
 
@@ -139,7 +139,7 @@ def measure_paths(target: Target, x: torch.Tensor, paths: list[FastPath],
                   precisions: tuple[str, ...], **timing: int
                   ) -> dict[FastPath, tuple[Target, dict[str, float]]]:
     """Each path's copy of ``target`` and its forward+backward images/s on ``x`` per precision
-    (``timing``: :func:`bench.measure.floors`' repeats / warmup / min_repeats). A path that
+    (``timing``: :func:`bench.core.measure.floors`' repeats / warmup / min_repeats). A path that
     fails (a platform that cannot compile) is logged and left out."""
     out: dict[FastPath, tuple[Target, dict[str, float]]] = {}
     with target.evaluating():

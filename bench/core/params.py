@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 
 def parse_params(cls: type, params: Mapping[str, Any] | Any, owner: str) -> Any:

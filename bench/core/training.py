@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.checkpoints import CheckpointCache, config_hash
-from bench.datasets import Dataset, Split
-from bench.errors import BadInput
-from bench.models import MODELS, ModelSpec, TrainRecipe
-from bench.target import Target
+from bench.core.checkpoints import CheckpointCache, load_or_fit
+from bench.core.datasets import Dataset, Split
+from bench.core.errors import BadInput
+from bench.core.models import MODELS, ModelSpec, TrainRecipe
+from bench.core.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -198,28 +198,27 @@ def trained_classifier(
         "seed": seed,
         "training_code_version": TRAINING_CODE_VERSION,
     }
-    key = config_hash(config)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        target = make_target(spec, dataset, spec.build(dataset.num_classes)).to(device)
-        hit = cache.load("models", key)
-        if hit is not None:
-            state, card = hit
-            target.model.load_state_dict(state)
-            log.info("loaded %s from %s", spec.name, cache.entry("models", key))
-            return target, card
-        log.info("training %s on %s (cache key %s)", spec.name, dataset.name, key)
+
+    def build() -> Target:
+        return make_target(spec, dataset, spec.build(dataset.num_classes)).to(device)
+
+    def restore(weights: dict[str, torch.Tensor]) -> Target:
+        target = build()
+        target.model.load_state_dict(weights)
+        return target
+
+    def train(key: str) -> tuple[Target, dict[str, Any]]:
+        target = build()
         start = time.perf_counter()
         history = fit(target, dataset.split("train"), recipe, seed=seed, device=device,
                       progress=progress, desc=f"train {spec.name}")
-    card = {
-        "architecture": spec.name,
-        "summary": spec.summary,
-        "config": config,
-        "cache_key": key,
-        "history": history,
-        "metrics": {"test_acc": accuracy(target, dataset.test, device),
-                    "train_s": time.perf_counter() - start},
-    }
-    cache.save("models", key, target.model.state_dict(), card)
-    return target, card
+        return target, {
+            "architecture": spec.name, "summary": spec.summary, "config": config,
+            "cache_key": key, "history": history,
+            "metrics": {"test_acc": accuracy(target, dataset.test, device),
+                        "train_s": time.perf_counter() - start},
+        }
+
+    return load_or_fit(cache, "models", config, seed=seed, device=device, restore=restore,
+                       fit=train, state=lambda t: t.model.state_dict(),
+                       what=f"{spec.name} on {dataset.name}")

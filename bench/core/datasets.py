@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import BadInput
-from bench.registry import Registry
+from bench.core.errors import BadInput
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)

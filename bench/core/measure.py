@@ -11,13 +11,13 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,7 @@
 """The model zoo: architectures advbench trains itself (no pretrained weights are downloaded).
 
 Each entry is a :class:`ModelSpec` with the input shape it expects and the training recipe that
-:mod:`bench.training` follows.
+:mod:`bench.core.training` follows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ accepts shell-style wildcards (``"pgd*"``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from bench.errors import UnknownName
+from bench.core.errors import UnknownName
 
 T = TypeVar("T")
 
@@ -39,6 +40,21 @@ class Registry(Generic[T]):
             return self.add(name, entry)
 
         return decorator
+
+    @contextlib.contextmanager
+    def scoped(self, name: str, entry: T) -> Iterator[T]:
+        """Register ``entry`` under ``name`` (replacing an entry of that name) for the duration
+        of a ``with`` block, then restore what was there: throwaway entries for tests."""
+        key = name.lower()
+        previous = self._entries.get(key)
+        self._entries[key] = entry
+        try:
+            yield entry
+        finally:
+            if previous is None:
+                del self._entries[key]
+            else:
+                self._entries[key] = previous
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` (case-insensitive) or raise :class:`UnknownName`."""

@@ -6,12 +6,14 @@ An attack is a pure batched function registered by name with a frozen params dat
     def pgd(target, x, y, *, eps, norm, generator, params, y_target=None) -> AttackResult: ...
 
 Targeted vs untargeted is a field of the params, never object state; all randomness comes from
-the ``torch.Generator`` passed in. :func:`run_attack` is the one entry point that validates user
-input (names, eps, params, data bounds) and runs the attack in the target's eval mode.
+the ``torch.Generator`` passed in. :class:`Attack` is the one entry point: it parses the params
+and checks the threat model once, then validates inputs (data bounds, labels) and runs the
+attack in the target's eval mode with batching, streaming and the out-of-memory back-off.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,12 +22,15 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from attacks.norms import Norm, l0_norm, l2_norm, linf_norm
-from bench.errors import BadInput
-from bench.params import parse_params
-from bench.registry import Registry
-from bench.target import Target
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm
+from bench.core.params import parse_params
+from bench.core.registry import Registry
+from bench.core.target import Target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -272,10 +277,6 @@ def register_attack(
     return decorator
 
 
-def get_attack(name: str) -> AttackSpec:
-    return ATTACKS.get(name)
-
-
 def check_threat(spec: AttackSpec, threat: ThreatModel) -> None:
     """Raise :class:`BadInput` if ``spec`` cannot run under ``threat``."""
     if threat.norm not in spec.norms:
@@ -294,6 +295,141 @@ def check_threat(spec: AttackSpec, threat: ThreatModel) -> None:
                        f">= 1; got eps {threat.eps_display}")
 
 
+FitData = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack bound to a threat model and parsed params: the one way to run one.
+
+    :meth:`create` parses the params into the attack's frozen dataclass and checks the threat
+    model, once; calling the object (``attack(target, x, y, ...)``, final in the spirit of
+    Foolbox's ``__call__`` over a ``run``) checks the inputs and runs the attack in the target's
+    eval mode, ``batch_size`` rows at a time: a streaming attack (FGSM, BIM, PGD) takes all of
+    ``x`` and keeps ``batch_size`` rows busy, an attack that fits on training data (UAP) fits its
+    one perturbation on all of ``x``, every other attack takes ``x`` in chunks. A CUDA
+    out-of-memory error halves the rows and runs again from the generator's starting state.
+    """
+
+    spec: AttackSpec
+    threat: ThreatModel
+    params: Any
+
+    @classmethod
+    def create(cls, attack: str | AttackSpec, *, norm: str | Norm = Norm.LINF,
+               eps: float | str | None, params: Mapping[str, Any] | Any = None) -> Attack:
+        """Raise :class:`BadInput` for unknown names, bad eps or unknown params."""
+        spec = attack if isinstance(attack, AttackSpec) else ATTACKS.get(attack)
+        threat = ThreatModel.parse(norm, eps)
+        check_threat(spec, threat)
+        return cls(spec, threat, spec.make_params(params))
+
+    def at(self, eps: float | str | None) -> Attack:
+        """The same attack and params at another budget (checked as :meth:`create` does)."""
+        threat = ThreatModel.parse(self.threat.norm, eps)
+        check_threat(self.spec, threat)
+        return Attack(self.spec, threat, self.params)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def targeted(self) -> bool:
+        return bool(getattr(self.params, "targeted", False))
+
+    def check_inputs(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise :class:`BadInput` for a budget the target's bounds make meaningless, inputs of
+        the wrong shape or outside the bounds, and labels that do not match the inputs."""
+        self.threat.check_against(target.bounds, target.input_shape)
+        target.check_inputs(x)
+        if y.shape != (x.shape[0],):
+            raise BadInput(f"labels must have shape [{x.shape[0]}], got {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= target.num_classes):
+            raise BadInput(f"labels must lie in 0..{target.num_classes - 1}")
+
+    def __call__(self, target: Target, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None, y_target: torch.Tensor | None = None,
+                 fit_data: FitData | None = None, batch_size: int | None = None,
+                 progress: bool = False) -> AttackResult:
+        """Attack ``(x, y)`` on ``target``; ``fit_data = (x, y)`` for an attack that fits on
+        training data, ``y_target`` the target classes of a targeted attack (else its own)."""
+        self.check_inputs(target, x, y)
+        if self.spec.needs_fit_data:
+            if fit_data is None:
+                raise BadInput(f"attack {self.name!r} fits on training data: pass "
+                               f"fit_data=(x, y) (in a sweep: a dataset with a train split, or "
+                               f"train_dataset)")
+            target.check_inputs(fit_data[0])
+        if batch_size is not None and batch_size < 1:
+            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+        with target.evaluating():
+            return self._run(target, x, y, generator, y_target, fit_data,
+                             batch_size or max(x.shape[0], 1), progress)
+
+    def _run(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator, y_target: torch.Tensor | None,
+             fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
+        """Chunks of ``rows`` (or all of ``x`` at once), with the out-of-memory back-off."""
+        start_state = generator.get_state()
+        while True:
+            try:
+                return self._chunks(target, x, y, generator, y_target, fit_data, rows, progress)
+            except torch.cuda.OutOfMemoryError:
+                if rows == 1 or self.spec.needs_fit_data:
+                    raise
+                rows = max(1, rows // 2)
+                log.warning("CUDA out of memory in %s; running again with batch size %d",
+                            self.name, rows)
+                generator.set_state(start_state)
+                torch.cuda.empty_cache()
+
+    def _chunks(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator, y_target: torch.Tensor | None,
+                fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
+        n = x.shape[0]
+        whole = self.spec.needs_fit_data or self.spec.streams
+        chunk = max(n, 1) if whole else rows
+        extra: dict[str, Any] = {"fit_data": fit_data} if self.spec.needs_fit_data else {}
+        if self.spec.streams:
+            extra["batch_size"] = rows
+        results = []
+        with tqdm(total=n, disable=not progress, leave=False, unit="img",
+                  desc=f"{self.name}@{self.threat.eps_display}") as bar:
+            for start in range(0, max(n, 1), chunk):
+                part = slice(start, start + chunk)
+                results.append(self.spec.fn(
+                    target, x[part], y[part], eps=self.threat.eps, norm=self.threat.norm,
+                    generator=generator, params=self.params,
+                    y_target=None if y_target is None else y_target[part], **extra))
+                bar.update(x[part].shape[0])
+        return concat_results(results)
+
+
+def concat_results(results: list[AttackResult]) -> AttackResult:
+    """One result for consecutive chunks of a batch (model calls add up)."""
+    if len(results) == 1:
+        return results[0]
+    checks = [r._success for r in results]
+
+    def success() -> torch.Tensor:
+        return torch.cat([r.success for r in results])
+
+    targets = [r.y_target for r in results if r.y_target is not None]
+    return AttackResult(
+        x_adv=torch.cat([r.x_adv for r in results]),
+        success=success if any(callable(c) for c in checks) else success(),
+        l2=torch.cat([r.l2 for r in results]), linf=torch.cat([r.linf for r in results]),
+        l0=torch.cat([r.l0 for r in results]),
+        n_forward=sum(r.n_forward for r in results),
+        n_backward=sum(r.n_backward for r in results),
+        y_target=torch.cat(targets) if len(targets) == len(results) else None,
+        artifacts={k: v for r in results for k, v in r.artifacts.items()},
+    )
+
+
 def run_attack(
     attack: str | AttackSpec,
     target: Target,
@@ -305,43 +441,12 @@ def run_attack(
     generator: torch.Generator | None = None,
     params: Mapping[str, Any] | Any = None,
     y_target: torch.Tensor | None = None,
-    fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fit_data: FitData | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
-    """Validate the request and run a registered attack in the target's eval mode.
-
-    ``batch_size`` caps the rows a streaming attack (``spec.streams``) works on at a time; the
-    others take all of ``x`` at once.
-
-    Raises :class:`BadInput` for unknown names, bad eps, unknown params, inputs of the wrong
-    shape or outside the target's bounds, and labels that do not match the inputs.
-    """
-    spec = attack if isinstance(attack, AttackSpec) else get_attack(attack)
-    threat = ThreatModel.parse(norm, eps)
-    check_threat(spec, threat)
-    threat.check_against(target.bounds, target.input_shape)
-    parsed = spec.make_params(params)
-    target.check_inputs(x)
-    if y.shape != (x.shape[0],):
-        raise BadInput(f"labels must have shape [{x.shape[0]}], got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= target.num_classes):
-        raise BadInput(f"labels must lie in 0..{target.num_classes - 1}")
-    extra: dict[str, Any] = {}
-    if spec.needs_fit_data:
-        if fit_data is None:
-            raise BadInput(f"attack {spec.name!r} fits on training data: pass fit_data=(x, y) "
-                           f"(in a sweep: a dataset with a train split, or train_dataset)")
-        target.check_inputs(fit_data[0])
-        extra["fit_data"] = fit_data
-    if batch_size is not None:
-        if batch_size < 1:
-            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
-        if spec.streams:
-            extra["batch_size"] = batch_size
-    if generator is None:
-        generator = torch.Generator(device=x.device).manual_seed(0)
-    with target.evaluating():
-        return spec.fn(
-            target, x, y, eps=threat.eps, norm=threat.norm, generator=generator,
-            params=parsed, y_target=y_target, **extra,
-        )
+    """``Attack.create(attack, norm=norm, eps=eps, params=params)(target, x, y, ...)``: one
+    call from Python. Raises :class:`BadInput` for unknown names, bad eps, unknown params,
+    inputs of the wrong shape or outside the target's bounds, and labels that do not match."""
+    return Attack.create(attack, norm=norm, eps=eps, params=params)(
+        target, x, y, generator=generator, y_target=y_target, fit_data=fit_data,
+        batch_size=batch_size)

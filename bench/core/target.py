@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bench.errors import BadInput, ModelOutputError
+from bench.core.errors import BadInput, ModelOutputError
 
 TargetKind = Literal["classifier", "discriminator"]
 
@@ -32,6 +32,9 @@ class Target(nn.Module):
         kind: ``"classifier"`` or ``"discriminator"`` (one logit ``d`` exposed as ``[0, d]``).
         name: human-readable name used in results.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -60,7 +63,7 @@ class Target(nn.Module):
         self.kind: TargetKind = kind
         self.name = name
         self.card: dict[str, Any] = {}  # how this target was made (params, training curve)
-        self.channels_last = False  # feed the model NHWC tensors (bench.fastpath)
+        self.channels_last = False  # feed the model NHWC tensors (bench.core.fastpath)
         self.__dict__["_compiled"] = None  # torch.compile(model), kept out of the submodules
         channels = self.input_shape[0]
         shape = (1, channels) + (1,) * (len(self.input_shape) - 1)

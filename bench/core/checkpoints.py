@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "ADVBENCH_CACHE"
 
@@ -84,3 +88,36 @@ class CheckpointCache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+M = TypeVar("M")
+
+
+def load_or_fit(cache: CheckpointCache, kind: str, config: dict[str, Any], *, seed: int,
+                device: torch.device, restore: Callable[[dict[str, torch.Tensor]], M],
+                fit: Callable[[str], tuple[M, dict[str, Any]]],
+                state: Callable[[M], dict[str, torch.Tensor]],
+                extra_files: Callable[[M], dict[str, bytes]] | None = None,
+                what: str = "model") -> tuple[M, dict[str, Any]]:
+    """The one "load from the cache or fit, then store" of advbench (trained classifiers, GANs,
+    fitted defenses).
+
+    The entry's key hashes ``config``. On a hit, ``restore(weights)`` rebuilds the object and
+    the stored card comes with it; otherwise ``fit(key)`` returns the object and its card, and
+    ``state(obj)`` (plus ``extra_files(obj)``) is stored atomically. Both run with the global
+    RNG seeded by ``seed`` and restored afterwards (on ``device`` too, for CUDA).
+    """
+    key = config_hash(config)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        hit = cache.load(kind, key)
+        if hit is not None:
+            weights, card = hit
+            log.info("loaded %s from %s", what, cache.entry(kind, key))
+            return restore(weights), card
+        log.info("fitting %s (cache key %s)", what, key)
+        value, card = fit(key)
+    cache.save(kind, key, state(value), card,
+               extra_files=extra_files(value) if extra_files else None)
+    return value, card
