@@ -85,21 +85,9 @@ class BIMParams(IterativeParams):
 
 
 def gradient_attack(
-    target: Target,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: Norm,
-    generator: torch.Generator,
-    steps: int,
-    step_size: float,
-    random_init: bool,
-    restarts: int,
-    targeted: bool,
-    loss: str,
-    y_target: torch.Tensor | None,
-    early_stop: bool = False,
+    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
+    generator: torch.Generator, steps: int, step_size: float, random_init: bool, restarts: int,
+    targeted: bool, loss: str, y_target: torch.Tensor | None, early_stop: bool = False,
     batch_size: int | None = None,
 ) -> AttackResult:
     """The shared projected-gradient loop behind FGSM, BIM and PGD.
@@ -120,10 +108,8 @@ def gradient_attack(
     n = x.shape[0]
     rows = max(1, batch_size or n)
     if targeted and y_target is None:
-        y_target = torch.cat([calls.logits(c).argmin(dim=1) for c in x.split(rows)]) if n \
-            else y.clone()
-    labels = y_target if targeted else y
-    assert labels is not None
+        y_target = _least_likely(calls, x, y, rows)
+    labels = y_target if targeted and y_target is not None else y
     loop = _Loop(calls, x, labels, eps=eps, norm=norm, steps=steps, step_size=step_size,
                  targeted=targeted, loss_fn=loss_fn, early_stop=early_stop, rows=rows)
     best = x.clone()
@@ -139,20 +125,37 @@ def gradient_attack(
         if restarts == 1:  # nothing to choose between: the final check is the reader's
             best[ended], unknown[ended] = ended_x, True
         elif ended.numel():
-            logits = torch.cat([calls.logits(c) for c in ended_x.split(rows)]).float()
-            lab = labels[ended]
-            hit = logits.argmax(1) == lab if targeted else logits.argmax(1) != lab
-            score = (-1.0 if targeted else 1.0) * loss_fn(logits, lab)
-            better = hit | (score > best_score[ended])
-            best[ended[better]] = ended_x[better]
-            best_score[ended] = torch.where(better, score, best_score[ended])
-            success[ended] = hit
+            success[ended] = _keep_better(calls, ended, ended_x, labels[ended], best,
+                                          best_score, targeted=targeted, loss_fn=loss_fn,
+                                          rows=rows)
         waiting = torch.nonzero(~success).flatten()
         if waiting.numel() == 0:
             break
     result = deferred_success(target, best, labels, targeted=targeted, known=success,
                               unknown=unknown) if bool(unknown.any()) else success
     return AttackResult.build(x, best, result, calls, y_target=y_target if targeted else None)
+
+
+def _least_likely(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, rows: int
+                  ) -> torch.Tensor:
+    """The least-likely class of each clean input (the default target, Kurakin et al. 2017)."""
+    if not x.shape[0]:
+        return y.clone()
+    return torch.cat([calls.logits(c).argmin(dim=1) for c in x.split(rows)])
+
+
+def _keep_better(calls: ModelCalls, ended: torch.Tensor, ended_x: torch.Tensor,
+                 labels: torch.Tensor, best: torch.Tensor, best_score: torch.Tensor, *,
+                 targeted: bool, loss_fn: LossFn, rows: int) -> torch.Tensor:
+    """Judge a restart's final iterates ``ended_x`` (of samples ``ended``): keep each in ``best``
+    where it fools the model or beats the best loss so far; return which ones fool it."""
+    logits = torch.cat([calls.logits(c) for c in ended_x.split(rows)]).float()
+    hit = logits.argmax(1) == labels if targeted else logits.argmax(1) != labels
+    score = (-1.0 if targeted else 1.0) * loss_fn(logits, labels)
+    better = hit | (score > best_score[ended])
+    best[ended[better]] = ended_x[better]
+    best_score[ended] = torch.where(better, score, best_score[ended])
+    return hit
 
 
 class _Loop:

@@ -91,6 +91,22 @@ def _onepixel_cost(params: OnePixelParams, n: int, num_classes: int, n_fit: int
     return n * params.population * (params.generations + 1), 0
 
 
+def _mutate(pop: torch.Tensor, fit: torch.Tensor, order: torch.Tensor, params: OnePixelParams,
+            lower: torch.Tensor, upper: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DE/rand/1 (or best1) without crossover: the population and its fitness reordered by the
+    random permutation ``order`` (the parents), and the trial members, clipped to the bounds."""
+    pop = pop.gather(1, order[..., None, None].expand_as(pop))
+    fit = fit.gather(1, order)
+    if params.strategy == "best1":
+        base = pop.gather(1, fit.argmin(1)[:, None, None, None].expand(-1, pop.shape[1],
+                                                                       *pop.shape[2:]))
+    else:
+        base = pop.roll(-1, dims=1)
+    trial = base + params.f * (pop.roll(-2, dims=1) - pop.roll(-3, dims=1))
+    return pop, fit, torch.maximum(torch.minimum(trial, upper), lower)
+
+
 @register_attack("onepixel", params=OnePixelParams, norms=(Norm.L0,), positive_budget=True,
                  black_box=True, cost=_onepixel_cost)
 def onepixel(
@@ -138,16 +154,8 @@ def onepixel(
             active, pop, fit = active[keep], pop[keep], fit[keep]
         if active.numel() == 0 or generation == params.generations:
             break
-        # DE/rand/1 (or best1), no crossover: parents drawn through a random permutation.
-        order = draw((active.numel(), size)).argsort(1)
-        pop = pop.gather(1, order[..., None, None].expand_as(pop))
-        fit = fit.gather(1, order)
-        if params.strategy == "best1":
-            base = pop.gather(1, fit.argmin(1)[:, None, None, None].expand(-1, size, *pop.shape[2:]))
-        else:
-            base = pop.roll(-1, dims=1)
-        trial = base + params.f * (pop.roll(-2, dims=1) - pop.roll(-3, dims=1))
-        trial = torch.maximum(torch.minimum(trial, upper), lower)
+        pop, fit, trial = _mutate(pop, fit, draw((active.numel(), size)).argsort(1), params,
+                                  lower, upper)
         trial_fit, fooled = _score(calls, x[active], trial, labels[active], params.targeted,
                                    chunk)
         better = (trial_fit <= fit) | fooled

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.core.errors import BadInput
 
@@ -24,7 +25,13 @@ def _parser() -> argparse.ArgumentParser:
         "against the peers (perf)."))
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_readers(sub)
+    _add_perf(sub)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run a sweep (a TOML config or a built-in preset)")
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("config", nargs="?", help="sweep config (TOML)")
@@ -47,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", type=int, default=2,
                      help="reruns of a failed worker/Ray task before its cells are reported")
 
+
+def _add_readers(sub: Any) -> None:
+    """The commands that read what is registered or stored: list, leaderboard, compare,
+    publish."""
     lst = sub.add_parser("list", help="list registered attacks, defenses, models, datasets, presets")
     lst.add_argument("what", choices=LISTS)
     lst.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'pgd*'")
@@ -67,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("results", nargs="?", default="results", help="results directory")
     pub.add_argument("--out", default="site", help="site folder (default: ./site)")
 
+
+def _add_perf(sub: Any) -> None:
     perf = sub.add_parser("perf", help=(
         "measure attack throughput against the forward/backward floor and the peers "
         "(foolbox, torchattacks, ART) at identical budgets"))
@@ -99,14 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     perf.add_argument("--out", default="perf", help="where the Parquet file goes (default: perf/)")
     perf.add_argument("--cache-dir", default=None, help="checkpoint cache")
     perf.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
 
 
 def _list(what: str, pattern: str) -> str:
     from attacks import ATTACKS
     from bench.config import preset_names
     from bench.core.datasets import DATASETS
-    from bench.core.models import MODELS
+    from bench.core.zoo import ZOO
     from defenses import DEFENSES
 
     rows: list[tuple[str, ...]]
@@ -116,12 +128,10 @@ def _list(what: str, pattern: str) -> str:
     elif what == "defenses":
         rows = [(n, DEFENSES.get(n).summary) for n in DEFENSES.names(pattern)]
     elif what == "models":
-        from generative.models import GANS
+        import generative  # noqa: F401  (registers the GANs in the zoo)
 
-        rows = [(n, "classifier", "x".join(map(str, MODELS.get(n).input_shape)),
-                 MODELS.get(n).summary) for n in MODELS.names(pattern)]
-        rows += [(n, "discriminator", "28x28, 32x32, 64x64...", GANS.get(n).summary)
-                 for n in GANS.names(pattern)]
+        rows = [(n, ZOO.get(n).kind, ZOO.get(n).shapes, ZOO.get(n).summary)
+                for n in ZOO.names(pattern)]
     elif what == "datasets":
         rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
                 for n in DATASETS.names(pattern)]

@@ -8,7 +8,6 @@ skips cells already stored.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.resources
 import itertools
 import json
@@ -23,11 +22,11 @@ from bench.core.attack import check_threat
 from bench.core.checkpoints import config_hash
 from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.fastpath import FastPathOptions
-from bench.core.models import MODELS
 from bench.core.target import TargetKind
+from bench.core.zoo import ZOO
 from defenses import DEFENSES
 from generative.discriminator import DIRECTIONS
-from generative.models import GANS
+from generative.models import gans
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 THREATS = ("adaptive", "transfer")
@@ -41,17 +40,9 @@ _DEFENSE_KEYS = {"name", "label", "params"}
 
 
 def target_kind(model: str) -> TargetKind:
-    """``discriminator`` for a registered GAN (its discriminator is attacked), ``classifier`` for
-    a zoo model; any other name raises, listing both."""
-    if model in GANS:
-        return "discriminator"
-    if model in MODELS:
-        return "classifier"
-    close = difflib.get_close_matches(model.lower(), MODELS.names() + GANS.names(), n=3,
-                                      cutoff=0.5)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-    raise UnknownName(f"unknown model {model!r}; {hint}classifiers: {', '.join(MODELS.names())}; "
-                      f"GAN discriminators: {', '.join(GANS.names())}")
+    """``discriminator`` for a zoo GAN (its discriminator is attacked), ``classifier`` for a zoo
+    classifier; any other name raises, listing the zoo."""
+    return ZOO.get(model).kind
 
 
 @dataclass(frozen=True)
@@ -306,7 +297,7 @@ def _parse_directions(where: str, table: Mapping[str, Any], kind: TargetKind
     if kind != "discriminator":
         if "directions" in table:
             raise ConfigError(f"{where}: 'directions' applies to GAN discriminators "
-                              f"({', '.join(GANS.names())}), not to classifier "
+                              f"({', '.join(gans())}), not to classifier "
                               f"{table['model']!r}")
         return ()
     directions = _str_list(where, "directions", table.get("directions", list(DIRECTIONS)))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,17 +27,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from tqdm.auto import tqdm
 
 import bench
 from attacks import run_attack
+from bench import peers as peer_attacks
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
 from bench.core.fastpath import FastPath, FastPathOptions, candidates, measure_paths, tune
 from bench.core.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
-from bench.core.models import MODELS
 from bench.core.target import Target
 from bench.core.training import trained_classifier
+from bench.core.zoo import classifier_spec
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,6 @@ class Case:
     precision: str = "fp32"
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def _accuracy(target: Target, y: torch.Tensor) -> Callable[[torch.Tensor], float]:
     return lambda x_adv: float((target.predict_logits(x_adv).argmax(1) == y).float().mean())
 
@@ -104,21 +101,11 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
     peers on ``target``. The PGD-40 evaluation attacks ``eval_batches`` batches' worth of
     images with ``x``'s batch size, so that early stop can refill the rows fooled images free.
     """
-    device, n = x.device, x.shape[0]
-    fast = target if fast is None else fast
+    n = x.shape[0]
+    ours = _ours(target if fast is None else fast)
     shape = tuple(target.input_shape)
     accuracy = _accuracy(target, y)
-    gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
     cases: list[Case] = []
-
-    def ours(name: str, xs: torch.Tensor, ys: torch.Tensor, precision: str = "fp32",
-             **kwargs: Any) -> Run:
-        def run() -> tuple[torch.Tensor, dict[str, Any]]:
-            with autocast(device, precision):
-                res = run_attack(name, fast, xs, ys, generator=gen(), **kwargs)
-            return (res.artifacts.get("perturbation", res.x_adv),
-                    {"n_forward": res.n_forward, "n_backward": res.n_backward})
-        return run
 
     step = eps / 4
     if "fgsm" in groups:
@@ -146,10 +133,8 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
                           ours("deepfool", xd, yd, norm="l2", eps=None),
                           _median_l2(target, xd, yd), "median_l2"))
     xo, yo = x[:onepixel_n], y[:onepixel_n]
-    # torchattacks' default one-pixel budget: 10 generations, popsize 10 -> its DE uses
-    # max(1, 10 // d) * d members for d = 2 + C parameters per pixel.
-    d = 2 + shape[0]
-    population = max(1, 10 // d) * d
+    # torchattacks' default one-pixel budget: 10 generations of its popsize-10 population
+    population = peer_attacks.onepixel_population(shape[0])
     if "onepixel" in groups:
         cases.append(Case("onepixel", "advbench", f"1 pixel, {population} x 10 generations",
                           len(xo), ours("onepixel", xo, yo, norm="l0", eps=1, params={
@@ -165,6 +150,21 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
         cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
                             yo=yo, population=population)
     return cases
+
+
+def _ours(fast: Target) -> Callable[..., Run]:
+    """``ours(name, x, y, precision, **run_attack_kwargs)``: advbench's attack on ``fast``, from
+    a fixed seed, returning its images (or perturbation) and model calls."""
+    def ours(name: str, xs: torch.Tensor, ys: torch.Tensor, precision: str = "fp32",
+             **kwargs: Any) -> Run:
+        def run() -> tuple[torch.Tensor, dict[str, Any]]:
+            with autocast(xs.device, precision):
+                res = run_attack(name, fast, xs, ys,
+                                 generator=torch.Generator(xs.device).manual_seed(0), **kwargs)
+            return (res.artifacts.get("perturbation", res.x_adv),
+                    {"n_forward": res.n_forward, "n_backward": res.n_backward})
+        return run
+    return ours
 
 
 def _median_l2(target: Target, x: torch.Tensor, y: torch.Tensor
@@ -193,90 +193,34 @@ def _fooling(target: Target, x: torch.Tensor) -> Callable[[torch.Tensor], float]
 def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Tensor, *,
                eps: float, groups: set[str], xd: torch.Tensor, yd: torch.Tensor,
                xo: torch.Tensor, yo: torch.Tensor, population: int) -> list[Case]:
-    """The same budgets in foolbox, torchattacks and ART (those that are installed)."""
-    device, n = x.device, x.shape[0]
-    lo, hi = target.bounds
-    accuracy = _accuracy(target, y)
+    """The same budgets in foolbox, torchattacks and ART (those that are installed), through
+    the shared adapters of :mod:`bench.peers`."""
     step = eps / 4
-    cases: list[Case] = []
-    none: dict[str, Any] = {}
-    if _available("foolbox"):
-        import foolbox as fb
+    make: dict[str, Callable[[str], Case]] = {
+        "fgsm": lambda lib: Case(
+            "fgsm", lib, f"linf {eps:g}", len(x), _no_extra(peer_attacks.fgsm(
+                lib, target, x, y, eps)), _accuracy(target, y), "robust_acc"),
+        "pgd10": lambda lib: Case(
+            "pgd10", lib, f"linf {eps:g}, 10 x {step:g}", len(x), _no_extra(peer_attacks.pgd(
+                lib, target, x, y, eps, step, 10)), _accuracy(target, y), "robust_acc"),
+        "deepfool": lambda lib: Case(
+            "deepfool", lib, "l2 minimal, 50 steps", len(xd), _no_extra(peer_attacks.deepfool(
+                lib, target, xd, yd)), _median_l2(target, xd, yd), "median_l2"),
+        "onepixel": lambda lib: Case(
+            "onepixel", lib, f"1 pixel, {population} x 10 generations", len(xo),
+            _no_extra(peer_attacks.onepixel(lib, target, xo, yo)), _success(target, yo),
+            "success"),
+        "uap": lambda lib: Case(
+            "uap", lib, f"linf {eps:g}, one DeepFool pass", len(fit_x), _no_extra(
+                peer_attacks.uap(lib, target, fit_x, eps)), _fooling(target, x),
+            "heldout_fooling"),
+    }
+    return [make[group](library) for group, libraries in peer_attacks.PEERS.items()
+            for library in libraries if group in groups and peer_attacks.available(library)]
 
-        fmodel = fb.PyTorchModel(target, bounds=(lo, hi), device=device)
 
-        def fb_run(attack: Any, xs: torch.Tensor, ys: torch.Tensor, epsilons: Any) -> Run:
-            return lambda: (attack(fmodel, xs, ys, epsilons=epsilons)[1], none)
-
-        if "fgsm" in groups:
-            cases.append(Case("fgsm", "foolbox", f"linf {eps:g}", n,
-                              fb_run(fb.attacks.FGSM(), x, y, eps), accuracy, "robust_acc"))
-        if "pgd10" in groups:
-            cases.append(Case("pgd10", "foolbox", f"linf {eps:g}, 10 x {step:g}", n,
-                              fb_run(fb.attacks.LinfPGD(steps=10, abs_stepsize=step), x, y, eps),
-                              accuracy, "robust_acc"))
-        if "deepfool" in groups:
-            cases.append(Case("deepfool", "foolbox", "l2 minimal, 50 steps", len(xd),
-                              fb_run(fb.attacks.L2DeepFoolAttack(steps=50), xd, yd, None),
-                              _median_l2(target, xd, yd), "median_l2"))
-    if _available("torchattacks"):
-        import torchattacks
-
-        if "fgsm" in groups:
-            atk = torchattacks.FGSM(target, eps=eps)
-            cases.append(Case("fgsm", "torchattacks", f"linf {eps:g}", n,
-                              lambda: (atk(x, y), none), accuracy, "robust_acc"))
-        if "pgd10" in groups:
-            pgd = torchattacks.PGD(target, eps=eps, alpha=step, steps=10)
-            cases.append(Case("pgd10", "torchattacks", f"linf {eps:g}, 10 x {step:g}", n,
-                              lambda: (pgd(x, y), none), accuracy, "robust_acc"))
-        if "onepixel" in groups:
-            op = torchattacks.OnePixel(target, pixels=1, steps=10, popsize=10)
-            cases.append(Case("onepixel", "torchattacks",
-                              f"1 pixel, {population} x 10 generations", len(xo),
-                              lambda: (op(xo, yo), none), _success(target, yo), "success"))
-    if _available("art"):
-        from art.attacks.evasion import (
-            DeepFool,
-            FastGradientMethod,
-            ProjectedGradientDescent,
-            UniversalPerturbation,
-        )
-        from art.estimators.classification import PyTorchClassifier
-
-        classifier = PyTorchClassifier(
-            target, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(target.input_shape),
-            nb_classes=target.num_classes, clip_values=(lo, hi),
-            device_type="gpu" if device.type == "cuda" else "cpu")
-
-        def art_run(attack: Any, xs: torch.Tensor, ys: torch.Tensor | None) -> Run:
-            def run() -> tuple[torch.Tensor, dict[str, Any]]:
-                kwargs = {} if ys is None else {"y": ys.cpu().numpy()}
-                adv = attack.generate(xs.cpu().numpy(), **kwargs)
-                return torch.from_numpy(adv).to(device), none
-            return run
-
-        if "fgsm" in groups:
-            cases.append(Case("fgsm", "art", f"linf {eps:g}", n, art_run(FastGradientMethod(
-                classifier, eps=eps, batch_size=n), x, y), accuracy, "robust_acc"))
-        if "pgd10" in groups:
-            cases.append(Case("pgd10", "art", f"linf {eps:g}, 10 x {step:g}", n, art_run(
-                ProjectedGradientDescent(classifier, eps=eps, eps_step=step, max_iter=10,
-                                         batch_size=n, verbose=False), x, y),
-                accuracy, "robust_acc"))
-        if "deepfool" in groups:
-            cases.append(Case("deepfool", "art", "l2 minimal, 50 steps", len(xd), art_run(
-                DeepFool(classifier, max_iter=50, nb_grads=10, batch_size=len(xd),
-                         verbose=False), xd, None), _median_l2(target, xd, yd), "median_l2"))
-        if "uap" in groups:
-            def art_uap() -> tuple[torch.Tensor, dict[str, Any]]:
-                attack = UniversalPerturbation(classifier, attacker="deepfool", delta=0.2,
-                                               max_iter=1, eps=eps, norm=np.inf, verbose=False)
-                attack.generate(fit_x.cpu().numpy())
-                return torch.from_numpy(attack.noise[0]).float().to(device), none
-            cases.append(Case("uap", "art", f"linf {eps:g}, one DeepFool pass", len(fit_x),
-                              art_uap, _fooling(target, x), "heldout_fooling"))
-    return cases
+def _no_extra(run: peer_attacks.PeerRun) -> Run:
+    return lambda: (run(), {})
 
 
 GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap")
@@ -306,7 +250,7 @@ def perf_target(options: PerfOptions, device: torch.device
                 ) -> tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """The model (trained when a matching local data set exists, else random weights) and
     evaluation / fit images with labels the model gets right."""
-    spec = MODELS.get(options.model)
+    spec = classifier_spec(options.model)
     n = options.batch_size or (1024 if device.type == "cuda" else 256)
     name = options.dataset
     if name is None:
@@ -325,9 +269,10 @@ def perf_target(options: PerfOptions, device: torch.device
         y = test.y.repeat(reps)[:n].to(device)
         fit_x = train.x[:options.uap_fit].to(device)
     else:
-        torch.manual_seed(0)
-        target = Target(spec.build(10), num_classes=10, input_shape=spec.input_shape,
-                        name=spec.name).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+            torch.manual_seed(0)
+            target = Target(spec.build(10), num_classes=10, input_shape=spec.input_shape,
+                            name=spec.name).to(device)
         weights = "random init (no local data set; labels = the model's own predictions)"
         g = torch.Generator().manual_seed(0)
         x = torch.rand((n, *spec.input_shape), generator=g).to(device)
@@ -371,27 +316,41 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
                         onepixel_n=min(options.onepixel_n, x.shape[0]),
                         deepfool_n=min(options.deepfool_n or x.shape[0], x.shape[0]),
                         fast=tuned.target, eval_batches=options.eval_batches)
-    from tqdm.auto import tqdm
-
     with target.evaluating():
-        for case in tqdm(cases, desc="perf", unit="case", disable=not options.progress):
-            slow = case.library != "advbench" and case.group in ("onepixel", "uap", "deepfool")
-            seconds, (out, extra), peak = timed(case.run, device,
-                                                 1 if slow else options.repeats,
-                                                 0 if slow else 1)
-            row = {**common, "group": case.group, "library": case.library,
-                   "precision": case.precision, "fast_path": tuned.path.name
-                   if case.library.startswith("advbench") else None, "budget": case.budget,
-                   "n_images": case.n_images, "median_s": seconds,
-                   "img_per_s": case.n_images / seconds, "metric": case.metric,
-                   "score": case.score(out), "n_forward": extra.get("n_forward"),
-                   "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak}
-            row["floor_fraction"] = floor_fraction(
-                row["n_forward"] or 0, row["n_backward"] or 0, seconds, floor,
-                case.precision if case.precision in options.precisions else "fp32")
-            rows.append(row)
+        rows += [_time_case(case, common, device, floor, tuned.path.name, options)
+                 for case in tqdm(cases, desc="perf", unit="case", disable=not options.progress)]
     rows += equal_fooling_rows(rows, target, x, y, fit_x, tuned.target, eps, device, options)
-    df = pd.DataFrame(rows)
+    df = _with_speedups(pd.DataFrame(rows))
+    for f in PERF_SCHEMA:
+        if f.name not in df:
+            df[f.name] = None
+    return df[[f.name for f in PERF_SCHEMA]]
+
+
+def _time_case(case: Case, common: dict[str, Any], device: torch.device,
+               floor: dict[tuple[str, str], float], fast_path: str, options: PerfOptions
+               ) -> dict[str, Any]:
+    """Time one case (the peers' slow minimal attacks once, the rest ``options.repeats``
+    times) and score what it returned."""
+    slow = case.library != "advbench" and case.group in ("onepixel", "uap", "deepfool")
+    seconds, (out, extra), peak = timed(case.run, device, 1 if slow else options.repeats,
+                                         0 if slow else 1)
+    row = {**common, "group": case.group, "library": case.library,
+           "precision": case.precision,
+           "fast_path": fast_path if case.library.startswith("advbench") else None,
+           "budget": case.budget, "n_images": case.n_images, "median_s": seconds,
+           "img_per_s": case.n_images / seconds, "metric": case.metric,
+           "score": case.score(out), "n_forward": extra.get("n_forward"),
+           "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak}
+    row["floor_fraction"] = floor_fraction(
+        row["n_forward"] or 0, row["n_backward"] or 0, seconds, floor,
+        case.precision if case.precision in options.precisions else "fp32")
+    return row
+
+
+def _with_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Each advbench row's speed-up over the fastest fp32 peer of its group; PGD-40 early
+    stop's over the same attack at full budget."""
     df["speedup_vs_fastest_peer"] = np.nan
     for group, g in df[df["group"] != "floor"].groupby("group"):
         peers = g[~g["library"].str.startswith("advbench") & (g["precision"] == "fp32")]
@@ -405,10 +364,7 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
         early = (df["group"] == "pgd40-eval") & (df["library"] == "advbench")
         df.loc[early, "speedup_vs_fastest_peer"] = (df.loc[early, "img_per_s"]
                                                     / fixed["img_per_s"].iloc[0])
-    for f in PERF_SCHEMA:
-        if f.name not in df:
-            df[f.name] = None
-    return df[[f.name for f in PERF_SCHEMA]]
+    return df
 
 
 def equal_fooling_rows(rows: list[dict[str, Any]], target: Target, x: torch.Tensor,

@@ -35,13 +35,13 @@ from bench.core.measure import (
     measure,
     resolve_device,
 )
-from bench.core.models import MODELS
 from bench.core.norms import Norm, norm_of
 from bench.core.target import Target
 from bench.core.training import check_compatible, make_target, trained_classifier
+from bench.core.zoo import classifier_spec
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
-from generative.models import GANS
+from generative.models import gan_spec
 from generative.training import GAN, build_gan, trained_gan
 from leaderboards.schema import SummaryRow
 
@@ -367,9 +367,9 @@ def check_sweep(config: SweepConfig) -> None:
             )
         for t in config.targets:
             if t.kind == "discriminator":
-                untrained = build_gan(GANS.get(t.model), dataset.input_shape).target
+                untrained = build_gan(gan_spec(t.model), dataset.input_shape).target
             else:
-                spec = MODELS.get(t.model)
+                spec = classifier_spec(t.model)
                 check_compatible(spec, dataset)
                 untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
             for label in t.defenses:

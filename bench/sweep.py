@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +50,11 @@ class Plan:
     def todo(self) -> list[Cell]:
         return [c for c in self.cells if c.cell_id not in self.stored]
 
-    def groups(self, cells: list[Cell] | None = None) -> list[list[Cell]]:
+    @staticmethod
+    def groups(cells: list[Cell]) -> list[list[Cell]]:
+        """``cells`` grouped by the base model they share (one executor task each)."""
         out: dict[tuple[str, str, str, int], list[Cell]] = {}
-        for cell in self.todo if cells is None else cells:
+        for cell in cells:
             out.setdefault(group_key(cell), []).append(cell)
         return list(out.values())
 
@@ -144,6 +148,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
             else:
                 store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
                 report.written.append(outcome.summary)
+                _pause_for_tests(len(report.written))
             store.release(cell.cell_id)
             bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
                                 f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
@@ -155,6 +160,19 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
         store.remove_empty()
         executor.close()
     return report
+
+
+PAUSE_ENV = "ADVBENCH_TEST_PAUSE_AFTER_CELLS"
+
+
+def _pause_for_tests(written: int) -> None:
+    """Test hook: with ``$ADVBENCH_TEST_PAUSE_AFTER_CELLS = N`` the sweep blocks once it has
+    stored N cells, until a signal ends it, so interruption tests know what is stored."""
+    pause = os.environ.get(PAUSE_ENV, "")
+    if pause.isdigit() and written == int(pause):
+        log.warning("%s=%s: paused after %d stored cells", PAUSE_ENV, pause, written)
+        while True:
+            time.sleep(3600)
 
 
 def summary_line(config: SweepConfig, report: RunReport, out: Any) -> str:

@@ -26,9 +26,9 @@ import torch
 from attacks import ATTACKS, Attack, ThreatModel
 from bench.core.datasets import Split
 from bench.core.errors import BadInput
-from bench.core.models import TrainRecipe
 from bench.core.target import Target
 from bench.core.training import SCHEDULES, fit
+from bench.core.zoo import TrainRecipe
 from defenses.base import register_defense, require_classifier
 
 
@@ -114,6 +114,12 @@ class AdvTrainParams:
     def warmup_epochs(self) -> int:
         return int(self.eps_warmup * self.epochs + 1e-9)
 
+    def eps_at(self, epoch: int) -> float:
+        """The training budget at ``epoch`` (0-based): a linear ramp over the warm-up."""
+        if epoch >= self.warmup_epochs:
+            return self.eps
+        return self.eps * (epoch + 1) / (self.warmup_epochs + 1)
+
     def recipe(self) -> TrainRecipe:
         return TrainRecipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            optimizer=self.optimizer, weight_decay=self.weight_decay,
@@ -171,23 +177,13 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
     target = build_adversarially_trained(base, params)
     monitor_attack = params.monitor_attack()
     inner: dict[float, Attack] = {}  # the inner attack at each budget, parsed once
-    if params.monitor_samples >= len(train):
-        raise BadInput(f"monitor_samples = {params.monitor_samples} leaves no training data in a "
-                       f"train split of {len(train)}")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    held, kept = order[:params.monitor_samples], order[params.monitor_samples:]
-    monitor_x, monitor_y = train.x[held].to(device), train.y[held].to(device)
-    fit_split = Split(train.x[kept], train.y[kept])
+    fit_split, monitor = _hold_out(train, params.monitor_samples, seed)
+    monitor_x, monitor_y = monitor.x.to(device), monitor.y.to(device)
     attack_gen = torch.Generator(device=device).manual_seed(seed)
     monitor_seed = seed + 1
 
-    def eps_at(epoch: int) -> float:
-        if epoch >= params.warmup_epochs:
-            return params.eps
-        return params.eps * (epoch + 1) / (params.warmup_epochs + 1)
-
     def perturb(x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = eps_at(epoch)
+        eps = params.eps_at(epoch)
         if eps not in inner:
             inner[eps] = params.inner_attack(eps)
         n_clean = int(round(params.clean_fraction * x.shape[0]))
@@ -200,7 +196,7 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
         clean, robust = robust_accuracy(
             target, monitor_x, monitor_y, monitor_attack,
             torch.Generator(device=device).manual_seed(monitor_seed))
-        stats.update(eps=eps_at(epoch), monitor_clean_acc=clean, monitor_robust_acc=robust)
+        stats.update(eps=params.eps_at(epoch), monitor_clean_acc=clean, monitor_robust_acc=robust)
         warm = epoch >= params.warmup_epochs
         if warm and robust > best["robust"]:
             best.update(robust=robust, epoch=epoch + 1,
@@ -213,20 +209,36 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
     history = fit(target, fit_split, params.recipe(), seed=seed, device=device,
                   progress=progress, desc=f"advtrain {params.attack}@{params.eps:g}",
                   perturb=perturb, epoch_end=epoch_end)
+    target.name = f"{base.name}+advtrain"
+    target.card = _restore_best(target, history, best)
+    return target
+
+
+def _hold_out(train: Split, n: int, seed: int) -> tuple[Split, Split]:
+    """``train`` less ``n`` random images, and those ``n`` (the per-epoch monitor set)."""
+    if n >= len(train):
+        raise BadInput(f"monitor_samples = {n} leaves no training data in a train split of "
+                       f"{len(train)}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:n], order[n:]
+    return Split(train.x[kept], train.y[kept]), Split(train.x[held], train.y[held])
+
+
+def _restore_best(target: Target, history: list[dict[str, float]], best: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """After a collapse, load the best epoch's weights back; the card says which were kept."""
     collapsed = bool(history and history[-1].get("collapsed"))
     if collapsed and best["state"] is not None:
         target.load_state_dict(best["state"])
     kept_stats = (history[best["epoch"] - 1] if collapsed and best["state"] is not None
                   else history[-1])
-    target.name = f"{base.name}+advtrain"
-    target.card = {
+    return {
         "history": history,
         "collapsed_at_epoch": history[-1]["epoch"] if collapsed else None,
         "kept_epoch": kept_stats["epoch"],
         "metrics": {"monitor_clean_acc": kept_stats["monitor_clean_acc"],
                     "monitor_robust_acc": kept_stats["monitor_robust_acc"]},
     }
-    return target
 
 
 def _check(base: Target, params: AdvTrainParams) -> None:

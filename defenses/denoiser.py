@@ -30,9 +30,9 @@ from torch import nn
 from attacks import ATTACKS, Attack, ThreatModel
 from bench.core.datasets import Split
 from bench.core.errors import BadInput
-from bench.core.models import TrainRecipe
 from bench.core.target import Target
 from bench.core.training import SCHEDULES, fit
+from bench.core.zoo import TrainRecipe
 from defenses.base import register_defense, require_classifier
 
 LOSSES = ("pixel", "feature", "logit", "class")

@@ -28,7 +28,7 @@ from bench.core.errors import BadInput
 from bench.core.target import Target
 from defenses.base import register_defense
 from generative.discriminator import FAKE, REAL, discriminator_target
-from generative.models import GANS, Discriminator, GANRecipe
+from generative.models import Discriminator, GANRecipe, gan_spec, gans
 from generative.training import train_gan
 
 
@@ -58,9 +58,9 @@ class RobGANParams:
 
 def _gan_of(base: Target) -> tuple[str, GANRecipe]:
     name = base.card.get("gan")
-    if base.kind != "discriminator" or not isinstance(name, str) or name not in GANS:
+    if base.kind != "discriminator" or not isinstance(name, str) or name not in gans():
         raise BadInput(f"robgan trains a GAN's discriminator; target {base.name!r} is a "
-                       f"{base.kind} (use a GAN target such as {', '.join(GANS.names())})")
+                       f"{base.kind} (use a GAN target such as {', '.join(gans())})")
     return name, GANRecipe(**base.card.get("recipe", {}))
 
 
@@ -70,7 +70,7 @@ def check_robgan(base: Target, params: RobGANParams) -> None:
 
 def build_robgan(base: Target, params: RobGANParams) -> Target:
     name, recipe = _gan_of(base)
-    discriminator = Discriminator(base.input_shape, recipe.width, spectral=GANS.get(name).spectral)
+    discriminator = Discriminator(base.input_shape, recipe.width, spectral=gan_spec(name).spectral)
     target = discriminator_target(discriminator.to(base.device), base.input_shape,
                                   name=f"{base.name}+robgan")
     target.card = {"gan": name, "recipe": dataclasses.asdict(recipe)}
@@ -99,7 +99,7 @@ def robgan(base: Target, train: Split, params: RobGANParams, generator: torch.Ge
             return pgd(d, x, y, generator=attack_rng).x_adv.detach()
         return attacked(real, REAL), attacked(fake, FAKE) if params.attack_fake else fake
 
-    gan = train_gan(GANS.get(name), train, seed=seed, device=device, recipe=recipe,
+    gan = train_gan(gan_spec(name), train, seed=seed, device=device, recipe=recipe,
                     d_perturb=perturb, progress=progress, desc=f"robgan {name}@{params.eps:g}")
     target = discriminator_target(gan.discriminator, base.input_shape, name=f"{base.name}+robgan")
     target.card = {"gan": name, "recipe": dataclasses.asdict(recipe),

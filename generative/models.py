@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from bench.core.errors import BadInput
-from bench.core.registry import Registry
+from bench.core.zoo import ZOO, register_model
 
 
 def layout(input_shape: Sequence[int]) -> tuple[int, int]:
@@ -144,12 +145,14 @@ class GANRecipe:
 
 @dataclass(frozen=True)
 class GANSpec:
-    """A registered GAN: its discriminator is the attack target."""
+    """A GAN in the zoo: its discriminator is the attack target."""
 
     name: str
     spectral: bool
     recipe: GANRecipe
     summary: str
+    kind: Literal["discriminator"] = "discriminator"
+    shapes: str = "28x28, 32x32, 64x64..."
 
     def build(self, image_shape: Sequence[int], recipe: GANRecipe | None = None
               ) -> tuple[Generator, Discriminator]:
@@ -158,8 +161,20 @@ class GANSpec:
                 Discriminator(image_shape, r.width, spectral=self.spectral))
 
 
-GANS: Registry[GANSpec] = Registry("GAN")
-GANS.add("dcgan", GANSpec("dcgan", False, GANRecipe(),
-                          "DCGAN (Radford et al. 2016); its discriminator is the target"))
-GANS.add("sndcgan", GANSpec("sndcgan", True, GANRecipe(),
-                            "SN-DCGAN: spectral norm on every D layer (Miyato et al. 2018)"))
+def gan_spec(name: str) -> GANSpec:
+    """The zoo GAN ``name``; :class:`BadInput` if the zoo's entry is not a GAN."""
+    entry = ZOO.get(name)
+    if not isinstance(entry, GANSpec):
+        raise BadInput(f"model {name!r} is a {entry.kind}, not a GAN; GANs: "
+                       f"{', '.join(gans())}")
+    return entry
+
+
+def gans() -> list[str]:
+    return [n for n in ZOO.names() if isinstance(ZOO.get(n), GANSpec)]
+
+
+register_model(GANSpec("dcgan", False, GANRecipe(),
+                       "DCGAN (Radford et al. 2016); its discriminator is the target"))
+register_model(GANSpec("sndcgan", True, GANRecipe(),
+                       "SN-DCGAN: spectral norm on every D layer (Miyato et al. 2018)"))

@@ -36,7 +36,7 @@ from generative.discriminator import (
     sample,
     to_pixels,
 )
-from generative.models import GANS, Discriminator, GANRecipe, GANSpec, Generator
+from generative.models import Discriminator, GANRecipe, GANSpec, Generator, gan_spec
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,44 @@ def discriminator_accuracy(gan: GAN, real: torch.Tensor, seed: int) -> dict[str,
             "d_acc": (acc_real + acc_fake) / 2}
 
 
+class _Steps:
+    """The two optimiser steps of GAN training (D on real + fake, G through D)."""
+
+    def __init__(self, gan: GAN, recipe: GANRecipe) -> None:
+        self.g, self.d, self.recipe = gan.generator, gan.discriminator, recipe
+        self.d_target = discriminator_target(self.d, gan.image_shape, name=gan.spec.name)
+        betas = (recipe.beta1, recipe.beta2)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=recipe.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=recipe.lr, betas=betas)
+
+    def logits(self, real: torch.Tensor, fake: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.d_target(torch.cat([real, fake]))[:, 1]  # one batch: BN sees the mixture
+        return out[:real.shape[0]], out[real.shape[0]:]
+
+    def d_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        self.d.train()
+        d_real, d_fake = self.logits(real, fake)
+        loss_d = (F.binary_cross_entropy_with_logits(
+            d_real, torch.full_like(d_real, self.recipe.real_label))
+            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return {"loss_d": float(loss_d.detach()),
+                "d_real": float(torch.sigmoid(d_real.detach()).mean()),
+                "d_fake": float(torch.sigmoid(d_fake.detach()).mean())}
+
+    def g_step(self, real: torch.Tensor, z: torch.Tensor) -> float:
+        """The non-saturating generator loss ``-log D(G(z))``, through D on the mixed batch."""
+        _, d_gen = self.logits(real, to_pixels(self.g(z)))
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()  # D's grads from this pass are cleared before its next step
+        self.opt_g.step()
+        return float(loss_g.detach())
+
+
 def train_gan(spec: GANSpec, split: Split, *, seed: int, device: torch.device,
               recipe: GANRecipe | None = None, d_perturb: DPerturb | None = None,
               progress: bool = True, desc: str | None = None) -> GAN:
@@ -116,74 +154,51 @@ def train_gan(spec: GANSpec, split: Split, *, seed: int, device: torch.device,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         gan = build_gan(spec, image_shape, recipe, device)
-    g, d = gan.generator, gan.discriminator
-    d_target = discriminator_target(d, image_shape, name=spec.name)
-    betas = (recipe.beta1, recipe.beta2)
-    opt_g = torch.optim.Adam(g.parameters(), lr=recipe.lr, betas=betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=recipe.lr, betas=betas)
+    steps = _Steps(gan, recipe)
     rng = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(split) // recipe.batch_size  # drop the last, smaller batch (BN)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc or f"train {spec.name}",
-               disable=not progress, unit="step", leave=False)
-
-    def logits(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = d_target(torch.cat([real, fake]))[:, 1]  # one batch: BN sees the mixture
-        return out[:real.shape[0]], out[real.shape[0]:]
-
     step = 0
-    try:
+    with tqdm(total=recipe.epochs * steps_per_epoch, desc=desc or f"train {spec.name}",
+              disable=not progress, unit="step", leave=False) as bar:
         for epoch in range(recipe.epochs):
             order = torch.randperm(len(split), generator=rng)[:steps_per_epoch * recipe.batch_size]
             sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
             g_steps = 0
             for batch in order.split(recipe.batch_size):
                 real = split.x[batch].to(device)
-                n = real.shape[0]
-                z = torch.randn(n, recipe.z_dim, generator=rng).to(device)
-                g.train()
+                z = torch.randn(real.shape[0], recipe.z_dim, generator=rng).to(device)
+                gan.generator.train()
                 with torch.no_grad():
-                    fake = to_pixels(g(z))
+                    fake = to_pixels(gan.generator(z))
                 if d_perturb is not None:
-                    real, fake = d_perturb(d_target, real, fake)
-                d.train()
-                d_real, d_fake = logits(real, fake)
-                loss_d = (F.binary_cross_entropy_with_logits(
-                    d_real, torch.full_like(d_real, recipe.real_label))
-                    + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                sums["loss_d"] += float(loss_d.detach())
-                sums["d_real"] += float(torch.sigmoid(d_real.detach()).mean())
-                sums["d_fake"] += float(torch.sigmoid(d_fake.detach()).mean())
+                    real, fake = d_perturb(steps.d_target, real, fake)
+                for key, value in steps.d_step(real, fake).items():
+                    sums[key] += value
                 step += 1
                 if step % recipe.d_steps == 0:
-                    z = torch.randn(n, recipe.z_dim, generator=rng).to(device)
-                    _, d_gen = logits(split.x[batch].to(device), to_pixels(g(z)))
-                    loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-                    opt_g.zero_grad(set_to_none=True)
-                    loss_g.backward()  # D's grads from this pass are cleared before its next step
-                    opt_g.step()
-                    sums["loss_g"] += float(loss_g.detach())
+                    z = torch.randn(real.shape[0], recipe.z_dim, generator=rng).to(device)
+                    sums["loss_g"] += steps.g_step(split.x[batch].to(device), z)
                     g_steps += 1
                 bar.update(1)
-            stats = {"epoch": float(epoch + 1),
-                     "loss_d": sums["loss_d"] / steps_per_epoch,
-                     "loss_g": sums["loss_g"] / max(g_steps, 1),
-                     "d_real": sums["d_real"] / steps_per_epoch,
-                     "d_fake": sums["d_fake"] / steps_per_epoch}
-            for key, value in stats.items():
-                if value != value:
-                    raise BadInput(f"GAN training diverged at epoch {epoch + 1} ({key} is NaN); "
-                                   f"lower the learning rate")
-            history.append(stats)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k != "epoch"})
-    finally:
-        bar.close()
+            history.append(_epoch_stats(epoch, sums, steps_per_epoch, g_steps))
+            bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k != "epoch"})
     recalibrate_batch_norm(gan, split, seed)
     gan.card = {"history": history}
     return gan
+
+
+def _epoch_stats(epoch: int, sums: dict[str, float], d_steps: int, g_steps: int
+                 ) -> dict[str, float]:
+    """An epoch's mean losses and D outputs; a NaN means training diverged."""
+    stats = {"epoch": float(epoch + 1), "loss_d": sums["loss_d"] / d_steps,
+             "loss_g": sums["loss_g"] / max(g_steps, 1), "d_real": sums["d_real"] / d_steps,
+             "d_fake": sums["d_fake"] / d_steps}
+    for key, value in stats.items():
+        if value != value:
+            raise BadInput(f"GAN training diverged at epoch {epoch + 1} ({key} is NaN); "
+                           f"lower the learning rate")
+    return stats
 
 
 @torch.no_grad()
@@ -238,7 +253,7 @@ def trained_gan(name: str, dataset: Dataset, *, seed: int, device: torch.device,
                 recipe: GANRecipe | None = None) -> GAN:
     """The registered GAN ``name`` trained on ``dataset``'s train split, from the cache when
     present (kind ``gans``: weights, card and ``samples.png``)."""
-    spec = GANS.get(name)
+    spec = gan_spec(name)
     recipe = recipe or spec.recipe
     train = dataset.split("train")
     config = {

@@ -8,62 +8,22 @@ matplotlib. Pages are self-contained static files: open them from disk or any we
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 
 from bench.core.errors import BadInput
 from leaderboards.tables import Board, display_table, leaderboards, to_csv, to_markdown
 
-SORT_SCRIPT = """
-<script>
-// Click a header to sort by it; click again to reverse. Numbers (the leading one of a cell,
-// e.g. "69.2 [66.3, 72.0]") sort as numbers, everything else as text.
-function cellKey(td) {
-  const text = td.getAttribute("data-sort") ?? td.textContent.trim();
-  const number = parseFloat(text.replace(/,/g, ""));
-  return Number.isNaN(number) ? text.toLowerCase() : number;
-}
-document.querySelectorAll("table.sortable").forEach(table => {
-  table.querySelectorAll("th").forEach((th, col) => {
-    th.addEventListener("click", () => {
-      const body = table.tBodies[0];
-      const rows = Array.from(body.rows);
-      const ascending = th.getAttribute("aria-sort") !== "ascending";
-      rows.sort((a, b) => {
-        const x = cellKey(a.cells[col]), y = cellKey(b.cells[col]);
-        const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0)
-                                            : (typeof x === "number" ? -1 : 1);
-        return ascending ? order : -order;
-      });
-      table.querySelectorAll("th").forEach(h => h.removeAttribute("aria-sort"));
-      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
-      rows.forEach(row => body.appendChild(row));
-    });
-  });
-});
-</script>
-"""
-
-STYLE = """
-<style>
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right;
-         white-space: nowrap; }
-th { background: #f3f3f3; cursor: pointer; user-select: none; }
-th[aria-sort="ascending"]::after { content: " ▲"; }
-th[aria-sort="descending"]::after { content: " ▼"; }
-td.key, th.key { text-align: left; }
-nav a { margin-right: 1rem; }
-img { max-width: 800px; }
-</style>
-"""
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined)
+"""The site's pages: ``base.html.j2`` (style, navigation, the sorting script), ``board.html.j2``
+and ``index.html.j2``."""
 
 
 MARKER = ".advbench-site"
@@ -74,29 +34,19 @@ def slug(board: Board) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
-def _page(title: str, body: str, nav: str) -> str:
-    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title>{STYLE}</head>\n<body>\n<nav>{nav}</nav>\n"
-            f"<h1>{html.escape(title)}</h1>\n{body}\n{SORT_SCRIPT}</body></html>\n")
-
-
-def html_table(board: Board) -> str:
-    """The board's display table as a sortable HTML table; worst-case cells sort by value."""
+def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> str:
+    """A leaderboard's page: its display table, sortable (worst-case cells sort by value), and
+    the plot when there is one."""
     shown = display_table(board)
     keys = {"model", "defense", "direction"}
-    head = "".join(f"<th class=\"{'key' if c in keys else 'num'}\">{html.escape(c)}</th>"
-                   for c in shown.columns)
+    columns = [{"name": c, "css": "key" if c in keys else "num"} for c in shown.columns]
     rows = []
     for i, row in shown.iterrows():
-        cells = []
-        for col in shown.columns:
-            raw = board.table.loc[i, col]
-            sort = "" if col in keys or pd.isna(raw) else f" data-sort=\"{raw}\""
-            css = "key" if col in keys else "num"
-            cells.append(f"<td class=\"{css}\"{sort}>{html.escape(str(row[col]))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table class=\"sortable\"><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        rows.append([{"text": str(row[col]), "css": "key" if col in keys else "num",
+                      "sort": None if col in keys or pd.isna(board.table.loc[i, col])
+                      else str(board.table.loc[i, col])} for col in shown.columns])
+    return TEMPLATES.get_template("board.html.j2").render(
+        title=board.title, links=links, columns=columns, rows=rows, plot=plot)
 
 
 def plot_worst_case(board: Board, path: Path) -> bool:
@@ -168,22 +118,14 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
             (tmp / "comparison.md").write_text(compare_markdown(comparison))
             comparison.to_csv(tmp / "comparison.csv", index=False)
         links = [(f"{slug(b)}.html", b.title) for b in boards]
-        nav = "<a href=\"index.html\">index</a>" + "".join(
-            f"<a href=\"{href}\">{html.escape(title)}</a>" for href, title in links)
         for board, (href, _) in zip(boards, links):
             plot = f"{slug(board)}.png"
-            figure = (f"<img src=\"{plot}\" alt=\"worst-case robust accuracy vs eps\">"
-                      if plot_worst_case(board, tmp / plot) else "")
-            (tmp / href).write_text(_page(board.title, html_table(board) + figure, nav))
-        items = "".join(f"<li><a href=\"{href}\">{html.escape(title)}</a></li>"
-                        for href, title in links)
-        files = "".join(f"<li><a href=\"{name}\">{name}</a></li>" for name in sorted(
-            p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex")))
-        n_cells = summary["cell_id"].nunique()
-        (tmp / "index.html").write_text(_page(
-            "advbench leaderboards",
-            f"<p>{n_cells} cells, {len(boards)} leaderboards.</p><ul id=\"boards\">{items}</ul>"
-            f"<h2>Downloads</h2><ul>{files}</ul>", nav))
+            (tmp / href).write_text(board_page(
+                board, links, plot if plot_worst_case(board, tmp / plot) else None))
+        files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex"))
+        (tmp / "index.html").write_text(TEMPLATES.get_template("index.html.j2").render(
+            title="advbench leaderboards", links=links, files=files,
+            n_cells=summary["cell_id"].nunique()))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -193,4 +135,4 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
     return sorted(out.iterdir())
 
 
-__all__ = ["publish", "html_table", "plot_worst_case", "to_latex", "slug"]
+__all__ = ["publish", "board_page", "plot_worst_case", "to_latex", "slug"]

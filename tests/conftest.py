@@ -27,8 +27,6 @@ from bench.core.registry import Registry
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -12,6 +12,7 @@ Names (``advbench list datasets``):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import re
@@ -81,18 +82,17 @@ DATASETS: Registry[DatasetLoader] = Registry("dataset")
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
-_CACHE: dict[str, Dataset] = {}
-
-
 def load_dataset(spec: str) -> Dataset:
-    """Load ``"name"`` or ``"name:argument"`` (memoised per process)."""
+    """Load ``"name"`` or ``"name:argument"`` (the last few are kept in memory per process)."""
     if not isinstance(spec, str) or not spec:
         raise BadInput(f"dataset must be a non-empty string like 'mnist5k', got {spec!r}")
-    if spec not in _CACHE:
-        scheme, _, arg = spec.partition(":")
-        loader = DATASETS.get(scheme)
-        _CACHE[spec] = loader(arg or None)
-    return _CACHE[spec]
+    return _load(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(spec: str) -> Dataset:
+    scheme, _, arg = spec.partition(":")
+    return DATASETS.get(scheme)(arg or None)
 
 
 def _images(array: np.ndarray) -> torch.Tensor:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from bench.core.checkpoints import CheckpointCache, load_or_fit
 from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput
-from bench.core.models import MODELS, ModelSpec, TrainRecipe
 from bench.core.target import Target
+from bench.core.zoo import ModelSpec, TrainRecipe, classifier_spec, classifiers
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def check_compatible(spec: ModelSpec, dataset: Dataset) -> None:
         raise BadInput(
             f"model {spec.name!r} expects inputs {spec.input_shape} but dataset {dataset.name!r} "
             f"has {tuple(dataset.input_shape)}; pick a model for this data "
-            f"({', '.join(n for n in MODELS.names() if MODELS.get(n).input_shape == tuple(dataset.input_shape)) or 'none in the zoo'})"
+            f"({', '.join(n for n in classifiers() if classifier_spec(n).input_shape == tuple(dataset.input_shape)) or 'none in the zoo'})"
         )
 
 
@@ -186,7 +186,7 @@ def trained_classifier(
     recipe: TrainRecipe | None = None,
 ) -> tuple[Target, dict[str, Any]]:
     """Return the zoo model trained on ``dataset``'s train split, from the cache when present."""
-    spec = MODELS.get(model_name)
+    spec = classifier_spec(model_name)
     check_compatible(spec, dataset)
     recipe = recipe or spec.recipe
     config = {

@@ -80,7 +80,7 @@ def test_inside_bounds_and_eps_ball(name: str, norm: Norm, target_and_data: Any)
     assert res.n_forward >= len(x) and res.n_backward >= 0
 
 
-# UAP's ξ and one-pixel's k must be > 0 (issue 3); see test_positive_budgets_are_enforced.
+# UAP's ξ and one-pixel's k must be > 0; see test_positive_budgets_are_enforced.
 @pytest.mark.parametrize("name,norm", [c for c in CASES if not ATTACKS.get(c[0]).minimal
                                        and not ATTACKS.get(c[0]).positive_budget])
 def test_eps_zero_reproduces_clean_predictions(name: str, norm: Norm,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bench.cli import main
-from bench.core.models import MODELS, ModelSpec, TrainRecipe
+from bench.core.zoo import ZOO, ModelSpec, TrainRecipe
 from leaderboards import SUMMARY_SCHEMA, load
 from tests.conftest import Register, advbench
 
@@ -205,7 +205,7 @@ def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     spec = ModelSpec(f"broken_{mode}", lambda n: _Broken(mode), (1, 28, 28),
                      TrainRecipe(epochs=1, batch_size=500, lr=1e-3), "broken")
-    register(MODELS, spec.name, spec)
+    register(ZOO, spec.name, spec)
     small_config.write_text(SMALL.replace("model = \"lenet\"", f"model = \"{spec.name}\""))
     out = tmp_path / "results"
     code = main(["run", str(small_config), "--out", str(out), "--no-progress",

@@ -45,10 +45,10 @@ def test_wildcards() -> None:
 def test_project_registries_are_populated(kind: str) -> None:
     from attacks import ATTACKS
     from bench.core.datasets import DATASETS
-    from bench.core.models import MODELS
+    from bench.core.zoo import ZOO
     from defenses import DEFENSES
 
-    reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "defenses": DEFENSES}[kind]
+    reg = {"attacks": ATTACKS, "models": ZOO, "datasets": DATASETS, "defenses": DEFENSES}[kind]
     expected = {"attacks": {"fgsm", "bim", "pgd"}, "models": {"lenet", "resnet18_cifar"},
                 "datasets": {"mnist5k", "idx", "mnist", "fashionmnist", "cifar10"},
                 "defenses": {"none"}}[kind]

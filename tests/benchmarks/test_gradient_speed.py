@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from attacks import run_attack
+from bench import peers
 from bench.core.target import Target
 
 EPS, STEP, STEPS, N = 0.2, 0.05, 10, 512
@@ -31,36 +32,21 @@ def _ours(name: str, params: dict[str, Any], batch_size: int | None = None) -> A
     return attack
 
 
-def _foolbox(kind: str) -> Any:
-    import foolbox as fb
-
-    attack = fb.attacks.FGSM() if kind == "fgsm" else fb.attacks.LinfPGD(
-        steps=STEPS, abs_stepsize=STEP)
-
+def _peer(kind: str, library: str) -> Any:
     def run(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _, adv, _ = attack(fb.PyTorchModel(target, bounds=(0, 1), device=x.device), x, y,
-                           epsilons=EPS)
-        return adv
-    return run
-
-
-def _torchattacks(kind: str) -> Any:
-    import torchattacks
-
-    def run(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        attack = torchattacks.FGSM(target, eps=EPS) if kind == "fgsm" else torchattacks.PGD(
-            target, eps=EPS, alpha=STEP, steps=STEPS)
-        return attack(x, y)
+        if kind == "fgsm":
+            return peers.fgsm(library, target, x, y, EPS)()
+        return peers.pgd(library, target, x, y, EPS, STEP, STEPS)()
     return run
 
 
 CASES = {
     ("fgsm", "advbench"): _ours("fgsm", {}),
-    ("fgsm", "foolbox"): _foolbox("fgsm"),
-    ("fgsm", "torchattacks"): _torchattacks("fgsm"),
+    ("fgsm", "foolbox"): _peer("fgsm", "foolbox"),
+    ("fgsm", "torchattacks"): _peer("fgsm", "torchattacks"),
     ("pgd10", "advbench"): _ours("pgd", {"steps": STEPS, "step_size": STEP}),
-    ("pgd10", "foolbox"): _foolbox("pgd"),
-    ("pgd10", "torchattacks"): _torchattacks("pgd"),
+    ("pgd10", "foolbox"): _peer("pgd", "foolbox"),
+    ("pgd10", "torchattacks"): _peer("pgd", "torchattacks"),
     ("pgd40-eval", "advbench"): _ours("pgd", {"steps": 40, "step_size": EPS / 10}, 128),
     ("pgd40-eval", "advbench-full-budget"): _ours(
         "pgd", {"steps": 40, "step_size": EPS / 10, "early_stop": False}, 128),

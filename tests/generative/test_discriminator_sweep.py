@@ -19,7 +19,7 @@ from bench.runner import RunOptions, discriminator_data, eval_subset
 from bench.sweep import run_sweep
 from defenses import DEFENSES
 from defenses.robgan import RobGANParams
-from generative import GANS, train_gan
+from generative import gan_spec, train_gan
 from leaderboards import ResultStore, leaderboards
 from leaderboards.compare import compare
 from tests.conftest import advbench
@@ -99,8 +99,8 @@ def test_robgan_discriminator_resists_pgd_where_a_plain_one_does_not(
         mnist5k: Dataset) -> None:
     """Same data, budget and seed; only Rob-GAN's PGD on D's inputs differs."""
     train = Split(mnist5k.train.x[:1000], mnist5k.train.y[:1000])
-    recipe = dataclasses.replace(GANS.get("dcgan").recipe, epochs=5)
-    plain = train_gan(GANS.get("dcgan"), train, seed=0, device=CPU, recipe=recipe,
+    recipe = dataclasses.replace(gan_spec("dcgan").recipe, epochs=5)
+    plain = train_gan(gan_spec("dcgan"), train, seed=0, device=CPU, recipe=recipe,
                       progress=False)
     base = plain.target
     robust = DEFENSES.get("robgan").fit(base, train, RobGANParams(eps=0.1, epochs=5),

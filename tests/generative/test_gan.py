@@ -18,12 +18,12 @@ from bench.core.datasets import Dataset
 from bench.core.errors import BadInput, ModelOutputError
 from bench.core.target import Target
 from generative import (
-    GANS,
     GANRecipe,
     Generator,
     build_gan,
     check_generator,
     discriminator_target,
+    gan_spec,
     trained_gan,
 )
 
@@ -33,7 +33,7 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
 @pytest.mark.parametrize("name", ["dcgan", "sndcgan"])
 def test_networks_fit_the_image_shape(name: str, shape: tuple[int, int, int]) -> None:
-    gan = build_gan(GANS.get(name), shape)
+    gan = build_gan(gan_spec(name), shape)
     x = gan.sample(4, seed=0)
     assert x.shape == (4, *shape) and float(x.min()) >= 0 and float(x.max()) <= 1
     logits = gan.target.predict_logits(x)
@@ -43,7 +43,7 @@ def test_networks_fit_the_image_shape(name: str, shape: tuple[int, int, int]) ->
 
 def test_discriminator_logit_is_class_real() -> None:
     """[0, d] over [0, 1] pixels: D sees (x - 0.5) / 0.5, class 1 (real) wins exactly when d > 0."""
-    d = build_gan(GANS.get("dcgan"), (1, 28, 28)).discriminator.eval()
+    d = build_gan(gan_spec("dcgan"), (1, 28, 28)).discriminator.eval()
     target = discriminator_target(d, (1, 28, 28))
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     raw = d(x * 2 - 1)
@@ -53,7 +53,7 @@ def test_discriminator_logit_is_class_real() -> None:
 
 
 def test_dcgan_and_sn_dcgan_layers() -> None:
-    dc, sn = (build_gan(GANS.get(n), (1, 28, 28)).discriminator for n in ("dcgan", "sndcgan"))
+    dc, sn = (build_gan(gan_spec(n), (1, 28, 28)).discriminator for n in ("dcgan", "sndcgan"))
     dc_convs = [m for m in dc.modules() if isinstance(m, nn.Conv2d)]
     sn_convs = [m for m in sn.modules() if isinstance(m, nn.Conv2d)]
     # DCGAN: N(0, 0.02) weights, batch norm except on the first layer, LeakyReLU(0.2)
@@ -73,7 +73,7 @@ def test_dcgan_and_sn_dcgan_layers() -> None:
         w = conv.weight
         sigma = torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2)
         assert float(sigma.detach()) == pytest.approx(1.0, abs=0.05)
-    g = build_gan(GANS.get("dcgan"), (1, 28, 28)).generator
+    g = build_gan(gan_spec("dcgan"), (1, 28, 28)).generator
     assert isinstance(g.net[-1], nn.Tanh)
 
 
@@ -82,7 +82,7 @@ def test_dcgan_and_sn_dcgan_layers() -> None:
                                          ((1, 2, 2), "4..7 times")])
 def test_unsupported_image_shapes_are_refused(shape: tuple[int, ...], match: str) -> None:
     with pytest.raises(BadInput, match=match):
-        build_gan(GANS.get("dcgan"), shape)
+        build_gan(gan_spec("dcgan"), shape)
 
 
 def test_discriminator_with_more_than_one_output_is_refused() -> None:
@@ -106,7 +106,7 @@ class Pixels255(nn.Module):
 
 
 def test_generator_must_match_the_discriminator() -> None:
-    target = build_gan(GANS.get("dcgan"), (1, 28, 28)).target
+    target = build_gan(gan_spec("dcgan"), (1, 28, 28)).target
     with pytest.raises(BadInput, match=r"makes images of shape \(1, 32, 32\), but discriminator "
                                        r"'dcgan' takes \(1, 28, 28\)"):
         check_generator(Generator((1, 32, 32)), 100, target)
@@ -158,7 +158,7 @@ def test_dcgan_yields_recognisable_digits(trained_dcgan: Any, lenet: Target) -> 
         return float(p.max(1).values.mean()), torch.bincount(p.argmax(1), minlength=10)
 
     confidence, counts = read(trained_dcgan.sample(1000, seed=123))
-    untrained, _ = read(build_gan(GANS.get("dcgan"), (1, 28, 28)).sample(1000, seed=123))
+    untrained, _ = read(build_gan(gan_spec("dcgan"), (1, 28, 28)).sample(1000, seed=123))
     assert confidence >= 0.75 and confidence > untrained + 0.15, (confidence, untrained)
     assert int((counts >= 20).sum()) >= 8, counts.tolist()  # no mode collapse
 
@@ -179,7 +179,7 @@ def test_gan_trains_on_32x32_colour_images(name: str) -> None:
     from generative import train_gan
 
     data = load_dataset("mnist5k-rgb32").split("train")
-    gan = train_gan(GANS.get(name), Split(data.x[:256], data.y[:256]), seed=0, device=CPU,
+    gan = train_gan(gan_spec(name), Split(data.x[:256], data.y[:256]), seed=0, device=CPU,
                     recipe=GANRecipe(epochs=2), progress=False)
     assert gan.image_shape == (3, 32, 32) and len(gan.card["history"]) == 2
     assert all(v == v for h in gan.card["history"] for v in h.values())  # no NaN

@@ -1,18 +1,25 @@
-"""The model zoo: architectures advbench trains itself (no pretrained weights are downloaded).
+"""The model zoo: one registry of the networks advbench trains itself (no pretrained weights are
+downloaded), classifiers and GANs alike, each entry with its ``kind``.
 
-Each entry is a :class:`ModelSpec` with the input shape it expects and the training recipe that
-:mod:`bench.core.training` follows.
+A classifier is a :class:`ModelSpec` with the input shape it expects and the training recipe that
+:mod:`bench.core.training` follows; its target is the classifier. A GAN (registered by
+:mod:`generative.models`) is a ``discriminator`` entry: its target is the GAN's discriminator.
+:func:`register_model` adds an entry (timm's ``register_model`` shape), :data:`ZOO` looks one up,
+:func:`classifier_spec` returns a classifier's spec or says why the name is not one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
+from bench.core.errors import BadInput
 from bench.core.registry import Registry
+from bench.core.target import TargetKind
 
 
 @dataclass(frozen=True)
@@ -32,18 +39,59 @@ class TrainRecipe:
     schedule: str = "onecycle"
 
 
+class ZooEntry(Protocol):
+    """What every zoo entry says of itself."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> TargetKind: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def shapes(self) -> str:
+        """The input shapes it takes, for listings (e.g. ``1x28x28``)."""
+        ...
+
+
+ZOO: Registry[ZooEntry] = Registry("model")
+
+
+def register_model(entry: ZooEntry) -> ZooEntry:
+    """Add ``entry`` to the zoo under its name (a name can be registered once)."""
+    return ZOO.add(entry.name, entry)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A zoo entry: ``build(num_classes)`` makes a fresh network for ``input_shape`` inputs."""
+    """A classifier: ``build(num_classes)`` makes a fresh network for ``input_shape`` inputs."""
 
     name: str
     build: Callable[[int], nn.Module]
     input_shape: tuple[int, int, int]
     recipe: TrainRecipe
     summary: str
+    kind: Literal["classifier"] = "classifier"
+
+    @property
+    def shapes(self) -> str:
+        return "x".join(map(str, self.input_shape))
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+def classifier_spec(name: str) -> ModelSpec:
+    """The zoo classifier ``name``; :class:`BadInput` if the zoo's entry is not a classifier."""
+    entry = ZOO.get(name)
+    if not isinstance(entry, ModelSpec):
+        raise BadInput(f"model {name!r} is a {entry.kind}, not a classifier; classifiers: "
+                       f"{', '.join(classifiers())}")
+    return entry
+
+
+def classifiers() -> list[str]:
+    return [n for n in ZOO.names() if ZOO.get(n).kind == "classifier"]
 
 
 class LeNet(nn.Module):
@@ -74,12 +122,12 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return model
 
 
-MODELS.add("lenet", ModelSpec(
+register_model(ModelSpec(
     "lenet", lambda n: LeNet(n), (1, 28, 28),
     TrainRecipe(epochs=12, batch_size=64, lr=1e-3, optimizer="adam", max_shift=2),
     "LeNet-style CNN, 28x28x1 (MNIST-like)",
 ))
-MODELS.add("resnet18_cifar", ModelSpec(
+register_model(ModelSpec(
     "resnet18_cifar", resnet18_cifar, (3, 32, 32),
     TrainRecipe(epochs=30, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4,
                 max_shift=4, hflip=True),
