@@ -6,8 +6,8 @@ the classifier on most unseen images.
   step Δv_i on x_i + v, then v ← P_{p,ξ}(v + Δv_i); stop at the target fooling rate or after
   ``max_passes``. As in the paper, the inner DeepFool is the L2 one whatever the ball. Here a
   minibatch's DeepFool steps are computed in one batched call, then folded into v one image at a
-  time with the projection. (Minibatches of 32 fool more than 250 at the same cost: measured on
-  the mnist5k LeNet, 17% vs 7% fitting fooling rate at Linf ξ = 0.2 after 3 passes.)
+  time with the projection; small minibatches (32) keep v's updates close to the paper's
+  image-by-image ones.
 - ``method = "sgd"``: Shafahi, Najibi, Xu, Dickerson, Davis, Goldstein, "Universal Adversarial
   Training", AAAI 2020: sign-gradient ascent of the clipped cross-entropy min(CE, β) of the
   minibatch with respect to v, projected (clipping keeps already-fooled images from dominating).

@@ -172,16 +172,6 @@ def _perf(args: argparse.Namespace) -> int:
     from bench.core.fastpath import FastPathOptions
     from bench.perf import GROUPS, PerfOptions, run_perf, to_markdown, write_perf
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise BadInput(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.uap_fit < 1:
-        raise BadInput(f"--uap-fit must be >= 1, got {args.uap_fit}")
-    if args.repeats < 1:
-        raise BadInput(f"--repeats must be >= 1, got {args.repeats}")
-    if args.eps is not None and not args.eps > 0:
-        raise BadInput(f"--eps must be > 0, got {args.eps}")
-    if args.eval_batches < 1:
-        raise BadInput(f"--eval-batches must be >= 1, got {args.eval_batches}")
     choice = {"auto": "auto", "on": True, "off": False}
     options = PerfOptions(
         model=args.model, dataset=args.dataset, device=args.device, batch_size=args.batch_size,

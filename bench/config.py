@@ -8,6 +8,7 @@ skips cells already stored.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.resources
 import itertools
 import json
@@ -15,21 +16,31 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from attacks import ATTACKS, Attack, AttackSpec, ThreatModel
 from bench.core.attack import check_threat
 from bench.core.checkpoints import config_hash
 from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.fastpath import FastPathOptions
+from bench.core.measure import Precision
 from bench.core.target import TargetKind
 from bench.core.zoo import ZOO
 from defenses import DEFENSES
-from generative.discriminator import DIRECTIONS
+from generative.discriminator import DIRECTIONS, Direction
 from generative.models import gans
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-THREATS = ("adaptive", "transfer")
+
+class ThreatMode(enum.StrEnum):
+    """How a defended target is attacked (the row's ``threat`` column): white-box through the
+    whole defended target, or crafted on the undefended base (or a ``source`` model)."""
+
+    ADAPTIVE = "adaptive"
+    TRANSFER = "transfer"
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+THREAT_MODES = tuple(m.value for m in ThreatMode)
 CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
@@ -47,13 +58,14 @@ def target_kind(model: str) -> TargetKind:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """``directions``: for a GAN discriminator, which of ``real->fake`` / ``fake->real`` to
-    attack (both by default); empty for a classifier."""
+    """A ``[[targets]]`` entry. ``modes``: its ``threats`` key, how each defended version is
+    attacked. ``directions``: for a GAN discriminator, which of ``real->fake`` /
+    ``fake->real`` to attack (both by default); empty for a classifier."""
 
     model: str
     defenses: tuple[str, ...] = ("none",)
-    threats: tuple[str, ...] = ("adaptive",)
-    directions: tuple[str, ...] = ()
+    modes: tuple[ThreatMode, ...] = (ThreatMode.ADAPTIVE,)
+    directions: tuple[Direction, ...] = ()
 
     @property
     def kind(self) -> TargetKind:
@@ -114,7 +126,7 @@ class SweepConfig:
     train_dataset: str | None
     split: str
     n_eval: int
-    precision: str
+    precision: Precision
     device: str
     batch_size: int
     targets: tuple[TargetConfig, ...]
@@ -141,13 +153,13 @@ class Cell:
     n_eval: int
     model: str
     defense: str
-    threat: str
+    threat: ThreatMode  # how it is attacked; ``attack.threat`` is the norm and budget
     attack: Attack  # params parsed, threat model checked
     seed: int
-    precision: str
+    precision: Precision
     source: str = ""
     defense_params: str = ""  # DefenseConfig.identity
-    direction: str = ""  # discriminators: "real->fake" | "fake->real"
+    direction: Direction | Literal[""] = ""  # discriminators only
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -253,6 +265,7 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
     precision = sweep.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise _type_error(where, "precision", " | ".join(map(repr, PRECISIONS)), precision)
+    precision = Precision(precision)
     device = sweep.get("device", "auto")
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise _type_error(where, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
@@ -282,17 +295,17 @@ def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig]
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
         for label in defenses:
             _resolve_defense(tw, label, defense_configs)
-        threats = _str_list(tw, "threats", t.get("threats", ["adaptive"]))
-        for th in threats:
-            if th not in THREATS:
+        modes = _str_list(tw, "threats", t.get("threats", ["adaptive"]))
+        for mode in modes:
+            if mode not in THREAT_MODES:
                 raise _type_error(tw, "threats", "a list of 'adaptive' / 'transfer'", t["threats"])
-        targets.append(TargetConfig(t["model"], defenses, threats,
+        targets.append(TargetConfig(t["model"], defenses, tuple(map(ThreatMode, modes)),
                                     _parse_directions(tw, t, kind)))
     return tuple(targets)
 
 
 def _parse_directions(where: str, table: Mapping[str, Any], kind: TargetKind
-                      ) -> tuple[str, ...]:
+                      ) -> tuple[Direction, ...]:
     """A discriminator's attacked directions (both by default); a classifier has none."""
     if kind != "discriminator":
         if "directions" in table:
@@ -300,12 +313,12 @@ def _parse_directions(where: str, table: Mapping[str, Any], kind: TargetKind
                               f"({', '.join(gans())}), not to classifier "
                               f"{table['model']!r}")
         return ()
-    directions = _str_list(where, "directions", table.get("directions", list(DIRECTIONS)))
+    directions = _str_list(where, "directions", table.get("directions", [d.value for d in DIRECTIONS]))
     for direction in directions:
         if direction not in DIRECTIONS:
-            raise _type_error(where, "directions", " and/or ".join(map(repr, DIRECTIONS)),
+            raise _type_error(where, "directions", " and/or ".join(repr(d.value) for d in DIRECTIONS),
                               table["directions"])
-    return tuple(dict.fromkeys(directions))
+    return tuple(dict.fromkeys(map(Direction, directions)))
 
 
 def _resolve_defense(where: str, label: str, defense_configs: list[DefenseConfig]) -> None:
@@ -423,17 +436,18 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
     cells = []
     for dataset, target, seed in itertools.product(config.datasets, config.targets, config.seeds):
         train_dataset = config.train_dataset or dataset
-        for defense, threat in itertools.product(target.defenses, target.threats):
+        for defense, mode in itertools.product(target.defenses, target.modes):
             identity = config.defense(defense).identity
-            if not identity and threat == "transfer":
+            if not identity and mode is ThreatMode.TRANSFER:
                 continue  # transfer from the undefended model to itself is the adaptive attack
             for attack in config.attacks:
-                if attack.source and threat != target.threats[0]:
+                if attack.source and mode != target.modes[0]:
                     continue  # crafted on another model: one transfer cell per defense
-                for tm, direction in itertools.product(attack.threats, target.directions or [""]):
+                directions: tuple[Direction | Literal[""], ...] = target.directions or ("",)
+                for tm, direction in itertools.product(attack.threats, directions):
                     cells.append(Cell(
                         config.name, dataset, train_dataset, config.split, config.n_eval,
-                        target.model, defense, "transfer" if attack.source else threat,
+                        target.model, defense, ThreatMode.TRANSFER if attack.source else mode,
                         attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
                     ))

@@ -169,23 +169,8 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def check_options(options: RunOptions) -> None:
-    """Raise :class:`BadInput` for executor settings that cannot work (nothing is started)."""
-    if options.retries < 0:
-        raise BadInput(f"retries must be >= 0, got {options.retries}")
-    if options.workers is not None and options.workers < 1:
-        raise BadInput(f"workers must be >= 1, got {options.workers}")
-    if options.executor not in ("local", "ray"):
-        raise BadInput(f"unknown executor {options.executor!r}; use 'local' or 'ray'")
-    if options.executor == "local" and options.address is not None:
-        raise BadInput("--address applies to --executor ray")
-    if options.executor == "ray" and options.workers is not None:
-        raise BadInput("--workers applies to --executor local (Ray schedules its own workers)")
-
-
 def make_executor(config: SweepConfig, options: RunOptions) -> Executor:
-    """The executor ``options`` ask for (bad settings raise :class:`BadInput`)."""
-    check_options(options)
+    """The executor ``options`` ask for."""
     if options.executor == "ray":
         return RayExecutor(config, options)
     gpus: list[int] = []
@@ -200,4 +185,4 @@ def make_executor(config: SweepConfig, options: RunOptions) -> Executor:
     return LocalPool(config, options, workers, gpus)
 
 
-__all__ = ["Executor", "InProcess", "LocalPool", "RayExecutor", "check_options", "make_executor"]
+__all__ = ["Executor", "InProcess", "LocalPool", "RayExecutor", "make_executor"]

@@ -245,6 +245,18 @@ class PerfOptions:
     cache_dir: Path | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Raise :class:`BadInput` (named as the CLI flag) for settings that cannot work."""
+        for flag, value in (("--batch-size", self.batch_size), ("--uap-fit", self.uap_fit),
+                            ("--repeats", self.repeats), ("--eval-batches", self.eval_batches)):
+            if value is not None and value < 1:
+                raise BadInput(f"{flag} must be >= 1, got {value}")
+        if self.eps is not None and not self.eps > 0:
+            raise BadInput(f"--eps must be > 0, got {self.eps}")
+        unknown = sorted(set(self.groups) - set(GROUPS))
+        if unknown:
+            raise BadInput(f"unknown perf group {unknown[0]!r}; known: {', '.join(GROUPS)}")
+
 
 def perf_target(options: PerfOptions, device: torch.device
                 ) -> tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor, str]:
@@ -289,9 +301,6 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
     from bench.core.measure import resolve_device
 
     device = resolve_device(options.device)
-    unknown = sorted(set(options.groups) - set(GROUPS))
-    if unknown:
-        raise BadInput(f"unknown perf group {unknown[0]!r}; known: {', '.join(GROUPS)}")
     target, x, y, fit_x, weights = perf_target(options, device)
     eps = options.eps if options.eps is not None else (
         0.3 if target.input_shape[0] == 1 else 8 / 255)

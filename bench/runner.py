@@ -37,12 +37,10 @@ from bench.core.measure import (
 )
 from bench.core.norms import Norm, norm_of
 from bench.core.target import Target
-from bench.core.training import check_compatible, make_target, trained_classifier
-from bench.core.zoo import classifier_spec
+from bench.core.training import trained_classifier
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
-from generative.models import gan_spec
-from generative.training import GAN, build_gan, trained_gan
+from generative.training import GAN, trained_gan
 from leaderboards.schema import SummaryRow
 
 log = logging.getLogger(__name__)
@@ -76,6 +74,20 @@ class RunOptions:
     workers: int | None = None
     address: str | None = None
     retries: int = 2
+
+    def __post_init__(self) -> None:
+        """Raise :class:`BadInput` for settings that cannot work (before anything starts)."""
+        if self.retries < 0:
+            raise BadInput(f"retries must be >= 0, got {self.retries}")
+        if self.workers is not None and self.workers < 1:
+            raise BadInput(f"workers must be >= 1, got {self.workers}")
+        if self.executor not in ("local", "ray"):
+            raise BadInput(f"unknown executor {self.executor!r}; use 'local' or 'ray'")
+        if self.executor == "local" and self.address is not None:
+            raise BadInput("--address applies to --executor ray")
+        if self.executor == "ray" and self.workers is not None:
+            raise BadInput("--workers applies to --executor local (Ray schedules its own "
+                           "workers)")
 
 
 @dataclass
@@ -350,46 +362,6 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
         sample_columns(cell, prepared, data, outcome), run.artifacts)
 
 
-def check_sweep(config: SweepConfig) -> None:
-    """Everything that can be checked before any training or writing."""
-    for name in config.datasets + ((config.train_dataset,) if config.train_dataset else ()):
-        load_dataset(name)
-    for dataset_name in config.datasets:
-        dataset = load_dataset(dataset_name)
-        train = load_dataset(config.train_dataset or dataset_name)
-        train.split("train")
-        dataset.split(config.split)
-        if train.num_classes != dataset.num_classes or train.input_shape != dataset.input_shape:
-            raise BadInput(
-                f"train_dataset {train.name!r} ({train.input_shape}, {train.num_classes} classes) "
-                f"does not match dataset {dataset.name!r} ({dataset.input_shape}, "
-                f"{dataset.num_classes} classes)"
-            )
-        for t in config.targets:
-            if t.kind == "discriminator":
-                untrained = build_gan(gan_spec(t.model), dataset.input_shape).target
-            else:
-                spec = classifier_spec(t.model)
-                check_compatible(spec, dataset)
-                untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
-            for label in t.defenses:
-                d = config.defense(label)
-                defense = DEFENSES.get(d.name)
-                defense.check(untrained, defense.make_params(d.params))
-        if config.n_eval > len(dataset.split(config.split)):
-            eval_subset(dataset, config.split, config.n_eval, torch.device("cpu"))
-    for attack in config.attacks:
-        for t in config.targets:
-            if attack.source and target_kind(attack.source) != t.kind:
-                raise BadInput(
-                    f"attack {attack.name!r} is crafted on {attack.source!r}, a "
-                    f"{target_kind(attack.source)}, but target {t.model!r} is a {t.kind}; a "
-                    f"transfer source must be of the target's kind")
-        for threat in attack.threats:
-            for dataset_name in config.datasets:
-                threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
-
-
 def _attacked_key(cell: Cell) -> tuple[Any, ...]:
     """Which model a cell's attack is crafted on: a transfer source, or the target's defended
     (adaptive) or undefended (transfer) model; each is prepared once per precision."""
@@ -518,4 +490,4 @@ def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list
 
 
 __all__ = ["RunOptions", "RunReport", "Worker", "run_group", "run_cell",
-           "verify_adversarials", "eval_subset", "check_sweep"]
+           "verify_adversarials", "eval_subset"]

@@ -24,10 +24,11 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bench.checks import check_sweep
 from bench.config import Cell, SweepConfig, expand_cells
 from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
-from bench.runner import RunOptions, RunReport, check_sweep
+from bench.runner import RunOptions, RunReport
 from leaderboards.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,9 @@ def dry_run_text(plan: Plan) -> str:
 
 def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     """Run every cell of ``config`` not already stored in ``options.out``."""
-    from bench.executors import check_options, make_executor
+    from bench.executors import make_executor
 
     plan = plan_sweep(config, options)
-    check_options(options)
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
     todo = plan.todo
     report = RunReport(run_id, len(plan.cells), len(plan.cells) - len(todo))

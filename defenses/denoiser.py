@@ -31,7 +31,7 @@ from attacks import ATTACKS, Attack, ThreatModel
 from bench.core.datasets import Split
 from bench.core.errors import BadInput
 from bench.core.target import Target
-from bench.core.training import SCHEDULES, fit
+from bench.core.training import fit
 from bench.core.zoo import TrainRecipe
 from defenses.base import register_defense, require_classifier
 
@@ -73,16 +73,17 @@ class HGDParams:
         if not 0 <= self.eps_min <= self.eps_max or self.eps_max <= 0:
             raise BadInput(f"need 0 <= eps_min <= eps_max and eps_max > 0, got "
                            f"[{self.eps_min}, {self.eps_max}]")
-        if self.epochs < 1:
-            raise BadInput(f"epochs must be >= 1 (a training budget of zero trains nothing), "
-                           f"got {self.epochs}")
         if self.depth < 1 or self.width < 1 or self.batch_size < 1 or self.attack_steps < 1:
             raise BadInput("depth, width, batch_size and attack_steps must be >= 1")
         if not 0 <= self.clean_fraction < 1:
             raise BadInput(f"clean_fraction must lie in [0, 1), got {self.clean_fraction}")
-        if self.schedule not in SCHEDULES:
-            raise BadInput(f"schedule must be one of {', '.join(SCHEDULES)}")
+        self.recipe()  # validates the training recipe
         self.inner_attacks()  # validates the attacks, the norm and eps_max
+
+    def recipe(self) -> TrainRecipe:
+        """How the denoiser trains."""
+        return TrainRecipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           optimizer=self.optimizer, schedule=self.schedule)
 
     def inner_attacks(self) -> tuple[Attack, ...]:
         """The attacks making the training pairs, at budget ``eps_max``, params parsed."""
@@ -245,8 +246,7 @@ def fit_hgd(base: Target, train: Split, params: HGDParams, generator: torch.Gene
         clean = pending.pop()
         return guided(denoiser(x_in), clean, y), None
 
-    recipe = TrainRecipe(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                         optimizer=params.optimizer, schedule=params.schedule)
+    recipe = params.recipe()
     try:
         with base.evaluating():  # the classifier stays frozen in eval mode
             history = fit(denoiser, train, recipe, seed=seed, device=device, progress=progress,

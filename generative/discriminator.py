@@ -12,8 +12,8 @@ images, drawn reproducibly from the sweep's seed, so the set is balanced.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
@@ -21,8 +21,16 @@ from torch import nn
 from bench.core.errors import BadInput, ModelOutputError
 from bench.core.target import Target
 
-Direction = Literal["real->fake", "fake->real"]
-DIRECTIONS: tuple[Direction, ...] = ("real->fake", "fake->real")
+
+class Direction(enum.StrEnum):
+    """Which way a discriminator is attacked: real images pushed to "fake", or generator
+    samples pushed to "real"."""
+
+    REAL_TO_FAKE = "real->fake"
+    FAKE_TO_REAL = "fake->real"
+
+
+DIRECTIONS: tuple[Direction, ...] = tuple(Direction)
 REAL, FAKE = 1, 0
 _EVAL_NOISE_SEED = 7_919  # fakes for evaluation: noise seeded by (this, sweep seed)
 _FIT_NOISE_SEED = 104_729  # fakes a fitted attack (UAP) trains on: another stream

@@ -206,9 +206,8 @@ def recalibrate_batch_norm(gan: GAN, split: Split, seed: int, batches: int = 50)
     """Re-estimate G's and D's batch-norm statistics with the final networks ("precise BN",
     Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021), then leave both in eval mode.
 
-    During training D changes fast and its running statistics lag behind (measured on a
-    20-epoch mnist5k DCGAN: eval-mode D's accuracy on fresh fakes 43% before, 98.5% after); D
-    sees the same real + fake mixture it was trained on.
+    During training D changes fast and its running statistics lag behind, so eval-mode D
+    would misjudge fresh fakes; here D sees the same real + fake mixture it was trained on.
     """
     g, d = gan.generator, gan.discriminator
     bns = [m for m in (*g.modules(), *d.modules()) if isinstance(m, torch.nn.BatchNorm2d)]

@@ -4,6 +4,7 @@ and the forward / forward+backward *floor* every attack's throughput is compared
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import os
 import platform
@@ -79,6 +80,14 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Precision(enum.StrEnum):
+    """The number format an attack runs its model in (verification is always fp32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

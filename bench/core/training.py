@@ -21,7 +21,7 @@ from bench.core.checkpoints import CheckpointCache, load_or_fit
 from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput
 from bench.core.target import Target
-from bench.core.zoo import ModelSpec, TrainRecipe, classifier_spec, classifiers
+from bench.core.zoo import SCHEDULES, ModelSpec, TrainRecipe, classifier_spec, classifiers
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ Perturb = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.
 EpochEnd = Callable[[int, dict[str, float]], bool]
 """``(epoch, stats) -> stop``: may add entries to ``stats``; returning True ends training."""
 
-SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: TrainRecipe, total_steps: int
@@ -126,8 +125,6 @@ def fit(model: nn.Module, split: Split, recipe: TrainRecipe, *, seed: int, devic
     Returns per-epoch stats (loss, train accuracy when logits are available, learning rate,
     and whatever ``epoch_end`` added).
     """
-    if recipe.epochs < 1:
-        raise BadInput(f"training needs at least one epoch, got {recipe.epochs}")
     if len(split) == 0:
         raise BadInput("training needs a non-empty train split")
     generator = torch.Generator().manual_seed(seed)

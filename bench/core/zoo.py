@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from bench.core.errors import BadInput
 from bench.core.registry import Registry
 from bench.core.target import TargetKind
+
+SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,18 @@ class TrainRecipe:
     max_shift: int = 0
     hflip: bool = False
     schedule: str = "onecycle"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise BadInput(f"epochs must be >= 1 (a training budget of zero trains nothing), "
+                           f"got {self.epochs}")
+        if self.batch_size < 1:
+            raise BadInput(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise BadInput(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'sgd'")
+        if self.schedule not in SCHEDULES:
+            raise BadInput(f"schedule must be one of {', '.join(SCHEDULES)}, got "
+                           f"{self.schedule!r}")
 
 
 class ZooEntry(Protocol):
@@ -81,17 +96,30 @@ class ModelSpec:
         return "x".join(map(str, self.input_shape))
 
 
-def classifier_spec(name: str) -> ModelSpec:
-    """The zoo classifier ``name``; :class:`BadInput` if the zoo's entry is not a classifier."""
+E = TypeVar("E")
+
+
+def zoo_entry(name: str, cls: type[E], what: str) -> E:
+    """The zoo entry ``name`` as a ``cls``; :class:`BadInput` naming the ``what`` s (e.g.
+    "classifier") of the zoo if it is another kind of entry."""
     entry = ZOO.get(name)
-    if not isinstance(entry, ModelSpec):
-        raise BadInput(f"model {name!r} is a {entry.kind}, not a classifier; classifiers: "
-                       f"{', '.join(classifiers())}")
+    if not isinstance(entry, cls):
+        raise BadInput(f"model {name!r} is a {entry.kind}, not a {what}; {what}s: "
+                       f"{', '.join(names_of(cls))}")
     return entry
 
 
+def names_of(cls: type) -> list[str]:
+    """The names of the zoo's ``cls`` entries, sorted."""
+    return [n for n in ZOO.names() if isinstance(ZOO.get(n), cls)]
+
+
+def classifier_spec(name: str) -> ModelSpec:
+    return zoo_entry(name, ModelSpec, "classifier")
+
+
 def classifiers() -> list[str]:
-    return [n for n in ZOO.names() if ZOO.get(n).kind == "classifier"]
+    return names_of(ModelSpec)
 
 
 class LeNet(nn.Module):

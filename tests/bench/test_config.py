@@ -86,3 +86,27 @@ def test_toml_errors(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("quik")
+
+
+def test_errors_in_later_attacks_name_the_config_file(tmp_path: Path) -> None:
+    """Every [[attacks]] entry's error names the file, the transfer-source one included."""
+    path = tmp_path / "two.toml"
+    path.write_text("""
+[sweep]
+name = "two"
+
+[[targets]]
+model = "lenet"
+
+[[attacks]]
+name = "fgsm"
+eps = 0.1
+source = "lenet"
+
+[[attacks]]
+name = "pgd"
+eps = 0.1
+params = { stepz = 3 }
+""")
+    with pytest.raises(ConfigError, match=r"^two\.toml \[\[attacks\]\] #2: .*unknown parameter"):
+        load_config(path)

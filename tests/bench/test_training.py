@@ -71,7 +71,7 @@ def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_zero_epochs_and_wrong_shapes_are_refused(mnist5k: Dataset, tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="at least one epoch"):
+    with pytest.raises(BadInput, match="epochs must be >= 1"):
         training.trained_classifier("lenet", mnist5k, seed=0, device=torch.device("cpu"),
                                     cache=CheckpointCache(tmp_path), progress=False,
                                     recipe=TrainRecipe(epochs=0, batch_size=8, lr=1e-3))

@@ -1,0 +1,58 @@
+"""The sweep's semantic checks: what :mod:`bench.config` (which checks each table's keys,
+types and values) cannot know without loading data and building models. Everything here runs
+before any training or writing."""
+
+from __future__ import annotations
+
+from bench.config import SweepConfig, target_kind
+from bench.core.datasets import load_dataset
+from bench.core.errors import BadInput
+from bench.core.training import check_compatible, make_target
+from bench.core.zoo import classifier_spec
+from defenses import DEFENSES
+from generative.models import gan_spec
+from generative.training import build_gan
+
+
+def check_sweep(config: SweepConfig) -> None:
+    """Raise :class:`BadInput` for a parsed sweep that cannot run: data sets that do not load
+    or do not match their train set, targets that do not fit the data, defenses that cannot wrap
+    a target, transfer sources of the wrong kind, budgets beyond the data's bounds."""
+    for name in config.datasets + ((config.train_dataset,) if config.train_dataset else ()):
+        load_dataset(name)
+    for dataset_name in config.datasets:
+        dataset = load_dataset(dataset_name)
+        train = load_dataset(config.train_dataset or dataset_name)
+        train.split("train")
+        dataset.split(config.split)
+        if train.num_classes != dataset.num_classes or train.input_shape != dataset.input_shape:
+            raise BadInput(
+                f"train_dataset {train.name!r} ({train.input_shape}, {train.num_classes} classes) "
+                f"does not match dataset {dataset.name!r} ({dataset.input_shape}, "
+                f"{dataset.num_classes} classes)"
+            )
+        for t in config.targets:
+            if t.kind == "discriminator":
+                untrained = build_gan(gan_spec(t.model), dataset.input_shape).target
+            else:
+                spec = classifier_spec(t.model)
+                check_compatible(spec, dataset)
+                untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
+            for label in t.defenses:
+                d = config.defense(label)
+                defense = DEFENSES.get(d.name)
+                defense.check(untrained, defense.make_params(d.params))
+        available = len(dataset.split(config.split))
+        if config.n_eval > available:
+            raise BadInput(f"n_eval = {config.n_eval} exceeds the {available} samples of "
+                           f"{dataset.name!r}'s {config.split} split; use n_eval <= {available}")
+    for attack in config.attacks:
+        for t in config.targets:
+            if attack.source and target_kind(attack.source) != t.kind:
+                raise BadInput(
+                    f"attack {attack.name!r} is crafted on {attack.source!r}, a "
+                    f"{target_kind(attack.source)}, but target {t.model!r} is a {t.kind}; a "
+                    f"transfer source must be of the target's kind")
+        for threat in attack.threats:
+            for dataset_name in config.datasets:
+                threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)
