@@ -18,8 +18,7 @@ from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
-
-from ..conftest import make_tiny_target
+from tests.conftest import make_tiny_target
 
 
 def train_subset(mnist5k: Dataset, n: int) -> Split:
