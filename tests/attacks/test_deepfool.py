@@ -87,10 +87,9 @@ def test_two_class_targets_default_to_two_candidates(digits: Digits) -> None:
     """On a discriminator ([0, d] logits) DeepFool takes the one other class: one gradient per
     step, and every image it fools crosses the decision boundary."""
     target = make_tiny_target("discriminator")
-    x, y = digits[0][:32], torch.ones(32, dtype=torch.long)
+    x = digits[0][:32]
+    y = target.predict_logits(x).argmax(1)  # every image starts on its "correct" side
     res = run_attack("deepfool", target, x, y, norm="l2", eps=None)
-    clean = target.predict_logits(x).argmax(1)
     assert res.n_backward <= res.n_forward - len(x)  # one candidate difference per step
     flipped = target.predict_logits(res.x_adv).argmax(1) != y
-    assert bool((flipped == res.success).all())
-    assert bool(res.success[clean == 1].all()) and int((clean == 1).sum()) > 0
+    assert bool(flipped.all()) and bool(res.success.all())
