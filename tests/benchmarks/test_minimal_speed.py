@@ -1,7 +1,7 @@
 """DeepFool vs foolbox, one-pixel vs torchattacks, UAP vs ART: same model, data and budget.
 
-Strength is shown beside speed and asserted against the peer (run once more, untimed, in the
-advbench case): DeepFool's median L2 of fooled digits, one-pixel's success rate, and UAP's
+Strength is shown beside speed and asserted in the peer's case against advbench's result of the
+same run: DeepFool's median L2 of fooled digits, one-pixel's success rate, and UAP's
 held-out fooling rate (ART and advbench fit to the same target fooling rate).
 """
 
@@ -33,6 +33,17 @@ def _median_l2(model: Target, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Ten
     return float((x_adv - x).flatten(1).norm(dim=1)[fooled].median()), int(fooled.sum())
 
 
+OURS: dict[str, Any] = {}
+"""advbench's result per group, kept for the peer's case to compare against (computed there,
+untimed, when the advbench case did not run first)."""
+
+
+def ours_once(group: str, run: Any) -> Any:
+    if group not in OURS:
+        OURS[group] = run()
+    return OURS[group]
+
+
 @pytest.mark.parametrize("library", ["advbench", "foolbox"])
 def test_deepfool_speed(library: str, model: Target, data: Any, benchmark: Any,
                         record: Any) -> None:
@@ -51,8 +62,10 @@ def test_deepfool_speed(library: str, model: Target, data: Any, benchmark: Any,
         l2, fooled = _median_l2(model, x, y, x_adv)
         record("deepfool", library, l2, len(x), "median_l2")
         if library == "advbench":
-            peer_l2, peer_fooled = _median_l2(model, x, y, peers.deepfool("foolbox", model, x, y)())
-            assert fooled >= peer_fooled and l2 <= 1.03 * peer_l2
+            OURS["deepfool"] = x_adv
+        else:
+            our_l2, our_fooled = _median_l2(model, x, y, ours_once("deepfool", ours))
+            assert our_fooled >= fooled and our_l2 <= 1.03 * l2
 
 
 @pytest.mark.parametrize("library", ["advbench", "torchattacks"])
@@ -75,13 +88,14 @@ def test_onepixel_speed(library: str, model: Target, data: Any, benchmark: Any,
         return float((model.predict_logits(x_adv).argmax(1) != y).float().mean())
 
     with model.evaluating():
+        np.random.seed(0)  # torchattacks' differential evolution draws from numpy
         x_adv = benchmark.pedantic(ours if library == "advbench" else peers.onepixel(
             "torchattacks", model, x, y), rounds=2, warmup_rounds=0)
         record("onepixel", library, success(x_adv), len(x), "success")
         if library == "advbench":
-            np.random.seed(0)  # torchattacks' differential evolution draws from numpy
-            assert success(x_adv) >= success(peers.onepixel("torchattacks", model, x, y)()) \
-                - 2 / len(x)
+            OURS["onepixel"] = x_adv
+        else:
+            assert success(ours_once("onepixel", ours)) >= success(x_adv) - 2 / len(x)
 
 
 @pytest.mark.parametrize("library", ["advbench", "art"])
@@ -90,7 +104,7 @@ def test_uap_speed(library: str, model: Target, data: Any, benchmark: Any, recor
     stopping at fooling rate 0.8 (ART's delta = 0.2); advbench's held-out fooling rate is at
     least ART's."""
     benchmark.group = "uap"
-    n_fit = 20 if benchmark.disabled else 200  # ART runs at about 1 image/s on the CPU
+    n_fit = 64 if benchmark.disabled else 200  # ART runs at about 1 image/s on the CPU
     fit_x, fit_y, x = data["fit_x"][:n_fit], data["fit_y"][:n_fit], data["x"]
 
     def ours() -> torch.Tensor:
@@ -105,11 +119,14 @@ def test_uap_speed(library: str, model: Target, data: Any, benchmark: Any, recor
         return float((model.predict_logits((x + v).clamp(0, 1)).argmax(1) != clean).float().mean())
 
     with model.evaluating():
+        np.random.seed(0)  # ART shuffles the fitting images with numpy
         v = benchmark.pedantic(ours if library == "advbench" else peers.uap(
             "art", model, fit_x, 0.3), rounds=1, warmup_rounds=0)
         record("uap", library, fooling(v), len(fit_x), "heldout_fooling")
         if library == "advbench":
-            assert fooling(v) >= fooling(peers.uap("art", model, fit_x, 0.3)())
+            OURS["uap"] = v
+        else:
+            assert fooling(ours_once("uap", ours)) >= fooling(v)
 
 
 def test_onepixel_paper_budget_forward_efficiency(model: Target, data: Any, device: torch.device,
