@@ -9,6 +9,7 @@ from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
 from bench.core.training import check_compatible, make_target
 from bench.core.zoo import classifier_spec
+from bench.runner import evaluated_split
 from defenses import DEFENSES
 from generative.models import gan_spec
 from generative.training import build_gan
@@ -42,10 +43,7 @@ def check_sweep(config: SweepConfig) -> None:
                 d = config.defense(label)
                 defense = DEFENSES.get(d.name)
                 defense.check(untrained, defense.make_params(d.params))
-        available = len(dataset.split(config.split))
-        if config.n_eval > available:
-            raise BadInput(f"n_eval = {config.n_eval} exceeds the {available} samples of "
-                           f"{dataset.name!r}'s {config.split} split; use n_eval <= {available}")
+        evaluated_split(dataset, config.split, config.n_eval)
     for attack in config.attacks:
         for t in config.targets:
             if attack.source and target_kind(attack.source) != t.kind:

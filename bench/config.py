@@ -367,9 +367,7 @@ def _parse_attack(where: str, table: Any) -> AttackConfig:
         for threat in threats:
             check_threat(spec, threat)
         params = spec.make_params(table.get("params", {}))
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # BadInput and ConfigError are ValueErrors
         raise ConfigError(f"{where}: {exc}") from None
     source_model = table.get("source", "")
     if not isinstance(source_model, str):

@@ -124,14 +124,20 @@ class PreparedTarget:
         return self.clean_pred == self.labels
 
 
-def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device) -> EvalData:
-    """A fixed, seed-independent random subset of the split (sorted by index)."""
+def evaluated_split(dataset: Dataset, split: str, n_eval: int) -> Split:
+    """``dataset``'s ``split``; :class:`BadInput` if it has fewer than ``n_eval`` samples."""
     part = dataset.split(split)
     if n_eval > len(part):
         raise BadInput(
             f"n_eval = {n_eval} exceeds the {len(part)} samples of {dataset.name!r}'s {split} "
             f"split; use n_eval <= {len(part)}"
         )
+    return part
+
+
+def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device) -> EvalData:
+    """A fixed, seed-independent random subset of the split (sorted by index)."""
+    part = evaluated_split(dataset, split, n_eval)
     perm = torch.randperm(len(part), generator=torch.Generator().manual_seed(EVAL_SUBSET_SEED))
     idx = perm[:n_eval].sort().values
     return EvalData(part.x[idx].to(device), part.y[idx].to(device), idx)
@@ -234,8 +240,6 @@ def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torc
                    progress: bool = False) -> AttackRun:
     """Run the cell's attack on ``attacked`` over ``data`` at the cell's precision, timed on the
     device (batching, streaming and the out-of-memory back-off are the attack entry point's)."""
-    if cell.attack.spec.needs_fit_data and fit_data is None:
-        raise BadInput(f"attack {cell.attack_name!r} fits on a training split; the sweep has none")
     generator = torch.Generator(device=device).manual_seed(cell.seed)
     with measure(device) as timing, autocast(device, cell.precision):
         result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,

@@ -21,7 +21,7 @@ from bench.core.checkpoints import CheckpointCache, load_or_fit
 from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput
 from bench.core.target import Target
-from bench.core.zoo import SCHEDULES, ModelSpec, TrainRecipe, classifier_spec, classifiers
+from bench.core.zoo import ModelSpec, TrainRecipe, classifier_spec, classifiers
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,9 @@ def make_optimizer(params: list[nn.Parameter], recipe: TrainRecipe, total_steps:
     if recipe.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr,
                                                       weight_decay=recipe.weight_decay)
-    elif recipe.optimizer == "sgd":
+    else:  # "sgd": TrainRecipe admits no other optimizer
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                               weight_decay=recipe.weight_decay, nesterov=True)
-    else:
-        raise BadInput(f"unknown optimizer {recipe.optimizer!r}; use 'adam' or 'sgd'")
     if recipe.schedule == "onecycle":
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
                                                         total_steps=total_steps)
@@ -99,9 +97,7 @@ def make_optimizer(params: list[nn.Parameter], recipe: TrainRecipe, total_steps:
         "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
         "constant": lambda t: 1.0,
     }
-    if recipe.schedule not in shapes:
-        raise BadInput(f"unknown schedule {recipe.schedule!r}; use one of {', '.join(SCHEDULES)}")
-    shape = shapes[recipe.schedule]
+    shape = shapes[recipe.schedule]  # TrainRecipe admits only SCHEDULES
     return opt, torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: shape(min(step + 1, total_steps) / total_steps))
 
