@@ -187,7 +187,12 @@ class ResultStore:
     def _read(self, files: Iterable[Path], schema: pa.Schema) -> pa.Table:
         tables = []
         for path in files:
-            meta = pq.read_schema(path).metadata or {}
+            try:
+                meta = pq.read_schema(path).metadata or {}
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise BadInput(f"{path} is not a readable Parquet file ({exc}); move it out of "
+                               f"the results directory (advbench writes whole files only)"
+                               ) from None
             text = meta.get(b"advbench_schema_version", b"?").decode()
             version = int(text) if text.isdigit() else -1
             if version == SCHEMA_VERSION:

@@ -111,3 +111,13 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
 def test_load_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="does not exist"):
         load(tmp_path / "nope")
+
+
+def test_a_corrupt_file_is_named_in_one_line(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row(), samples())
+    bad = tmp_path / "summary" / "c9-r9.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(BadInput, match="c9-r9.parquet is not a readable Parquet file"):
+        load(tmp_path)
+    assert bad.read_bytes() == b"not parquet"  # nothing the user has is touched
