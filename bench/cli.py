@@ -53,6 +53,12 @@ def _add_run(sub: Any) -> None:
         "ray executor: 'auto' or host:port of a running cluster (default: start a local one)"))
     run.add_argument("--retries", type=int, default=2,
                      help="reruns of a failed worker/Ray task before its cells are reported")
+    run.add_argument("--no-wait", action="store_true", help=(
+        "exit once this sweep's own cells are done, leaving cells another running sweep holds "
+        "to it (default: wait until they are stored)"))
+    run.add_argument("--repair", action="store_true", help=(
+        "first move unreadable or foreign files of --out into its quarantine/ folder (as "
+        "`advbench doctor`), then run"))
 
 
 def _add_readers(sub: Any) -> None:
@@ -77,6 +83,11 @@ def _add_readers(sub: Any) -> None:
         "robust accuracy vs eps plots)"))
     pub.add_argument("results", nargs="?", default="results", help="results directory")
     pub.add_argument("--out", default="site", help="site folder (default: ./site)")
+
+    doc = sub.add_parser("doctor", help=(
+        "check a results directory; move unreadable or foreign files, and samples no summary "
+        "refers to, into its quarantine/ folder (nothing is deleted)"))
+    doc.add_argument("results", nargs="?", default="results", help="results directory")
 
 
 def _add_perf(sub: Any) -> None:
@@ -152,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(out=Path(args.out), cache_dir=resolve_cache_dir(args.cache_dir),
                          force=args.force, progress=not args.no_progress, device=args.device,
                          executor=args.executor, workers=args.workers, address=args.address,
-                         retries=args.retries)
+                         retries=args.retries, wait=not args.no_wait)
+    if args.repair and Path(args.out).is_dir():
+        print(_doctor(args.out))
     if args.dry_run:
         print(dry_run_text(plan_sweep(config, options)))
         return 0
@@ -165,6 +178,22 @@ def _run(args: argparse.Namespace) -> int:
             print(f"advbench: cell {cell_id} failed: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _doctor(results: str) -> str:
+    from leaderboards.store import ResultStore
+
+    root = Path(results)
+    if not root.is_dir():
+        raise BadInput(f"results directory {root} does not exist")
+    store = ResultStore(root)
+    moved = store.doctor()
+    lines = [f"moved {a} -> {b}" for a, b in moved]
+    scan = store.scan()
+    lines += [f"left {p.path}: {p.reason}" for p in scan.problems]
+    lines.append(f"{root}: {len(scan.cells)} whole cell(s), {len(moved)} file(s) moved aside, "
+                 f"{len(scan.problems)} problem(s) left")
+    return "\n".join(lines)
 
 
 def _perf(args: argparse.Namespace) -> int:
@@ -210,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             files = publish_site(args.results, args.out)
             print(f"published {len(files)} file(s) to {args.out}/ (open {args.out}/index.html)")
+            return 0
+        if args.command == "doctor":
+            print(_doctor(args.results))
             return 0
         if args.command == "compare":
             from leaderboards import render_comparison

@@ -213,9 +213,14 @@ def _str_list(where: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+INT64_MAX = 2**63 - 1
+"""The largest integer the results schema stores (int64): checked before any work starts."""
+
+
 def _int(where: str, key: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise _type_error(where, key, f"an integer >= {minimum}", value)
+    if not isinstance(value, int) or isinstance(value, bool) or not \
+            minimum <= value <= INT64_MAX:
+        raise _type_error(where, key, f"an integer in [{minimum}, 2**63 - 1]", value)
     return value
 
 

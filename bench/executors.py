@@ -1,17 +1,22 @@
 """Where a sweep's cells run: in this process, in a pool of local processes, or on Ray.
 
-Each executor takes groups of cells (cells sharing a trained base model) and yields
-``(cell, CellResult)`` as cells finish, or ``(cell, exception)`` for the cells of a group whose
-task still failed after ``options.retries`` reruns. Workers never write results: the driver
-(:func:`bench.sweep.run_sweep`) alone writes the store.
+Each executor takes groups of cells (cells sharing a trained base model) and a ``claim``
+function, and yields ``(cell, CellResult)`` as cells finish, or ``(cell, exception)`` for the
+cells of a task that still failed after ``options.retries`` reruns. Cells are claimed as they
+start (one at a time in process; a chunk of at most :data:`CHUNK` cells per pool or Ray task, no
+more tasks in flight than there are workers), so several sweeps on one results directory split
+the work. ``claim`` returns the cells this process may run. Workers never write results: the
+driver (:func:`bench.sweep.run_sweep`) alone writes the store.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -24,28 +29,44 @@ log = logging.getLogger(__name__)
 
 Outcome = tuple[Cell, "CellResult | BaseException"]
 GroupTask = Callable[[SweepConfig, RunOptions, str, list[Cell]], list[CellResult]]
+Claim = Callable[[list[Cell]], list[Cell]]
+
+CHUNK = 4
+"""Most cells one pool or Ray task takes (and claims) at a time."""
 
 
 class Executor(Protocol):
-    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]: ...
+    def run(self, groups: list[list[Cell]], run_id: str, claim: Claim) -> Iterator[Outcome]: ...
 
     def close(self) -> None: ...
 
 
+def chunks(groups: list[list[Cell]], size: int = CHUNK) -> list[list[Cell]]:
+    """Each group cut into near-equal runs of at most ``size`` cells."""
+    out = []
+    for group in groups:
+        parts = math.ceil(len(group) / size)
+        step = math.ceil(len(group) / parts)
+        out += [group[i:i + step] for i in range(0, len(group), step)]
+    return out
+
+
 class InProcess:
     """All cells in this process, on one device. Every target is prepared (trained, fitted,
-    clean pass) before the first attack, so a bad model fails before anything is written; an
-    error stops the sweep (the cells already written stay)."""
+    clean pass) before the first attack, so a bad model fails before anything is written; each
+    cell is claimed just before it runs. An error stops the sweep (the cells already written
+    stay)."""
 
     def __init__(self, config: SweepConfig, options: RunOptions) -> None:
         self.config, self.options = config, options
 
-    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+    def run(self, groups: list[list[Cell]], run_id: str, claim: Claim) -> Iterator[Outcome]:
         worker = Worker(self.config, self.options, run_id)
         cells = [cell for group in groups for cell in group]
         worker.prepare(cells)
         for cell in cells:
-            yield cell, worker.run_one(cell)
+            if claim([cell]):
+                yield cell, worker.run_one(cell)
 
     def close(self) -> None:
         pass
@@ -57,11 +78,21 @@ def _pin_device(devices: Any) -> None:
 
 
 def _drive(submit: Callable[[list[Cell]], Any], done: Callable[[list[Any]], list[Any]],
-           result: Callable[[Any], list[CellResult]], groups: list[list[Cell]], retries: int
-           ) -> Iterator[Outcome]:
-    """Submit each group as a task; rerun a failed one up to ``retries`` times, then report its
-    cells as failed. ``done`` waits for finished handles, ``result`` reads (or raises) one."""
-    pending = {submit(group): (group, 0) for group in groups}
+           result: Callable[[Any], list[CellResult]], groups: list[list[Cell]], retries: int,
+           claim: Claim, slots: int) -> Iterator[Outcome]:
+    """Claim and submit chunks of cells as tasks, at most ``slots`` in flight; rerun a failed
+    task up to ``retries`` times, then report its cells as failed. ``done`` waits for finished
+    handles, ``result`` reads (or raises) one."""
+    queue = deque(chunks(groups))
+    pending: dict[Any, tuple[list[Cell], int]] = {}
+
+    def refill() -> None:
+        while queue and len(pending) < slots:
+            mine = claim(queue.popleft())
+            if mine:
+                pending[submit(mine)] = (mine, 0)
+
+    refill()
     while pending:
         for handle in done(list(pending)):
             group, attempt = pending.pop(handle)
@@ -76,6 +107,7 @@ def _drive(submit: Callable[[list[Cell]], Any], done: Callable[[list[Any]], list
                 yield from ((cell, exc) for cell in group)
                 continue
             yield from zip(group, results)
+        refill()
 
 
 class LocalPool:
@@ -83,7 +115,7 @@ class LocalPool:
 
     def __init__(self, config: SweepConfig, options: RunOptions, workers: int,
                  gpus: list[int], task: GroupTask = run_group) -> None:
-        self.config, self.options, self.task = config, options, task
+        self.config, self.options, self.task, self.workers = config, options, task, workers
         context = multiprocessing.get_context("spawn")
         initializer: Callable[..., None] | None = None
         initargs: tuple[Any, ...] = ()
@@ -95,7 +127,7 @@ class LocalPool:
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                         initializer=initializer, initargs=initargs)
 
-    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+    def run(self, groups: list[list[Cell]], run_id: str, claim: Claim) -> Iterator[Outcome]:
         options = self.options
 
         def submit(group: list[Cell]) -> Future[list[CellResult]]:
@@ -104,7 +136,8 @@ class LocalPool:
         def done(handles: list[Any]) -> list[Any]:
             return list(wait(handles, return_when=FIRST_COMPLETED).done)
 
-        yield from _drive(submit, done, lambda f: f.result(), groups, self.options.retries)
+        yield from _drive(submit, done, lambda f: f.result(), groups, self.options.retries,
+                          claim, self.workers)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -149,8 +182,10 @@ class RayExecutor:
         self.remote = ray.remote(num_gpus=1 if gpus else 0, max_retries=options.retries,
                                  retry_exceptions=True)(task)
         self.config, self.options = config, options
+        resources = ray.cluster_resources()
+        self.slots = max(1, int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1)))
 
-    def run(self, groups: list[list[Cell]], run_id: str) -> Iterator[Outcome]:
+    def run(self, groups: list[list[Cell]], run_id: str, claim: Claim) -> Iterator[Outcome]:
         ray = self.ray
         options = self.options
 
@@ -162,7 +197,8 @@ class RayExecutor:
             return ready
 
         # Ray already retried each task: report what still fails.
-        yield from _drive(submit, done, ray.get, groups, retries=0)
+        yield from _drive(submit, done, ray.get, groups, retries=0, claim=claim,
+                          slots=self.slots)
 
     def close(self) -> None:
         if self.started:
@@ -185,4 +221,4 @@ def make_executor(config: SweepConfig, options: RunOptions) -> Executor:
     return LocalPool(config, options, workers, gpus)
 
 
-__all__ = ["Executor", "InProcess", "LocalPool", "RayExecutor", "make_executor"]
+__all__ = ["CHUNK", "chunks", "Executor", "InProcess", "LocalPool", "RayExecutor", "make_executor"]

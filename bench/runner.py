@@ -74,6 +74,7 @@ class RunOptions:
     workers: int | None = None
     address: str | None = None
     retries: int = 2
+    wait: bool = True  # wait for cells another sweep holds until they are stored
 
     def __post_init__(self) -> None:
         """Raise :class:`BadInput` for settings that cannot work (before anything starts)."""
@@ -92,14 +93,16 @@ class RunOptions:
 
 @dataclass
 class RunReport:
-    """``skipped``: cells already stored; ``busy``: cells another running sweep holds;
-    ``failed``: (cell_id, error) of cells whose task failed after its retries."""
+    """``skipped``: cells already stored; ``stored_by_others``: cells another sweep held and
+    stored while this one waited; ``busy``: cells left to another running sweep (``wait``
+    off); ``failed``: (cell_id, error) of cells whose task failed after its retries."""
 
     run_id: str
     cells: int
     skipped: int
     written: list[SummaryRow] = field(default_factory=list)
     busy: int = 0
+    stored_by_others: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -300,7 +303,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
     floor_kind = "forward+backward" if run.n_backward else "forward"
     return SummaryRow(
         cell_id=cell.cell_id, run_id=run_id, created_at=dt.datetime.now(dt.timezone.utc),
-        dataset=cell.dataset, split=cell.split, n_samples=n,
+        dataset=cell.dataset, train_dataset=cell.train_dataset, split=cell.split, n_samples=n,
         target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,
@@ -314,7 +317,8 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         median_l2=_median(outcome.l2[fooled]), median_linf=_median(outcome.linf[fooled]),
         mean_l0=float(outcome.l0[fooled].mean()) if bool(fooled.any()) else None,
         rho_adv=float(rho.mean()) if rho.numel() else None,
-        n_forward=run.n_forward, n_backward=run.n_backward, wall_s=run.wall_s,
+        attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
+        wall_s=run.wall_s,
         img_per_s=n / max(run.wall_s, 1e-9),
         floor_img_per_s=floor[(floor_kind, cell.precision)] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
@@ -341,6 +345,14 @@ def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
     }
 
 
+def attack_run_id(cell: Cell) -> str:
+    """The attack run a cell's numbers come from: its own, or for a minimal-perturbation attack
+    the one budget-free run every eps of its curve is read from."""
+    if cell.attack.spec.minimal:
+        return dataclasses.replace(cell, attack=cell.attack.at(None)).cell_id
+    return cell.cell_id
+
+
 def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: AttackedModel, *,
              device: torch.device, run_id: str, progress: bool = False,
              fit_data: FitData | None = None,
@@ -351,7 +363,7 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
     """
     if cell.attack.spec.minimal:
         cache = minimal_runs if minimal_runs is not None else {}
-        key = dataclasses.replace(cell, attack=cell.attack.at(None)).cell_id
+        key = attack_run_id(cell)
         if key not in cache:
             cache[key] = attack_samples(cell, attacked.fast, data, device=device,
                                         batch_size=attacked.batch_size, progress=progress)

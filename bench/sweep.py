@@ -3,9 +3,14 @@
 - **Plan.** Every cell of the config; those whose ``cell_id`` is stored are skipped (``--force``
   recomputes them). ``advbench run --dry-run`` prints the plan with each cell's upper bound of
   model calls and touches nothing.
-- **Claims.** Before running, the driver claims each cell in the store (``claims/<cell_id>``);
-  a cell a live process holds is left to it, so two sweeps writing into one directory never
-  compute or store a cell twice. A killed sweep's claims are taken over by the next run.
+- **Preflight.** Before anything is trained or written, ``--out`` must be a writable directory
+  (or creatable) and every file already in it must read as advbench results of a readable
+  schema version (:meth:`leaderboards.store.ResultStore.check`).
+- **Claims.** A cell is claimed in the store (``claims/<cell_id>``) as it starts (a chunk at a
+  time on a pool or Ray); a cell a live process holds is left to it, so several sweeps on one
+  directory split the work and never compute or store a cell twice. Once it has run what it
+  could claim, a sweep waits until the cells other sweeps hold are stored (``--no-wait``: exit
+  at once), and runs any whose holder died. A killed sweep's claims are taken over.
 - **Executors** (:mod:`bench.executors`): ``local`` runs in this process, or with ``workers`` > 1
   in a pool of processes (one per visible GPU by default on CUDA); ``ray`` runs one task per
   group of cells sharing a base model. Workers only compute; the driver alone writes the store.
@@ -19,7 +24,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -30,6 +36,9 @@ from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
 from bench.runner import RunOptions, RunReport
 from leaderboards.store import ResultStore
+
+if TYPE_CHECKING:
+    from bench.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,7 @@ class Plan:
 def plan_sweep(config: SweepConfig, options: RunOptions) -> Plan:
     """Check the config (nothing is trained or written) and list its cells."""
     check_sweep(config)
+    preflight(options.out)
     cells = expand_cells(config)
     if not cells:
         raise BadInput(
@@ -115,10 +125,93 @@ def dry_run_text(plan: Plan) -> str:
             f"model calls to run them (dry run: nothing trained or written)")
 
 
+def preflight(out: Path) -> None:
+    """:class:`BadInput` unless results can be written into ``out`` without touching anything
+    advbench cannot read."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; pick a directory for the results")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write results into {out}: {existing} is not writable; pick "
+                       f"another --out")
+    for sub in ("summary", "samples", "claims"):
+        folder = out / sub
+        if folder.exists() and (not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
+            raise BadInput(f"cannot write results into {folder}: not a writable directory")
+    ResultStore(out).check()
+
+
+WAIT_POLL_S = 2.0
+
+
+class _Driver:
+    """Claims, writes and releases cells for one sweep run (the one writer of the store)."""
+
+    def __init__(self, plan: Plan, options: RunOptions, run_id: str,
+                 report: RunReport) -> None:
+        self.plan, self.options, self.run_id, self.report = plan, options, run_id, report
+        self.store = ResultStore(options.out)
+        self.held: set[str] = set()
+        self.busy: dict[str, Cell] = {}
+
+    def claim(self, cells: list[Cell]) -> list[Cell]:
+        """The cells of ``cells`` this process now holds; the others are stored or held."""
+        mine = []
+        for cell in cells:
+            if not self.store.claim(cell.cell_id, self.run_id):
+                self.busy[cell.cell_id] = cell
+            elif not self.options.force and self.store.is_stored(cell.cell_id):
+                self.store.release(cell.cell_id)  # another sweep stored it since we looked
+                self.report.skipped += 1
+            else:
+                self.busy.pop(cell.cell_id, None)
+                self.held.add(cell.cell_id)
+                mine.append(cell)
+        return mine
+
+    def run(self, executor: Executor, cells: list[Cell], bar: tqdm) -> None:
+        for cell, outcome in executor.run(Plan.groups(cells), self.run_id, self.claim):
+            if isinstance(outcome, BaseException):
+                self.report.failed.append((cell.cell_id, f"{type(outcome).__name__}: {outcome}"))
+            else:
+                self.store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
+                self.report.written.append(outcome.summary)
+                _pause_for_tests(len(self.report.written))
+            self.store.release(cell.cell_id)
+            self.held.discard(cell.cell_id)
+            bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
+                                f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
+            bar.update(1)
+
+    def wait_for_others(self) -> list[Cell]:
+        """Block until every cell other sweeps hold is stored; return those whose holder died
+        without storing them (this sweep runs them)."""
+        log.warning("%d cell(s) are being run by another sweep; waiting for them (--no-wait "
+                    "to leave them to it)", len(self.busy))
+        while True:
+            orphans = []
+            for cell_id, cell in list(self.busy.items()):
+                if self.store.is_stored(cell_id):
+                    del self.busy[cell_id]
+                    self.report.stored_by_others += 1
+                elif not self.store.claimed(cell_id):
+                    orphans.append(cell)
+            if orphans or not self.busy:
+                return orphans
+            time.sleep(WAIT_POLL_S)
+
+    def release_all(self) -> None:
+        for cell_id in self.held:
+            self.store.release(cell_id)
+        self.held.clear()
+
+
 def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     """Run every cell of ``config`` not already stored in ``options.out``."""
     from bench.executors import make_executor
 
+    created_root = not Path(options.out).exists()
     plan = plan_sweep(config, options)
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + uuid.uuid4().hex[:6]
     todo = plan.todo
@@ -126,38 +219,23 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     if not todo:
         return report  # nothing to run: no executor (and no Ray instance) is started
     executor = make_executor(config, options)  # an unreachable cluster fails before writing
-    store = ResultStore(options.out)
-    claimed: list[Cell] = []
+    driver = _Driver(plan, options, run_id, report)
+    bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell",
+               disable=not options.progress)
     try:
-        for cell in todo:
-            if store.claim(cell.cell_id, run_id):
-                if not options.force and store.is_stored(cell.cell_id):
-                    store.release(cell.cell_id)  # another sweep stored it since we looked
-                    report.skipped += 1
-                else:
-                    claimed.append(cell)
-            else:
-                report.busy += 1
+        cells = todo
+        while cells:
+            driver.run(executor, cells, bar)
+            if not driver.busy or not options.wait:
+                break
+            cells = driver.wait_for_others()
+        report.busy = len(driver.busy)
         if report.busy:
             log.warning("%d cell(s) are being run by another sweep; left to it", report.busy)
-        bar = tqdm(total=len(claimed), desc=f"sweep {config.name}", unit="cell",
-                   disable=not options.progress)
-        for cell, outcome in executor.run(plan.groups(claimed), run_id):
-            if isinstance(outcome, BaseException):
-                report.failed.append((cell.cell_id, f"{type(outcome).__name__}: {outcome}"))
-            else:
-                store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
-                report.written.append(outcome.summary)
-                _pause_for_tests(len(report.written))
-            store.release(cell.cell_id)
-            bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
-                                f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
-            bar.update(1)
-        bar.close()
     finally:
-        for cell in claimed:
-            store.release(cell.cell_id)
-        store.remove_empty()
+        bar.close()
+        driver.release_all()
+        driver.store.remove_empty(created_root)
         executor.close()
     return report
 
@@ -177,6 +255,8 @@ def _pause_for_tests(written: int) -> None:
 
 def summary_line(config: SweepConfig, report: RunReport, out: Any) -> str:
     parts = [f"{len(report.written)} cell(s) run", f"{report.skipped} already stored"]
+    if report.stored_by_others:
+        parts.append(f"{report.stored_by_others} stored by another sweep meanwhile")
     if report.busy:
         parts.append(f"{report.busy} left to another running sweep")
     if report.failed:
@@ -184,5 +264,5 @@ def summary_line(config: SweepConfig, report: RunReport, out: Any) -> str:
     return f"sweep {config.name!r}: {', '.join(parts)}; results in {out}/"
 
 
-__all__ = ["Plan", "plan_sweep", "run_sweep", "dry_run_table", "dry_run_text",
+__all__ = ["Plan", "plan_sweep", "preflight", "run_sweep", "dry_run_table", "dry_run_text",
            "estimated_calls", "summary_line"]

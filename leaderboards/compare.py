@@ -23,9 +23,13 @@ import numpy as np
 import pandas as pd
 
 Z95 = 1.959963984540054
-CELL_KEYS = ["dataset", "split", "model", "direction", "attack", "attack_params", "targeted",
-             "norm", "eps", "eps_display", "seed", "precision", "source_model"]
-TARGET_KEYS = ["dataset", "split", "model", "direction", "seed", "precision"]
+CELL_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "attack",
+             "attack_params", "targeted", "norm", "eps", "eps_display", "seed", "precision",
+             "source_model"]
+"""A defended cell is compared with the undefended cell that agrees on all of these: the same
+attack on the same evaluated samples (never a baseline of another n or seed)."""
+TARGET_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "seed",
+               "precision"]
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -64,8 +68,8 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     rows = summary[summary["eps"].notna()].copy()
     if rows.empty:
         return pd.DataFrame()
-    rows["source_model"] = rows["source_model"].fillna("")
-    rows["direction"] = rows["direction"].fillna("")
+    for text in ("source_model", "direction", "train_dataset"):
+        rows[text] = rows[text].fillna("")
     per_cell = {cid: g.set_index("sample_idx").sort_index()
                 for cid, g in samples.groupby("cell_id")} if not samples.empty else {}
     baseline = rows[rows["defense"] == "none"].set_index(CELL_KEYS)
@@ -152,6 +156,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         shown = pd.DataFrame({
             "attack": g["attack"] + g["source_model"].map(lambda s: f" (from {s})" if s else ""),
             "norm": g["norm"], "eps": g["eps_display"], "seed": g["seed"].astype(str),
+            "n": g["n"].astype(str),
             "defense": g["defense"], "threat": g["threat"],
             "clean": g["clean"].map(_pct),
             "robust [95% CI]": [f"{_pct(r)} [{_pct(lo)}, {_pct(hi)}]"

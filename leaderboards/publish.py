@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import jinja2
 import pandas as pd
 
 from bench.core.errors import BadInput
+from bench.core.files import temp_dir
 from leaderboards.tables import Board, display_table, leaderboards, to_csv, to_markdown
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
@@ -38,7 +38,7 @@ def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> 
     """A leaderboard's page: its display table, sortable (worst-case cells sort by value), and
     the plot when there is one."""
     shown = display_table(board)
-    keys = {"model", "defense", "direction"}
+    keys = set(board.key_columns)
     columns = [{"name": c, "css": "key" if c in keys else "num"} for c in shown.columns]
     rows = []
     for i, row in shown.iterrows():
@@ -64,8 +64,7 @@ def plot_worst_case(board: Board, path: Path) -> bool:
     eps = [_eps_value(c.removeprefix("worst@")) for c in worst]
     fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
     for _, row in board.table.iterrows():
-        label = " / ".join(str(row[k]) for k in ("model", "defense", "direction")
-                           if k in board.table.columns and row[k])
+        label = board.row_label(row)
         values = [100 * row[c] for c in worst]
         ax.plot(eps, values, marker="o", label=label)
         lo = [100 * row[f"{c} lo"] for c in worst]
@@ -102,11 +101,16 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
     """Write every format into ``out`` (built in a temporary folder, then moved into place)."""
     boards = leaderboards(summary, samples)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; pick a folder for the site")
+    if not os.access(next(p for p in (out, *out.parents) if p.exists()), os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write the site into {out}: permission denied; pick another "
+                       f"--out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise BadInput(f"{out} exists and is not a site advbench published; pick a new --out "
                        f"folder (advbench replaces only its own sites)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out.parent, f".{out.name}.")
     try:
         (tmp / MARKER).write_text("published by advbench; `advbench publish` replaces it\n")
         (tmp / "leaderboard.md").write_text("\n".join(to_markdown(b) for b in boards))

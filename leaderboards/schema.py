@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -43,6 +43,7 @@ class SummaryRow:
     run_id: str
     created_at: dt.datetime
     dataset: str
+    train_dataset: str | None  # the data the model (and its defense) was trained on
     split: str
     n_samples: int
     target_kind: str
@@ -72,6 +73,9 @@ class SummaryRow:
     median_linf: float | None
     mean_l0: float | None
     rho_adv: float | None
+    # the attack run whose model calls and time the row reports: the cell itself, or, for the
+    # per-eps rows derived from one minimal-perturbation run, that run (they share its cost)
+    attack_run: str
     n_forward: int
     n_backward: int
     wall_s: float
@@ -124,14 +128,24 @@ ADDED_IN: dict[str, int] = {
     "floor_fraction": 3,
     "fast_path": 4,
     "black_box": 5,
+    "train_dataset": 6,
+    "attack_run": 6,
 }
 """The schema version that added each column; older files get its migration value."""
 
 MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
     # up to v4 the one registered black-box attack was the one-pixel attack
     "black_box": lambda table: pc.equal(table["attack"], "onepixel"),
+    # before v6 each row was timed as its own run
+    "attack_run": lambda table: table["cell_id"],
 }
 """Columns whose value an older file implies; every other added column migrates as null."""
+
+POPULATION_KEYS = ["train_dataset", "defense_params", "split", "n_samples", "seed", "precision",
+                   "fast_path"]
+"""Besides the dataset, model, defense and direction, the summary columns that fix what a
+number measured: which weights, which evaluated samples, at which precision and on which
+execution path. Rows that differ in any of them are never pooled into one figure."""
 
 _SCALARS: dict[Any, pa.DataType] = {
     str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),

@@ -1,18 +1,24 @@
-"""The append-only Parquet result store (DESIGN.md, "The store is append-only").
+"""The Parquet result store (DESIGN.md, "The store is append-only").
 
 Layout under the results directory::
 
-    summary/<cell_id>-<run_id>.parquet   one summary row per cell
-    samples/<cell_id>-<run_id>.parquet   that cell's per-sample rows
-
+    summary/<cell_id>.parquet            one summary row per cell
+    samples/<cell_id>-<run_id>.parquet   that cell's per-sample rows from run <run_id>
+    artifacts/<cell_id>-<run_id>/        tensors an attack produced (a UAP's perturbation)
     claims/<cell_id>                     a cell being computed (pid, host), while it runs
+    quarantine/                          unreadable or foreign files `advbench doctor` moved aside
 
 A cell's samples file is written before its summary file, each through a hidden temporary name
-and an atomic rename, so readers see whole files or nothing, and a cell counts as stored exactly
-when its summary file exists. A killed sweep leaves at most hidden temporary files (ignored by
-readers) and the claims of the cells it had in flight; a claim whose process is gone (same
-host, dead pid) is taken over by the next sweep, so two sweeps writing into one directory never
-compute a cell twice.
+and an atomic rename, so readers see whole files or nothing. A cell counts as stored exactly when
+its summary file and the samples file it names both read whole. Recomputing a cell (``--force``)
+replaces its summary file in one rename, so every reader, advbench's or a plain
+``read_parquet('results/summary/*.parquet')``, sees one row per cell; the superseded samples and
+artifacts are removed after the swap. A killed sweep leaves at most hidden temporary files
+(ignored by readers) and the claims of the cells it had in flight; a claim whose process is gone
+(same host, dead pid) is taken over by the next sweep.
+
+Files that do not read whole, or that are not advbench results, are never deleted: readers name
+them, and ``advbench doctor`` (or ``advbench run --repair``) moves them into ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ import torch
 from safetensors.torch import save_file
 
 from bench.core.errors import BadInput
+from bench.core.files import temp_dir
 from leaderboards.schema import (
     SAMPLES_SCHEMA,
     SCHEMA_VERSION,
@@ -78,7 +85,7 @@ def _png(tensor: torch.Tensor) -> bytes | None:
 
 def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = temp_dir(folder.parent, f".{folder.name}.")
     try:
         for name, tensor in artifacts.items():
             save_file({name: tensor.detach().cpu().contiguous()}, str(tmp / f"{name}.safetensors"))
@@ -96,8 +103,55 @@ OLDEST_READABLE = 1
 """Files of schema versions from this one up are migrated on read."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A file in a results directory advbench cannot use. ``movable``: unreadable or foreign
+    (``advbench doctor`` moves it aside); otherwise results of another advbench version."""
+
+    path: Path
+    reason: str
+    movable: bool
+
+    def message(self, root: Path) -> str:
+        fix = (f"run `advbench doctor {root}` to move it into {root / QUARANTINE}/ (nothing is "
+               f"deleted), or write into another --out" if self.movable else
+               "upgrade advbench or write new results into another --out")
+        return f"{self.path} {self.reason}; {fix}"
+
+
+QUARANTINE = "quarantine"
+
+
+def _inspect(path: Path, table: str, whole: bool) -> tuple[pa.Table | None, int, Problem | None]:
+    """Read ``path`` (the footer only unless ``whole``): its table, schema version, or why not."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        data = pq.read_table(path) if whole else None
+    except (pa.ArrowException, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, -1, Problem(path, f"is not a readable Parquet file ({detail})", True)
+    text = meta.get(b"advbench_schema_version", b"").decode(errors="replace")
+    kind = meta.get(b"advbench_table", table.encode()).decode(errors="replace")
+    if not text.isdigit() or kind != table:
+        return None, -1, Problem(path, f"is not an advbench {table} file", True)
+    version = int(text)
+    if not OLDEST_READABLE <= version <= SCHEMA_VERSION:
+        return None, version, Problem(
+            path, f"was written with results schema version {version}; this advbench reads "
+                  f"versions {OLDEST_READABLE} to {SCHEMA_VERSION}", False)
+    return data, version, None
+
+
+@dataclass
+class Scan:
+    """What a results directory holds: whole cells (cell_id -> run_id) and problem files."""
+
+    cells: dict[str, str]
+    problems: list[Problem]
+
+
 class ResultStore:
-    """Read and append advbench results under ``root``."""
+    """Read and write advbench results under ``root``."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -110,11 +164,6 @@ class ResultStore:
     def samples_dir(self) -> Path:
         return self.root / "samples"
 
-    def _files(self, folder: Path) -> list[Path]:
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
-
     @property
     def artifacts_dir(self) -> Path:
         return self.root / "artifacts"
@@ -123,8 +172,92 @@ class ResultStore:
     def claims_dir(self) -> Path:
         return self.root / "claims"
 
+    def _files(self, folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+    def _summary_files(self, cell_id: str = "*") -> list[Path]:
+        """``cell_id``'s summary files (any cell's by default), with the older
+        ``<cell_id>-<run_id>.parquet`` layout."""
+        if not self.summary_dir.is_dir():
+            return []
+        return sorted({p for pattern in (f"{cell_id}.parquet", f"{cell_id}-*.parquet")
+                       for p in self.summary_dir.glob(pattern) if not p.name.startswith(".")})
+
+    def _whole_cells(self, summaries: list[Path], problems: list[Problem]
+                     ) -> dict[str, str]:
+        """cell_id -> run_id of the newest summary row among ``summaries`` whose samples file
+        reads whole; every file that does not read goes to ``problems``."""
+        cells: dict[str, tuple[str, Any]] = {}
+        for path in summaries:
+            data, _, problem = _inspect(path, "summary", whole=True)
+            if problem:
+                problems.append(problem)
+                continue
+            assert data is not None
+            for cell_id, run_id, created in zip(data["cell_id"].to_pylist(),
+                                                data["run_id"].to_pylist(),
+                                                data["created_at"].to_pylist()):
+                if cell_id in cells and created <= cells[cell_id][1]:
+                    continue
+                samples = self.samples_dir / f"{cell_id}-{run_id}.parquet"
+                if not samples.is_file():
+                    continue
+                sample_problem = _inspect(samples, "samples", whole=False)[2]
+                if sample_problem:
+                    if sample_problem not in problems:
+                        problems.append(sample_problem)
+                    continue
+                cells[cell_id] = (run_id, created)
+        return {c: r for c, (r, _) in cells.items()}
+
+    def scan(self) -> Scan:
+        """Read every summary file whole and every samples file's footer."""
+        problems: list[Problem] = []
+        cells = self._whole_cells(self._summary_files(), problems)
+        listed = {p.path for p in problems}
+        for path in self._files(self.samples_dir):
+            problem = None if path in listed else _inspect(path, "samples", whole=False)[2]
+            if problem:
+                problems.append(problem)
+        return Scan(cells, problems)
+
+    def check(self) -> None:
+        """Raise :class:`BadInput` naming the first file advbench cannot use (run this before
+        writing anything)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"results directory {self.root} is a file; pick a directory for --out")
+        problems = self.scan().problems
+        if problems:
+            more = f" ({len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BadInput(problems[0].message(self.root) + more)
+
+    def doctor(self) -> list[tuple[Path, Path]]:
+        """Move every unreadable or foreign results file, and samples files no summary refers
+        to, into ``quarantine/`` (nothing is deleted); returns (from, to) pairs."""
+        scan = self.scan()
+        moves = [p.path for p in scan.problems if p.movable]
+        referenced = {f"{c}-{r}" for c, r in scan.cells.items()}
+        moves += [p for p in self._files(self.samples_dir)
+                  if p.stem not in referenced and p not in moves]
+        moves += [p for p in self._summary_files() if p not in moves
+                  and p.stem.split("-", 1)[0] not in scan.cells]  # its samples are gone
+        unmovable = [p for p in scan.problems if not p.movable]
+        return [(path, self._quarantine(path)) for path in moves if path not in
+                {p.path for p in unmovable}]
+
+    def _quarantine(self, path: Path) -> Path:
+        target = self.root / QUARANTINE / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
+        os.replace(path, target)
+        return target
+
     def is_stored(self, cell_id: str) -> bool:
-        return any(self.summary_dir.glob(f"{cell_id}-*.parquet"))
+        """Whether ``cell_id``'s summary and samples files read whole."""
+        return cell_id in self._whole_cells(self._summary_files(cell_id), [])
 
     def claim(self, cell_id: str, run_id: str) -> bool:
         """Take ``cell_id`` for this process; ``False`` if a live process holds it.
@@ -159,10 +292,16 @@ class ResultStore:
     def release(self, cell_id: str) -> None:
         (self.claims_dir / cell_id).unlink(missing_ok=True)
 
-    def remove_empty(self) -> None:
-        """Remove the claims folder, and the results folder itself, when they hold nothing (a
-        sweep that failed before writing leaves no trace)."""
-        for folder in (self.claims_dir, self.root):
+    def claimed(self, cell_id: str) -> bool:
+        """Whether a live process holds ``cell_id``."""
+        path = self.claims_dir / cell_id
+        return path.exists() and not _claim_is_stale(path)
+
+    def remove_empty(self, created_root: bool) -> None:
+        """Remove the claims folder when it holds nothing, and the results folder itself when
+        this process created it and it holds nothing (a sweep that failed before writing leaves
+        no trace, and never removes a folder the user made)."""
+        for folder in (self.claims_dir, self.root) if created_root else (self.claims_dir,):
             try:
                 folder.rmdir()
             except OSError:
@@ -170,7 +309,8 @@ class ResultStore:
 
     def write_cell(self, summary: SummaryRow | Mapping[str, Any], samples: Mapping[str, Any],
                    artifacts: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Store one finished cell: artifacts, then samples, then its summary row."""
+        """Store one finished cell: artifacts, then samples, then its summary row (replacing
+        the cell's previous summary in one rename), then remove what that run superseded."""
         row = summary_row(summary)
         summary_t = summary_table([row])
         samples_t = samples_table(samples)
@@ -178,38 +318,42 @@ class ResultStore:
         if artifacts:
             _atomic_artifacts(artifacts, self.artifacts_dir / stem)
         atomic_write(samples_t, self.samples_dir / f"{stem}.parquet")
-        atomic_write(summary_t, self.summary_dir / f"{stem}.parquet")
+        atomic_write(summary_t, self.summary_dir / f"{row.cell_id}.parquet")
+        self._remove_superseded(row.cell_id, stem)
+
+    def _remove_superseded(self, cell_id: str, stem: str) -> None:
+        """Earlier runs' files of ``cell_id`` (unreadable ones are moved aside, not deleted)."""
+        old = [p for p in self.summary_dir.glob(f"{cell_id}-*.parquet")]  # older layout
+        old += [p for p in self.samples_dir.glob(f"{cell_id}-*.parquet") if p.stem != stem]
+        for path in old:
+            table = "summary" if path.parent == self.summary_dir else "samples"
+            if _inspect(path, table, whole=False)[2] is None:
+                path.unlink(missing_ok=True)
+            else:
+                self._quarantine(path)
+        for folder in self.artifacts_dir.glob(f"{cell_id}-*"):
+            if folder.name != stem and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
 
     def completed_cells(self) -> set[str]:
-        """cell_ids whose summary file exists."""
-        return {p.name.split("-", 1)[0] for p in self._files(self.summary_dir)}
+        """cell_ids whose summary and samples files read whole."""
+        return set(self.scan().cells)
 
     def _read(self, files: Iterable[Path], schema: pa.Schema) -> pa.Table:
         tables = []
         for path in files:
-            try:
-                meta = pq.read_schema(path).metadata or {}
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise BadInput(f"{path} is not a readable Parquet file ({exc}); move it out of "
-                               f"the results directory (advbench writes whole files only)"
-                               ) from None
-            text = meta.get(b"advbench_schema_version", b"?").decode()
-            version = int(text) if text.isdigit() else -1
-            if version == SCHEMA_VERSION:
-                tables.append(pq.read_table(path, schema=schema))
-            elif OLDEST_READABLE <= version < SCHEMA_VERSION:
-                tables.append(migrate(pq.read_table(path), version, schema))
-            else:
-                raise BadInput(
-                    f"{path} was written with results schema version {text}; this advbench "
-                    f"reads versions {OLDEST_READABLE} to {SCHEMA_VERSION}: upgrade "
-                    f"advbench or write new results into another directory"
-                )
+            data, version, problem = _inspect(path, str(schema.metadata[b"advbench_table"],
+                                                        "utf-8"), whole=True)
+            if problem:
+                raise BadInput(problem.message(self.root))
+            assert data is not None
+            tables.append(data.cast(schema) if version == SCHEMA_VERSION
+                          else migrate(data, version, schema))
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def summary(self) -> pd.DataFrame:
         """All summary rows, one per cell_id (the newest when a cell was recomputed)."""
-        df = self._read(self._files(self.summary_dir), SUMMARY_SCHEMA).to_pandas()
+        df = self._read(self._summary_files(), SUMMARY_SCHEMA).to_pandas()
         if df.empty:
             return df
         df = df.sort_values("created_at").drop_duplicates("cell_id", keep="last")
@@ -220,6 +364,11 @@ class ResultStore:
         summary = self.summary() if summary is None else summary
         wanted = {f"{c}-{r}.parquet" for c, r in zip(summary["cell_id"], summary["run_id"])}
         files = [p for p in self._files(self.samples_dir) if p.name in wanted]
+        missing = sorted(wanted - {p.name for p in files})
+        if missing:
+            raise BadInput(
+                f"{self.samples_dir / missing[0]} is missing (its summary row is stored); run "
+                f"`advbench doctor {self.root}` or rerun the sweep to recompute the cell")
         return self._read(files, SAMPLES_SCHEMA).to_pandas()
 
 

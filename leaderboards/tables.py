@@ -1,26 +1,38 @@
 """Leaderboard tables: pure functions of the stored rows.
 
-One table per (dataset, target kind, threat model, norm). A row is a (model, defense) pair (and,
-for GAN discriminators, a direction: ``real->fake`` attacks real images, ``fake->real`` generator
-samples, so the discriminator section sets DCGAN beside SN-DCGAN per direction); the columns are
-clean accuracy, robust accuracy per attack and eps, and the per-eps *worst case*: a sample counts
-as robust only if it was classified correctly and no attack at that eps fooled it (as AutoAttack
-reports), with its Wilson 95% interval (``worst@eps lo`` / ``hi``). Rows are ranked by the
-worst case at the largest eps. Throughput columns close each row: the median images/s of its
-attack cells, their summed attack wall time, and the median share of the attacked model's
-forward+backward floor their model calls reached.
+One table per (dataset, target kind, threat model, norm). A row is one target (model, defense
+and, for GAN discriminators, a direction: ``real->fake`` attacks real images, ``fake->real``
+generator samples) measured on one *population*: the same weights, evaluated samples, seed,
+precision and execution path (:data:`leaderboards.schema.POPULATION_KEYS`). Results that differ in
+any of those are separate rows, never averaged; the keys that vary within a board are shown as
+columns. The columns are clean accuracy, robust accuracy per attack and eps (an attack run with
+different params gets a column per params, labelled by what differs), and the per-eps *worst
+case*: a sample counts as robust only if it was classified correctly and no attack at that eps
+fooled it (as AutoAttack reports), with its Wilson 95% interval (``worst@eps lo`` / ``hi``); it is
+left blank when the row's cells at that eps did not evaluate the same samples. Rows are ranked by
+the worst case at the largest eps. Throughput columns close each row: the median images/s of its
+attack runs, their summed wall time (a run counted once, however many per-eps rows were read from
+it) and the median share of the attacked model's forward+backward floor their model calls reached.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from bench.core.errors import BadInput
 from leaderboards.compare import wilson
+from leaderboards.schema import POPULATION_KEYS
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
+BOARD_ROW = [*ROW_KEYS, *POPULATION_KEYS]
+"""What one row of a board is: a target measured on one population."""
+
+_TEXT_KEYS = ["direction", "train_dataset", "defense_params", "fast_path", "source_model"]
 
 
 @dataclass(frozen=True)
@@ -37,58 +49,125 @@ class Board:
     def title(self) -> str:
         return f"{self.dataset} · {self.target_kind} · {self.threat} · {self.norm}"
 
+    @property
+    def key_columns(self) -> list[str]:
+        """The columns that tell rows apart: model, defense, the direction of discriminators,
+        and every population key that takes more than one value on this board."""
+        return [k for k in ROW_KEYS if k in self.table.columns] + [
+            k for k in POPULATION_KEYS if k != "n_samples" and self.table[k].nunique() > 1]
+
+    def row_label(self, row: pd.Series) -> str:
+        return " / ".join(f"{row[k]}" if k in ROW_KEYS else f"{k}={row[k]}"
+                          for k in self.key_columns if str(row[k]))
+
+
+def _normalised(summary: pd.DataFrame) -> pd.DataFrame:
+    """Bounded-eps rows with text keys made non-null (so they group and join)."""
+    summary = summary[summary["eps"].notna()].copy()
+    for key in _TEXT_KEYS:
+        summary[key] = summary[key].fillna("")
+    return summary
+
+
+def column_labels(summary: pd.DataFrame) -> pd.Series:
+    """Each row's board column: ``attack[-ll][ (from source)][ (differing params)]@eps``. The
+    params are named only when one attack was run with more than one set on the board."""
+    base = summary["attack"] + summary["targeted"].map({True: "-ll", False: ""}) \
+        + summary["source_model"].map(lambda s: f" (from {s})" if s else "")
+    labels = base.copy()
+    for _, rows in summary.groupby(base):
+        variants = {p: json.loads(p) for p in rows["attack_params"].unique()}
+        if len(variants) < 2:
+            continue
+        differing = sorted({k for v in variants.values() for k in v
+                            if len({json.dumps(w.get(k)) for w in variants.values()}) > 1})
+        for index, params in rows["attack_params"].items():
+            shown = ", ".join(f"{k}={variants[params].get(k)}" for k in differing)
+            labels[index] = f"{base[index]} ({shown})"
+    return labels + "@" + summary["eps_display"]
+
+
+def _check_one_cell_each(group: pd.DataFrame) -> None:
+    """Refuse (naming the differing fields) two stored cells that would fill one table cell."""
+    clash = group[group.duplicated([*BOARD_ROW, "column"], keep=False)]
+    if clash.empty:
+        return
+    first = clash.groupby([*BOARD_ROW, "column"], dropna=False).head(2)
+    a, b = first.iloc[0], first.iloc[1]
+    ignored = {"cell_id", "run_id", "created_at", "attack_run"}
+    differ = [c for c in first.columns if c not in ignored
+              and not (pd.isna(a[c]) and pd.isna(b[c])) and a[c] != b[c]]
+    raise BadInput(
+        f"stored cells {a['cell_id'][:10]} and {b['cell_id'][:10]} would both fill "
+        f"{a['model']}/{a['defense']} {a['column']} but differ in {', '.join(differ) or 'nothing'}"
+        f"; keep their results in separate directories (--out)")
+
 
 def worst_case(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (group, row, eps): the fraction of samples no attack fooled."""
-    keyed = samples.merge(
-        summary[["cell_id", *GROUP_KEYS, *ROW_KEYS, "seed", "eps", "eps_display", "split"]],
-        on="cell_id",
-    )
-    keys = [*GROUP_KEYS, *ROW_KEYS, "split", "seed", "eps", "eps_display"]
-    per_sample = keyed.groupby([*keys, "sample_idx"], dropna=False)["adv_correct"].all()
-    per_eps = per_sample.groupby(level=keys, dropna=False).mean().rename("worst_case")
-    return per_eps.reset_index()
+    """Per (group, row, eps): the fraction of samples no attack fooled; NaN where the row's
+    cells at that eps evaluated different samples (their worst case is not one population's)."""
+    keys = [*GROUP_KEYS, *BOARD_ROW, "eps", "eps_display"]
+    keyed = samples.merge(summary[["cell_id", *keys]], on="cell_id")
+    per_sample = keyed.groupby([*keys, "sample_idx"], dropna=False).agg(
+        robust=("adv_correct", "all"), cells=("cell_id", "nunique")).reset_index()
+    n_cells = keyed.groupby(keys, dropna=False)["cell_id"].nunique().rename("n_cells")
+    per_sample = per_sample.merge(n_cells.reset_index(), on=keys)
+    per_sample["complete"] = per_sample["cells"] == per_sample["n_cells"]
+    per_eps = per_sample.groupby(keys, dropna=False).agg(
+        worst_case=("robust", "mean"), complete=("complete", "all")).reset_index()
+    per_eps.loc[~per_eps["complete"], "worst_case"] = np.nan
+    return per_eps.drop(columns="complete")
+
+
+def _throughput(group: pd.DataFrame) -> pd.DataFrame:
+    """Per row: median img/s and summed wall time over distinct attack runs, median floor
+    share."""
+    runs = group.drop_duplicates([*BOARD_ROW, "attack_run"])
+    by_row = runs.groupby(BOARD_ROW, dropna=False)
+    out = pd.DataFrame({"img/s": by_row["img_per_s"].median(), "attack s": by_row["wall_s"].sum()})
+    if group["floor_fraction"].notna().any():
+        out["floor %"] = by_row["floor_fraction"].median()
+    return out
 
 
 def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
     """Build every leaderboard table from summary and per-sample rows."""
     if summary.empty:
         return []
-    summary = summary[summary["eps"].notna()].copy()
-    summary["direction"] = summary["direction"].fillna("")
-    summary["column"] = summary["attack"] + summary["targeted"].map({True: "-ll", False: ""}) \
-        + "@" + summary["eps_display"]
+    summary = _normalised(summary)
+    if summary.empty:
+        return []
+    summary["column"] = column_labels(summary)
     worst = worst_case(summary, samples) if not samples.empty else pd.DataFrame()
     boards = []
     for key, group in summary.groupby(GROUP_KEYS, sort=True):
-        clean = group.groupby(ROW_KEYS)["clean_acc"].mean().rename("clean")
-        n = group.groupby(ROW_KEYS)["n_samples"].max().rename("n")
-        robust = group.pivot_table(index=ROW_KEYS, columns="column", values="robust_acc",
-                                   aggfunc="mean")
-        order = (group.sort_values(["eps", "attack"]).drop_duplicates("column")["column"].tolist())
-        robust = robust[order]
-        table = pd.concat([n, clean, robust], axis=1)
+        _check_one_cell_each(group)
+        by_row = group.groupby(BOARD_ROW, dropna=False)
+        clean = by_row["clean_acc"].first().rename("clean")
+        robust = group.pivot_table(index=BOARD_ROW, columns="column", values="robust_acc",
+                                   aggfunc="first", dropna=False)
+        order = (group.sort_values(["eps", "attack", "column"])
+                 .drop_duplicates("column")["column"].tolist())
+        table = pd.concat([clean, robust[order]], axis=1)
+        rank_col = "clean"
         if not worst.empty:
             mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)
-            w = worst[mask].groupby([*ROW_KEYS, "eps", "eps_display"])["worst_case"].mean()
-            w = w.reset_index().sort_values("eps")
-            wide = w.pivot_table(index=ROW_KEYS, columns="eps_display", values="worst_case",
-                                 sort=False)
+            w = worst[mask].sort_values("eps")
+            wide = w.pivot_table(index=BOARD_ROW, columns="eps_display", values="worst_case",
+                                 sort=False, dropna=False)
             wide.columns = [f"worst@{c}" for c in wide.columns]
             table = table.join(wide)
+            n = table.index.get_level_values("n_samples")
             for col in wide.columns:
-                bounds = [wilson(round(w * n_), int(n_)) if pd.notna(w) else (None, None)
-                          for w, n_ in zip(table[col], table["n"])]
+                bounds = [wilson(round(v * n_), int(n_)) if pd.notna(v) else (None, None)
+                          for v, n_ in zip(table[col], n)]
                 table[f"{col} lo"] = [b[0] for b in bounds]
                 table[f"{col} hi"] = [b[1] for b in bounds]
-            rank_col = wide.columns[-1] if len(wide.columns) else "clean"
-        else:
-            rank_col = "clean"
-        table["img/s"] = group.groupby(ROW_KEYS)["img_per_s"].median()
-        table["attack s"] = group.groupby(ROW_KEYS)["wall_s"].sum()
-        if group["floor_fraction"].notna().any():
-            table["floor %"] = group.groupby(ROW_KEYS)["floor_fraction"].median()
+            if len(wide.columns):
+                rank_col = wide.columns[-1]
+        table = table.join(_throughput(group))
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
+        table = table.rename(columns={"n_samples": "n"})
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
         dataset, target_kind, threat, norm = (str(k) for k in key)
@@ -98,14 +177,16 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
 
 def display_table(board: Board) -> pd.DataFrame:
     """The board as strings for people: accuracies in percent with one decimal, each worst
-    case with its interval ("69.2 [66.3, 72.0]"), throughput rounded."""
+    case with its interval ("69.2 [66.3, 72.0]"), throughput rounded; of the population keys,
+    only those that vary on the board."""
     table = board.table
     shown = pd.DataFrame(index=table.index)
     pct = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"  # noqa: E731
+    keys = board.key_columns
     for col in table.columns:
-        if col.endswith((" lo", " hi")):
+        if col.endswith((" lo", " hi")) or (col in POPULATION_KEYS and col not in keys):
             continue
-        if col in (*ROW_KEYS, "n"):
+        if col in (*keys, "n"):
             shown[col] = table[col].astype(str)
         elif col == "img/s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")

@@ -3,6 +3,11 @@
 Each entry lives in ``<cache>/<kind>/<key>/`` (``model.safetensors``, ``card.json``). An entry is
 written into a temporary directory and renamed into place in one step, so an interrupted training
 never leaves a checkpoint that a later run would trust. Nothing is ever unpickled.
+
+The card records the SHA-256 of the weights file. An entry whose card or weights do not read, or
+whose weights no longer match the card (truncated, emptied, overwritten), is moved aside into
+``<cache>/quarantine/`` with a warning naming it, and the model is fitted again into a fresh
+entry; nothing is deleted.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from bench.core.files import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,18 @@ def state_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:20]
 
 
+WEIGHTS_HASH = "weights_sha256"
+"""The card field holding the SHA-256 of ``model.safetensors``."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class CheckpointCache:
     """Load and atomically store (weights, card) pairs keyed by ``(kind, key)``."""
 
@@ -62,22 +82,43 @@ class CheckpointCache:
         return self.root / kind / key
 
     def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The entry's (weights, card), or None when there is none or it is damaged (then it
+        is moved into quarantine, see the module doc)."""
         path = self.entry(kind, key)
-        weights, card = path / "model.safetensors", path / "card.json"
-        if not (weights.is_file() and card.is_file()):
+        if not path.exists():
             return None
-        return load_file(str(weights)), json.loads(card.read_text())
+        weights, card_path = path / "model.safetensors", path / "card.json"
+        try:
+            card = json.loads(card_path.read_text())
+            if not isinstance(card, dict):
+                raise ValueError("the card is not a JSON object")
+            expected = card.get(WEIGHTS_HASH)
+            if expected is not None and expected != file_sha256(weights):
+                raise ValueError("the weights do not match the SHA-256 in the card")
+            return load_file(str(weights)), card
+        except (OSError, ValueError, SafetensorError) as exc:
+            aside = self._quarantine(path)
+            log.warning("checkpoint cache entry %s is damaged (%s); moved it to %s and fitting "
+                        "again", path, str(exc).splitlines()[0] if str(exc) else exc, aside)
+            return None
+
+    def _quarantine(self, path: Path) -> Path:
+        target = self.root / "quarantine" / path.parent.name / f"{path.name}.{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        return target
 
     def save(self, kind: str, key: str, state: dict[str, torch.Tensor], card: dict[str, Any],
              extra_files: dict[str, bytes] | None = None) -> Path:
         final = self.entry(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        tmp = temp_dir(final.parent, f".{key}.")
         try:
             tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
             save_file(tensors, str(tmp / "model.safetensors"))
             for name, blob in (extra_files or {}).items():
                 (tmp / name).write_bytes(blob)
+            card = {**card, WEIGHTS_HASH: file_sha256(tmp / "model.safetensors")}
             (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
             try:
                 os.rename(tmp, final)

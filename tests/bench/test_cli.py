@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,11 @@ def test_run_writes_typed_parquet_and_prints_a_leaderboard(
     assert forced.returncode == 0 and "3 cell(s) run" in forced.stdout
     assert len(load(out)) == 3  # recomputed cells replace, never duplicate
 
+    # a plain Parquet reader (as DuckDB's read_parquet('results/summary/*.parquet')) sees one
+    # row per cell, and one samples file per cell
+    assert pq.read_table(out / "summary").num_rows == 3
+    assert len(list((out / "samples").glob("*.parquet"))) == 3
+
     csv = advbench("leaderboard", str(out), "--format", "csv", cwd=tmp_path, cache=cache_dir)
     assert csv.returncode == 0 and csv.stdout.startswith("dataset,target_kind,threat,norm,model")
 
@@ -111,6 +117,8 @@ BAD = {
     "negative eps": ("eps = [0.0, 0.2]", "eps = [-0.2]", "eps must be a finite number >= 0"),
     "eps above range": ("eps = [0.0, 0.2]", "eps = [2.0]", "exceeds the largest meaningful"),
     "mistyped key": ("n_eval = 60", "n_evals = 60", "unknown key 'n_evals'"),
+    "seed beyond int64": ("seed = 0", "seed = 9223372036854775808",
+                          "'seed' must be an integer in [0, 2**63 - 1]"),
     "mistyped param": ("steps = 3", "stesp = 3", "unknown parameter(s) 'stesp'"),
     "too many samples": ("n_eval = 60", "n_eval = 5000", "n_eval = 5000 exceeds the 1000"),
     "invalid toml": ("[sweep]", "[sweep", "invalid TOML"),
@@ -185,6 +193,64 @@ def test_missing_config_and_results(argv: list[str], message: str, tmp_path: Pat
     assert message in capsys.readouterr().err
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_damaged_results_directory_is_refused_before_writing_then_repaired(
+        trained_lenet: Any, cache_dir: Path, small_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert advbench("run", str(small_config), "--out", str(out), "--no-progress",
+                    cwd=tmp_path, cache=cache_dir).returncode == 0
+    summary = next((out / "summary").glob("*.parquet"))
+    summary.write_bytes(summary.read_bytes()[:100])  # truncated, as by a full disk
+    before = _files(out)
+    for command in (["run", str(small_config), "--out", str(out), "--force", "--no-progress"],
+                    ["leaderboard", str(out)], ["compare", str(out)],
+                    ["publish", str(out), "--out", str(tmp_path / "site")]):
+        proc = advbench(*command, cwd=tmp_path, cache=cache_dir)
+        assert proc.returncode == 2, (command, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{summary} is not a readable Parquet file" in lines[0]
+        assert "advbench doctor" in lines[0]
+        assert _files(out) == before  # nothing written, nothing lost
+    repaired = advbench("run", str(small_config), "--out", str(out), "--no-progress", "--repair",
+                        cwd=tmp_path, cache=cache_dir)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"moved {summary} -> {out / 'quarantine' / 'summary' / summary.name}" in repaired.stdout
+    assert "1 cell(s) run, 2 already stored" in repaired.stdout  # the damaged cell, recomputed
+    assert (out / "quarantine" / "summary" / summary.name).read_bytes() == before[
+        str(summary.relative_to(out))]
+    assert len(load(out)) == 3
+    doctor = advbench("doctor", str(out), cwd=tmp_path, cache=cache_dir)
+    assert doctor.returncode == 0 and "3 whole cell(s), 0 file(s) moved aside" in doctor.stdout
+
+
+def test_an_out_that_is_a_file_is_refused(small_config: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    out.write_text("mine")
+    assert main(["run", str(small_config), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and out.read_text() == "mine"
+    assert not (tmp_path / "cache").exists()  # refused before any training
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+def test_an_unwritable_out_is_refused(small_config: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        assert main(["run", str(small_config), "--out", str(out), "--no-progress",
+                     "--cache-dir", str(tmp_path / "cache")]) == 2
+    finally:
+        out.chmod(0o700)
+    assert "is not writable" in capsys.readouterr().err
+
+
 class _Broken(nn.Module):
     def __init__(self, mode: str) -> None:
         super().__init__()
@@ -213,6 +279,10 @@ def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    out.mkdir()  # a folder the user made is never removed, even when a run fails
+    assert main(["run", str(small_config), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert out.is_dir() and not list(out.iterdir())
 
 
 MINIMAL_AND_UNIVERSAL = """

@@ -65,7 +65,7 @@ def test_cells_and_ids() -> None:
     (lambda d: d["targets"][0].update(defenses=["hgd2"]), "unknown defense 'hgd2'"),
     (lambda d: d["targets"][0].update(threats=["blackbox"]), "'threats' must be"),
     (lambda d: d["sweep"].update(precision="fp8"), "'precision' must be"),
-    (lambda d: d["sweep"].update(n_eval=0), "'n_eval' must be an integer >= 1"),
+    (lambda d: d["sweep"].update(n_eval=0), "'n_eval' must be an integer in \\[1, 2\\*\\*63 - 1\\]"),
     (lambda d: d["sweep"].update(device="tpu"), "'device' must be"),
     (lambda d: d.pop("attacks"), "missing required key 'attacks'"),
     (lambda d: d.update(attacks=[]), "at least one attack"),

@@ -65,17 +65,19 @@ def wait_for_cells(out: Path, n: int, proc: subprocess.Popen[str], timeout: floa
 
 
 def assert_store_whole(out: Path) -> set[str]:
-    """Every visible file reads as whole Parquet; each summary has its samples; no duplicates."""
+    """Every visible file reads as whole Parquet; each summary (one file per cell, named by it)
+    has its samples and there are no other samples."""
     summaries = sorted((out / "summary").glob("*.parquet"))
     samples = {p.name for p in (out / "samples").glob("*.parquet")}
+    wanted = set()
     for path in summaries:
-        assert pq.read_table(path).num_rows == 1
-        assert path.name in samples
+        table = pq.read_table(path)
+        assert table.num_rows == 1 and table["cell_id"][0].as_py() == path.stem
+        wanted.add(f"{path.stem}-{table['run_id'][0].as_py()}.parquet")
+    assert wanted == samples
     for name in samples:
         pq.read_table(out / "samples" / name)
-    ids = [p.name.split("-", 1)[0] for p in summaries]
-    assert len(ids) == len(set(ids)), "a cell was stored twice"
-    return set(ids)
+    return {p.stem for p in summaries}
 
 
 @pytest.fixture
@@ -121,6 +123,7 @@ def test_two_sweeps_into_one_directory_store_each_cell_once(trained_lenet: Any, 
     assert len(assert_store_whole(out)) == len(EPS)
     ran = [int(stdout.split(": ", 1)[1].split(" cell(s) run")[0]) for stdout, _ in outputs]
     assert sum(ran) == len(EPS), outputs  # no cell computed twice
+    assert all(n > 0 for n in ran), outputs  # cells are claimed as they start: both worked
 
 
 def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path: Path) -> None:
@@ -196,7 +199,7 @@ def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_d
     # one group per cell here, so that one cell can keep failing while the others recover
     pool = LocalPool(config, options, workers=2, gpus=[], task=flaky_group)
     try:
-        outcomes = list(pool.run([[c] for c in plan.todo], "run1"))
+        outcomes = list(pool.run([[c] for c in plan.todo], "run1", lambda cells: cells))
     finally:
         pool.close()
     failed = [c for c, o in outcomes if isinstance(o, BaseException)]

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from bench.core import training
-from bench.core.checkpoints import CheckpointCache, resolve_cache_dir
+from bench.core.checkpoints import CheckpointCache, load_or_fit, resolve_cache_dir
 from bench.core.datasets import Dataset
 from bench.core.errors import BadInput
 from bench.core.target import Target
@@ -59,6 +61,63 @@ def test_interrupted_save_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Mo
         cache.save("models", "abc", {"w": torch.zeros(2)}, {"x": 1})
     assert cache.load("models", "abc") is None
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def _fit_linear(calls: list[str]) -> Any:
+    def fit(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+        calls.append(key)
+        return torch.nn.Linear(3, 2), {"kind": "linear"}
+    return fit
+
+
+def _linear(cache: CheckpointCache, calls: list[str]) -> torch.nn.Module:
+    def restore(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        module = torch.nn.Linear(3, 2)
+        module.load_state_dict(weights)
+        return module
+
+    module, _ = load_or_fit(cache, "models", {"m": "linear"}, seed=0,
+                            device=torch.device("cpu"), restore=restore,
+                            fit=_fit_linear(calls), state=lambda m: m.state_dict())
+    return module
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage card", "other weights"])
+def test_a_damaged_cache_entry_is_moved_aside_and_refitted(
+        damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache, calls = CheckpointCache(tmp_path), []
+    first = _linear(cache, calls)
+    entry = cache.entry("models", calls[0])
+    weights = entry / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:40])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "garbage card":
+        (entry / "card.json").write_text("{not json")
+    else:  # valid safetensors, but not the weights the card was written for
+        save_file({k: v + 1 for k, v in first.state_dict().items()}, str(weights))
+    damaged = {p.name: p.read_bytes() for p in entry.iterdir()}
+    with caplog.at_level("WARNING"):
+        _linear(cache, calls)
+    assert len(calls) == 2  # fitted again
+    assert f"checkpoint cache entry {entry} is damaged" in caplog.text
+    (aside,) = (tmp_path / "quarantine" / "models").iterdir()
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == damaged  # nothing deleted
+    assert cache.load("models", calls[0]) is not None  # a fresh, whole entry
+    calls_before = len(calls)
+    _linear(cache, calls)
+    assert len(calls) == calls_before  # and it is trusted next time
+
+
+def test_cache_entries_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _linear(CheckpointCache(tmp_path), [])
+    finally:
+        os.umask(old)
+    (entry,) = (tmp_path / "models").iterdir()
+    assert entry.stat().st_mode & 0o777 == 0o755
 
 
 def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -57,6 +57,15 @@ def test_delta_against_the_undefended_baseline() -> None:
     assert "+40.0" in to_markdown(table)
 
 
+def test_delta_uses_the_baseline_of_the_same_population() -> None:
+    """A baseline evaluated on 20 samples is not the baseline of a defense evaluated on 10."""
+    table = build(cell("b20", "none", "adaptive", [True] * 20),
+                  cell("b10", "none", "adaptive", [False] * 10),
+                  cell("d", "at", "adaptive", [True] * 6 + [False] * 4))
+    d = table[table["defense"] == "at"].iloc[0]
+    assert d["delta"] == pytest.approx(0.6)
+
+
 def test_adaptive_weaker_than_transfer_is_flagged() -> None:
     table = build(cell("b", "none", "adaptive", [False] * 10),
                   cell("a", "hgd", "adaptive", [True] * 7 + [False] * 3),

@@ -62,6 +62,25 @@ def test_publish_writes_every_format(results: Path, tmp_path: Path,
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_site_follows_the_umask_and_a_file_out_is_refused(
+        results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "site"
+    old = os.umask(0o022)
+    try:
+        assert main(["publish", str(results), "--out", str(site)]) == 0
+    finally:
+        os.umask(old)
+    assert site.stat().st_mode & 0o777 == 0o755  # readable by a web server's user
+    assert (site / "index.html").stat().st_mode & 0o777 == 0o644
+    capsys.readouterr()
+    file_out = tmp_path / "site.txt"
+    file_out.write_text("mine")
+    assert main(["publish", str(results), "--out", str(file_out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "site.txt is a file" in err[0]
+    assert file_out.read_text() == "mine"
+
+
 def _browser_or_skip() -> None:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         if os.environ.get("ADVBENCH_REQUIRE_BROWSER"):

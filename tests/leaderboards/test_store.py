@@ -77,26 +77,30 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
     table = pq.read_table(path)
     table = table.replace_schema_metadata({"advbench_schema_version": "0"})
     pq.write_table(table, path)
-    with pytest.raises(BadInput, match="schema version 0; this advbench reads versions 1 to 5"):
+    with pytest.raises(BadInput, match=f"schema version 0; this advbench reads versions 1 to {SCHEMA_VERSION}"):
         load(tmp_path)
 
 
 @pytest.mark.parametrize("version,dropped", [
     ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
-    ("3", ["fast_path"]), ("4", [])])
+    ("3", ["fast_path"]), ("4", []), ("5", [])])
 @pytest.mark.parametrize("attack", ["pgd", "onepixel"])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
                                           dropped: list[str], attack: str) -> None:
-    """v1 (no defense_params, no direction), v2 (no direction), v3 (no fast_path) and v4 (no
-    black_box) files read as current rows with the missing columns null, and black_box true
-    exactly for the one-pixel attack, the one black-box attack those versions had."""
+    """v1 (no defense_params, no direction), v2 (no direction), v3 (no fast_path), v4 (no
+    black_box) and v5 (no train_dataset, no attack_run) files read as current rows with the
+    missing columns null, black_box true exactly for the one-pixel attack, the one black-box
+    attack those versions had, and each row its own attack run."""
     store = ResultStore(tmp_path)
     store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack == "onepixel"),
                      samples())
     for folder in ("summary", "samples"):
         path = next((tmp_path / folder).glob("*.parquet"))
         table = pq.read_table(path)
-        gone = [*dropped, "black_box"] if folder == "summary" else dropped
+        gone = dropped
+        if folder == "summary":
+            gone = [*dropped, "train_dataset", "attack_run"] + (["black_box"] if version < "5"
+                                                                else [])
         table = table.drop_columns([c for c in gone if c in table.column_names])
         pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
@@ -104,6 +108,7 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     for column in dropped:
         assert df[column].isna().all()
     assert df["black_box"].tolist() == [attack == "onepixel"]
+    assert df["train_dataset"].isna().all() and df["attack_run"].tolist() == ["c1"]
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 
@@ -121,3 +126,81 @@ def test_a_corrupt_file_is_named_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="c9-r9.parquet is not a readable Parquet file"):
         load(tmp_path)
     assert bad.read_bytes() == b"not parquet"  # nothing the user has is touched
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_forced_rerun_replaces_the_cell_for_every_reader(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row("c1", "r1", robust_acc=0.5), samples("c1"))
+    store.write_cell(row("c2", "r1"), samples("c2"))
+    later = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    store.write_cell(row("c1", "r2", created_at=later, robust_acc=0.25), samples("c1"))
+    # a plain Parquet reader of the folders (as DuckDB's read_parquet('summary/*.parquet'))
+    plain = pq.read_table(tmp_path / "summary").to_pandas()
+    assert sorted(plain["cell_id"]) == ["c1", "c2"]
+    assert plain.set_index("cell_id").loc["c1", "robust_acc"] == 0.25
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*")) == [
+        "c1-r2.parquet", "c2-r1.parquet"]
+
+
+def test_older_layout_is_read_and_superseded(tmp_path: Path) -> None:
+    """Summary files named <cell_id>-<run_id>.parquet (the older layout) still count; a rerun
+    replaces them."""
+    store = ResultStore(tmp_path)
+    store.write_cell(row("c1", "r1"), samples("c1"))
+    (tmp_path / "summary" / "c1.parquet").rename(tmp_path / "summary" / "c1-r1.parquet")
+    assert store.completed_cells() == {"c1"} and len(store.summary()) == 1
+    later = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    store.write_cell(row("c1", "r2", created_at=later), samples("c1"))
+    assert [p.name for p in (tmp_path / "summary").glob("*")] == ["c1.parquet"]
+    assert len(store.samples()) == 4
+
+
+@pytest.mark.parametrize("folder", ["summary", "samples"])
+def test_a_cell_whose_files_do_not_read_whole_is_not_stored(tmp_path: Path, folder: str) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row("c1"), samples("c1"))
+    store.write_cell(row("c2"), samples("c2"))
+    bad = next((tmp_path / folder).glob("c1*.parquet"))
+    _truncate(bad)
+    kept = bad.read_bytes()
+    assert store.completed_cells() == {"c2"} and not store.is_stored("c1")
+    with pytest.raises(BadInput, match=f"{bad.name} is not a readable Parquet file.*"
+                                       "advbench doctor"):
+        store.check()
+    with pytest.raises(BadInput, match=f"{bad.name} is not a readable Parquet file"):
+        load(tmp_path) if folder == "summary" else store.samples()
+    moved = dict(store.doctor())
+    assert moved[bad].read_bytes() == kept  # moved aside whole, never deleted
+    assert moved[bad].parent.parent == tmp_path / "quarantine"
+    store.check()  # the directory is usable again
+    assert sorted(load(tmp_path)["cell_id"]) == ["c2"] and len(store.samples()) == 4
+    store.write_cell(row("c1", "r2"), samples("c1"))  # the next sweep recomputes it
+    assert store.completed_cells() == {"c1", "c2"}
+
+
+def test_foreign_and_newer_files_are_refused_before_writing(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(row("c1"), samples("c1"))
+    foreign = tmp_path / "summary" / "mine.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    with pytest.raises(BadInput, match="mine.parquet is not an advbench summary file"):
+        store.check()
+    assert dict(store.doctor())[foreign].name == "mine.parquet"
+    newer = tmp_path / "summary" / "c1.parquet"
+    table = pq.read_table(newer)
+    pq.write_table(table.replace_schema_metadata({"advbench_schema_version": "99"}), newer)
+    with pytest.raises(BadInput, match="schema version 99.*upgrade advbench"):
+        store.check()
+    store.doctor()
+    assert newer.exists()  # results of a newer advbench are not this one's to move
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "results").write_text("mine")
+    with pytest.raises(BadInput, match="is a file"):
+        ResultStore(tmp_path / "results").check()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from leaderboards import ResultStore, leaderboards, render, to_markdown
@@ -42,7 +43,89 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     text = render(tmp_path)
     assert "pgd@1" in text and "pgd@0.1" in text
     csv = render(tmp_path, "csv")
-    assert csv.splitlines()[0].startswith("dataset,target_kind,threat,norm,model,defense,n,clean")
+    assert csv.splitlines()[0].startswith(
+        "dataset,target_kind,threat,norm,model,defense,train_dataset,defense_params,split,n,seed,"
+        "precision,fast_path,clean")
+
+
+def _population(n: int, seed: int = 0, adv: tuple[bool, ...] = ()) -> tuple[dict, dict]:
+    """A cell of n samples (sample_idx 0..n-1)."""
+    import numpy as np
+
+    adv = adv or tuple(bool(i % 2) for i in range(n))
+    s = samples(f"n{n}s{seed}", adv)
+    s["sample_idx"] = np.arange(n)
+    return row(f"n{n}s{seed}", attack="fgsm", n_samples=n, seed=seed,
+               robust_acc=sum(adv) / n), s
+
+
+def test_cells_of_different_populations_are_separate_rows(tmp_path: Path) -> None:
+    """The quick preset (n_eval 1000) and a sweep with n_eval 100 in one results directory:
+    two rows with their own n and interval, never their mean."""
+    store = ResultStore(tmp_path)
+    store.write_cell(*_population(1000, adv=tuple(i < 811 for i in range(1000))))
+    store.write_cell(*_population(100, adv=tuple(i < 80 for i in range(100))))
+    (board,) = leaderboards(store.summary(), store.samples())
+    table = board.table.set_index("n")
+    assert len(table) == 2
+    assert table.loc[1000, "fgsm@0.1"] == 0.811 and table.loc[100, "fgsm@0.1"] == 0.80
+    assert table.loc[1000, "worst@0.1"] == 0.811 and table.loc[100, "worst@0.1"] == 0.80
+    assert table.loc[100, "worst@0.1 hi"] - table.loc[100, "worst@0.1 lo"] > \
+        table.loc[1000, "worst@0.1 hi"] - table.loc[1000, "worst@0.1 lo"]
+    md = to_markdown(board)
+    assert "81.1" in md and "80.0" in md and "80.6" not in md
+
+
+def test_seeds_are_rows_and_differing_params_are_columns(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(*_population(4, seed=0))
+    store.write_cell(*_population(4, seed=5))
+    store.write_cell(row("p10", attack="pgd", attack_params='{"steps": 10}', robust_acc=0.75),
+                     samples("p10", (True, True, True, False)))
+    store.write_cell(row("p40", attack="pgd", attack_params='{"steps": 40}', robust_acc=0.25),
+                     samples("p40", (True, False, False, False)))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert "seed" in board.key_columns and "n" not in board.key_columns
+    table = board.table.set_index("seed")
+    assert table.loc[5, "fgsm@0.1"] == 0.5 and pd.isna(table.loc[5, "pgd (steps=10)@0.1"])
+    assert table.loc[0, "pgd (steps=10)@0.1"] == 0.75
+    assert table.loc[0, "pgd (steps=40)@0.1"] == 0.25
+    assert "| seed" in to_markdown(board)
+
+
+def test_worst_case_needs_the_same_samples(tmp_path: Path) -> None:
+    """Two cells of one row whose sample sets differ (a foreign or hand-edited store) leave
+    the worst case blank instead of mixing two populations."""
+    store = ResultStore(tmp_path)
+    store.write_cell(row("a", attack="fgsm"), samples("a"))
+    other = samples("b")
+    other["sample_idx"] = other["sample_idx"] + 2
+    store.write_cell(row("b", attack="pgd"), other)
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert pd.isna(board.table.loc[0, "worst@0.1"])
+    assert board.table.loc[0, "fgsm@0.1"] == 0.5
+
+
+def test_cells_that_would_share_a_table_cell_are_refused(tmp_path: Path) -> None:
+    from bench.core.errors import BadInput
+
+    store = ResultStore(tmp_path)
+    store.write_cell(row("a", torch_version="2.4"), samples("a"))
+    store.write_cell(row("b", torch_version="2.5"), samples("b"))
+    with pytest.raises(BadInput, match="differ in torch_version"):
+        leaderboards(store.summary(), store.samples())
+
+
+def test_derived_rows_count_their_run_once(tmp_path: Path) -> None:
+    """DeepFool's per-eps rows come from one run: its time is counted once."""
+    store = ResultStore(tmp_path)
+    for eps in (0.1, 0.2):
+        cid = f"df{eps}"
+        store.write_cell(row(cid, attack="deepfool", eps=eps, eps_display=str(eps),
+                             attack_run="df", wall_s=218.0), samples(cid))
+    store.write_cell(row("f", attack="fgsm", wall_s=1.0), samples("f"))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert board.table.loc[0, "attack s"] == 219.0
 
 
 def test_render_errors(tmp_path: Path) -> None:

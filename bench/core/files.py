@@ -1,0 +1,27 @@
+"""Files advbench writes: temporary folders that become results, sites and cache entries.
+
+:func:`tempfile.mkdtemp` creates folders readable by their owner only (0700). A folder that is
+renamed into place as a published site or a cache entry must instead get the permissions any
+other tool would give it under the process umask (0755 under the usual 022), so that a web
+server or a colleague's account can read it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new hidden folder in ``parent`` with the permissions the umask gives new folders."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~umask())
+    return path
