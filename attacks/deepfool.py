@@ -16,7 +16,7 @@ import torch
 from bench.core.attack import AttackResult, ModelCalls, register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm
-from bench.core.target import Target
+from bench.core.target import Target, check_differentiable
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ def _difference_gradients(calls: ModelCalls, x: torch.Tensor, classes: torch.Ten
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = calls.target(x)
+        check_differentiable(logits, calls.target.name)
         picked = logits.gather(1, classes)  # [N, K]
         seeds = torch.zeros(k - 1, *picked.shape, device=x.device, dtype=picked.dtype)
         rows = torch.arange(k - 1, device=x.device)

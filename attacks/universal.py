@@ -26,7 +26,7 @@ from attacks.deepfool import deepfool_core, resolve_candidates
 from bench.core.attack import AttackResult, ModelCalls, cross_entropy_loss, register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm, project, steepest_direction
-from bench.core.target import Target
+from bench.core.target import Target, check_differentiable
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ def fit_uap_sgd(calls: ModelCalls, x: torch.Tensor, labels: torch.Tensor, clean_
             v_ = v.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = calls.target((x[batch] + v_).clamp(lo, hi))
+                check_differentiable(logits, calls.target.name)
                 loss = cross_entropy_loss(logits, labels[batch]).clamp(max=params.loss_clip).mean()
                 (grad,) = torch.autograd.grad(loss, v_)
             calls.n_forward += len(batch)
@@ -152,7 +153,11 @@ def uap(
     generator: torch.Generator, params: UAPParams, y_target: torch.Tensor | None = None,
     fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttackResult:
-    """Universal adversarial perturbation, DeepFool-based or SGD (Moosavi-Dezfooli et al. 2017)."""
+    """Universal adversarial perturbation, DeepFool-based or SGD (Moosavi-Dezfooli et al. 2017).
+
+    Fitted on ``fit_data``, applied to ``x``; the artifacts hold the perturbation, its fooling
+    rate on the fit data and on ``x`` (held out: the share of ``x`` whose prediction it changes).
+    """
     assert eps is not None
     if fit_data is None:
         raise BadInput("attack 'uap' fits on training data: pass fit_data=(x, y)")
@@ -171,8 +176,10 @@ def uap(
     lo, hi = target.bounds
     x_adv = (x + v).clamp(lo, hi)
     pred = _predict(calls, x_adv, 1024)
+    held_out = float((pred != _predict(calls, x, 1024)).float().mean()) if x.shape[0] else 0.0
     return AttackResult.build(x, x_adv, pred != y, calls, artifacts={
-        "perturbation": v[0].detach(), "fit_fooling_rate": torch.tensor(rate)})
+        "perturbation": v[0].detach(), "fit_fooling_rate": torch.tensor(rate),
+        "fooling_rate": torch.tensor(held_out)})
 
 
 __all__ = ["UAPParams", "fit_uap_deepfool", "fit_uap_sgd", "fooling_rate", "uap"]

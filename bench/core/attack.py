@@ -28,7 +28,12 @@ from bench.core.errors import BadInput
 from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm
 from bench.core.params import parse_params
 from bench.core.registry import Registry
-from bench.core.target import Target
+from bench.core.target import (
+    Target,
+    check_differentiable,
+    check_finite_logits,
+    warn_if_probabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +188,17 @@ class ModelCalls:
         self.target = target
         self.n_forward = 0
         self.n_backward = 0
+        self.checked = False
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a forward-only call; a model that returns NaN or infinite logits raises
+        :class:`ModelOutputError` here rather than making every attack "fail" silently."""
         self.n_forward += x.shape[0]
-        return self.target(x)
+        out = self.target(x)
+        check_finite_logits(out, getattr(self.target, "name", "model"))
+        warn_if_probabilities(self.target, out)
+        return out
 
     def loss_and_grad(
         self, x: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn
@@ -196,6 +207,11 @@ class ModelCalls:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.target(x)
+            if not self.checked:  # the first gradient call checks what the model returns
+                check_differentiable(logits, getattr(self.target, "name", "model"))
+                check_finite_logits(logits, getattr(self.target, "name", "model"))
+                warn_if_probabilities(self.target, logits)
+                self.checked = True
             loss = loss_fn(logits, labels)
             (grad,) = torch.autograd.grad(loss.sum(), x)
         self.n_forward += x.shape[0]
@@ -298,6 +314,19 @@ def check_threat(spec: AttackSpec, threat: ThreatModel) -> None:
 FitData = tuple[torch.Tensor, torch.Tensor]
 
 
+def check_labels(target: Target, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """Raise :class:`BadInput` unless ``y`` holds one integer class of ``target`` per image."""
+    if y.shape != (x.shape[0],):
+        raise BadInput(f"{what} must have shape [{x.shape[0]}] (one per image), got "
+                       f"{tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise BadInput(f"{what} must be integer class indices (torch.long), got {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= target.num_classes):
+        raise BadInput(f"{what} must lie in 0..{target.num_classes - 1}, got "
+                       f"{int(y.min())}..{int(y.max())}")
+
+
+
 @dataclass(frozen=True)
 class Attack:
     """A registered attack bound to a threat model and parsed params: the one way to run one.
@@ -343,10 +372,21 @@ class Attack:
         the wrong shape or outside the bounds, and labels that do not match the inputs."""
         self.threat.check_against(target.bounds, target.input_shape)
         target.check_inputs(x)
-        if y.shape != (x.shape[0],):
-            raise BadInput(f"labels must have shape [{x.shape[0]}], got {tuple(y.shape)}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= target.num_classes):
-            raise BadInput(f"labels must lie in 0..{target.num_classes - 1}")
+        check_labels(target, x, y, "labels")
+
+    def check_fit_data(self, target: Target, fit_data: FitData | None) -> None:
+        """Raise :class:`BadInput` unless an attack that fits on training data got some."""
+        if not self.spec.needs_fit_data:
+            return
+        if fit_data is None:
+            raise BadInput(f"attack {self.name!r} fits on training data: pass fit_data=(x, y) "
+                           f"(in a sweep: a dataset with a train split, or train_dataset)")
+        fit_x, fit_y = fit_data
+        if fit_x.shape[0] == 0:
+            raise BadInput(f"attack {self.name!r}: fit_data holds no images")
+        target.check_inputs(fit_x)
+        check_labels(target, fit_x, fit_y, "fit_data labels")
+
 
     def __call__(self, target: Target, x: torch.Tensor, y: torch.Tensor, *,
                  generator: torch.Generator | None = None, y_target: torch.Tensor | None = None,
@@ -355,12 +395,7 @@ class Attack:
         """Attack ``(x, y)`` on ``target``; ``fit_data = (x, y)`` for an attack that fits on
         training data, ``y_target`` the target classes of a targeted attack (else its own)."""
         self.check_inputs(target, x, y)
-        if self.spec.needs_fit_data:
-            if fit_data is None:
-                raise BadInput(f"attack {self.name!r} fits on training data: pass "
-                               f"fit_data=(x, y) (in a sweep: a dataset with a train split, or "
-                               f"train_dataset)")
-            target.check_inputs(fit_data[0])
+        self.check_fit_data(target, fit_data)
         if batch_size is not None and batch_size < 1:
             raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         if generator is None:
@@ -437,7 +472,7 @@ def run_attack(
     y: torch.Tensor,
     *,
     norm: str | Norm = Norm.LINF,
-    eps: float | str | None,
+    eps: float | str | None = None,
     generator: torch.Generator | None = None,
     params: Mapping[str, Any] | Any = None,
     y_target: torch.Tensor | None = None,
@@ -445,7 +480,7 @@ def run_attack(
     batch_size: int | None = None,
 ) -> AttackResult:
     """``Attack.create(attack, norm=norm, eps=eps, params=params)(target, x, y, ...)``: one
-    call from Python. Raises :class:`BadInput` for unknown names, bad eps, unknown params,
+    call from Python (``eps`` None: a minimal-perturbation attack such as DeepFool, unbounded). Raises :class:`BadInput` for unknown names, bad eps, unknown params,
     inputs of the wrong shape or outside the target's bounds, and labels that do not match."""
     return Attack.create(attack, norm=norm, eps=eps, params=params)(
         target, x, y, generator=generator, y_target=y_target, fit_data=fit_data,

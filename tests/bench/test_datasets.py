@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -42,11 +43,28 @@ def test_idx_pairs_load_with_train_and_test(tmp_path: Path) -> None:
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(6) % 3)
     write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:4])
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([2, 1, 0, 2]))
-    ds = load_dataset(f"idx:{tmp_path}")
+    assert load_dataset(f"idx:{tmp_path}").num_classes == 10  # MNIST's unless declared
+    declared = tmp_path / "declared"
+    shutil.copytree(tmp_path, declared)
+    (declared / "classes.txt").write_text("zero\none\ntwo\n")
+    ds = load_dataset(f"idx:{declared}")
     assert ds.train is not None and len(ds.train) == 6 and len(ds.test) == 4
     assert ds.test.x.shape == (4, 1, 5, 5) and ds.num_classes == 3
     torch.testing.assert_close(ds.test.x[1, 0] * 255, torch.tensor(images[1], dtype=torch.float32))
     assert ds.test.y.tolist() == [2, 1, 0, 2]
+
+
+@pytest.mark.parametrize("classes,labels", [(None, [0, 12, 3]), ("a\nb\nc\n", [0, 1, 5])])
+def test_idx_labels_outside_the_declared_classes_are_refused(
+        tmp_path: Path, classes: str | None, labels: list[int]) -> None:
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 5, 5), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array(labels))
+    if classes:
+        (tmp_path / "classes.txt").write_text(classes)
+    declared = 3 if classes else 10
+    with pytest.raises(BadInput, match=f"test labels span 0..{max(labels)}, outside the "
+                                       f"{declared} declared classes"):
+        load_dataset(f"idx:{tmp_path}")
 
 
 def test_official_mnist_idx_files() -> None:
