@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 import bench
 from attacks import run_attack
@@ -37,6 +36,7 @@ from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
 from bench.core.fastpath import FastPath, FastPathOptions, candidates, measure_paths, tune
 from bench.core.measure import autocast, device_name, floor_fraction, floors, git_sha, timed
+from bench.core.progress import progress_bar
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 from bench.core.zoo import classifier_spec
@@ -327,7 +327,8 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
                         fast=tuned.target, eval_batches=options.eval_batches)
     with target.evaluating():
         rows += [_time_case(case, common, device, floor, tuned.path.name, options)
-                 for case in tqdm(cases, desc="perf", unit="case", disable=not options.progress)]
+                 for case in progress_bar(iterable=cases, desc="perf", unit="case",
+                                          enabled=options.progress)]
     rows += equal_fooling_rows(rows, target, x, y, fit_x, tuned.target, eps, device, options)
     df = _with_speedups(pd.DataFrame(rows))
     for f in PERF_SCHEMA:

@@ -25,7 +25,7 @@ from bench.core.attack import FitData
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split, load_dataset
 from bench.core.errors import AttackContractError, BadInput
-from bench.core.fastpath import tune
+from bench.core.fastpath import resolve_precision, tune
 from bench.core.measure import (
     autocast,
     device_name,
@@ -229,22 +229,23 @@ class CellResult:
 class AttackedModel:
     """The model a cell's attack is crafted on, prepared once per sweep and precision: the
     plain model (its floor is the row's reference), the copy on the chosen fast path with its
-    batch size, and the floor (:func:`bench.core.measure.floors`)."""
+    batch size, the floor (:func:`bench.core.measure.floors`) and the precision it runs at."""
 
     plain: Target
     fast: Target
     fast_path: str
     batch_size: int
     floor: dict[tuple[str, str], float] | None = None
+    precision: str = "fp32"  # the cell's precision, with "auto" resolved
 
 
 def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
                    batch_size: int, fit_data: FitData | None = None,
-                   progress: bool = False) -> AttackRun:
-    """Run the cell's attack on ``attacked`` over ``data`` at the cell's precision, timed on the
+                   progress: bool = False, precision: str = "fp32") -> AttackRun:
+    """Run the cell's attack on ``attacked`` over ``data`` at ``precision``, timed on the
     device (batching, streaming and the out-of-memory back-off are the attack entry point's)."""
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    with measure(device) as timing, autocast(device, cell.precision):
+    with measure(device) as timing, autocast(device, precision):
         result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,
                              batch_size=batch_size, progress=progress)
     return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
@@ -310,7 +311,8 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         attack_params=cell.params_json, black_box=cell.attack.spec.black_box,
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
-        precision=cell.precision, batch_size=attacked.batch_size, fast_path=attacked.fast_path,
+        precision=attacked.precision, batch_size=attacked.batch_size,
+        fast_path=attacked.fast_path,
         clean_acc=n_correct / n, robust_acc=int(outcome.adv_correct.sum()) / n,
         success_rate=int(fooled.sum()) / n_correct if n_correct else None,
         fooling_rate=int((outcome.adv_pred != prepared.clean_pred).sum()) / n,
@@ -320,9 +322,9 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
         wall_s=run.wall_s,
         img_per_s=n / max(run.wall_s, 1e-9),
-        floor_img_per_s=floor[(floor_kind, cell.precision)] if floor else None,
+        floor_img_per_s=floor[(floor_kind, attacked.precision)] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
-                                      cell.precision) if floor else None,
+                                      attacked.precision) if floor else None,
         peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
         torch_version=torch.__version__, advbench_version=bench.__version__, git_sha=git_sha(),
     )
@@ -366,12 +368,13 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
         key = attack_run_id(cell)
         if key not in cache:
             cache[key] = attack_samples(cell, attacked.fast, data, device=device,
-                                        batch_size=attacked.batch_size, progress=progress)
+                                        batch_size=attacked.batch_size, progress=progress,
+                                        precision=attacked.precision)
         run = cache[key]
     else:
         run = attack_samples(cell, attacked.fast, data, device=device,
                              batch_size=attacked.batch_size, fit_data=fit_data,
-                             progress=progress)
+                             progress=progress, precision=attacked.precision)
     outcome = verify(cell, prepared, data, run, attacked.batch_size)
     return CellResult(
         summarise(cell, prepared, data, run, outcome, attacked, device=device, run_id=run_id),
@@ -414,11 +417,13 @@ class Worker:
         """``model``'s fast path and batch size at ``precision`` (:func:`bench.core.fastpath.tune`)
         and its floor, measured on a batch of evaluated images ``x`` (a short warm-up: it is a
         per-row reference, not a benchmark)."""
+        precision = resolve_precision(model, x, precision)
         tuned = tune(model, x, precision, self.config.fast, cap=x.shape[0])
         with model.evaluating():
             floor = floors(model, x[:tuned.batch_size], (precision,), repeats=1, warmup=2,
                            min_repeats=5)
-        return AttackedModel(model, tuned.target, tuned.path.name, tuned.batch_size, floor)
+        return AttackedModel(model, tuned.target, tuned.path.name, tuned.batch_size, floor,
+                             precision)
 
     def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
         """A trained zoo classifier, or a trained GAN's discriminator."""

@@ -34,6 +34,7 @@ from bench.checks import check_sweep
 from bench.config import Cell, SweepConfig, expand_cells
 from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
+from bench.core.progress import progress_bar
 from bench.runner import RunOptions, RunReport
 from leaderboards.store import ResultStore
 
@@ -220,8 +221,8 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
         return report  # nothing to run: no executor (and no Ray instance) is started
     executor = make_executor(config, options)  # an unreachable cluster fails before writing
     driver = _Driver(plan, options, run_id, report)
-    bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell",
-               disable=not options.progress)
+    bar = progress_bar(total=len(todo), desc=f"sweep {config.name}", unit="cell",
+                       enabled=options.progress)
     try:
         cells = todo
         while cells:

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bench.core.checkpoints import CheckpointCache, load_or_fit
 from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput
+from bench.core.progress import progress_bar
 from bench.core.target import Target
 from generative.discriminator import (
     FAKE,
@@ -159,8 +159,8 @@ def train_gan(spec: GANSpec, split: Split, *, seed: int, device: torch.device,
     steps_per_epoch = len(split) // recipe.batch_size  # drop the last, smaller batch (BN)
     history: list[dict[str, float]] = []
     step = 0
-    with tqdm(total=recipe.epochs * steps_per_epoch, desc=desc or f"train {spec.name}",
-              disable=not progress, unit="step", leave=False) as bar:
+    with progress_bar(total=recipe.epochs * steps_per_epoch, desc=desc or f"train {spec.name}",
+                      enabled=progress, unit="step", leave=False) as bar:
         for epoch in range(recipe.epochs):
             order = torch.randperm(len(split), generator=rng)[:steps_per_epoch * recipe.batch_size]
             sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}

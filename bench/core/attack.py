@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bench.core.errors import BadInput
 from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm
 from bench.core.params import parse_params
+from bench.core.progress import progress_bar
 from bench.core.registry import Registry
 from bench.core.target import (
     Target,
@@ -431,7 +431,7 @@ class Attack:
         if self.spec.streams:
             extra["batch_size"] = rows
         results = []
-        with tqdm(total=n, disable=not progress, leave=False, unit="img",
+        with progress_bar(total=n, enabled=progress, leave=False, unit="img",
                   desc=f"{self.name}@{self.threat.eps_display}") as bar:
             for start in range(0, max(n, 1), chunk):
                 part = slice(start, start + chunk)

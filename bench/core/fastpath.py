@@ -7,6 +7,9 @@
 - **Automatic batch size**: the largest power of two whose forward+backward fits in the free
   CUDA memory, probed on the model; out-of-memory errors in an attack still back off (the
   runner halves the batch and retries).
+- **Precision**: ``"auto"`` takes the fastest measured number format (fp32, bf16, and fp16 on
+  CUDA) whose predictions match fp32's; an explicit bf16 or fp16 measured slower than fp32 (a
+  CPU that emulates bf16) runs as asked, with a one-line warning giving both figures.
 
 The fast copy is used only to *craft* adversarials: the runner verifies every adversarial with a
 fresh fp32 forward of the original model, so a fast path cannot claim a success that the model
@@ -23,7 +26,7 @@ from typing import Literal
 import torch
 
 from bench.core.errors import BadInput
-from bench.core.measure import floors
+from bench.core.measure import autocast, floors
 from bench.core.target import Target
 
 log = logging.getLogger(__name__)
@@ -174,3 +177,50 @@ def tune(target: Target, x: torch.Tensor, precision: str, options: FastPathOptio
     log.info("fast path for %s at %s: %s (%s)", target.name, precision, best.name,
              ", ".join(f"{k} {v:,.0f} img/s" for k, v in measured.items()))
     return Tuned(results[best][0], best, batch, measured)
+
+
+PRECISION_PROBE = 64
+"""Images the precision choice is measured and checked on."""
+MATCH_SHARE = 0.99
+"""The share of predictions a lower precision must share with fp32 to be chosen by ``auto``."""
+
+
+def precision_rates(target: Target, x: torch.Tensor, precisions: tuple[str, ...]
+                    ) -> dict[str, float]:
+    """Forward+backward images/s of ``target`` at each precision, on a small probe batch."""
+    with target.evaluating():
+        rates = floors(target, x[:PRECISION_PROBE], precisions, repeats=1, warmup=1,
+                       min_repeats=3)
+    return {p: rates[("forward+backward", p)] for p in precisions}
+
+
+def matches_fp32(target: Target, x: torch.Tensor, precision: str) -> bool:
+    """Whether ``target``'s predictions at ``precision`` agree with fp32's on ``x``."""
+    probe = x[:4 * PRECISION_PROBE]
+    with torch.no_grad(), target.evaluating():
+        reference = target(probe).argmax(1)
+        with autocast(probe.device, precision):
+            low = target(probe).float().argmax(1)
+    return float((reference == low).float().mean()) >= MATCH_SHARE
+
+
+def resolve_precision(target: Target, x: torch.Tensor, requested: str) -> str:
+    """The precision attacks on ``target`` run at (see the module doc)."""
+    if requested == "fp32":
+        return requested
+    if requested != "auto":
+        rates = precision_rates(target, x, ("fp32", requested))
+        if rates[requested] < rates["fp32"]:
+            log.warning("precision %s is slower than fp32 for %s on %s (%.0f vs %.0f "
+                        "forward+backward img/s; no native %s here?): set precision = 'fp32' "
+                        "or 'auto'", requested, target.name, x.device, rates[requested],
+                        rates["fp32"], requested)
+        return requested
+    options = ("fp32", "bf16", "fp16") if x.device.type == "cuda" else ("fp32", "bf16")
+    rates = precision_rates(target, x, options)
+    usable = [p for p in options if p == "fp32" or matches_fp32(target, x, p)]
+    best = max(usable, key=lambda p: rates[p])
+    log.info("precision for %s: %s (%s forward+backward img/s; matching fp32: %s)",
+             target.name, best, ", ".join(f"{p} {r:,.0f}" for p, r in rates.items()),
+             ", ".join(usable))
+    return best

@@ -83,17 +83,21 @@ def git_sha() -> str | None:
 
 
 class Precision(enum.StrEnum):
-    """The number format an attack runs its model in (verification is always fp32)."""
+    """The number format an attack runs its model in (verification is always fp32). ``auto``
+    is resolved per attacked model by :func:`bench.core.fastpath.resolve_precision`."""
 
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    AUTO = "auto"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """The autocast context for ``precision`` (``fp32``: none; ``bf16`` / ``fp16``)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"no autocast for precision {precision!r} (resolve 'auto' first)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device.type, dtype=dtype)
 

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from bench.core.checkpoints import CheckpointCache, load_or_fit
 from bench.core.datasets import Dataset, Split
 from bench.core.errors import BadInput
+from bench.core.progress import progress_bar
 from bench.core.target import Target
 from bench.core.zoo import ModelSpec, TrainRecipe, classifier_spec, classifiers
 
@@ -129,7 +129,7 @@ def fit(model: nn.Module, split: Split, recipe: TrainRecipe, *, seed: int, devic
     opt, sched = make_optimizer(params, recipe, recipe.epochs * steps_per_epoch)
     loss_fn = loss or _cross_entropy(model)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=not progress,
+    bar = progress_bar(total=recipe.epochs * steps_per_epoch, desc=desc, enabled=progress,
                unit="step", leave=False)
     was_training = model.training
     try:

@@ -214,9 +214,11 @@ def test_a_damaged_results_directory_is_refused_before_writing_then_repaired(
         assert len(lines) == 1 and f"{summary} is not a readable Parquet file" in lines[0]
         assert "advbench doctor" in lines[0]
         assert _files(out) == before  # nothing written, nothing lost
-    repaired = advbench("run", str(small_config), "--out", str(out), "--no-progress", "--repair",
+    repaired = advbench("run", str(small_config), "--out", str(out), "--repair",
                         cwd=tmp_path, cache=cache_dir)
     assert repaired.returncode == 0, repaired.stderr
+    # progress bars on, but stderr is a pipe: no bar redraws or escapes in the log
+    assert "\r" not in repaired.stderr and "\x1b[" not in repaired.stderr
     assert f"moved {summary} -> {out / 'quarantine' / 'summary' / summary.name}" in repaired.stdout
     assert "1 cell(s) run, 2 already stored" in repaired.stdout  # the damaged cell, recomputed
     assert (out / "quarantine" / "summary" / summary.name).read_bytes() == before[

@@ -161,3 +161,76 @@ def test_sweep_rows_record_the_fast_path_and_batch(
     assert (eager.fast_path, eager.batch_size) == ("eager", 500)
     assert (fast.fast_path, fast.batch_size) == ("channels_last", len(y))
     assert abs(fast.robust_acc - eager.robust_acc) <= 2 / len(y)
+
+
+def _rates(values: dict[str, float]) -> Any:
+    """``floors`` as measured on a machine whose forward+backward runs at ``values``."""
+    def fake(model: Target, x: torch.Tensor, precisions: tuple[str, ...],
+             **_: Any) -> dict[tuple[str, str], float]:
+        return {("forward+backward", p): values[p] for p in precisions}
+    return fake
+
+
+@pytest.mark.parametrize("values,agrees,chosen", [
+    ({"fp32": 100.0, "bf16": 300.0}, True, "bf16"),   # native bf16, same predictions
+    ({"fp32": 2284.0, "bf16": 170.0}, True, "fp32"),  # bf16 emulated (AVX2-only CPU)
+    ({"fp32": 100.0, "bf16": 300.0}, False, "fp32"),  # faster, but predictions differ
+])
+def test_auto_precision_takes_the_fastest_that_matches_fp32(
+        values: dict[str, float], agrees: bool, chosen: str, lenet: Target,
+        digits: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "floors", _rates(values))
+    monkeypatch.setattr(fastpath, "matches_fp32", lambda target, x, p: agrees)
+    assert fastpath.resolve_precision(lenet, digits[0], "auto") == chosen
+
+
+def test_an_explicit_precision_slower_than_fp32_is_kept_with_one_warning(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(fastpath, "floors", _rates({"fp32": 2284.0, "bf16": 170.0}))
+    with caplog.at_level(logging.WARNING, logger="bench.core.fastpath"):
+        assert fastpath.resolve_precision(lenet, digits[0], "bf16") == "bf16"
+    (record,) = caplog.records
+    assert "bf16 is slower than fp32" in record.message and "170 vs 2284" in record.message
+    caplog.clear()
+    monkeypatch.setattr(fastpath, "floors", _rates({"fp32": 100.0, "bf16": 300.0}))
+    with caplog.at_level(logging.WARNING, logger="bench.core.fastpath"):
+        fastpath.resolve_precision(lenet, digits[0], "bf16")
+    assert not caplog.records
+
+
+def test_bf16_predictions_of_the_lenet_match_fp32(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The check ``auto`` relies on, measured for real: bf16 autocast keeps the LeNet's
+    predictions; a model whose logits bf16 cannot tell apart does not pass."""
+    assert fastpath.matches_fp32(lenet, digits[0], "bf16")
+
+    # class 1's weights exceed class 0's by 0.1%, below bf16's resolution: fp32 says 1, bf16 ties
+    close_model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2, bias=False))
+    with torch.no_grad():
+        close_model[1].weight.copy_(torch.tensor([[1.0], [1.001]]).expand(2, 784))
+    close = Target(close_model, num_classes=2, input_shape=(1, 28, 28), name="close")
+    assert not fastpath.matches_fp32(close, digits[0], "bf16")
+
+
+def test_auto_precision_is_resolved_in_the_row(
+        lenet: Target, digits: tuple[torch.Tensor, torch.Tensor], tmp_path: Any) -> None:
+    """A cell asked for ``auto`` records the precision it ran at, with that precision's floor."""
+    from bench.core.measure import Precision
+    from bench.runner import EvalData, PreparedTarget, RunOptions, Worker, run_cell
+    from tests.conftest import make_cell
+
+    x, y = digits
+    cell = make_cell("fgsm", 0.15, precision=Precision.AUTO)
+    config = parse_config({"sweep": {"name": "t", "dataset": "mnist5k", "precision": "auto"},
+                           "targets": [{"model": "lenet"}],
+                           "attacks": [{"name": "fgsm", "eps": [0.15]}]})
+    worker = Worker(config, RunOptions(out=tmp_path, cache_dir=tmp_path, progress=False,
+                                       device="cpu"), "r")
+    attacked = worker.prepare_attacked(lenet, "auto", x)
+    assert attacked.precision in ("fp32", "bf16")
+    assert attacked.floor is not None and ("forward+backward", attacked.precision) in attacked.floor
+    prepared = PreparedTarget(lenet, lenet, lenet.predict_logits(x).argmax(1), y)
+    row = run_cell(cell, prepared, EvalData(x, y, torch.arange(len(y))), attacked,
+                   device=torch.device("cpu"), run_id="r").summary
+    assert row.precision == attacked.precision and row.floor_img_per_s is not None
