@@ -145,3 +145,57 @@ def test_resnet18_cifar_builds_for_32x32() -> None:
 
     net = classifier_spec("resnet18_cifar").build(10).eval()
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _small_fit(threads: int, cache: CheckpointCache | None, mnist5k: Dataset) -> str:
+    """A one-epoch LeNet fit on 512 digits with ``threads`` intra-op threads set outside it,
+    through the cache (``cache``) or directly; the fingerprint of its weights."""
+    from bench.core.checkpoints import state_fingerprint
+    from bench.core.datasets import Split
+    from bench.core.zoo import classifier_spec
+
+    spec = classifier_spec("lenet")
+    split = mnist5k.split("train")
+    small = Split(split.x[:512], split.y[:512])
+
+    def train(key: str) -> tuple[Target, dict[str, Any]]:
+        target = training.make_target(spec, mnist5k, spec.build(10))
+        training.fit(target, small, TrainRecipe(epochs=1, batch_size=64, lr=1e-3), seed=0,
+                     device=torch.device("cpu"), progress=False)
+        return target, {}
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if cache is None:
+            torch.manual_seed(0)
+            return state_fingerprint(train("")[0].model)
+        target, card = load_or_fit(cache, "models", {"small": 1}, seed=0,
+                                   device=torch.device("cpu"), restore=lambda w: None,
+                                   fit=train, state=lambda t: t.model.state_dict())
+        assert card["trained_on"]["threads"] == 2 and card["trained_on"]["torch"]
+        return state_fingerprint(target.model)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_fits_give_the_same_weights_whatever_the_thread_count(mnist5k: Dataset,
+                                                              tmp_path: Path) -> None:
+    # the same fit run directly with 1 and 2 threads: the reductions round differently
+    assert _small_fit(1, None, mnist5k) != _small_fit(2, None, mnist5k)
+    # through load_or_fit (every advbench fit): identical
+    assert _small_fit(1, CheckpointCache(tmp_path / "a"), mnist5k) == \
+        _small_fit(2, CheckpointCache(tmp_path / "b"), mnist5k)
+
+
+def test_reproducible_restores_the_settings() -> None:
+    from bench.core.checkpoints import reproducible
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with reproducible(torch.device("cpu")):
+            assert torch.get_num_threads() == 2 and torch.backends.cudnn.deterministic
+        assert torch.get_num_threads() == 1 and not torch.backends.cudnn.deterministic
+    finally:
+        torch.set_num_threads(old)
