@@ -4,15 +4,37 @@ before any training or writing."""
 
 from __future__ import annotations
 
+import torch
+
 from bench.config import SweepConfig, target_kind
-from bench.core.datasets import load_dataset
+from bench.core.datasets import Dataset, load_dataset
 from bench.core.errors import BadInput
+from bench.core.target import Target
 from bench.core.training import check_compatible, make_target
+from bench.core.usermodels import UserModel
 from bench.core.zoo import classifier_spec
 from bench.runner import evaluated_split
 from defenses import DEFENSES
 from generative.models import gan_spec
 from generative.training import build_gan
+
+
+def checked_user_target(user: UserModel, dataset: Dataset) -> Target:
+    """The user's model built, loaded and probed, after checking it takes ``dataset``'s images
+    and classes."""
+    if tuple(user.input_shape) != tuple(dataset.input_shape):
+        raise BadInput(f"model {user.name!r} declares input_shape {list(user.input_shape)} but "
+                       f"dataset {dataset.name!r} has images of shape "
+                       f"{list(dataset.input_shape)}")
+    if user.num_classes != dataset.num_classes:
+        raise BadInput(f"model {user.name!r} declares {user.num_classes} classes but dataset "
+                       f"{dataset.name!r} has {dataset.num_classes}")
+    lo, hi = user.bounds
+    if lo > 0.0 or hi < 1.0:
+        raise BadInput(f"model {user.name!r} takes pixels in [{lo:g}, {hi:g}], but advbench's "
+                       f"datasets are in [0, 1]; declare bounds = [0, 1] and put any rescaling "
+                       f"in mean/std")
+    return user.target(torch.device("cpu"))
 
 
 def check_sweep(config: SweepConfig) -> None:
@@ -33,7 +55,10 @@ def check_sweep(config: SweepConfig) -> None:
                 f"{dataset.num_classes} classes)"
             )
         for t in config.targets:
-            if t.kind == "discriminator":
+            user = config.user_model(t.model)
+            if user is not None:
+                untrained = checked_user_target(user, dataset)
+            elif t.kind == "discriminator":
                 untrained = build_gan(gan_spec(t.model), dataset.input_shape).target
             else:
                 spec = classifier_spec(t.model)
@@ -44,13 +69,19 @@ def check_sweep(config: SweepConfig) -> None:
                 defense = DEFENSES.get(d.name)
                 defense.check(untrained, defense.make_params(d.params))
         evaluated_split(dataset, config.split, config.n_eval)
+    models = config.user_models
     for attack in config.attacks:
+        source = config.user_model(attack.source)
+        if source is not None:
+            for dataset_name in config.datasets:
+                checked_user_target(source, load_dataset(dataset_name))
         for t in config.targets:
-            if attack.source and target_kind(attack.source) != t.kind:
+            kind = target_kind(attack.source, models) if attack.source else t.kind
+            if kind != t.kind:
                 raise BadInput(
-                    f"attack {attack.name!r} is crafted on {attack.source!r}, a "
-                    f"{target_kind(attack.source)}, but target {t.model!r} is a {t.kind}; a "
-                    f"transfer source must be of the target's kind")
+                    f"attack {attack.name!r} is crafted on {attack.source!r}, a {kind}, but "
+                    f"target {t.model!r} is a {t.kind}; a transfer source must be of the "
+                    f"target's kind")
         for threat in attack.threats:
             for dataset_name in config.datasets:
                 threat.check_against((0.0, 1.0), load_dataset(dataset_name).input_shape)

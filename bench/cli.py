@@ -67,6 +67,8 @@ def _add_readers(sub: Any) -> None:
     lst = sub.add_parser("list", help="list registered attacks, defenses, models, datasets, presets")
     lst.add_argument("what", choices=LISTS)
     lst.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'pgd*'")
+    lst.add_argument("--config", default=None,
+                     help="models: also list the [[models]] of this sweep config")
 
     board = sub.add_parser("leaderboard", help="print leaderboard tables from stored results")
     board.add_argument("results", nargs="?", default="results", help="results directory")
@@ -125,7 +127,7 @@ def _add_perf(sub: Any) -> None:
     perf.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _list(what: str, pattern: str) -> str:
+def _list(what: str, pattern: str, config: str | None = None) -> str:
     from attacks import ATTACKS
     from bench.config import preset_names
     from bench.core.datasets import DATASETS
@@ -141,8 +143,14 @@ def _list(what: str, pattern: str) -> str:
     elif what == "models":
         import generative  # noqa: F401  (registers the GANs in the zoo)
 
-        rows = [(n, ZOO.get(n).kind, ZOO.get(n).shapes, ZOO.get(n).summary)
+        rows = [(n, ZOO.get(n).kind, ZOO.get(n).shapes, f"zoo: {ZOO.get(n).summary}")
                 for n in ZOO.names(pattern)]
+        if config:
+            from bench.config import load_config
+
+            rows += [(m.name, m.kind, "x".join(map(str, m.input_shape)),
+                      f"yours: {m.factory}" + (f" with {m.weights}" if m.weights else ""))
+                     for m in load_config(config).models if fnmatch.fnmatch(m.name, pattern)]
     elif what == "datasets":
         rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
                 for n in DATASETS.names(pattern)]
@@ -225,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "list":
-            print(_list(args.what, args.pattern))
+            print(_list(args.what, args.pattern, args.config))
             return 0
         if args.command == "leaderboard":
             from leaderboards import render

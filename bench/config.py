@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import nn
+
 from attacks import ATTACKS, Attack, AttackSpec, ThreatModel
 from bench.core.attack import check_threat
 from bench.core.checkpoints import config_hash
@@ -25,6 +27,7 @@ from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.fastpath import FastPathOptions
 from bench.core.measure import Precision
 from bench.core.target import TargetKind
+from bench.core.usermodels import KINDS, UserModel
 from bench.core.zoo import ZOO
 from defenses import DEFENSES
 from generative.discriminator import DIRECTIONS, Direction
@@ -48,12 +51,22 @@ _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "p
 _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
+_MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
+               "mean", "std", "kind", "output"}
 
 
-def target_kind(model: str) -> TargetKind:
-    """``discriminator`` for a zoo GAN (its discriminator is attacked), ``classifier`` for a zoo
-    classifier; any other name raises, listing the zoo."""
-    return ZOO.get(model).kind
+def target_kind(model: str, models: Mapping[str, UserModel] | None = None) -> TargetKind:
+    """``classifier`` for a user model (``models``, a sweep's ``[[models]]``) or a zoo
+    classifier, ``discriminator`` for a zoo GAN (its discriminator is attacked); any other name
+    raises, listing the zoo and the user models."""
+    if models and model in models:
+        return "classifier"
+    try:
+        return ZOO.get(model).kind
+    except UnknownName as exc:
+        if models:
+            raise UnknownName(f"{exc}; models of this config: {', '.join(models)}") from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,7 @@ class TargetConfig:
     defenses: tuple[str, ...] = ("none",)
     modes: tuple[ThreatMode, ...] = (ThreatMode.ADAPTIVE,)
     directions: tuple[Direction, ...] = ()
-
-    @property
-    def kind(self) -> TargetKind:
-        return target_kind(self.model)
+    kind: TargetKind = "classifier"
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,15 @@ class SweepConfig:
     defenses: tuple[DefenseConfig, ...] = ()
     fast: FastPathOptions = FastPathOptions()
     """How attacked models run: channels_last, torch.compile, automatic batch size."""
+    models: tuple[UserModel, ...] = ()
+    """The user's own models (``[[models]]``), usable wherever a zoo name is."""
+
+    @property
+    def user_models(self) -> dict[str, UserModel]:
+        return {m.name: m for m in self.models}
+
+    def user_model(self, name: str) -> UserModel | None:
+        return self.user_models.get(name)
 
     def defense(self, label: str) -> DefenseConfig:
         for d in self.defenses:
@@ -160,6 +179,8 @@ class Cell:
     source: str = ""
     defense_params: str = ""  # DefenseConfig.identity
     direction: Direction | Literal[""] = ""  # discriminators only
+    user_model: UserModel | None = None  # ``model`` is the user's own (``[[models]]``)
+    user_source: UserModel | None = None  # ``source`` is the user's own
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -179,6 +200,10 @@ class Cell:
             else {}
         if self.direction:
             extra["direction"] = self.direction
+        if self.user_model is not None:
+            extra["model_identity"] = self.user_model.identity
+        if self.user_source is not None:
+            extra["source_identity"] = self.user_source.identity
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
@@ -224,16 +249,23 @@ def _int(where: str, key: str, value: Any, minimum: int) -> int:
     return value
 
 
-def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
-    """Validate a parsed TOML document; every error names the file and the offending key."""
-    _check_keys(source, data, {"sweep", "targets", "attacks", "defenses"},
+def parse_config(data: Mapping[str, Any], source: str = "config", *,
+                 base_dir: Path | None = None,
+                 modules: Mapping[str, nn.Module] | None = None) -> SweepConfig:
+    """Validate a parsed TOML document; every error names the file and the offending key.
+
+    ``base_dir``: where ``[[models]]`` paths and modules are found (the config file's folder).
+    ``modules``: in-memory networks that ``factory = "python"`` entries name (Python API).
+    """
+    _check_keys(source, data, {"sweep", "targets", "attacks", "defenses", "models"},
                 {"sweep", "targets", "attacks"})
     sweep = data["sweep"]
     where = f"{source} [sweep]"
     _check_keys(where, sweep, _SWEEP_KEYS, {"name"})
+    models = _parse_models(source, data.get("models", []), base_dir or Path("."), modules or {})
     defense_configs = _parse_defenses(source, data.get("defenses", []))
-    targets = _parse_targets(source, data["targets"], defense_configs)
-    attacks = _parse_attacks(source, data["attacks"])
+    targets = _parse_targets(source, data["targets"], defense_configs, models)
+    attacks = _parse_attacks(source, data["attacks"], models)
     batch_raw = sweep.get("batch_size", 500)
     if batch_raw != "auto" and (not isinstance(batch_raw, int) or isinstance(batch_raw, bool)
                                 or batch_raw < 1):
@@ -248,7 +280,8 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig
         raise ConfigError(f"{where}: {exc}") from None
     return SweepConfig(
         **_parse_sweep(where, sweep), batch_size=500 if batch_raw == "auto" else batch_raw,
-        targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast)
+        targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast,
+        models=tuple(models.values()))
 
 
 def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,8 +314,68 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
             "precision": precision, "device": device}
 
 
-def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig]
-                   ) -> tuple[TargetConfig, ...]:
+def _numbers(where: str, key: str, value: Any, length: int | None = None) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or (
+            length is not None and len(value) != length):
+        size = f"{length} numbers" if length else "a non-empty list of numbers"
+        raise _type_error(where, key, size, value)
+    return tuple(float(v) for v in value)
+
+
+def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, nn.Module]
+                  ) -> dict[str, UserModel]:
+    """``[[models]]``: the user's own networks (:class:`bench.core.usermodels.UserModel`)."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: [[models]] must be an array of tables")
+    out: dict[str, UserModel] = {}
+    for i, m in enumerate(raw):
+        mw = f"{source} [[models]] #{i + 1}"
+        _check_keys(mw, m, _MODEL_KEYS, {"name", "factory", "input_shape", "num_classes"})
+        name, factory = m["name"], m["factory"]
+        if not isinstance(name, str) or not name or not name.replace("-", "_").replace(
+                ".", "_").isidentifier():
+            raise _type_error(mw, "name", "a label of letters, digits, '_', '-', '.'", name)
+        if name in out:
+            raise ConfigError(f"{mw}: two models are labelled {name!r}; give each its own")
+        if name in ZOO:
+            raise ConfigError(f"{mw}: {name!r} is a zoo model's name; label yours differently")
+        if not isinstance(factory, str) or (factory == "python") != (name in modules):
+            raise _type_error(mw, "factory", "'module:callable', 'torchvision:<name>' or "
+                              "'timm:<name>'", factory)
+        kind = m.get("kind", "classifier")
+        if kind not in KINDS:
+            raise ConfigError(f"{mw}: kind {kind!r} is not supported for your own models yet; "
+                              f"use {' or '.join(map(repr, KINDS))}")
+        if "output" in m:
+            raise ConfigError(f"{mw}: 'output' applies to discriminators, not to a {kind}")
+        shape = tuple(int(v) for v in _numbers(mw, "input_shape", m["input_shape"]))
+        if len(shape) != 3 or min(shape) < 1:
+            raise _type_error(mw, "input_shape", "[channels, height, width]", m["input_shape"])
+        kwargs = m.get("kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise _type_error(mw, "kwargs", "a table of keyword arguments", kwargs)
+        weights = m.get("weights")
+        if weights is not None and not isinstance(weights, str):
+            raise _type_error(mw, "weights", "a file path", weights)
+        bounds = _numbers(mw, "bounds", m.get("bounds", [0.0, 1.0]), 2)
+        if not bounds[0] < bounds[1]:
+            raise _type_error(mw, "bounds", "[lo, hi] with lo < hi", m["bounds"])
+        norm = {k: _numbers(mw, k, m[k], shape[0]) if k in m else None for k in ("mean", "std")}
+        if norm["std"] is not None and min(norm["std"]) <= 0:
+            raise _type_error(mw, "std", "positive numbers", m["std"])
+        out[name] = UserModel(
+            name=name, factory=factory, input_shape=shape,
+            num_classes=_int(mw, "num_classes", m["num_classes"], 2),
+            kwargs_json=json.dumps(dict(kwargs), sort_keys=True),
+            weights=(base_dir / weights) if weights else None, bounds=(bounds[0], bounds[1]),
+            mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
+            module=modules.get(name))
+    return out
+
+
+def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig],
+                   models: Mapping[str, UserModel]) -> tuple[TargetConfig, ...]:
     """``[[targets]]``; a defense a target names without a ``[[defenses]]`` entry is added to
     ``defense_configs`` with its default params."""
     if not isinstance(raw, list) or not raw:
@@ -294,7 +387,7 @@ def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig]
         if not isinstance(t["model"], str):
             raise _type_error(tw, "model", "a model name", t["model"])
         try:
-            kind = target_kind(t["model"])
+            kind = target_kind(t["model"], models)
         except UnknownName as exc:
             raise ConfigError(f"{tw}: {exc}") from None
         defenses = _str_list(tw, "defenses", t.get("defenses", ["none"]))
@@ -305,7 +398,7 @@ def _parse_targets(source: str, raw: Any, defense_configs: list[DefenseConfig]
             if mode not in THREAT_MODES:
                 raise _type_error(tw, "threats", "a list of 'adaptive' / 'transfer'", t["threats"])
         targets.append(TargetConfig(t["model"], defenses, tuple(map(ThreatMode, modes)),
-                                    _parse_directions(tw, t, kind)))
+                                    _parse_directions(tw, t, kind), kind))
     return tuple(targets)
 
 
@@ -343,14 +436,16 @@ def _resolve_defense(where: str, label: str, defense_configs: list[DefenseConfig
     defense_configs.append(DefenseConfig(spec.name, spec.name, params_json(spec.make_params({}))))
 
 
-def _parse_attacks(source: str, raw: Any) -> tuple[AttackConfig, ...]:
+def _parse_attacks(source: str, raw: Any, models: Mapping[str, UserModel]
+                   ) -> tuple[AttackConfig, ...]:
     """``[[attacks]]``: each attack's params parsed and its threat models checked, once."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: [[attacks]] must list at least one attack")
-    return tuple(_parse_attack(f"{source} [[attacks]] #{i + 1}", a) for i, a in enumerate(raw))
+    return tuple(_parse_attack(f"{source} [[attacks]] #{i + 1}", a, models)
+                 for i, a in enumerate(raw))
 
 
-def _parse_attack(where: str, table: Any) -> AttackConfig:
+def _parse_attack(where: str, table: Any, models: Mapping[str, UserModel]) -> AttackConfig:
     _check_keys(where, table, _ATTACK_KEYS, {"name"})
     if not isinstance(table["name"], str):
         raise _type_error(where, "name", "an attack name", table["name"])
@@ -379,7 +474,7 @@ def _parse_attack(where: str, table: Any) -> AttackConfig:
         raise _type_error(where, "source", "a model name", source_model)
     if source_model:
         try:
-            target_kind(source_model)
+            target_kind(source_model, models)
         except UnknownName as exc:
             raise ConfigError(f"{where}: source: {exc}") from None
     return AttackConfig(spec, threats, params, source_model)
@@ -418,7 +513,7 @@ def load_config(path: str | Path) -> SweepConfig:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-    return parse_config(data, source=p.name)
+    return parse_config(data, source=p.name, base_dir=p.resolve().parent)
 
 
 def preset_names() -> list[str]:
@@ -453,5 +548,6 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                         target.model, defense, ThreatMode.TRANSFER if attack.source else mode,
                         attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
+                        config.user_model(target.model), config.user_model(attack.source),
                     ))
     return cells

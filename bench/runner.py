@@ -236,7 +236,11 @@ class AttackedModel:
     fast_path: str
     batch_size: int
     floor: dict[tuple[str, str], float] | None = None
-    precision: str = "fp32"  # the cell's precision, with "auto" resolved
+    precision: str = "fp32"  # what "auto" resolved to for this model
+
+    def precision_for(self, cell: Cell) -> str:
+        """The precision ``cell`` runs at: its own, or for ``auto`` the resolved one."""
+        return self.precision if cell.precision == "auto" else cell.precision
 
 
 def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
@@ -306,12 +310,14 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         cell_id=cell.cell_id, run_id=run_id, created_at=dt.datetime.now(dt.timezone.utc),
         dataset=cell.dataset, train_dataset=cell.train_dataset, split=cell.split, n_samples=n,
         target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
+        model_source=cell.user_model.factory if cell.user_model else "zoo",
+        weights_sha256=cell.user_model.weights_sha256 if cell.user_model else None,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,
         attack_params=cell.params_json, black_box=cell.attack.spec.black_box,
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
-        precision=attacked.precision, batch_size=attacked.batch_size,
+        precision=attacked.precision_for(cell), batch_size=attacked.batch_size,
         fast_path=attacked.fast_path,
         clean_acc=n_correct / n, robust_acc=int(outcome.adv_correct.sum()) / n,
         success_rate=int(fooled.sum()) / n_correct if n_correct else None,
@@ -322,9 +328,9 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
         wall_s=run.wall_s,
         img_per_s=n / max(run.wall_s, 1e-9),
-        floor_img_per_s=floor[(floor_kind, attacked.precision)] if floor else None,
+        floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
-                                      attacked.precision) if floor else None,
+                                      attacked.precision_for(cell)) if floor else None,
         peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
         torch_version=torch.__version__, advbench_version=bench.__version__, git_sha=git_sha(),
     )
@@ -369,12 +375,12 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
         if key not in cache:
             cache[key] = attack_samples(cell, attacked.fast, data, device=device,
                                         batch_size=attacked.batch_size, progress=progress,
-                                        precision=attacked.precision)
+                                        precision=attacked.precision_for(cell))
         run = cache[key]
     else:
         run = attack_samples(cell, attacked.fast, data, device=device,
                              batch_size=attacked.batch_size, fit_data=fit_data,
-                             progress=progress, precision=attacked.precision)
+                             progress=progress, precision=attacked.precision_for(cell))
     outcome = verify(cell, prepared, data, run, attacked.batch_size)
     return CellResult(
         summarise(cell, prepared, data, run, outcome, attacked, device=device, run_id=run_id),
@@ -426,8 +432,14 @@ class Worker:
                              precision)
 
     def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
-        """A trained zoo classifier, or a trained GAN's discriminator."""
+        """A user's model (``[[models]]``), a trained zoo classifier, or a trained GAN's
+        discriminator."""
         key = (train_dataset, model, seed)
+        user = self.config.user_model(model)
+        if user is not None:  # the user's weights: the same for every train set and seed
+            key = ("", model, 0)
+            if key not in self.models:
+                self.models[key] = user.target(self.device)
         if key not in self.models:
             progress = self.options.progress
             if target_kind(model) == "discriminator":

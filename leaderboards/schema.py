@@ -49,6 +49,9 @@ class SummaryRow:
     target_kind: str
     direction: str | None  # discriminators: "real->fake" | "fake->real"
     model: str
+    # where the model comes from: "zoo" (trained by advbench), or a user model's factory
+    model_source: str
+    weights_sha256: str | None  # a user model's weights (null for zoo models)
     defense: str
     defense_params: str | None
     threat: str
@@ -130,6 +133,8 @@ ADDED_IN: dict[str, int] = {
     "black_box": 5,
     "train_dataset": 6,
     "attack_run": 6,
+    "model_source": 6,
+    "weights_sha256": 6,
 }
 """The schema version that added each column; older files get its migration value."""
 
@@ -138,11 +143,13 @@ MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
     "black_box": lambda table: pc.equal(table["attack"], "onepixel"),
     # before v6 each row was timed as its own run
     "attack_run": lambda table: table["cell_id"],
+    # before v6 every model was a zoo model
+    "model_source": lambda table: pa.array(["zoo"] * table.num_rows, pa.string()),
 }
 """Columns whose value an older file implies; every other added column migrates as null."""
 
-POPULATION_KEYS = ["train_dataset", "defense_params", "split", "n_samples", "seed", "precision",
-                   "fast_path"]
+POPULATION_KEYS = ["weights_sha256", "train_dataset", "defense_params", "split", "n_samples",
+                   "seed", "precision", "fast_path"]
 """Besides the dataset, model, defense and direction, the summary columns that fix what a
 number measured: which weights, which evaluated samples, at which precision and on which
 execution path. Rows that differ in any of them are never pooled into one figure."""

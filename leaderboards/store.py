@@ -139,6 +139,11 @@ def _inspect(path: Path, table: str, whole: bool) -> tuple[pa.Table | None, int,
         return None, version, Problem(
             path, f"was written with results schema version {version}; this advbench reads "
                   f"versions {OLDEST_READABLE} to {SCHEMA_VERSION}", False)
+    expected = {"summary": SUMMARY_SCHEMA, "samples": SAMPLES_SCHEMA}[table].names
+    if data is not None and version == SCHEMA_VERSION and data.column_names != expected:
+        missing = sorted(set(expected) - set(data.column_names)) or ["(column order)"]
+        return None, version, Problem(path, f"claims results schema version {version} but "
+                                            f"lacks columns {', '.join(missing)}", True)
     return data, version, None
 
 
@@ -347,8 +352,14 @@ class ResultStore:
             if problem:
                 raise BadInput(problem.message(self.root))
             assert data is not None
-            tables.append(data.cast(schema) if version == SCHEMA_VERSION
-                          else migrate(data, version, schema))
+            try:
+                tables.append(data.cast(schema) if version == SCHEMA_VERSION
+                              else migrate(data, version, schema))
+            except (ValueError, pa.ArrowException) as exc:  # SchemaError is a ValueError
+                missing = sorted(set(schema.names) - set(data.column_names))
+                detail = f"lacks columns {', '.join(missing)}" if missing else str(exc)[:200]
+                raise BadInput(Problem(path, f"claims results schema version {version} but "
+                                             f"{detail}", True).message(self.root)) from None
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def summary(self) -> pd.DataFrame:

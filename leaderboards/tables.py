@@ -32,7 +32,8 @@ ROW_KEYS = ["model", "defense", "direction"]
 BOARD_ROW = [*ROW_KEYS, *POPULATION_KEYS]
 """What one row of a board is: a target measured on one population."""
 
-_TEXT_KEYS = ["direction", "train_dataset", "defense_params", "fast_path", "source_model"]
+_TEXT_KEYS = ["direction", "weights_sha256", "train_dataset", "defense_params", "fast_path",
+              "source_model"]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ Names (``advbench list datasets``):
 - ``idx:<dir>``: any IDX image/label pair(s) in ``dir`` (e.g. the official MNIST files); files
   whose names start with ``train`` form the train split, the others the test split. Labels must
   lie in the declared classes: 10 (as MNIST), or the lines of ``<dir>/classes.txt``.
+- ``npz:<file>``: the user's own arrays: ``x`` (uint8 0..255, or float in [0, 1]; NCHW or
+  NHWC) and ``y`` (integer labels) form the test split, ``x_train`` / ``y_train`` (optional) the
+  train split; the classes are ``0..num_classes - 1`` with ``num_classes`` an optional scalar
+  array in the file (default: the largest label + 1).
 - ``mnist:<root>``, ``fashionmnist:<root>``, ``cifar10:<root>``: torchvision data sets read from
   a local root (never downloaded by advbench).
 """
@@ -20,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,6 +234,69 @@ def _declared_classes(root: Path) -> int:
     if count < 2:
         raise BadInput(f"{names} must name at least two classes, one per line")
     return count
+
+
+def _npz_images(where: str, key: str, array: np.ndarray) -> torch.Tensor:
+    """uint8 (0..255) or float ([0, 1]) images, NCHW or NHWC (or NHW) → float32 NCHW."""
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4:
+        raise BadInput(f"{where}: {key} must be images [N, C, H, W] or [N, H, W, C], got shape "
+                       f"{list(array.shape)}")
+    if array.shape[1] not in (1, 3) and array.shape[3] in (1, 3):
+        array = array.transpose(0, 3, 1, 2)  # NHWC
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BadInput(f"{where}: {key} must be uint8 (0..255) or float ([0, 1]), got "
+                       f"{array.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if x.numel() and (not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or
+                      float(x.max()) > 1):
+        raise BadInput(f"{where}: float {key} must lie in [0, 1] (got {float(x.min()):g}.."
+                       f"{float(x.max()):g}); store 0..255 images as uint8")
+    return x
+
+
+def _npz_split(where: str, data: Any, x_key: str, y_key: str) -> Split:
+    if y_key not in data:
+        raise BadInput(f"{where}: has {x_key!r} but no {y_key!r} labels")
+    x, y = _npz_images(where, x_key, data[x_key]), np.asarray(data[y_key])
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise BadInput(f"{where}: {y_key} must be {len(x)} integer labels, got {y.dtype} "
+                       f"{list(y.shape)}")
+    return Split(x, torch.from_numpy(y.astype(np.int64)))
+
+
+@DATASETS.register("npz")
+def npz_dataset(arg: str | None) -> Dataset:
+    """Arrays x, y (and x_train, y_train) in an .npz file."""
+    if not arg:
+        raise BadInput("dataset 'npz' needs a file: write 'npz:<file.npz>'")
+    path, where = Path(arg).expanduser(), f"npz:{arg}"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                raise BadInput(f"{where}: no array 'x' (found {', '.join(data.files) or 'none'})")
+            test = _npz_split(where, data, "x", "y")
+            train = _npz_split(where, data, "x_train", "y_train") if "x_train" in data else None
+            declared = int(data["num_classes"]) if "num_classes" in data else None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{where}: cannot read {path} as .npz ({exc})") from None
+    splits = {"test": test, **({"train": train} if train is not None else {})}
+    if train is not None and train.x.shape[1:] != test.x.shape[1:]:
+        raise BadInput(f"{where}: x_train images {list(train.x.shape[1:])} differ from x's "
+                       f"{list(test.x.shape[1:])}")
+    largest = max(int(p.y.max()) for p in splits.values() if len(p))
+    num_classes = declared if declared is not None else largest + 1
+    for name, part in splits.items():
+        if len(part) and (int(part.y.min()) < 0 or int(part.y.max()) >= num_classes):
+            raise BadInput(f"{where}: {name} labels span {int(part.y.min())}.."
+                           f"{int(part.y.max())}, outside the {num_classes} classes")
+    stats = (train or test).x
+    mean = tuple(float(v) for v in stats.mean(dim=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in stats.std(dim=(0, 2, 3)))
+    return Dataset(where, test, train, max(num_classes, 2), mean, std)
 
 
 def _torchvision(name: str, cls_name: str, arg: str | None, mean: tuple[float, ...],

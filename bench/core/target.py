@@ -79,6 +79,37 @@ class Target(nn.Module):
         self.register_buffer("mean", mean_t.reshape(shape), persistent=False)
         self.register_buffer("std", std_t.reshape(shape), persistent=False)
 
+    @classmethod
+    def from_module(cls, model: nn.Module, *, input_shape: Sequence[int], num_classes: int,
+                    bounds: tuple[float, float] = (0.0, 1.0),
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    name: str = "model", device: torch.device | str = "cpu") -> Target:
+        """A classifier target for any module (the one a sweep's ``[[models]]`` entry builds),
+        moved to ``device`` and checked on a probe batch (:meth:`probe`)."""
+        target = cls(model, num_classes=num_classes, input_shape=input_shape, bounds=bounds,
+                     mean=mean, std=std, name=name).to(device)
+        target.probe()
+        return target
+
+    def probe(self) -> None:
+        """Run the target on two in-bounds inputs: :class:`ModelOutputError` naming it unless
+        it returns finite ``[N, num_classes]`` logits."""
+        lo, hi = self.bounds
+        ramp = torch.linspace(0, 1, 2, device=self.device).view(2, *([1] * len(self.input_shape)))
+        x = (lo + (hi - lo) * ramp.expand(2, *self.input_shape)).contiguous()
+        try:
+            with torch.no_grad(), self.evaluating():
+                out = self(x)
+        except ModelOutputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's forward, reported in one line
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelOutputError(
+                f"model {self.name!r} fails on inputs of shape [N, "
+                f"{', '.join(map(str, self.input_shape))}] ({type(exc).__name__}: {detail}); "
+                f"check its input_shape") from None
+        check_finite_logits(out, self.name)
+
     @property
     def device(self) -> torch.device:
         for tensor in self.parameters():

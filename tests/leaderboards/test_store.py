@@ -99,8 +99,8 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
         table = pq.read_table(path)
         gone = dropped
         if folder == "summary":
-            gone = [*dropped, "train_dataset", "attack_run"] + (["black_box"] if version < "5"
-                                                                else [])
+            gone = [*dropped, "train_dataset", "attack_run", "model_source",
+                    "weights_sha256"] + (["black_box"] if version < "5" else [])
         table = table.drop_columns([c for c in gone if c in table.column_names])
         pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
@@ -109,6 +109,7 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
         assert df[column].isna().all()
     assert df["black_box"].tolist() == [attack == "onepixel"]
     assert df["train_dataset"].isna().all() and df["attack_run"].tolist() == ["c1"]
+    assert df["model_source"].tolist() == ["zoo"] and df["weights_sha256"].isna().all()
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 

@@ -1,0 +1,234 @@
+"""Models the user brings: declared in a sweep's ``[[models]]`` table or passed from Python.
+
+A :class:`UserModel` says how to build the network (``factory``), which weights to load, and the
+pixel space it is attacked in (input shape, classes, bounds, normalisation inside the target):
+
+- ``factory = "module:callable"`` calls the user's own code with ``kwargs`` (like a conftest, it
+  runs as the user; the module is imported from the config file's folder or the installed
+  environment, never from a results directory) and must return an ``nn.Module``;
+- ``"torchvision:<name>"`` / ``"timm:<name>"`` build that library's architecture with no
+  pretrained weights (nothing is downloaded);
+- ``"python"``: a module object passed to :func:`bench.benchmark` (not from a config file).
+
+Weights are ``.safetensors``, or ``.pt`` / ``.pth`` read with ``torch.load(weights_only=True)``,
+so no checkpoint ever runs code; a ``{"state_dict": ...}`` (or ``"model"``) wrapper and the
+``module.`` prefixes of a ``DataParallel`` save are taken off. The model's identity — a SHA-256
+of its weights file (or of an in-memory module's tensors) with the factory, kwargs and pixel
+space — goes into every cell id: a changed checkpoint is a new cell, an unchanged one resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import importlib
+import json
+import pickle
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.core.checkpoints import file_sha256, state_fingerprint
+from bench.core.errors import BadInput
+from bench.core.target import Target
+
+KINDS = ("classifier",)
+"""Kinds of user model a sweep can attack (user discriminators and generators: not yet)."""
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A user's model and the pixel space it is attacked in (see the module doc)."""
+
+    name: str
+    factory: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    kwargs_json: str = "{}"
+    weights: Path | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    kind: str = "classifier"
+    base_dir: Path = Path(".")
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(json.loads(self.kwargs_json))
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights file, or of an in-memory module's state."""
+        if self.module is not None:
+            return state_fingerprint(self.module)
+        if self.weights is None:
+            return "none"
+        return _cached_sha256(self.weights, *_stamp(self.weights))
+
+    @property
+    def identity(self) -> str:
+        """What the model's results depend on: weights, architecture and pixel space."""
+        blob = json.dumps({
+            "factory": self.factory, "kwargs": self.kwargs, "weights": self.weights_sha256,
+            "input_shape": self.input_shape, "num_classes": self.num_classes,
+            "bounds": self.bounds, "mean": self.mean, "std": self.std, "kind": self.kind,
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def network(self) -> nn.Module:
+        """The network with its weights loaded (on the CPU)."""
+        module = self.module if self.module is not None else build_module(
+            self.name, self.factory, self.kwargs, self.base_dir)
+        if self.weights is not None:
+            load_weights(self.name, module, self.weights)
+        return module
+
+    def target(self, device: torch.device) -> Target:
+        """The attacked :class:`Target`, checked on a probe batch."""
+        return Target.from_module(
+            self.network(), input_shape=self.input_shape, num_classes=self.num_classes,
+            bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise BadInput(f"weights file {path} cannot be read ({exc.strerror})") from None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+@contextlib.contextmanager
+def _importable_from(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(folder))
+
+
+def _close(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _library_builder(where: str, library: str, arch: str) -> Any:
+    if library == "torchvision":
+        import torchvision
+
+        names = torchvision.models.list_models()
+        if arch not in names:
+            raise BadInput(f"{where}: torchvision has no model {arch!r}{_close(arch, names)}")
+        return functools.partial(torchvision.models.get_model, arch, weights=None)
+    try:
+        import timm
+    except ImportError:
+        raise BadInput(f"{where}: 'timm:' models need timm: pip install 'advbench[timm]'"
+                       ) from None
+    names = timm.list_models()
+    if arch not in names:
+        raise BadInput(f"{where}: timm has no model {arch!r}{_close(arch, names)}")
+    return functools.partial(timm.create_model, arch, pretrained=False)
+
+
+def build_module(name: str, factory: str, kwargs: Mapping[str, Any], base_dir: Path
+                 ) -> nn.Module:
+    """Instantiate ``factory`` (see the module doc); :class:`BadInput` naming the model on an
+    import error, a factory that raises, or one that returns no ``nn.Module``."""
+    where = f"model {name!r}"
+    library, sep, attr = factory.partition(":")
+    if not sep or not library or not attr:
+        raise BadInput(f"{where}: factory must be 'module:callable', 'torchvision:<name>' or "
+                       f"'timm:<name>', got {factory!r}")
+    if library in ("torchvision", "timm"):
+        builder = _library_builder(where, library, attr)
+    else:
+        try:
+            with _importable_from(base_dir):
+                module = importlib.import_module(library)
+        except Exception as exc:  # noqa: BLE001 - the user's module: report any failure in one line
+            raise BadInput(f"{where}: cannot import {library!r} from {base_dir} or the "
+                           f"environment ({type(exc).__name__}: {exc})") from None
+        builder = module
+        for part in attr.split("."):
+            if not hasattr(builder, part):
+                raise BadInput(f"{where}: module {library!r} has no attribute {attr!r}")
+            builder = getattr(builder, part)
+        if not callable(builder):
+            raise BadInput(f"{where}: {factory!r} is not callable")
+    try:
+        network = builder(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's factory
+        raise BadInput(f"{where}: factory {factory!r} raised {type(exc).__name__}: {exc}"
+                       ) from None
+    if not isinstance(network, nn.Module):
+        raise BadInput(f"{where}: factory {factory!r} returned {type(network).__name__}, not "
+                       f"a torch.nn.Module")
+    return network
+
+
+def read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``weights_only`` torch file, unwrapped."""
+    where = f"model {name!r}"
+    if not path.is_file():
+        raise BadInput(f"{where}: weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise BadInput(f"{where}: weights {path} must be .safetensors, .pt or .pth")
+    except BadInput:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise BadInput(
+            f"{where}: {path} needs full unpickling ({str(exc).splitlines()[0]}), which could "
+            f"run code; save only its tensors: torch.save(model.state_dict(), path) or "
+            f"safetensors.torch.save_file(model.state_dict(), path)") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+        raise BadInput(f"{where}: cannot read weights {path} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise BadInput(f"{where}: {path} holds no state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
+    return state
+
+
+def load_weights(name: str, module: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``module``, strictly: missing, unexpected and mis-shaped keys are
+    named (the first few of each)."""
+    state = read_state_dict(name, path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    problems = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("mis-shaped (file vs model)", shapes)) if keys]
+    if problems:
+        raise BadInput(f"model {name!r}: weights {path} do not fit the network; "
+                       + "; ".join(problems))
+    module.load_state_dict(state)
