@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -417,3 +418,23 @@ def test_target_from_module_probes_the_model() -> None:
     with pytest.raises(ModelOutputError, match="fails on inputs of shape"):
         Target.from_module(nn.Sequential(nn.Flatten(), nn.Linear(9, 3)),
                            input_shape=(1, 2, 2), num_classes=3)
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's worked example, extracted and run in a fresh process and folder."""
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Benchmark your own model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "ADVBENCH_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "my_cnn.pt").is_file()
+    rows = load(tmp_path / "results")
+    assert len(rows) == 4 and set(rows["model"]) == {"my-cnn"}
+    assert (rows["clean_acc"] > 0.9).all()  # a trained model
+    pgd = rows[rows["attack"] == "pgd"].set_index("eps")["robust_acc"]
+    assert pgd[0.3] < pgd[0.1] <= rows["clean_acc"].iloc[0]
+    assert "my-cnn" in proc.stdout
