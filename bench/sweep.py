@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from bench.checks import check_sweep
@@ -155,6 +156,7 @@ class _Driver:
         self.store = ResultStore(options.out)
         self.held: set[str] = set()
         self.busy: dict[str, Cell] = {}
+        self.threads = torch.get_num_threads()
 
     def claim(self, cells: list[Cell]) -> list[Cell]:
         """The cells of ``cells`` this process now holds; the others are stored or held."""
@@ -169,7 +171,16 @@ class _Driver:
                 self.busy.pop(cell.cell_id, None)
                 self.held.add(cell.cell_id)
                 mine.append(cell)
+        if mine:
+            self.share_cores()
         return mine
+
+    def share_cores(self) -> None:
+        """Split this machine's intra-op threads evenly among the sweeps running cells in this
+        directory right now (two sweeps on 2 cores: one thread each, instead of four threads
+        fighting over two cores); a sweep running alone takes them all back."""
+        sweeps = len(self.store.live_holders() | {os.getpid()})
+        torch.set_num_threads(max(1, self.threads // sweeps))
 
     def run(self, executor: Executor, cells: list[Cell], bar: tqdm) -> None:
         for cell, outcome in executor.run(Plan.groups(cells), self.run_id, self.claim):
@@ -235,6 +246,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
             log.warning("%d cell(s) are being run by another sweep; left to it", report.busy)
     finally:
         bar.close()
+        torch.set_num_threads(driver.threads)
         driver.release_all()
         driver.store.remove_empty(created_root)
         executor.close()

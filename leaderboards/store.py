@@ -297,6 +297,20 @@ class ResultStore:
     def release(self, cell_id: str) -> None:
         (self.claims_dir / cell_id).unlink(missing_ok=True)
 
+    def live_holders(self) -> set[int]:
+        """The pids of this host's live processes that hold claims here."""
+        pids = set()
+        for path in self.claims_dir.glob("*") if self.claims_dir.is_dir() else ():
+            if path.name.startswith("."):
+                continue
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if holder.get("host") == socket.gethostname() and not _claim_is_stale(path):
+                pids.add(int(holder.get("pid", -1)))
+        return pids
+
     def claimed(self, cell_id: str) -> bool:
         """Whether a live process holds ``cell_id``."""
         path = self.claims_dir / cell_id
