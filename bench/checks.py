@@ -26,7 +26,7 @@ def checked_user_target(user: UserModel, dataset: Dataset) -> Target:
         raise BadInput(f"model {user.name!r} declares input_shape {list(user.input_shape)} but "
                        f"dataset {dataset.name!r} has images of shape "
                        f"{list(dataset.input_shape)}")
-    if user.num_classes != dataset.num_classes:
+    if user.kind == "classifier" and user.num_classes != dataset.num_classes:
         raise BadInput(f"model {user.name!r} declares {user.num_classes} classes but dataset "
                        f"{dataset.name!r} has {dataset.num_classes}")
     lo, hi = user.bounds
@@ -35,6 +35,15 @@ def checked_user_target(user: UserModel, dataset: Dataset) -> Target:
                        f"datasets are in [0, 1]; declare bounds = [0, 1] and put any rescaling "
                        f"in mean/std")
     return user.target(torch.device("cpu"))
+
+
+def check_user_generators(config: SweepConfig) -> None:
+    """Every user discriminator's generator builds, loads and makes images of its shape."""
+    for model in config.models:
+        if model.kind == "discriminator":
+            generator = config.user_model(model.generator)
+            assert generator is not None  # checked when the config was parsed
+            generator.sampler(torch.device("cpu"))
 
 
 def check_sweep(config: SweepConfig) -> None:
@@ -69,6 +78,7 @@ def check_sweep(config: SweepConfig) -> None:
                 defense = DEFENSES.get(d.name)
                 defense.check(untrained, defense.make_params(d.params))
         evaluated_split(dataset, config.split, config.n_eval)
+    check_user_generators(config)
     models = config.user_models
     for attack in config.attacks:
         source = config.user_model(attack.source)

@@ -27,7 +27,7 @@ from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.fastpath import FastPathOptions
 from bench.core.measure import Precision
 from bench.core.target import TargetKind
-from bench.core.usermodels import KINDS, UserModel
+from bench.core.usermodels import KINDS, OUTPUTS, UserModel
 from bench.core.zoo import ZOO
 from defenses import DEFENSES
 from generative.discriminator import DIRECTIONS, Direction
@@ -52,7 +52,11 @@ _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
 _MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
-               "mean", "std", "kind", "output"}
+               "mean", "std", "kind", "output", "generator", "latent_shape", "output_range"}
+_KIND_KEYS = {"classifier": ({"num_classes"}, set()),
+              "discriminator": ({"generator"}, {"output", "generator"}),
+              "generator": ({"latent_shape"}, {"latent_shape", "output_range"})}
+"""Per kind of user model: its required keys, and the kind-specific keys it may have."""
 
 
 def target_kind(model: str, models: Mapping[str, UserModel] | None = None) -> TargetKind:
@@ -60,7 +64,11 @@ def target_kind(model: str, models: Mapping[str, UserModel] | None = None) -> Ta
     classifier, ``discriminator`` for a zoo GAN (its discriminator is attacked); any other name
     raises, listing the zoo and the user models."""
     if models and model in models:
-        return "classifier"
+        kind = models[model].kind
+        if kind == "generator":
+            raise ConfigError(f"model {model!r} is a generator; attack the discriminator whose "
+                              f"'generator' it is")
+        return "discriminator" if kind == "discriminator" else "classifier"
     try:
         return ZOO.get(model).kind
     except UnknownName as exc:
@@ -331,7 +339,7 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
     out: dict[str, UserModel] = {}
     for i, m in enumerate(raw):
         mw = f"{source} [[models]] #{i + 1}"
-        _check_keys(mw, m, _MODEL_KEYS, {"name", "factory", "input_shape", "num_classes"})
+        _check_keys(mw, m, _MODEL_KEYS, {"name", "factory", "input_shape"})
         name, factory = m["name"], m["factory"]
         if not isinstance(name, str) or not name or not name.replace("-", "_").replace(
                 ".", "_").isidentifier():
@@ -345,10 +353,21 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
                               "'timm:<name>'", factory)
         kind = m.get("kind", "classifier")
         if kind not in KINDS:
-            raise ConfigError(f"{mw}: kind {kind!r} is not supported for your own models yet; "
-                              f"use {' or '.join(map(repr, KINDS))}")
-        if "output" in m:
-            raise ConfigError(f"{mw}: 'output' applies to discriminators, not to a {kind}")
+            raise ConfigError(f"{mw}: kind {kind!r} is not supported for your own models; use "
+                              f"{', '.join(map(repr, KINDS))}")
+        required, own = _KIND_KEYS[kind]
+        foreign = sorted(k for k in set(m) - own for other, (_, keys) in _KIND_KEYS.items()
+                         if other != kind and k in keys)
+        if foreign:
+            raise ConfigError(f"{mw}: {foreign[0]!r} does not apply to a {kind}")
+        missing = sorted(required - set(m))
+        if missing:
+            raise ConfigError(f"{mw}: a {kind} needs {missing[0]!r}")
+        output = m.get("output", "logit")
+        if output not in OUTPUTS:
+            hint = (" (a critic's unbounded score needs a calibrated real/fake threshold, "
+                    "which user critics do not have yet)" if output == "critic" else "")
+            raise _type_error(mw, "output", " or ".join(map(repr, OUTPUTS)) + hint, output)
         shape = tuple(int(v) for v in _numbers(mw, "input_shape", m["input_shape"]))
         if len(shape) != 3 or min(shape) < 1:
             raise _type_error(mw, "input_shape", "[channels, height, width]", m["input_shape"])
@@ -364,13 +383,33 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
         norm = {k: _numbers(mw, k, m[k], shape[0]) if k in m else None for k in ("mean", "std")}
         if norm["std"] is not None and min(norm["std"]) <= 0:
             raise _type_error(mw, "std", "positive numbers", m["std"])
+        latent = tuple(int(v) for v in _numbers(mw, "latent_shape", m.get("latent_shape", [1])))
+        out_range = _numbers(mw, "output_range", m.get("output_range", [-1.0, 1.0]), 2)
+        if min(latent) < 1 or not out_range[0] < out_range[1]:
+            raise _type_error(mw, "latent_shape / output_range",
+                              "positive sizes / [lo, hi] with lo < hi",
+                              [m.get("latent_shape"), m.get("output_range")])
         out[name] = UserModel(
             name=name, factory=factory, input_shape=shape,
-            num_classes=_int(mw, "num_classes", m["num_classes"], 2),
+            num_classes=2 if kind != "classifier" else _int(mw, "num_classes",
+                                                            m["num_classes"], 2),
             kwargs_json=json.dumps(dict(kwargs), sort_keys=True),
             weights=(base_dir / weights) if weights else None, bounds=(bounds[0], bounds[1]),
             mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
-            module=modules.get(name))
+            module=modules.get(name), output=output, generator=m.get("generator", ""),
+            latent_shape=latent if kind == "generator" else (),
+            output_range=(out_range[0], out_range[1]))
+    for label, model in out.items():
+        if model.kind != "discriminator":
+            continue
+        partner = out.get(model.generator)
+        if partner is None or partner.kind != "generator":
+            raise ConfigError(f"{source} [[models]] {label!r}: generator {model.generator!r} "
+                              f"is not a [[models]] entry of kind \"generator\"")
+        if partner.input_shape != model.input_shape:
+            raise ConfigError(f"{source} [[models]] {label!r}: its generator "
+                              f"{model.generator!r} declares images {list(partner.input_shape)}"
+                              f", the discriminator takes {list(model.input_shape)}")
     return out
 
 

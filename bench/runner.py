@@ -38,6 +38,7 @@ from bench.core.measure import (
 from bench.core.norms import Norm, norm_of
 from bench.core.target import Target
 from bench.core.training import trained_classifier
+from bench.core.usermodels import UserGAN
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
 from generative.training import GAN, trained_gan
@@ -146,7 +147,7 @@ def eval_subset(dataset: Dataset, split: str, n_eval: int, device: torch.device)
     return EvalData(part.x[idx].to(device), part.y[idx].to(device), idx)
 
 
-def discriminator_data(gan: GAN, dataset: Dataset, split: str, n_eval: int, seed: int,
+def discriminator_data(gan: GAN | UserGAN, dataset: Dataset, split: str, n_eval: int, seed: int,
                        direction: str, device: torch.device) -> EvalData:
     """A discriminator's evaluated samples in one direction: ``real->fake`` takes the split's
     fixed subset of real images (label 1, as :func:`eval_subset`), ``fake->real`` ``n_eval``
@@ -159,7 +160,7 @@ def discriminator_data(gan: GAN, dataset: Dataset, split: str, n_eval: int, seed
                     torch.arange(n_eval))
 
 
-def discriminator_fit_data(gan: GAN, train: Split, seed: int, direction: str,
+def discriminator_fit_data(gan: GAN | UserGAN, train: Split, seed: int, direction: str,
                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """What an attack that fits on training data (UAP) sees for a discriminator: the real train
     images (``real->fake``) or as many fresh generator samples (``fake->real``)."""
@@ -414,7 +415,8 @@ class Worker:
         self.prepared: dict[tuple[str, str, str, int, str, str], PreparedTarget] = {}
         self.data: dict[tuple[str | int, ...], EvalData] = {}
         self.models: dict[tuple[str, str, int], Target] = {}
-        self.gans: dict[tuple[str, str, int], GAN] = {}
+        self.gans: dict[tuple[str, str, int], GAN | UserGAN] = {}
+        self.user_targets: dict[str, Target] = {}
         self.fit_sets: dict[tuple[str | int, ...], FitData] = {}
         self.minimal_runs: dict[str, AttackRun] = {}
         self.attacked: dict[tuple[Any, ...], AttackedModel] = {}
@@ -436,10 +438,15 @@ class Worker:
         discriminator."""
         key = (train_dataset, model, seed)
         user = self.config.user_model(model)
-        if user is not None:  # the user's weights: the same for every train set and seed
-            key = ("", model, 0)
-            if key not in self.models:
-                self.models[key] = user.target(self.device)
+        if user is not None and key not in self.models:
+            # the user's weights: built once, the same for every train set and seed
+            if model not in self.user_targets:
+                self.user_targets[model] = user.target(self.device)
+            self.models[key] = self.user_targets[model]
+            if user.kind == "discriminator":
+                generator = self.config.user_model(user.generator)
+                assert generator is not None  # checked when the config was parsed
+                self.gans[key] = UserGAN(self.models[key], generator.sampler(self.device))
         if key not in self.models:
             progress = self.options.progress
             if target_kind(model) == "discriminator":

@@ -59,8 +59,10 @@ class RobGANParams:
 def _gan_of(base: Target) -> tuple[str, GANRecipe]:
     name = base.card.get("gan")
     if base.kind != "discriminator" or not isinstance(name, str) or name not in gans():
-        raise BadInput(f"robgan trains a GAN's discriminator; target {base.name!r} is a "
-                       f"{base.kind} (use a GAN target such as {', '.join(gans())})")
+        what = "a discriminator advbench did not train" if base.kind == "discriminator" \
+            else f"a {base.kind}"
+        raise BadInput(f"robgan trains a zoo GAN's discriminator anew; target {base.name!r} is "
+                       f"{what} (use a GAN target such as {', '.join(gans())})")
     return name, GANRecipe(**base.card.get("recipe", {}))
 
 

@@ -11,6 +11,10 @@ Names (``advbench list datasets``):
   NHWC) and ``y`` (integer labels) form the test split, ``x_train`` / ``y_train`` (optional) the
   train split; the classes are ``0..num_classes - 1`` with ``num_classes`` an optional scalar
   array in the file (default: the largest label + 1).
+- ``imagefolder:<dir>[?size=H[xW]&mode=RGB|L]``: images in class folders (torchvision
+  ``ImageFolder``): ``<dir>/train/<class>/`` and ``<dir>/test/<class>/``, or ``<dir>/<class>/``
+  (a test split only); resized (shorter side) and center-cropped to ``size``; classes in the
+  order of the folder names, or the indices of an optional ``<dir>/class_map.json``.
 - ``mnist:<root>``, ``fashionmnist:<root>``, ``cifar10:<root>``: torchvision data sets read from
   a local root (never downloaded by advbench).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,6 +302,103 @@ def npz_dataset(arg: str | None) -> Dataset:
     mean = tuple(float(v) for v in stats.mean(dim=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in stats.std(dim=(0, 2, 3)))
     return Dataset(where, test, train, max(num_classes, 2), mean, std)
+
+
+def _parse_options(where: str, text: str) -> dict[str, str]:
+    options = {}
+    for part in filter(None, text.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("size", "mode"):
+            raise BadInput(f"{where}: options are size=H or size=HxW and mode=RGB or mode=L, "
+                           f"got {part!r}")
+        options[key] = value
+    return options
+
+
+def _folder_split(where: str, root: Path, size: tuple[int, int] | None, mode: str,
+                  classes: list[str]) -> Split:
+    """One ImageFolder tree: images resized (shorter side) and center-cropped to ``size``."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    steps: list[Any] = [transforms.Lambda(lambda img: img.convert(mode))]
+    if size is not None:
+        steps += [transforms.Resize(min(size)), transforms.CenterCrop(size)]
+    steps.append(transforms.PILToTensor())
+    try:
+        folder = ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, OSError) as exc:
+        raise BadInput(f"{where}: {root}: {exc}") from None
+    if folder.classes != classes:
+        raise BadInput(f"{where}: {root} has class folders {folder.classes}, expected "
+                       f"{classes} (the same in every split)")
+    images, labels = [], []
+    for i in range(len(folder)):
+        try:
+            image, label = folder[i]
+        except OSError as exc:
+            raise BadInput(f"{where}: cannot read {folder.samples[i][0]} ({exc})") from None
+        images.append(image)
+        labels.append(label)
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise BadInput(f"{where}: images of different sizes {sorted(shapes)[:3]}; add "
+                       f"'?size=H' (or HxW) to resize and center-crop them")
+    return Split(torch.stack(images).float().div_(255.0), torch.tensor(labels, dtype=torch.long))
+
+
+@DATASETS.register("imagefolder")
+def imagefolder_dataset(arg: str | None) -> Dataset:
+    """Images in class folders (torchvision ImageFolder): ``<dir>/train/<class>/`` and
+    ``<dir>/test/<class>/``, or ``<dir>/<class>/`` for a test split only."""
+    text, _, query = (arg or "").partition("?")
+    root = _need_arg("imagefolder", text)
+    where = f"imagefolder:{arg}"
+    options = _parse_options(where, query)
+    size = None
+    if "size" in options:
+        dims = options["size"].lower().split("x")
+        if not all(d.isdigit() and int(d) > 0 for d in dims) or len(dims) not in (1, 2):
+            raise BadInput(f"{where}: size must be H or HxW, got {options['size']!r}")
+        size = (int(dims[0]), int(dims[-1]))
+    mode = options.get("mode", "RGB")
+    if mode not in ("RGB", "L"):
+        raise BadInput(f"{where}: mode must be RGB or L, got {mode!r}")
+    split_dirs = {name: root / name for name in ("train", "test") if (root / name).is_dir()}
+    if "test" not in split_dirs:
+        split_dirs = {"test": root}
+    classes = sorted(p.name for p in split_dirs["test"].iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise BadInput(f"{where}: {split_dirs['test']} needs one folder per class (at least 2)")
+    splits = {name: _folder_split(where, path, size, mode, classes)
+              for name, path in split_dirs.items()}
+    num_classes = len(classes)
+    mapping = root / "class_map.json"
+    if mapping.is_file():
+        index = _class_map(where, mapping, classes)
+        lookup = torch.tensor([index[c] for c in classes])
+        splits = {name: Split(part.x, lookup[part.y]) for name, part in splits.items()}
+        num_classes = max(index.values()) + 1
+    stats = splits.get("train", splits["test"]).x
+    mean = tuple(float(v) for v in stats.mean(dim=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in stats.std(dim=(0, 2, 3)))
+    return Dataset(where, splits["test"], splits.get("train"), max(num_classes, 2), mean, std)
+
+
+def _class_map(where: str, path: Path, classes: list[str]) -> dict[str, int]:
+    """``class_map.json``: {folder name: class index}, for a model whose classes are ordered
+    otherwise than the folder names."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{where}: {path} is not JSON ({exc})") from None
+    if not isinstance(index, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in index.values()):
+        raise BadInput(f"{where}: {path} must map folder names to class indices >= 0")
+    missing = [c for c in classes if c not in index]
+    if missing:
+        raise BadInput(f"{where}: {path} has no index for {', '.join(missing[:3])}")
+    return {c: int(index[c]) for c in classes}
 
 
 def _torchvision(name: str, cls_name: str, arg: str | None, mean: tuple[float, ...],

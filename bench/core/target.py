@@ -83,11 +83,12 @@ class Target(nn.Module):
     def from_module(cls, model: nn.Module, *, input_shape: Sequence[int], num_classes: int,
                     bounds: tuple[float, float] = (0.0, 1.0),
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    name: str = "model", device: torch.device | str = "cpu") -> Target:
-        """A classifier target for any module (the one a sweep's ``[[models]]`` entry builds),
-        moved to ``device`` and checked on a probe batch (:meth:`probe`)."""
+                    name: str = "model", device: torch.device | str = "cpu",
+                    kind: TargetKind = "classifier") -> Target:
+        """A target for any module (the one a sweep's ``[[models]]`` entry builds), moved to
+        ``device`` and checked on a probe batch (:meth:`probe`)."""
         target = cls(model, num_classes=num_classes, input_shape=input_shape, bounds=bounds,
-                     mean=mean, std=std, name=name).to(device)
+                     mean=mean, std=std, name=name, kind=kind).to(device)
         target.probe()
         return target
 

@@ -39,8 +39,12 @@ from bench.core.checkpoints import file_sha256, state_fingerprint
 from bench.core.errors import BadInput
 from bench.core.target import Target
 
-KINDS = ("classifier",)
-"""Kinds of user model a sweep can attack (user discriminators and generators: not yet)."""
+KINDS = ("classifier", "discriminator", "generator")
+"""A classifier and a discriminator are attacked; a generator supplies a discriminator's fake
+images."""
+OUTPUTS = ("logit", "probability")
+"""What a discriminator's one output is: a logit (sigmoid outside the network), or a probability
+(sigmoid inside: advbench attacks the logit before it)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class UserModel:
     kind: str = "classifier"
     base_dir: Path = Path(".")
     module: nn.Module | None = field(default=None, compare=False, repr=False)
+    output: str = "logit"  # discriminators: see OUTPUTS
+    generator: str = ""  # discriminators: the label of the generator of their fake images
+    latent_shape: tuple[int, ...] = ()  # generators: the shape of one noise sample
+    output_range: tuple[float, float] = (-1.0, 1.0)  # generators: the range of their images
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -80,6 +88,9 @@ class UserModel:
             "factory": self.factory, "kwargs": self.kwargs, "weights": self.weights_sha256,
             "input_shape": self.input_shape, "num_classes": self.num_classes,
             "bounds": self.bounds, "mean": self.mean, "std": self.std, "kind": self.kind,
+            **({"output": self.output} if self.kind == "discriminator" else {}),
+            **({"latent_shape": self.latent_shape, "output_range": self.output_range}
+               if self.kind == "generator" else {}),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -92,10 +103,102 @@ class UserModel:
         return module
 
     def target(self, device: torch.device) -> Target:
-        """The attacked :class:`Target`, checked on a probe batch."""
+        """The attacked :class:`Target`, checked on a probe batch; a discriminator's one logit
+        ``d`` is exposed as ``[0, d]`` (class 1 = real)."""
+        if self.kind == "generator":
+            raise BadInput(f"model {self.name!r} is a generator; attack the discriminator that "
+                           f"names it")
+        network = self.network()
+        if self.kind == "discriminator" and self.output == "probability":
+            network = logit_of(self.name, network)
         return Target.from_module(
-            self.network(), input_shape=self.input_shape, num_classes=self.num_classes,
-            bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device)
+            network, input_shape=self.input_shape, num_classes=self.num_classes,
+            bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device,
+            kind="discriminator" if self.kind == "discriminator" else "classifier")
+
+    def sampler(self, device: torch.device) -> ImageSampler:
+        """A generator's images in [0, 1], checked on a probe sample."""
+        if self.kind != "generator":
+            raise BadInput(f"model {self.name!r} is a {self.kind}, not a generator")
+        sampler = ImageSampler(self.name, self.network().to(device).eval(), self.latent_shape,
+                               self.output_range, self.input_shape)
+        sampler.sample(2, 0, device)
+        return sampler
+
+
+class LogitOf(nn.Module):
+    """A network ending in a sigmoid, without it: its output is the logit."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def logit_of(name: str, network: nn.Module) -> nn.Module:
+    """The logit of a discriminator whose output is a probability, read before its final
+    sigmoid (an ``nn.Sigmoid`` that ends an ``nn.Sequential``, at any depth), so it never
+    saturates; :class:`BadInput` when no such sigmoid is found."""
+    path: list[nn.Sequential] = []
+    module = network
+    while isinstance(module, nn.Sequential) and len(module):
+        path.append(module)
+        module = module[-1]
+    if not path or not isinstance(module, nn.Sigmoid):
+        raise BadInput(f"model {name!r}: output = \"probability\" needs the network to end "
+                       f"in an nn.Sigmoid (the last module of an nn.Sequential) so advbench can "
+                       f"attack the logit before it; otherwise return the logit and declare "
+                       f"output = \"logit\"")
+    body: nn.Module = nn.Identity()
+    for seq in reversed(path):  # rebuild the chain of Sequentials without the final sigmoid
+        children = list(seq.children())[:-1]
+        body = nn.Sequential(*children, body) if not isinstance(body, nn.Identity) else \
+            nn.Sequential(*children)
+    return LogitOf(body)
+
+
+@dataclass(frozen=True)
+class ImageSampler:
+    """Images from a user's generator, mapped from ``output_range`` into [0, 1]."""
+
+    name: str
+    network: nn.Module
+    latent_shape: tuple[int, ...]
+    output_range: tuple[float, float]
+    image_shape: tuple[int, ...]
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1] from noise seeded by ``seed``."""
+        device = device or next(self.network.parameters(), torch.empty(0)).device
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, *self.latent_shape, generator=g).to(device)
+        try:
+            out = self.network(z).float()
+        except Exception as exc:  # noqa: BLE001 - the user's generator
+            raise BadInput(f"model {self.name!r} fails on noise of shape "
+                           f"{[n, *self.latent_shape]} ({type(exc).__name__}: {exc}); check "
+                           f"latent_shape") from None
+        if tuple(out.shape) != (n, *self.image_shape):
+            raise BadInput(f"model {self.name!r} makes images of shape {list(out.shape[1:])}, "
+                           f"its discriminator takes {list(self.image_shape)}")
+        if not bool(torch.isfinite(out).all()):
+            raise BadInput(f"model {self.name!r} makes NaN or infinite images")
+        lo, hi = self.output_range
+        return ((out - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class UserGAN:
+    """A user's discriminator (the attacked target) with the generator of its fake images."""
+
+    target: Target
+    sampler: ImageSampler
+
+    def sample(self, n: int, seed: int, device: torch.device | None = None) -> torch.Tensor:
+        return self.sampler.sample(n, seed, device)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -131,8 +131,8 @@ BAD = {
     "denoiser cannot wrap": ("[[targets]]", DEFENSE_TABLE.format("depth = 3"),
                              "needs H and W divisible by 8"),
     "robgan on a classifier": ("model = \"lenet\"", "model = \"lenet\"\ndefenses = [\"robgan\"]",
-                               "robgan trains a GAN's discriminator; target 'lenet' is a "
-                               "classifier"),
+                               "robgan trains a zoo GAN's discriminator anew; target 'lenet' "
+                               "is a classifier"),
     "classifier defense on a GAN": ("model = \"lenet\"",
                                     "model = \"dcgan\"\ndefenses = [\"fgsm_rs\"]",
                                     "adversarial training defends classifiers; target 'dcgan' is "

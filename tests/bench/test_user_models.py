@@ -57,6 +57,19 @@ def raises(**kwargs):
 
 def four_logits():
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+
+
+def critic(width=8, sigmoid=False):
+    """A DCGAN-style discriminator (one logit; with ``sigmoid``, one probability)."""
+    layers = [nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
+              nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
+              nn.Flatten(), nn.Linear(2 * width * 49, 1)]
+    return nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
+
+
+def generator(latent=16, side=28):
+    return nn.Sequential(nn.Linear(latent, side * side), nn.Tanh(),
+                         nn.Unflatten(1, (1, side, side)))
 '''
 
 CONFIG = """
@@ -179,9 +192,10 @@ def test_normalisation_in_the_config_or_in_the_module_gives_identical_rows(
 def _per_sample(out: Path) -> pd.DataFrame:
     store = ResultStore(out)
     summary = store.summary()
-    samples = store.samples(summary).merge(summary[["cell_id", "eps"]], on="cell_id")
-    return samples.drop(columns="cell_id").sort_values(["eps", "sample_idx"]).reset_index(
-        drop=True)
+    keys = ["direction", "eps", "sample_idx"]
+    samples = store.samples(summary).merge(summary[["cell_id", "direction", "eps"]],
+                                           on="cell_id")
+    return samples.drop(columns="cell_id").sort_values(keys).reset_index(drop=True)
 
 
 @pytest.mark.parametrize("wrap", ["state_dict", "DataParallel", "plain .pt"])
@@ -371,7 +385,8 @@ BAD_MODELS = {
     "pickled module": ('weights = "{weights}"', 'weights = "pickled.pt"',
                        "needs full unpickling"),
     "unknown kind": ("num_classes = 10\n", 'num_classes = 10\nkind = "critic"\n',
-                     "kind 'critic' is not supported for your own models yet"),
+                     "kind 'critic' is not supported for your own models; use 'classifier', "
+                     "'discriminator', 'generator'"),
 }
 
 
@@ -438,3 +453,148 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
     pgd = rows[rows["attack"] == "pgd"].set_index("eps")["robust_acc"]
     assert pgd[0.3] < pgd[0.1] <= rows["clean_acc"].iloc[0]
     assert "my-cnn" in proc.stdout
+
+
+def _png_tree(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, (h, w) in sizes.items():
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                array = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(array).save(folder / f"{i}.png")
+
+
+def test_imagefolder_resizes_crops_and_maps_classes(tmp_path: Path) -> None:
+    from bench.core.errors import BadInput
+
+    _png_tree(tmp_path, {"cat": (10, 12), "dog": (9, 9)})
+    with pytest.raises(BadInput, match=r"images of different sizes.*add '\?size=H'"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    ds = load_dataset(f"imagefolder:{tmp_path}?size=8")
+    assert ds.input_shape == (3, 8, 8) and ds.num_classes == 2
+    assert ds.train is not None and len(ds.train) == len(ds.test) == 6
+    assert ds.test.y.tolist() == [0, 0, 0, 1, 1, 1]  # class order from the folder names
+    assert 0 <= float(ds.test.x.min()) and float(ds.test.x.max()) <= 1
+    gray = load_dataset(f"imagefolder:{tmp_path}?size=8x6&mode=L")
+    assert gray.input_shape == (1, 8, 6)
+    (tmp_path / "class_map.json").write_text(json.dumps({"cat": 3, "dog": 5}))
+    mapped = load_dataset(f"imagefolder:{tmp_path}?size=8&mode=RGB")
+    assert mapped.test.y.tolist() == [3, 3, 3, 5, 5, 5] and mapped.num_classes == 6
+    with pytest.raises(BadInput, match="options are size="):
+        load_dataset(f"imagefolder:{tmp_path}?width=8")
+
+
+GAN_CONFIG = """
+[sweep]
+name = "gan"
+dataset = "mnist5k"
+n_eval = 20
+batch_size = 20
+
+[[models]]
+name = "my-gen"
+kind = "generator"
+factory = "mynets:generator"
+weights = "gen.safetensors"
+input_shape = [1, 28, 28]
+latent_shape = [16]
+
+[[models]]
+name = "my-d"
+kind = "discriminator"
+factory = "mynets:critic"
+kwargs = {{ sigmoid = {sigmoid} }}
+output = "{output}"
+generator = "my-gen"
+weights = "d.safetensors"
+input_shape = [1, 28, 28]
+mean = [0.5]
+std = [0.5]
+
+[[targets]]
+model = "my-d"
+{defenses}
+[[attacks]]
+name = "fgsm"
+eps = [0.05]
+"""
+
+
+@pytest.fixture(scope="module")
+def gan_dir(user_dir: Path) -> Path:
+    torch.manual_seed(3)
+    for name, factory in (("gen", "mynets:generator"), ("d", "mynets:critic")):
+        net = build_module(name, factory, {}, user_dir)
+        save_file(net.state_dict(), str(user_dir / f"{name}.safetensors"))
+    return user_dir
+
+
+def _gan_config(gan_dir: Path, output: str = "logit", sigmoid: str = "false",
+                defenses: str = "") -> Path:
+    path = gan_dir / f"gan-{output}-{sigmoid}-{abs(hash(defenses))}.toml"
+    path.write_text(GAN_CONFIG.format(output=output, sigmoid=sigmoid, defenses=defenses))
+    return path
+
+
+def test_a_user_discriminator_as_logit_or_probability_gives_the_same_rows(
+        gan_dir: Path, tmp_path: Path) -> None:
+    rows = {}
+    for output, sigmoid in (("logit", "false"), ("probability", "true")):
+        out = tmp_path / output
+        assert main(["run", str(_gan_config(gan_dir, output, sigmoid)), "--out", str(out),
+                     "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 0
+        summary = load(out)
+        assert set(summary["direction"]) == {"real->fake", "fake->real"}
+        assert (summary["target_kind"] == "discriminator").all()
+        rows[output] = _per_sample(out)
+    pd.testing.assert_frame_equal(rows["logit"], rows["probability"])
+
+
+def test_fake_images_come_from_the_user_generator(gan_dir: Path, tmp_path: Path) -> None:
+    """The fake->real cells attack the generator's samples: the discriminator's clean verdicts
+    on them match the user's own forward of generator + discriminator."""
+    out = tmp_path / "results"
+    assert main(["run", str(_gan_config(gan_dir)), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    summary = load(out)
+    fake = summary[summary["direction"] == "fake->real"]
+    samples = ResultStore(out).samples(fake)
+    from generative.discriminator import eval_noise_seed
+
+    gen = build_module("g", "mynets:generator", {}, gan_dir)
+    load_weights("g", gen, gan_dir / "gen.safetensors")
+    d = build_module("d", "mynets:critic", {}, gan_dir)
+    load_weights("d", d, gan_dir / "d.safetensors")
+    z = torch.randn(20, 16, generator=torch.Generator().manual_seed(eval_noise_seed(0)))
+    with torch.no_grad():
+        images = ((gen(z) + 1) / 2).clamp(0, 1)
+        says_fake = d((images - 0.5) / 0.5)[:, 0] < 0
+    assert samples.sort_values("sample_idx")["clean_correct"].tolist() == says_fake.tolist()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace('generator = "my-gen"', 'generator = "nobody"'),
+     "generator 'nobody' is not a [[models]] entry of kind \"generator\""),
+    (lambda t: t.replace('output = "{output}"', 'output = "critic"'),
+     "a critic's unbounded score needs a calibrated real/fake threshold"),
+    (lambda t: t.replace("kwargs = {{ sigmoid = {sigmoid} }}", "kwargs = {{ sigmoid = false }}")
+     .replace('output = "{output}"', 'output = "probability"'),
+     'output = "probability" needs the network to end in an nn.Sigmoid'),
+    (lambda t: t.replace('weights = "gen.safetensors"', "kwargs = {{ side = 14 }}"),
+     "makes images of shape [1, 14, 14], its discriminator takes [1, 28, 28]"),
+    (lambda t: t.replace("{defenses}", 'defenses = ["robgan"]'),
+     "robgan trains a zoo GAN's discriminator anew; target 'my-d' is a discriminator advbench "
+     "did not train"),
+])
+def test_bad_user_gans(edit: Any, message: str, gan_dir: Path, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = gan_dir / f"bad-{abs(hash(message))}.toml"
+    path.write_text(edit(GAN_CONFIG).format(output="logit", sigmoid="false", defenses=""))
+    code = main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
