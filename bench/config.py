@@ -365,9 +365,7 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
             raise ConfigError(f"{mw}: a {kind} needs {missing[0]!r}")
         output = m.get("output", "logit")
         if output not in OUTPUTS:
-            hint = (" (a critic's unbounded score needs a calibrated real/fake threshold, "
-                    "which user critics do not have yet)" if output == "critic" else "")
-            raise _type_error(mw, "output", " or ".join(map(repr, OUTPUTS)) + hint, output)
+            raise _type_error(mw, "output", " or ".join(map(repr, OUTPUTS)), output)
         shape = tuple(int(v) for v in _numbers(mw, "input_shape", m["input_shape"]))
         if len(shape) != 3 or min(shape) < 1:
             raise _type_error(mw, "input_shape", "[channels, height, width]", m["input_shape"])
@@ -410,6 +408,7 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
             raise ConfigError(f"{source} [[models]] {label!r}: its generator "
                               f"{model.generator!r} declares images {list(partner.input_shape)}"
                               f", the discriminator takes {list(model.input_shape)}")
+        out[label] = dataclasses.replace(model, generator_identity=partner.identity)
     return out
 
 

@@ -38,15 +38,23 @@ from bench.core.measure import (
 from bench.core.norms import Norm, norm_of
 from bench.core.target import Target
 from bench.core.training import trained_classifier
-from bench.core.usermodels import UserGAN
+from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
 from defenses import DEFENSES, fitted_defense
-from generative.discriminator import FAKE, REAL, eval_noise_seed, fit_noise_seed
+from generative.discriminator import (
+    FAKE,
+    REAL,
+    calibration_noise_seed,
+    eval_noise_seed,
+    fit_noise_seed,
+)
 from generative.training import GAN, trained_gan
 from leaderboards.schema import SummaryRow
 
 log = logging.getLogger(__name__)
 
 EVAL_SUBSET_SEED = 0
+CALIBRATION_IMAGES = 1000
+"""Real (and as many generated) images a critic's threshold is calibrated on."""
 
 
 def _target_key(cell: Cell) -> tuple[str, str, str, int, str, str]:
@@ -311,6 +319,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         cell_id=cell.cell_id, run_id=run_id, created_at=dt.datetime.now(dt.timezone.utc),
         dataset=cell.dataset, train_dataset=cell.train_dataset, split=cell.split, n_samples=n,
         target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
+        critic_threshold=prepared.base.card.get("critic_threshold"),
         model_source=cell.user_model.factory if cell.user_model else "zoo",
         weights_sha256=cell.user_model.weights_sha256 if cell.user_model else None,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
@@ -439,14 +448,9 @@ class Worker:
         key = (train_dataset, model, seed)
         user = self.config.user_model(model)
         if user is not None and key not in self.models:
-            # the user's weights: built once, the same for every train set and seed
-            if model not in self.user_targets:
-                self.user_targets[model] = user.target(self.device)
-            self.models[key] = self.user_targets[model]
+            self.models[key] = self.user_target(user, train_dataset, seed)
             if user.kind == "discriminator":
-                generator = self.config.user_model(user.generator)
-                assert generator is not None  # checked when the config was parsed
-                self.gans[key] = UserGAN(self.models[key], generator.sampler(self.device))
+                self.gans[key] = UserGAN(self.models[key], self.user_sampler(user))
         if key not in self.models:
             progress = self.options.progress
             if target_kind(model) == "discriminator":
@@ -459,6 +463,30 @@ class Worker:
                     model, load_dataset(train_dataset), seed=seed, device=self.device,
                     cache=self.cache, progress=progress)
         return self.models[key]
+
+    def user_sampler(self, user: UserModel) -> ImageSampler:
+        generator = self.config.user_model(user.generator)
+        assert generator is not None  # checked when the config was parsed
+        return generator.sampler(self.device)
+
+    def user_target(self, user: UserModel, train_dataset: str, seed: int) -> Target:
+        """A user's model, built once (the same for every train set and seed), except a critic,
+        whose threshold is calibrated on ``train_dataset``'s real images and ``seed``'s fresh
+        generated ones (:func:`bench.core.usermodels.calibrate_threshold`)."""
+        if user.output != "critic" or user.kind != "discriminator":
+            if user.name not in self.user_targets:
+                self.user_targets[user.name] = user.target(self.device)
+            return self.user_targets[user.name]
+        raw = user.target(self.device)
+        real = load_dataset(train_dataset).split("train").x[:CALIBRATION_IMAGES].to(self.device)
+        fake = self.user_sampler(user).sample(len(real), calibration_noise_seed(seed),
+                                              self.device)
+        batch = self.config.batch_size
+        threshold = calibrate_threshold(raw.predict_logits(real, batch)[:, 1],
+                                        raw.predict_logits(fake, batch)[:, 1])
+        target = user.target(self.device, threshold)
+        target.card = {"critic_threshold": threshold}
+        return target
 
     def eval_data(self, cell: Cell) -> EvalData:
         key = _data_key(cell)

@@ -34,6 +34,7 @@ DIRECTIONS: tuple[Direction, ...] = tuple(Direction)
 REAL, FAKE = 1, 0
 _EVAL_NOISE_SEED = 7_919  # fakes for evaluation: noise seeded by (this, sweep seed)
 _FIT_NOISE_SEED = 104_729  # fakes a fitted attack (UAP) trains on: another stream
+_CALIBRATION_NOISE_SEED = 1_299_709  # fakes a critic's threshold is calibrated on: a third
 
 
 def discriminator_target(model: nn.Module, image_shape: Sequence[int], *,
@@ -112,5 +113,10 @@ def fit_noise_seed(seed: int) -> int:
     return _FIT_NOISE_SEED * 1_000 + seed
 
 
+def calibration_noise_seed(seed: int) -> int:
+    """The noise of the generated images a critic's real/fake threshold is calibrated on."""
+    return _CALIBRATION_NOISE_SEED * 1_000 + seed
+
+
 __all__ = ["DIRECTIONS", "Direction", "REAL", "FAKE", "discriminator_target", "check_generator",
-           "sample", "to_pixels", "eval_noise_seed", "fit_noise_seed"]
+           "sample", "to_pixels", "eval_noise_seed", "fit_noise_seed", "calibration_noise_seed"]

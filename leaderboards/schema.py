@@ -52,6 +52,8 @@ class SummaryRow:
     # where the model comes from: "zoo" (trained by advbench), or a user model's factory
     model_source: str
     weights_sha256: str | None  # a user model's weights (null for zoo models)
+    # a Wasserstein critic's real/fake threshold t (the target is [0, score - t]); else null
+    critic_threshold: float | None
     defense: str
     defense_params: str | None
     threat: str
@@ -135,6 +137,7 @@ ADDED_IN: dict[str, int] = {
     "attack_run": 6,
     "model_source": 6,
     "weights_sha256": 6,
+    "critic_threshold": 6,
 }
 """The schema version that added each column; older files get its migration value."""
 

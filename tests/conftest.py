@@ -113,7 +113,7 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "cell_id": cell_id, "run_id": run_id,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
         "train_dataset": "mnist5k", "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
-        "model_source": "zoo", "weights_sha256": None,
+        "model_source": "zoo", "weights_sha256": None, "critic_threshold": None,
         "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
         "attack": "pgd", "attack_params": "{}", "black_box": False,
         "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,

@@ -42,9 +42,10 @@ from bench.core.target import Target
 KINDS = ("classifier", "discriminator", "generator")
 """A classifier and a discriminator are attacked; a generator supplies a discriminator's fake
 images."""
-OUTPUTS = ("logit", "probability")
-"""What a discriminator's one output is: a logit (sigmoid outside the network), or a probability
-(sigmoid inside: advbench attacks the logit before it)."""
+OUTPUTS = ("logit", "probability", "critic")
+"""What a discriminator's one output is: a logit (sigmoid outside the network), a probability
+(sigmoid inside: advbench attacks the logit before it), or a Wasserstein critic's unbounded
+score (advbench attacks ``score - t`` with ``t`` calibrated on real vs generated images)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class UserModel:
     generator: str = ""  # discriminators: the label of the generator of their fake images
     latent_shape: tuple[int, ...] = ()  # generators: the shape of one noise sample
     output_range: tuple[float, float] = (-1.0, 1.0)  # generators: the range of their images
+    generator_identity: str = ""  # discriminators: their generator's identity (fake images)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -88,7 +90,8 @@ class UserModel:
             "factory": self.factory, "kwargs": self.kwargs, "weights": self.weights_sha256,
             "input_shape": self.input_shape, "num_classes": self.num_classes,
             "bounds": self.bounds, "mean": self.mean, "std": self.std, "kind": self.kind,
-            **({"output": self.output} if self.kind == "discriminator" else {}),
+            **({"output": self.output, "generator": self.generator_identity}
+               if self.kind == "discriminator" else {}),
             **({"latent_shape": self.latent_shape, "output_range": self.output_range}
                if self.kind == "generator" else {}),
         }, sort_keys=True)
@@ -102,15 +105,18 @@ class UserModel:
             load_weights(self.name, module, self.weights)
         return module
 
-    def target(self, device: torch.device) -> Target:
+    def target(self, device: torch.device, threshold: float | None = None) -> Target:
         """The attacked :class:`Target`, checked on a probe batch; a discriminator's one logit
-        ``d`` is exposed as ``[0, d]`` (class 1 = real)."""
+        ``d`` is exposed as ``[0, d]`` (class 1 = real), a critic's score ``s`` as
+        ``[0, s - threshold]`` (see :func:`calibrate_threshold`)."""
         if self.kind == "generator":
             raise BadInput(f"model {self.name!r} is a generator; attack the discriminator that "
                            f"names it")
         network = self.network()
         if self.kind == "discriminator" and self.output == "probability":
             network = logit_of(self.name, network)
+        if self.kind == "discriminator" and self.output == "critic":
+            network = Shifted(network, 0.0 if threshold is None else threshold)
         return Target.from_module(
             network, input_shape=self.input_shape, num_classes=self.num_classes,
             bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device,
@@ -124,6 +130,38 @@ class UserModel:
                                self.output_range, self.input_shape)
         sampler.sample(2, 0, device)
         return sampler
+
+
+class Shifted(nn.Module):
+    """A critic's score minus its real/fake threshold."""
+
+    def __init__(self, body: nn.Module, threshold: float) -> None:
+        super().__init__()
+        self.body = body
+        self.threshold = float(threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) - self.threshold
+
+
+def calibrate_threshold(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The score threshold that best separates a critic's ``real`` from its ``fake`` scores:
+    the midpoint between two sorted scores that maximises balanced accuracy (the mean of the
+    true-real and true-fake rates), "real" meaning a score above it."""
+    scores = torch.cat([real, fake]).double()
+    is_real = torch.cat([torch.ones_like(real), torch.zeros_like(fake)]).double()
+    order = scores.argsort()
+    scores, is_real = scores[order], is_real[order]
+    # threshold just above the k-th lowest score: the k lowest are called fake
+    fake_below = torch.cat([torch.zeros(1, dtype=torch.double), (1 - is_real).cumsum(0)])
+    real_below = torch.cat([torch.zeros(1, dtype=torch.double), is_real.cumsum(0)])
+    balanced = (fake_below / len(fake) + (len(real) - real_below) / len(real)) / 2
+    k = int(balanced.argmax())
+    if k == 0:
+        return float(scores[0]) - 1.0
+    if k == len(scores):
+        return float(scores[-1]) + 1.0
+    return float((scores[k - 1] + scores[k]) / 2)
 
 
 class LogitOf(nn.Module):

@@ -579,8 +579,8 @@ def test_fake_images_come_from_the_user_generator(gan_dir: Path, tmp_path: Path)
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace('generator = "my-gen"', 'generator = "nobody"'),
      "generator 'nobody' is not a [[models]] entry of kind \"generator\""),
-    (lambda t: t.replace('output = "{output}"', 'output = "critic"'),
-     "a critic's unbounded score needs a calibrated real/fake threshold"),
+    (lambda t: t.replace('output = "{output}"', 'output = "score"'),
+     "'output' must be 'logit' or 'probability' or 'critic'"),
     (lambda t: t.replace("kwargs = {{ sigmoid = {sigmoid} }}", "kwargs = {{ sigmoid = false }}")
      .replace('output = "{output}"', 'output = "probability"'),
      'output = "probability" needs the network to end in an nn.Sigmoid'),
@@ -598,3 +598,44 @@ def test_bad_user_gans(edit: Any, message: str, gan_dir: Path, tmp_path: Path,
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_critic_threshold_maximises_balanced_accuracy() -> None:
+    from bench.core.usermodels import calibrate_threshold
+
+    def balanced(real: np.ndarray, fake: np.ndarray, t: float) -> float:
+        return ((real > t).mean() + (fake <= t).mean()) / 2
+
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.5, 3.0):  # overlapping to fully separated scores
+        real, fake = rng.normal(shift, 1, 200), rng.normal(0, 1, 300)
+        t = calibrate_threshold(torch.tensor(real), torch.tensor(fake))
+        candidates = np.concatenate([real, fake, [-1e9, 1e9]])
+        best = max(balanced(real, fake, c) for c in candidates)  # brute force over all cuts
+        assert balanced(real, fake, t) == pytest.approx(best)
+    assert calibrate_threshold(torch.tensor([5.0, 6.0]), torch.tensor([1.0, 2.0])) == 3.5
+
+
+def test_a_user_critic_is_attacked_at_its_calibrated_threshold(gan_dir: Path,
+                                                                tmp_path: Path) -> None:
+    from bench.core.usermodels import UserModel
+
+    out = tmp_path / "results"
+    assert main(["run", str(_gan_config(gan_dir, "critic")), "--out", str(out),
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = load(out)
+    thresholds = rows["critic_threshold"].unique()
+    assert len(thresholds) == 1 and np.isfinite(thresholds[0])
+    t = float(thresholds[0])
+    user = UserModel("c", "mynets:critic", (1, 28, 28), 2, weights=gan_dir / "d.safetensors",
+                     mean=(0.5,), std=(0.5,), kind="discriminator", base_dir=gan_dir,
+                     output="critic")
+    target = user.target(torch.device("cpu"), t)
+    raw = build_module("c", "mynets:critic", {}, gan_dir)
+    load_weights("c", raw, gan_dir / "d.safetensors")
+    x = load_dataset("mnist5k").test.x[:8]
+    with torch.no_grad():
+        expected = raw((x - 0.5) / 0.5)[:, 0] - t
+    logits = target.predict_logits(x)
+    assert torch.equal(logits[:, 0], torch.zeros(8))
+    torch.testing.assert_close(logits[:, 1], expected)

@@ -100,7 +100,7 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
         gone = dropped
         if folder == "summary":
             gone = [*dropped, "train_dataset", "attack_run", "model_source",
-                    "weights_sha256"] + (["black_box"] if version < "5" else [])
+                    "weights_sha256", "critic_threshold"] + (["black_box"] if version < "5" else [])
         table = table.drop_columns([c for c in gone if c in table.column_names])
         pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
