@@ -59,6 +59,11 @@ def four_logits():
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
 
 
+class NaNs(nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 10), float("nan"))
+
+
 def critic(width=8, sigmoid=False):
     """A DCGAN-style discriminator (one logit; with ``sigmoid``, one probability)."""
     layers = [nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
@@ -369,6 +374,9 @@ BAD_MODELS = {
     "wrong output": ('factory = "mynets:small_cnn"\nkwargs = {{ width = 8 }}\n'
                      'weights = "{weights}"', 'factory = "mynets:four_logits"',
                      "must return [N, 10] logits, got shape (2, 4)"),
+    "nan outputs": ('factory = "mynets:small_cnn"\nkwargs = {{ width = 8 }}\n'
+                    'weights = "{weights}"', 'factory = "mynets:NaNs"',
+                    "model 'my-cnn' returned NaN or infinite logits"),
     "shape vs data": ("input_shape = [1, 28, 28]", "input_shape = [1, 32, 32]",
                       "declares input_shape [1, 32, 32] but dataset 'mnist5k' has images of "
                       "shape [1, 28, 28]"),
