@@ -426,6 +426,7 @@ class Worker:
         self.models: dict[tuple[str, str, int], Target] = {}
         self.gans: dict[tuple[str, str, int], GAN | UserGAN] = {}
         self.user_targets: dict[str, Target] = {}
+        self.user_samplers: dict[str, ImageSampler] = {}
         self.fit_sets: dict[tuple[str | int, ...], FitData] = {}
         self.minimal_runs: dict[str, AttackRun] = {}
         self.attacked: dict[tuple[Any, ...], AttackedModel] = {}
@@ -465,9 +466,12 @@ class Worker:
         return self.models[key]
 
     def user_sampler(self, user: UserModel) -> ImageSampler:
-        generator = self.config.user_model(user.generator)
-        assert generator is not None  # checked when the config was parsed
-        return generator.sampler(self.device)
+        """The generator of a user discriminator's fakes, built once."""
+        if user.generator not in self.user_samplers:
+            generator = self.config.user_model(user.generator)
+            assert generator is not None  # checked when the config was parsed
+            self.user_samplers[user.generator] = generator.sampler(self.device)
+        return self.user_samplers[user.generator]
 
     def user_target(self, user: UserModel, train_dataset: str, seed: int) -> Target:
         """A user's model, built once (the same for every train set and seed), except a critic,

@@ -35,9 +35,10 @@ from bench.checks import check_sweep
 from bench.config import Cell, SweepConfig, expand_cells
 from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
+from bench.core.files import check_writable
 from bench.core.progress import progress_bar
 from bench.runner import RunOptions, RunReport
-from leaderboards.store import ResultStore
+from leaderboards.store import ResultStore, Scan
 
 if TYPE_CHECKING:
     from bench.executors import Executor
@@ -74,14 +75,14 @@ class Plan:
 def plan_sweep(config: SweepConfig, options: RunOptions) -> Plan:
     """Check the config (nothing is trained or written) and list its cells."""
     check_sweep(config)
-    preflight(options.out)
+    scan = preflight(options.out)
     cells = expand_cells(config)
     if not cells:
         raise BadInput(
             f"sweep {config.name!r} has no cells: each target needs a threat its defenses can "
             f"be attacked under ('transfer' applies to defended targets only, 'none' has just "
             f"'adaptive')")
-    stored = set() if options.force else ResultStore(options.out).completed_cells()
+    stored = set() if options.force else set(scan.cells)
     return Plan(config, cells, stored)
 
 
@@ -127,21 +128,15 @@ def dry_run_text(plan: Plan) -> str:
             f"model calls to run them (dry run: nothing trained or written)")
 
 
-def preflight(out: Path) -> None:
-    """:class:`BadInput` unless results can be written into ``out`` without touching anything
-    advbench cannot read."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out} is a file; pick a directory for the results")
-    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write results into {out}: {existing} is not writable; pick "
-                       f"another --out")
+def preflight(out: Path) -> Scan:
+    """What ``out`` holds (:meth:`leaderboards.store.ResultStore.check`); :class:`BadInput`
+    unless results can be written there without touching anything advbench cannot read."""
+    check_writable(out, "--out")
     for sub in ("summary", "samples", "claims"):
-        folder = out / sub
+        folder = Path(out) / sub
         if folder.exists() and (not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
             raise BadInput(f"cannot write results into {folder}: not a writable directory")
-    ResultStore(out).check()
+    return ResultStore(out).check()
 
 
 WAIT_POLL_S = 2.0
@@ -150,9 +145,8 @@ WAIT_POLL_S = 2.0
 class _Driver:
     """Claims, writes and releases cells for one sweep run (the one writer of the store)."""
 
-    def __init__(self, plan: Plan, options: RunOptions, run_id: str,
-                 report: RunReport) -> None:
-        self.plan, self.options, self.run_id, self.report = plan, options, run_id, report
+    def __init__(self, options: RunOptions, run_id: str, report: RunReport) -> None:
+        self.options, self.run_id, self.report = options, run_id, report
         self.store = ResultStore(options.out)
         self.held: set[str] = set()
         self.busy: dict[str, Cell] = {}
@@ -231,7 +225,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     if not todo:
         return report  # nothing to run: no executor (and no Ray instance) is started
     executor = make_executor(config, options)  # an unreachable cluster fails before writing
-    driver = _Driver(plan, options, run_id, report)
+    driver = _Driver(options, run_id, report)
     bar = progress_bar(total=len(todo), desc=f"sweep {config.name}", unit="cell",
                        enabled=options.progress)
     try:

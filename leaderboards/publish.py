@@ -17,7 +17,7 @@ import jinja2
 import pandas as pd
 
 from bench.core.errors import BadInput
-from bench.core.files import temp_dir
+from bench.core.files import check_writable, temp_dir
 from leaderboards.tables import Board, display_table, leaderboards, to_csv, to_markdown
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
@@ -101,11 +101,7 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
     """Write every format into ``out`` (built in a temporary folder, then moved into place)."""
     boards = leaderboards(summary, samples)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out} is a file; pick a folder for the site")
-    if not os.access(next(p for p in (out, *out.parents) if p.exists()), os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write the site into {out}: permission denied; pick another "
-                       f"--out")
+    check_writable(out, "--out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise BadInput(f"{out} exists and is not a site advbench published; pick a new --out "
                        f"folder (advbench replaces only its own sites)")

@@ -190,10 +190,13 @@ class ResultStore:
         return sorted({p for pattern in (f"{cell_id}.parquet", f"{cell_id}-*.parquet")
                        for p in self.summary_dir.glob(pattern) if not p.name.startswith(".")})
 
-    def _whole_cells(self, summaries: list[Path], problems: list[Problem]
+    def _whole_cells(self, summaries: list[Path], problems: list[Problem],
+                     samples_checked: Mapping[Path, Problem | None] | None = None
                      ) -> dict[str, str]:
         """cell_id -> run_id of the newest summary row among ``summaries`` whose samples file
-        reads whole; every file that does not read goes to ``problems``."""
+        reads whole; every summary file that does not read goes to ``problems``.
+        ``samples_checked``: samples files already inspected (the others are read here)."""
+        checked = samples_checked or {}
         cells: dict[str, tuple[str, Any]] = {}
         for path in summaries:
             data, _, problem = _inspect(path, "summary", whole=True)
@@ -209,48 +212,44 @@ class ResultStore:
                 samples = self.samples_dir / f"{cell_id}-{run_id}.parquet"
                 if not samples.is_file():
                     continue
-                sample_problem = _inspect(samples, "samples", whole=False)[2]
-                if sample_problem:
-                    if sample_problem not in problems:
-                        problems.append(sample_problem)
-                    continue
-                cells[cell_id] = (run_id, created)
+                unreadable = checked[samples] if samples in checked else \
+                    _inspect(samples, "samples", whole=False)[2]
+                if unreadable is None:
+                    cells[cell_id] = (run_id, created)
         return {c: r for c, (r, _) in cells.items()}
 
     def scan(self) -> Scan:
-        """Read every summary file whole and every samples file's footer."""
+        """Read every summary file whole and every samples file's footer, once."""
+        samples = {p: _inspect(p, "samples", whole=False)[2]
+                   for p in self._files(self.samples_dir)}
         problems: list[Problem] = []
-        cells = self._whole_cells(self._summary_files(), problems)
-        listed = {p.path for p in problems}
-        for path in self._files(self.samples_dir):
-            problem = None if path in listed else _inspect(path, "samples", whole=False)[2]
-            if problem:
-                problems.append(problem)
+        cells = self._whole_cells(self._summary_files(), problems, samples)
+        problems += [problem for problem in samples.values() if problem]
         return Scan(cells, problems)
 
-    def check(self) -> None:
-        """Raise :class:`BadInput` naming the first file advbench cannot use (run this before
-        writing anything)."""
+    def check(self) -> Scan:
+        """The directory's :meth:`scan`; :class:`BadInput` naming the first file advbench
+        cannot use (run this before writing anything)."""
         if self.root.exists() and not self.root.is_dir():
             raise BadInput(f"results directory {self.root} is a file; pick a directory for --out")
-        problems = self.scan().problems
-        if problems:
-            more = f" ({len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise BadInput(problems[0].message(self.root) + more)
+        scan = self.scan()
+        if scan.problems:
+            more = f" ({len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
+            raise BadInput(scan.problems[0].message(self.root) + more)
+        return scan
 
     def doctor(self) -> list[tuple[Path, Path]]:
         """Move every unreadable or foreign results file, and samples files no summary refers
         to, into ``quarantine/`` (nothing is deleted); returns (from, to) pairs."""
         scan = self.scan()
-        moves = [p.path for p in scan.problems if p.movable]
         referenced = {f"{c}-{r}" for c, r in scan.cells.items()}
-        moves += [p for p in self._files(self.samples_dir)
-                  if p.stem not in referenced and p not in moves]
-        moves += [p for p in self._summary_files() if p not in moves
-                  and p.stem.split("-", 1)[0] not in scan.cells]  # its samples are gone
-        unmovable = [p for p in scan.problems if not p.movable]
-        return [(path, self._quarantine(path)) for path in moves if path not in
-                {p.path for p in unmovable}]
+        moves = [p.path for p in scan.problems if p.movable]
+        moves += [p for p in self._files(self.samples_dir) if p.stem not in referenced]
+        moves += [p for p in self._summary_files()  # summaries whose samples are gone
+                  if p.stem.split("-", 1)[0] not in scan.cells]
+        other_versions = {p.path for p in scan.problems if not p.movable}
+        return [(path, self._quarantine(path)) for path in dict.fromkeys(moves)
+                if path not in other_versions]
 
     def _quarantine(self, path: Path) -> Path:
         target = self.root / QUARANTINE / path.parent.name / path.name

@@ -153,3 +153,26 @@ def advbench(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[
     env = {**os.environ, "ADVBENCH_CACHE": str(cache)}
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+class BrokenLinear(nn.Module):
+    """A linear MNIST classifier whose output can be broken the ways users' models break:
+    ``nan``, ``shape`` (4 logits for 10 classes), ``detached`` (no input gradient),
+    ``probabilities`` (a softmax at the end); ``logits`` is the working model."""
+
+    def __init__(self, mode: str = "logits") -> None:
+        super().__init__()
+        self.mode = mode
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.flatten(1))
+        if self.mode == "nan":
+            return out * float("nan")
+        if self.mode == "shape":
+            return out[:, :4]
+        if self.mode == "detached":
+            return out.detach()
+        if self.mode == "probabilities":
+            return out.softmax(1)
+        return out

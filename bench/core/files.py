@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench.core.errors import BadInput
+
 
 def umask() -> int:
     """The process umask (read without changing it for longer than one call)."""
@@ -25,3 +27,15 @@ def temp_dir(parent: Path, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(path, 0o777 & ~umask())
     return path
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """:class:`BadInput` unless ``folder`` (``what`` names it, e.g. ``--out``) can be created or
+    written: it must not be a file, and its nearest existing ancestor must be writable."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{what} {folder} is a file; pick a folder")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write into {what} {folder}: {existing} is not writable; pick "
+                       f"another {what}")

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from attacks import run_attack
 from bench.core.errors import BadInput, ModelOutputError
 from bench.core.target import Target
+from tests.conftest import BrokenLinear
 
 SHAPE = (1, 28, 28)
 ATTACKS = [("fgsm", "linf", 0.1, None), ("pgd", "linf", 0.1, {"steps": 2}),
@@ -21,28 +21,9 @@ ATTACKS = [("fgsm", "linf", 0.1, None), ("pgd", "linf", 0.1, {"steps": 2}),
            ("uap", "linf", 0.1, {"max_passes": 1})]
 
 
-class Linear(nn.Module):
-    """A linear classifier whose output can be broken in the ways users' models break."""
-
-    def __init__(self, mode: str = "logits") -> None:
-        super().__init__()
-        self.mode = mode
-        self.linear = nn.Linear(784, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x.flatten(1))
-        if self.mode == "nan":
-            return out * float("nan")
-        if self.mode == "detached":
-            return out.detach()
-        if self.mode == "probabilities":
-            return out.softmax(1)
-        return out
-
-
 def target(mode: str = "logits", **kwargs: Any) -> Target:
     torch.manual_seed(0)
-    return Target(Linear(mode), num_classes=10, input_shape=SHAPE, name=mode, **kwargs)
+    return Target(BrokenLinear(mode), num_classes=10, input_shape=SHAPE, name=mode, **kwargs)
 
 
 def data(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 from bench.cli import main
 from bench.core.zoo import ZOO, ModelSpec, TrainRecipe
 from leaderboards import SUMMARY_SCHEMA, load
-from tests.conftest import Register, advbench
+from tests.conftest import BrokenLinear, Register, advbench
 
 SMALL = """
 [sweep]
@@ -253,25 +252,12 @@ def test_an_unwritable_out_is_refused(small_config: Path, tmp_path: Path,
     assert "is not writable" in capsys.readouterr().err
 
 
-class _Broken(nn.Module):
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-        self.linear = nn.Linear(784, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x.flatten(1))
-        if self.mode == "nan":
-            return out * float("nan")
-        return out[:, :4]
-
-
 @pytest.mark.parametrize("mode,message", [("nan", "returned NaN or infinite logits"),
                                           ("shape", "must return [N, 10] logits")])
 def test_broken_models_fail_cleanly_before_writing(mode: str, message: str, tmp_path: Path,
                                                    small_config: Path, register: Register,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    spec = ModelSpec(f"broken_{mode}", lambda n: _Broken(mode), (1, 28, 28),
+    spec = ModelSpec(f"broken_{mode}", lambda n: BrokenLinear(mode), (1, 28, 28),
                      TrainRecipe(epochs=1, batch_size=500, lr=1e-3), "broken")
     register(ZOO, spec.name, spec)
     small_config.write_text(SMALL.replace("model = \"lenet\"", f"model = \"{spec.name}\""))
