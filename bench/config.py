@@ -189,6 +189,7 @@ class Cell:
     direction: Direction | Literal[""] = ""  # discriminators only
     user_model: UserModel | None = None  # ``model`` is the user's own (``[[models]]``)
     user_source: UserModel | None = None  # ``source`` is the user's own
+    member: str = ""  # a cascade's member: the row of that member, read from the cascade's run
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -212,6 +213,8 @@ class Cell:
             extra["model_identity"] = self.user_model.identity
         if self.user_source is not None:
             extra["source_identity"] = self.user_source.identity
+        if self.member:
+            extra["member"] = self.member
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
@@ -581,11 +584,16 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                     continue  # crafted on another model: one transfer cell per defense
                 directions: tuple[Direction | Literal[""], ...] = target.directions or ("",)
                 for tm, direction in itertools.product(attack.threats, directions):
-                    cells.append(Cell(
+                    cell = Cell(
                         config.name, dataset, train_dataset, config.split, config.n_eval,
                         target.model, defense, ThreatMode.TRANSFER if attack.source else mode,
                         attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
                         config.user_model(target.model), config.user_model(attack.source),
-                    ))
+                    )
+                    cells.append(cell)
+                    cascade = attack.spec.cascade
+                    if cascade is not None:  # one row per member, after the cascade's own
+                        cells += [dataclasses.replace(cell, member=m.name)
+                                  for m in cascade(attack.params)]
     return cells

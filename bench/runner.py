@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,11 @@ class AttackRun:
     wall_s: float
     peak_mem_bytes: int | None
     artifacts: dict[str, torch.Tensor]
+    effective_params: dict[str, Any] = field(default_factory=dict)
+
+
+SAMPLE_ARTIFACTS = ("fooled_by", "members", "queries")
+"""Per-sample outputs of an attack that go into its rows, not into artifact files."""
 
 
 @dataclass
@@ -262,7 +269,59 @@ def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torc
         result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,
                              batch_size=batch_size, progress=progress)
     return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
-                     timing.wall_s, timing.peak_mem_bytes, result.artifacts)
+                     timing.wall_s, timing.peak_mem_bytes, result.artifacts,
+                     result.effective_params)
+
+
+def member_index(cell: Cell) -> int:
+    """The 1-based position of a cascade member cell's member."""
+    assert cell.attack.spec.cascade is not None
+    names = [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    return names.index(cell.member) + 1
+
+
+def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
+    """A cascade member's view of the cascade's run: the adversarials of the members up to and
+    including it (the clean input elsewhere), and its own model calls and time."""
+    k = member_index(cell)
+    fooled_by = run.artifacts["fooled_by"].to(x.device)
+    upto = (fooled_by >= 1) & (fooled_by <= k)
+    x_adv = torch.where(upto.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
+    given, _, forward, backward, wall = run.artifacts["members"][k - 1].tolist()
+    return AttackRun(x_adv, None, int(forward), int(backward), wall, run.peak_mem_bytes,
+                     {"fooled_by": torch.where(fooled_by <= k, fooled_by, -1),
+                      "members": run.artifacts["members"][:k]}, run.effective_params)
+
+
+def cascade_flags(cell: Cell, run: AttackRun, outcome: Outcome, data: EvalData,
+                  bounds: tuple[float, float]) -> str | None:
+    """AutoAttack's sanity checks on a cascade row: a black-box member fooled samples that
+    every white-box member before it missed (a sign of masked gradients), and an eps that
+    spans the whole input range leaves samples robust (the attack, not the model, failed)."""
+    spec = cell.attack.spec
+    if spec.cascade is None or "members" not in run.artifacts:
+        return None
+    flags = []
+    table = run.artifacts["members"]
+    for member, stats in zip(spec.cascade(cell.attack.params), table.tolist(), strict=False):
+        if member.black_box and stats[1] > 0:
+            flags.append(f"black-box {member.name} fooled {int(stats[1])} samples every "
+                         f"white-box member missed (gradient masking?)")
+    eps, lo, hi = cell.threat_model.eps, *bounds
+    full = {Norm.LINF: hi - lo, Norm.L2: (hi - lo) * float(data.x[0].numel()) ** 0.5}
+    robust = int(outcome.adv_correct.sum())
+    if not cell.member and eps is not None and eps >= full.get(cell.threat_model.norm,
+                                                                math.inf) and robust:
+        flags.append(f"eps {cell.threat_model.eps_display} spans the whole input range, yet "
+                     f"{robust} samples stay robust (the attack failed)")
+    return "; ".join(flags) or None
+
+
+def row_params(cell: Cell, run: AttackRun) -> str:
+    """The row's ``attack_params``: the cell's, with what the attack had to change."""
+    if not run.effective_params:
+        return cell.params_json
+    return json.dumps({**json.loads(cell.params_json), **run.effective_params}, sort_keys=True)
 
 
 def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -324,7 +383,9 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         weights_sha256=cell.user_model.weights_sha256 if cell.user_model else None,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,
-        attack_params=cell.params_json, black_box=cell.attack.spec.black_box,
+        attack_params=row_params(cell, run), **member_columns(cell, run),
+        flags=cascade_flags(cell, run, outcome, data, prepared.defended.bounds),
+        black_box=_black_box(cell),
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
         precision=attacked.precision_for(cell), batch_size=attacked.batch_size,
@@ -337,7 +398,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         rho_adv=float(rho.mean()) if rho.numel() else None,
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
         wall_s=run.wall_s,
-        img_per_s=n / max(run.wall_s, 1e-9),
+        img_per_s=_attacked(cell, run, n) / run.wall_s if run.wall_s > 0 else 0.0,
         floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
                                       attacked.precision_for(cell)) if floor else None,
@@ -346,8 +407,37 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
     )
 
 
+def member_columns(cell: Cell, run: AttackRun) -> dict[str, Any]:
+    """A cascade member row's own numbers: samples it attacked, share it left robust."""
+    if not cell.member:
+        return {"cascade_member": None, "member_given": None, "member_robust_acc": None}
+    given, fooled = (int(v) for v in run.artifacts["members"][-1, :2].tolist())
+    return {"cascade_member": cell.member, "member_given": given,
+            "member_robust_acc": (given - fooled) / given if given else None}
+
+
+def _attacked(cell: Cell, run: AttackRun, n: int) -> int:
+    """How many images the row's run attacked: a cascade member only those it was given."""
+    return int(run.artifacts["members"][-1, 0]) if cell.member else n
+
+
+def _black_box(cell: Cell) -> bool:
+    """A member row is as black-box as its member; any other row as its attack."""
+    if cell.member and cell.attack.spec.cascade is not None:
+        return next(m.black_box for m in cell.attack.spec.cascade(cell.attack.params)
+                    if m.name == cell.member)
+    return cell.attack.spec.black_box
+
+
+def _fooled_by_names(cell: Cell, run: AttackRun, n: int) -> list[str | None]:
+    if "fooled_by" not in run.artifacts or cell.attack.spec.cascade is None:
+        return [None] * n
+    names = ["clean"] + [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    return [names[k] if k >= 0 else None for k in run.artifacts["fooled_by"].tolist()]
+
+
 def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
-                   outcome: Outcome) -> dict[str, Any]:
+                   outcome: Outcome, run: AttackRun) -> dict[str, Any]:
     """The cell's per-sample columns (one per :class:`leaderboards.schema.SampleRow` field)."""
     n = data.x.shape[0]
     return {
@@ -360,12 +450,18 @@ def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
         "l2": outcome.l2.cpu().numpy().astype(np.float32),
         "linf": outcome.linf.cpu().numpy().astype(np.float32),
         "l0": outcome.l0.cpu().numpy().astype(np.float32),
+        "fooled_by": _fooled_by_names(cell, run, n),
+        "queries": run.artifacts["queries"].cpu().numpy().astype(np.int32)
+        if "queries" in run.artifacts else [None] * n,
     }
 
 
 def attack_run_id(cell: Cell) -> str:
-    """The attack run a cell's numbers come from: its own, or for a minimal-perturbation attack
-    the one budget-free run every eps of its curve is read from."""
+    """The attack run a cell's numbers come from: its own, for a minimal-perturbation attack
+    the one budget-free run every eps of its curve is read from, for a cascade member's row
+    the cascade's run."""
+    if cell.member:
+        return dataclasses.replace(cell, member="").cell_id
     if cell.attack.spec.minimal:
         return dataclasses.replace(cell, attack=cell.attack.at(None)).cell_id
     return cell.cell_id
@@ -377,16 +473,23 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
              minimal_runs: dict[str, AttackRun] | None = None) -> CellResult:
     """Attack one cell's samples on the prepared ``attacked`` model, verify, summarise.
 
-    ``minimal_runs`` caches minimal-perturbation runs so every eps of one curve reuses one run.
+    ``minimal_runs`` caches the runs several rows are read from: a minimal-perturbation run
+    (every eps of one curve) and a cascade's (its row and each member's).
     """
-    if cell.attack.spec.minimal:
+    spec = cell.attack.spec
+    if spec.minimal or spec.cascade is not None:
         cache = minimal_runs if minimal_runs is not None else {}
         key = attack_run_id(cell)
         if key not in cache:
-            cache[key] = attack_samples(cell, attacked.fast, data, device=device,
+            # the run itself: a minimal attack unbounded, a cascade as a whole
+            whole = dataclasses.replace(cell, member="", attack=cell.attack.at(None)) \
+                if spec.minimal else dataclasses.replace(cell, member="")
+            cache[key] = attack_samples(whole, attacked.fast, data, device=device,
                                         batch_size=attacked.batch_size, progress=progress,
                                         precision=attacked.precision_for(cell))
         run = cache[key]
+        if cell.member:
+            run = member_run(cell, run, data.x)
     else:
         run = attack_samples(cell, attacked.fast, data, device=device,
                              batch_size=attacked.batch_size, fit_data=fit_data,
@@ -394,7 +497,8 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
     outcome = verify(cell, prepared, data, run, attacked.batch_size)
     return CellResult(
         summarise(cell, prepared, data, run, outcome, attacked, device=device, run_id=run_id),
-        sample_columns(cell, prepared, data, outcome), run.artifacts)
+        sample_columns(cell, prepared, data, outcome, run),
+        {k: v for k, v in run.artifacts.items() if k not in SAMPLE_ARTIFACTS})
 
 
 def _attacked_key(cell: Cell) -> tuple[Any, ...]:

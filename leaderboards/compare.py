@@ -13,6 +13,12 @@ Security", ICML 2018; Carlini et al., "On Evaluating Adversarial Robustness", 20
   perturbation lies inside a white-box ball that all white-box attacks at that norm and eps
   failed to break. Decided per sample from the stored perturbation norms, so a one-pixel (l0)
   adversarial counts against an linf ball when its pixel change is within eps.
+
+and AutoAttack's sanity checks (Croce & Hein 2020): robust accuracy that rises as eps grows
+(same target, attack and params; :func:`eps_flags`), plus the flags a run stored in its row (a
+cascade's black-box member fooling samples every white-box member missed, an eps spanning the
+whole input range that leaves samples robust). A cascade member's row is compared as
+``standard/<member>``.
 """
 
 from __future__ import annotations
@@ -63,9 +69,45 @@ def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:
     return samples[norm] <= eps * (1 + 1e-5) + 1e-6
 
 
+CURVE_KEYS = [k for k in CELL_KEYS if k not in ("eps", "eps_display")] + [
+    "weights_sha256", "defense", "defense_params", "threat", "fast_path"]
+"""Rows that differ only in eps: one robustness curve, which must not rise as eps grows."""
+
+
+def with_member_names(summary: pd.DataFrame) -> pd.DataFrame:
+    """A cascade member's row named ``<cascade>/<member>`` in ``attack``."""
+    out = summary.copy()
+    if "cascade_member" in out.columns:
+        member = out["cascade_member"].fillna("")
+        out["attack"] = out["attack"] + member.map(lambda m: f"/{m}" if m else "")
+    return out
+
+
+def eps_flags(summary: pd.DataFrame) -> dict[str, list[str]]:
+    """Per cell_id: the rows whose robust accuracy is above that of a smaller eps on the same
+    curve (:data:`CURVE_KEYS`), and the flags the run stored in the row."""
+    flags: dict[str, list[str]] = {cid: [] for cid in summary["cell_id"]}
+    for cid, stored in zip(summary["cell_id"], summary.get("flags", pd.Series(dtype=object))):
+        if isinstance(stored, str) and stored:
+            flags[cid] += stored.split("; ")
+    rows = summary[summary["eps"].notna()]
+    keys = [k for k in CURVE_KEYS if k in rows.columns]
+    for _, curve in rows.fillna({k: "" for k in keys}).groupby(keys, dropna=False):
+        curve = curve.sort_values("eps")
+        lowest, at = math.inf, ""
+        for _, r in curve.iterrows():
+            if r["robust_acc"] > lowest + 1e-12:
+                flags[r["cell_id"]].append(
+                    f"robust accuracy rises with eps ({100 * lowest:.1f} at {at}, "
+                    f"{100 * r['robust_acc']:.1f} at {r['eps_display']})")
+            if r["robust_acc"] < lowest:
+                lowest, at = r["robust_acc"], r["eps_display"]
+    return flags
+
+
 def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """One row per defended cell (and the baseline rows), with intervals, deltas and flags."""
-    rows = summary[summary["eps"].notna()].copy()
+    rows = with_member_names(summary[summary["eps"].notna()])
     if rows.empty:
         return pd.DataFrame()
     for text in ("source_model", "direction", "train_dataset"):
@@ -97,7 +139,7 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
         rec["_key"] = key
         out.append(rec)
     table = pd.DataFrame(out)
-    _flag_masking(table, rows, per_cell)
+    _flag_masking(table, rows, per_cell, eps_flags(rows))
     table = table.drop(columns=["_cell_id", "_black_box", "_key"])
     return table.sort_values(["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                               "defense",
@@ -105,8 +147,9 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
-                  per_cell: dict[str, pd.DataFrame]) -> None:
-    flags: dict[int, list[str]] = {i: [] for i in table.index}
+                  per_cell: dict[str, pd.DataFrame], sanity: dict[str, list[str]]) -> None:
+    flags: dict[int, list[str]] = {i: list(sanity.get(cid, []))
+                                   for i, cid in zip(table.index, table["_cell_id"])}
     by_cell = {cid: i for i, cid in zip(table.index, table["_cell_id"])}
     # 1. adaptive robust accuracy above transfer robust accuracy, same attack and eps.
     #    (_key ends with source_model: a transfer from another zoo model counts too)

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -60,6 +60,14 @@ class SummaryRow:
     source_model: str | None
     attack: str
     attack_params: str
+    # a cascade member's row (``standard``): the member; its row's robust_acc is the cascade's
+    # cumulative robust accuracy after it, member_given the samples it attacked (all earlier
+    # members failed on them) and member_robust_acc the share of those it left robust
+    cascade_member: str | None
+    member_given: int | None
+    member_robust_acc: float | None
+    # sanity checks that failed (AutoAttack's kind), "; "-joined; null when all passed
+    flags: str | None
     black_box: bool  # the attack uses model outputs only, never gradients
     targeted: bool
     norm: str
@@ -98,7 +106,8 @@ class SummaryRow:
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise SchemaError(f"summary row has schema_version {self.schema_version}")
-        for name in ("clean_acc", "robust_acc", "success_rate", "fooling_rate"):
+        for name in ("clean_acc", "robust_acc", "success_rate", "fooling_rate",
+                     "member_robust_acc"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 raise SchemaError(f"{name} must be a float in [0, 1], got {value!r}")
@@ -124,6 +133,10 @@ class SampleRow:
     l2: Annotated[float, FLOAT32]
     linf: Annotated[float, FLOAT32]
     l0: Annotated[float, FLOAT32]
+    # a cascade's rows: the member that fooled the sample ("clean" when the clean input is
+    # misclassified); null when none did or the row is no cascade's
+    fooled_by: str | None
+    queries: Annotated[int, INT32] | None  # a query-based attack's model queries for the sample
 
 
 ADDED_IN: dict[str, int] = {
@@ -138,6 +151,12 @@ ADDED_IN: dict[str, int] = {
     "model_source": 6,
     "weights_sha256": 6,
     "critic_threshold": 6,
+    "cascade_member": 7,
+    "member_given": 7,
+    "member_robust_acc": 7,
+    "flags": 7,
+    "fooled_by": 7,
+    "queries": 7,
 }
 """The schema version that added each column; older files get its migration value."""
 

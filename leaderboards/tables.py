@@ -13,6 +13,8 @@ left blank when the row's cells at that eps did not evaluate the same samples. R
 the worst case at the largest eps. Throughput columns close each row: the median images/s of its
 attack runs, their summed wall time (a run counted once, however many per-eps rows were read from
 it) and the median share of the attacked model's forward+backward floor their model calls reached.
+A ``flags`` column, present when a check failed, names the sanity checks a row's cells failed.
+A cascade (``standard``) is one column; its members' rows are in ``advbench compare``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.errors import BadInput
-from leaderboards.compare import wilson
+from leaderboards.compare import eps_flags, wilson
 from leaderboards.schema import POPULATION_KEYS
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
@@ -63,8 +65,9 @@ class Board:
 
 
 def _normalised(summary: pd.DataFrame) -> pd.DataFrame:
-    """Bounded-eps rows with text keys made non-null (so they group and join)."""
-    summary = summary[summary["eps"].notna()].copy()
+    """Bounded-eps rows with text keys made non-null (so they group and join); a cascade's
+    member rows stay out (the cascade's own row carries its result)."""
+    summary = summary[summary["eps"].notna() & summary["cascade_member"].isna()].copy()
     for key in _TEXT_KEYS:
         summary[key] = summary[key].fillna("")
     return summary
@@ -131,6 +134,19 @@ def _throughput(group: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _flags(group: pd.DataFrame, sanity: dict[str, list[str]]) -> pd.DataFrame:
+    """Per row: its cells' sanity flags (:func:`leaderboards.compare.eps_flags`), each naming
+    its column; an empty frame when no cell has one."""
+    texts = group.assign(flag=[
+        "; ".join(f"{col}: {f}" for f in sanity.get(cid, []))
+        for cid, col in zip(group["cell_id"], group["column"])])
+    flagged = texts[texts["flag"] != ""]
+    if flagged.empty:
+        return pd.DataFrame()
+    return flagged.groupby(BOARD_ROW, dropna=False)["flag"].agg("; ".join).rename(
+        "flags").to_frame()
+
+
 def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
     """Build every leaderboard table from summary and per-sample rows."""
     if summary.empty:
@@ -140,6 +156,7 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         return []
     summary["column"] = column_labels(summary)
     worst = worst_case(summary, samples) if not samples.empty else pd.DataFrame()
+    sanity = eps_flags(summary)
     boards = []
     for key, group in summary.groupby(GROUP_KEYS, sort=True):
         _check_one_cell_each(group)
@@ -167,6 +184,9 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
             if len(wide.columns):
                 rank_col = wide.columns[-1]
         table = table.join(_throughput(group))
+        flags = _flags(group, sanity)
+        if not flags.empty:
+            table = table.join(flags)
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
         table = table.rename(columns={"n_samples": "n"})
         if not table["direction"].astype(bool).any():
@@ -193,6 +213,8 @@ def display_table(board: Board) -> pd.DataFrame:
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
         elif col == "floor %":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
+        elif col == "flags":
+            shown[col] = table[col].fillna("")
         elif col == "attack s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         elif f"{col} lo" in table.columns:

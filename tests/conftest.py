@@ -115,7 +115,8 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "train_dataset": "mnist5k", "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
         "model_source": "zoo", "weights_sha256": None, "critic_threshold": None,
         "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
-        "attack": "pgd", "attack_params": "{}", "black_box": False,
+        "attack": "pgd", "attack_params": "{}", "black_box": False, "cascade_member": None,
+        "member_given": None, "member_robust_acc": None, "flags": None,
         "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
         "precision": "fp32", "batch_size": 4, "fast_path": "eager", "clean_acc": 1.0,
         "robust_acc": 0.5, "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1,
@@ -137,7 +138,8 @@ def sample_values(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, Tru
     return {"cell_id": [cell_id] * n, "sample_idx": np.arange(n), "label": np.zeros(n, int),
             "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
             "success": ~np.array(adv), "l2": np.ones(n, np.float32),
-            "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32)}
+            "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32),
+            "fooled_by": [None] * n, "queries": [None] * n}
 
 
 def make_cell(attack: str, eps: float = 0.1, norm: str = "linf", params: Any = None,

@@ -97,18 +97,24 @@ class AttackResult:
     iterate needs no decision (FGSM, one-restart PGD) leaves the check to whoever reads it, so a
     sweep, whose runner verifies every adversarial with its own fresh fp32 forward anyway, never
     pays for it twice. That forward is not counted in ``n_forward``.
+
+    ``effective_params`` names params the attack had to run differently than asked, with the
+    value it used (APGD's DLR loss on a two-class target runs as the margin loss): the row's
+    ``attack_params`` records them.
     """
 
     def __init__(self, x_adv: torch.Tensor, success: torch.Tensor | SuccessCheck,
                  l2: torch.Tensor, linf: torch.Tensor, l0: torch.Tensor, n_forward: int,
                  n_backward: int, y_target: torch.Tensor | None = None,
-                 artifacts: dict[str, torch.Tensor] | None = None) -> None:
+                 artifacts: dict[str, torch.Tensor] | None = None,
+                 effective_params: dict[str, Any] | None = None) -> None:
         self.x_adv = x_adv
         self._success = success
         self.l2, self.linf, self.l0 = l2, linf, l0
         self.n_forward, self.n_backward = n_forward, n_backward
         self.y_target = y_target
         self.artifacts: dict[str, torch.Tensor] = artifacts or {}
+        self.effective_params: dict[str, Any] = effective_params or {}
 
     @property
     def success(self) -> torch.Tensor:
@@ -126,6 +132,7 @@ class AttackResult:
         calls: ModelCalls,
         y_target: torch.Tensor | None = None,
         artifacts: dict[str, torch.Tensor] | None = None,
+        effective_params: dict[str, Any] | None = None,
     ) -> AttackResult:
         delta = x_adv - x
         return cls(
@@ -138,6 +145,7 @@ class AttackResult:
             n_backward=calls.n_backward,
             y_target=y_target,
             artifacts=artifacts,
+            effective_params=effective_params,
         )
 
 
@@ -234,6 +242,16 @@ class AttackFn(Protocol):
     ) -> AttackResult: ...
 
 
+@dataclass(frozen=True)
+class CascadeMember:
+    """One attack of a cascade: the name its rows carry, the registered attack and its params."""
+
+    name: str
+    attack: str
+    params: dict[str, Any]
+    black_box: bool = False
+
+
 CostFn = Callable[[Any, int, int, int], tuple[int, int]]
 """``(params, n_images, num_classes, n_fit) -> (forward, backward)`` model calls, upper bound."""
 
@@ -253,6 +271,7 @@ class AttackSpec:
     black_box: bool = False
     cost: CostFn | None = None
     streams: bool = False
+    cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None
 
     def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
                   ) -> tuple[int, int] | None:
@@ -272,6 +291,7 @@ def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
     cost: CostFn | None = None, streams: bool = False,
+    cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -282,12 +302,15 @@ def register_attack(
     ``cost``: the upper bound of model calls for a budget (``advbench run --dry-run``).
     ``streams``: takes ``batch_size=`` and works through any number of images that many at a
     time, refilling the rows that finish early; the runner then hands it a whole cell at once.
+    ``cascade``: the attack runs other attacks in turn; ``cascade(params)`` lists its members,
+    and its result's ``artifacts`` say which member fooled each sample and what each cost
+    (:mod:`attacks.cascade`); the runner writes a row per member.
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
-                                     positive_budget, black_box, cost, streams))
+                                     positive_budget, black_box, cost, streams, cascade))
         return fn
 
     return decorator
@@ -462,6 +485,7 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         n_backward=sum(r.n_backward for r in results),
         y_target=torch.cat(targets) if len(targets) == len(results) else None,
         artifacts={k: v for r in results for k, v in r.artifacts.items()},
+        effective_params={k: v for r in results for k, v in r.effective_params.items()},
     )
 
 

@@ -24,7 +24,7 @@ def cell(cell_id: str, defense: str, threat: str, adv: list[bool], *, attack: st
     samples = pd.DataFrame({
         "cell_id": cell_id, "sample_idx": np.arange(n), "label": 0, "clean_correct": True,
         "adv_correct": adv, "success": [not a for a in adv], "l2": l2, "linf": linf,
-        "l0": 1.0})
+        "l0": 1.0, "fooled_by": None, "queries": None})
     return summary, samples
 
 

@@ -83,7 +83,7 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version,dropped", [
     ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
-    ("3", ["fast_path"]), ("4", []), ("5", [])])
+    ("3", ["fast_path"]), ("4", []), ("5", []), ("6", [])])
 @pytest.mark.parametrize("attack", ["pgd", "onepixel"])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
                                           dropped: list[str], attack: str) -> None:
@@ -97,10 +97,12 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     for folder in ("summary", "samples"):
         path = next((tmp_path / folder).glob("*.parquet"))
         table = pq.read_table(path)
-        gone = dropped
+        gone = [*dropped, "fooled_by", "queries"]
         if folder == "summary":
-            gone = [*dropped, "train_dataset", "attack_run", "model_source",
-                    "weights_sha256", "critic_threshold"] + (["black_box"] if version < "5" else [])
+            gone = [*dropped, "cascade_member", "member_given", "member_robust_acc", "flags"]
+            if version < "6":
+                gone += ["train_dataset", "attack_run", "model_source", "weights_sha256",
+                         "critic_threshold"] + (["black_box"] if version < "5" else [])
         table = table.drop_columns([c for c in gone if c in table.column_names])
         pq.write_table(table.replace_schema_metadata({"advbench_schema_version": version}), path)
     df = load(tmp_path)
@@ -108,8 +110,10 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     for column in dropped:
         assert df[column].isna().all()
     assert df["black_box"].tolist() == [attack == "onepixel"]
-    assert df["train_dataset"].isna().all() and df["attack_run"].tolist() == ["c1"]
-    assert df["model_source"].tolist() == ["zoo"] and df["weights_sha256"].isna().all()
+    assert df["attack_run"].tolist() == ["c1"] and df["model_source"].tolist() == ["zoo"]
+    if version < "6":
+        assert df["train_dataset"].isna().all() and df["weights_sha256"].isna().all()
+    assert df["cascade_member"].isna().all() and df["flags"].isna().all()
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 

@@ -1,0 +1,412 @@
+"""Auto-PGD: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", ICML 2020.
+
+- ``apgd``: untargeted APGD with the cross-entropy (``ce``) or the difference-of-logits-ratio
+  (``dlr``) loss.
+- ``apgd_t``: APGD with the targeted DLR loss, run once per target class (the top ``k`` other
+  classes of the clean prediction, each on the samples no earlier class fooled). As in
+  AutoAttack it is an *untargeted* evaluation: a sample counts as fooled when it leaves its
+  label, whichever class it lands in.
+
+Both take steps of size ``2·eps`` at first, with momentum 0.75, and at the paper's checkpoints
+(p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)) halve the step size of a
+sample and restart it from its best point when its loss rose in at most ρ = 0.75 of the steps
+since the last checkpoint, or when neither its step size nor its best loss changed since then.
+
+The loop streams like PGD's: ``batch_size`` rows in flight, each with its own step count and
+checkpoints; a row that fools the model leaves at once with that iterate (early stop) and a
+waiting sample takes its place. The logits every step computes anyway decide it, so early stop
+costs nothing and changes no outcome, only the model calls spent on samples already fooled.
+
+DLR needs three classes (targeted DLR four); on targets with fewer (a discriminator's two
+logits) the Carlini–Wagner margin takes its place, and the result says so
+(:attr:`AttackResult.effective_params`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bench.core.attack import AttackResult, ModelCalls, margin_loss, register_attack
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, l2_norm
+from bench.core.target import Target
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample DLR (Croce & Hein 2020, eq. 6): ``-(z_y - max_{i≠y} z_i) / (z_π1 - z_π3)``."""
+    z = logits.float()
+    ranked = z.sort(dim=1, descending=True).values
+    true = z.gather(1, labels[:, None])[:, 0]
+    top_is_true = z.argmax(1) == labels
+    best_other = torch.where(top_is_true, ranked[:, 1], ranked[:, 0])
+    return -(true - best_other) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
+                      ) -> torch.Tensor:
+    """Per-sample targeted DLR (eq. 7): ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)``."""
+    z = logits.float()
+    ranked = z.sort(dim=1, descending=True).values
+    true = z.gather(1, labels[:, None])[:, 0]
+    aim = z.gather(1, target[:, None])[:, 0]
+    return -(true - aim) / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
+
+
+def targeted_margin_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
+                         ) -> torch.Tensor:
+    """``z_t - z_y``: the targeted loss where targeted DLR has too few classes."""
+    z = logits.float()
+    return z.gather(1, target[:, None])[:, 0] - z.gather(1, labels[:, None])[:, 0]
+
+
+def targeted_ce_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
+                     ) -> torch.Tensor:
+    """``-CE(z, t)``: ascending it moves towards the target class."""
+    return -torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+
+
+def _check_common(steps: int, restarts: int, rho: float) -> None:
+    if steps < 1:
+        raise BadInput(f"steps must be >= 1, got {steps}")
+    if restarts < 1:
+        raise BadInput(f"restarts must be >= 1, got {restarts}")
+    if not 0 < rho < 1:
+        raise BadInput(f"rho must lie in (0, 1), got {rho}")
+
+
+@dataclass(frozen=True)
+class APGDParams:
+    """``steps``: iterations per restart (AutoAttack: 100). ``restarts``: independent runs, each
+    on the samples no earlier run fooled. ``loss``: ``"ce"`` or ``"dlr"``. ``rho``: the
+    oscillation threshold of the step-size rule. ``early_stop``: a fooled sample leaves at once."""
+
+    steps: int = 100
+    restarts: int = 1
+    loss: str = "ce"
+    rho: float = 0.75
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        _check_common(self.steps, self.restarts, self.rho)
+        if self.loss not in APGD_LOSSES:
+            raise BadInput(f"unknown APGD loss {self.loss!r}; use one of {', '.join(APGD_LOSSES)}")
+
+
+@dataclass(frozen=True)
+class APGDTParams:
+    """``target_classes``: how many of the top other classes are tried as targets (AutoAttack: 9;
+    at most the target's classes − 1). ``restarts``: runs per target class. ``loss``: ``"dlr"``
+    (targeted DLR, the paper's) or ``"ce"`` (targeted cross-entropy)."""
+
+    steps: int = 100
+    target_classes: int = 9
+    restarts: int = 1
+    loss: str = "dlr"
+    rho: float = 0.75
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        _check_common(self.steps, self.restarts, self.rho)
+        if self.target_classes < 1:
+            raise BadInput(f"target_classes must be >= 1, got {self.target_classes}")
+        if self.loss not in APGD_LOSSES:
+            raise BadInput(f"unknown APGD-T loss {self.loss!r}; use one of "
+                           f"{', '.join(APGD_LOSSES)}")
+
+
+def checkpoints(steps: int) -> dict[int, int]:
+    """``{step count: window length}`` at which the step-size rule is checked: the paper's
+    p-schedule in AutoAttack's integer form (first window ⌊0.22·N⌋, shrinking by ⌊0.03·N⌋ to at
+    least ⌊0.06·N⌋, each at least 1)."""
+    window = max(int(0.22 * steps), 1)
+    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out: dict[int, int] = {}
+    at = window
+    while at <= steps:
+        out[at] = window
+        window = max(window - shrink, shortest)
+        at += window
+    return out
+
+
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A loss of ``(logits, labels)`` where ``labels`` is ``[N, 2]``: (true class, target class)."""
+
+
+def _pair_loss(name: str, targeted: bool, num_classes: int) -> tuple[PairLoss, str]:
+    """The loss to ascend and the name it runs under (DLR falls back to the margin loss)."""
+    if targeted:
+        if name == "ce":
+            return lambda z, yt: targeted_ce_loss(z, yt[:, 0], yt[:, 1]), "ce"
+        if num_classes < 4:
+            return lambda z, yt: targeted_margin_loss(z, yt[:, 0], yt[:, 1]), "margin"
+        return lambda z, yt: targeted_dlr_loss(z, yt[:, 0], yt[:, 1]), "dlr"
+    if name == "ce":
+        return lambda z, yt: torch.nn.functional.cross_entropy(
+            z.float(), yt[:, 0], reduction="none"), "ce"
+    if num_classes < 3:
+        return lambda z, yt: margin_loss(z, yt[:, 0]), "margin"
+    return lambda z, yt: dlr_loss(z, yt[:, 0]), "dlr"
+
+
+def apgd_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Generator
+               ) -> torch.Tensor:
+    """AutoAttack's starting point: a random direction scaled to the sphere of radius eps
+    (Linf: uniform noise whose largest entry is eps; L2: a Gaussian direction of norm eps)."""
+    view = (-1,) + (1,) * (x.ndim - 1)
+    if norm is Norm.LINF:
+        t = 2 * torch.rand(x.shape, generator=generator, device=generator.device) - 1
+        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
+    else:
+        t = torch.randn(x.shape, generator=generator, device=generator.device)
+        t = t / (l2_norm(t) + 1e-12).view(view)
+    return (eps * t).to(device=x.device, dtype=x.dtype)
+
+
+def _project(z: torch.Tensor, x0: torch.Tensor, norm: Norm, eps: float,
+             bounds: tuple[float, float]) -> torch.Tensor:
+    """``z`` moved into the eps ball around ``x0`` and the bounds (AutoAttack's order)."""
+    lo, hi = bounds
+    if norm is Norm.LINF:
+        return torch.min(torch.max(z, x0 - eps), x0 + eps).clamp(lo, hi)
+    d = z - x0
+    length = l2_norm(d).view((-1,) + (1,) * (z.ndim - 1)).to(z.dtype)
+    return (x0 + d / (length + 1e-12) * torch.clamp(length, max=eps)).clamp(lo, hi)
+
+
+class _Rows:
+    """The rows in flight: a dict of per-row tensors kept in step (select, append)."""
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        self.c = columns
+
+    def __len__(self) -> int:
+        return int(self.c["idx"].shape[0])
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.c = {k: v[mask] for k, v in self.c.items()}
+
+    def append(self, other: _Rows) -> None:
+        self.c = {k: torch.cat([v, other.c[k]]) for k, v in self.c.items()}
+
+
+class _APGDLoop:
+    """One APGD run (one restart, one target class) over a queue of samples, streamed."""
+
+    def __init__(self, calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                 norm: Norm, steps: int, rho: float, loss: PairLoss, early_stop: bool,
+                 rows: int) -> None:
+        self.calls, self.x, self.y = calls, x, y
+        self.eps, self.norm, self.steps, self.rho = eps, norm, steps, rho
+        self.loss, self.early_stop, self.rows = loss, early_stop, rows
+        self.checks = checkpoints(steps)
+
+    def run(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attack ``queue`` (target classes ``aims``, start points ``starts``). Returns, for
+        every queued sample, whether it was fooled, the fooling iterate (else the highest-loss
+        point) and the best loss."""
+        n = queue.numel()
+        out_x = starts.clone()
+        out_hit = torch.zeros(n, dtype=torch.bool, device=queue.device)
+        out_loss = torch.full((n,), float("-inf"), device=queue.device)
+        rows: _Rows | None = None
+        taken = 0
+        while True:
+            free = min(self.rows - (len(rows) if rows else 0), n - taken)
+            if free > 0:
+                fresh = self._fresh(queue, aims, starts, taken, free)
+                if rows is None:
+                    rows = fresh
+                else:
+                    rows.append(fresh)
+                taken += free
+            if rows is None or len(rows) == 0:
+                break
+            finished = self._step(rows)
+            if finished.any():
+                c = rows.c
+                pos = c["pos"][finished]
+                hit = c["found"][finished]
+                out_hit[pos] = hit
+                out_x[pos] = torch.where(hit.view((-1,) + (1,) * (starts.ndim - 1)),
+                                         c["x_found"][finished], c["x_best"][finished])
+                out_loss[pos] = c["loss_best"][finished]
+                rows.keep(~finished)
+        return out_hit, out_x, out_loss
+
+    def _fresh(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor,
+               taken: int, free: int) -> _Rows:
+        part = slice(taken, taken + free)
+        idx = queue[part]
+        x0 = self.x[idx]
+        z = starts[part]
+        scalar = torch.zeros(free, device=x0.device)
+        return _Rows(
+            idx=idx, pos=torch.arange(taken, taken + free, device=queue.device),
+            labels=torch.stack([self.y[idx], aims[part]], 1), x0=x0, x=z, x_prev=z,
+            x_best=z, x_found=z, grad=torch.zeros_like(z), grad_best=torch.zeros_like(z),
+            step=torch.full((free,), 2 * self.eps, device=x0.device),
+            done=torch.zeros(free, dtype=torch.long, device=x0.device),
+            loss_best=scalar - math.inf, last_loss=scalar, rises=scalar.clone(),
+            best_at_check=scalar.clone(), reduced=torch.ones(free, dtype=torch.bool,
+                                                              device=x0.device),
+            found=torch.zeros(free, dtype=torch.bool, device=x0.device),
+        )
+
+    def _step(self, rows: _Rows) -> torch.Tensor:
+        """Evaluate every row at its iterate, apply the step-size rule, take the next step.
+        Returns the rows that are finished (fooled with early stop, or out of steps)."""
+        c = rows.c
+        loss, logits, grad = self.calls.loss_and_grad(c["x"], c["labels"], self.loss)
+        hit = logits.argmax(1) != c["labels"][:, 0]
+        view = (-1,) + (1,) * (c["x"].ndim - 1)
+        new_hit = hit & ~c["found"]
+        c["x_found"] = torch.where(new_hit.view(view), c["x"], c["x_found"])
+        c["found"] = c["found"] | hit
+        first = c["done"] == 0
+        c["rises"] = c["rises"] + (~first & (loss > c["last_loss"])).float()
+        c["last_loss"] = loss
+        better = loss > c["loss_best"]
+        c["x_best"] = torch.where(better.view(view), c["x"], c["x_best"])
+        c["grad_best"] = torch.where(better.view(view), grad, c["grad_best"])
+        c["loss_best"] = torch.where(better, loss, c["loss_best"])
+        c["best_at_check"] = torch.where(first, loss, c["best_at_check"])
+        c["grad"] = grad
+        self._checkpoint(c, view)
+        finished = c["done"] >= self.steps
+        if self.early_stop:
+            finished = finished | c["found"]
+        moving = ~finished
+        if moving.any():
+            self._move(c, moving, view)
+        return finished
+
+    def _checkpoint(self, c: dict[str, torch.Tensor], view: tuple[int, ...]) -> None:
+        """Halve the step and go back to the best point where the paper's conditions hold."""
+        window = torch.zeros_like(c["rises"])
+        for at, length in self.checks.items():
+            window = torch.where(c["done"] == at, float(length), window)
+        due = window > 0
+        if not bool(due.any()):
+            return
+        oscillating = c["rises"] <= window * self.rho
+        stalled = ~c["reduced"] & (c["best_at_check"] >= c["loss_best"])
+        halve = due & (oscillating | stalled)
+        c["reduced"] = torch.where(due, halve, c["reduced"])
+        c["best_at_check"] = torch.where(due, c["loss_best"], c["best_at_check"])
+        c["rises"] = torch.where(due, 0.0, c["rises"])
+        c["step"] = torch.where(halve, c["step"] / 2, c["step"])
+        c["x"] = torch.where(halve.view(view), c["x_best"], c["x"])
+        c["grad"] = torch.where(halve.view(view), c["grad_best"], c["grad"])
+
+    def _move(self, c: dict[str, torch.Tensor], moving: torch.Tensor,
+              view: tuple[int, ...]) -> None:
+        """One APGD step with momentum (momentum 1 on a row's first step, else 0.75)."""
+        x, x0, bounds = c["x"], c["x0"], self.calls.target.bounds
+        a = torch.where(c["done"] == 0, 1.0, 0.75).view(view).to(x.dtype)
+        step = c["step"].view(view).to(x.dtype)
+        grad = c["grad"]
+        if self.norm is Norm.LINF:
+            z = _project(x + step * grad.sign(), x0, self.norm, self.eps, bounds)
+        else:
+            unit = grad / (l2_norm(grad) + 1e-12).view(view).to(grad.dtype)
+            z = _project(x + step * unit, x0, self.norm, self.eps, bounds)
+        z = _project(x + (z - x) * a + (x - c["x_prev"]) * (1 - a), x0, self.norm, self.eps,
+                     bounds)
+        c["x_prev"] = torch.where(moving.view(view), x, c["x_prev"])
+        c["x"] = torch.where(moving.view(view), z, x)
+        c["done"] = c["done"] + moving.long()
+
+
+def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
+              generator: torch.Generator, steps: int, rho: float, loss: str, targeted: bool,
+              runs: int, restarts: int, early_stop: bool, batch_size: int | None
+              ) -> AttackResult:
+    """The shared driver: ``runs`` target classes (1 when untargeted) × ``restarts``, each on
+    the samples no earlier run fooled; a sample keeps its fooling iterate, else its
+    highest-loss point of the last run."""
+    calls = ModelCalls(target)
+    pair_loss, used = _pair_loss(loss, targeted, target.num_classes)
+    n = x.shape[0]
+    rows = max(1, batch_size or n)
+    loop = _APGDLoop(calls, x, y, eps=eps, norm=norm, steps=steps, rho=rho, loss=pair_loss,
+                     early_stop=early_stop, rows=rows)
+    ranked = None
+    if targeted and n:
+        ranked = torch.cat([calls.logits(c) for c in x.split(rows)]).float().sort(
+            dim=1, descending=True).indices
+    best = x.clone()
+    success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for run in range(runs):
+        for _ in range(restarts):
+            queue = torch.nonzero(~success).flatten()
+            if queue.numel() == 0:
+                break
+            aims = y[queue] if ranked is None else _target_class(ranked[queue], y[queue], run)
+            starts = (x[queue] + apgd_start(x[queue], norm, eps, generator)).clamp(
+                *target.bounds)
+            hit, adv, _ = loop.run(queue, aims, starts)
+            best[queue] = adv
+            success[queue] = hit
+    return AttackResult.build(x, best, success, calls,
+                              effective_params={"loss": used} if used != loss else None)
+
+
+def _target_class(ranked: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The (k+1)-th most likely class other than ``y`` of each sample's clean prediction."""
+    others = ranked[ranked != y[:, None]].view(ranked.shape[0], -1)
+    return others[:, k]
+
+
+def _apgd_cost(params: APGDParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:
+    calls = n * (params.steps + 1) * params.restarts
+    return calls, calls
+
+
+def _apgd_t_cost(params: APGDTParams, n: int, num_classes: int, n_fit: int
+                 ) -> tuple[int, int]:
+    runs = min(params.target_classes, num_classes - 1) * params.restarts
+    return n * (runs * (params.steps + 1) + 1), n * runs * (params.steps + 1)
+
+
+@register_attack("apgd", params=APGDParams, norms=(Norm.LINF, Norm.L2), cost=_apgd_cost,
+                 streams=True)
+def apgd(
+    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
+    generator: torch.Generator, params: APGDParams, y_target: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> AttackResult:
+    """Auto-PGD with CE or DLR loss, step-size schedule and momentum (Croce & Hein 2020)."""
+    assert eps is not None
+    return _run_apgd(target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
+                     rho=params.rho, loss=params.loss, targeted=False, runs=1,
+                     restarts=params.restarts, early_stop=params.early_stop,
+                     batch_size=batch_size)
+
+
+@register_attack("apgd_t", params=APGDTParams, norms=(Norm.LINF, Norm.L2), cost=_apgd_t_cost,
+                 streams=True)
+def apgd_t(
+    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
+    generator: torch.Generator, params: APGDTParams, y_target: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> AttackResult:
+    """APGD with the targeted DLR loss over the top-k other classes (Croce & Hein 2020)."""
+    assert eps is not None
+    runs = min(params.target_classes, target.num_classes - 1)
+    return _run_apgd(target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
+                     rho=params.rho, loss=params.loss, targeted=True, runs=runs,
+                     restarts=params.restarts, early_stop=params.early_stop,
+                     batch_size=batch_size)
+
+
+__all__ = ["APGDParams", "APGDTParams", "apgd", "apgd_t", "checkpoints", "dlr_loss",
+           "targeted_dlr_loss"]

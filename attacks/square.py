@@ -1,0 +1,226 @@
+"""Square Attack: Andriushchenko, Croce, Flammarion, Hein, "Square Attack: a query-efficient
+black-box adversarial attack via random search", ECCV 2020.
+
+Score-based black-box random search: each query changes one random square window of the
+current perturbation (Linf: to ±2·eps per channel, then projected; L2: a pair of windows whose
+mass is moved, with the paper's centred "eta" pattern) and keeps the change where the margin
+loss falls. The window side follows the paper's schedule of p (the share of pixels changed),
+halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to the query
+budget. It never reads a gradient, which makes it the check for gradient masking: it works on
+a model whose gradients are useless. A sample stops costing queries once it is fooled; its
+query count is returned (``artifacts["queries"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.core.attack import AttackResult, ModelCalls, register_attack
+from bench.core.errors import BadInput
+from bench.core.norms import Norm, l2_norm
+from bench.core.target import Target
+
+SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
+            (6000, 128), (8000, 256))
+"""(query, divisor): after ``query`` (on a 10,000-query scale) p is p_init / (2·divisor)."""
+
+
+@dataclass(frozen=True)
+class SquareParams:
+    """``queries``: model queries per sample (the paper and AutoAttack: 5000). ``p_init``: the
+    initial share of pixels a window covers (0.8; AutoAttack's Linf value; 0.1 is common for L2
+    on large images). ``restarts``: independent runs on the samples still robust."""
+
+    queries: int = 5000
+    p_init: float = 0.8
+    restarts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.queries < 1:
+            raise BadInput(f"queries must be >= 1, got {self.queries}")
+        if not 0 < self.p_init <= 1:
+            raise BadInput(f"p_init must lie in (0, 1], got {self.p_init}")
+        if self.restarts < 1:
+            raise BadInput(f"restarts must be >= 1, got {self.restarts}")
+
+
+def p_at(query: int, queries: int, p_init: float) -> float:
+    """The window share at ``query`` (the schedule rescaled to a ``queries`` budget)."""
+    it = int(query / queries * 10000)
+    p = p_init
+    for after, divisor in SCHEDULE:
+        if it > after:
+            p = p_init / (2 * divisor)
+    return p
+
+
+def _signs(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor
+           ) -> torch.Tensor:
+    out = torch.randint(0, 2, shape, generator=generator, device=generator.device) * 2 - 1
+    return out.to(device=like.device, dtype=like.dtype)
+
+
+def _randint(high: int, generator: torch.Generator) -> int:
+    return int(torch.randint(0, max(high, 1), (1,), generator=generator,
+                             device=generator.device))
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j≠y} z_j``: ≤ 0 once the sample is misclassified (the loss Square lowers)."""
+    z = logits.float()
+    true = z.gather(1, y[:, None])[:, 0]
+    return true - z.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+def _rectangles(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """The paper's nested-rectangle pattern of a ``rows × cols`` half window, unit L2 norm."""
+    delta = torch.zeros(rows, cols, device=device)
+    r0, c0 = rows // 2, cols // 2
+    for k in range(max(r0 + 1, c0 + 1)):
+        delta[max(r0 - k, 0):min(r0 + k + 1, rows), max(c0 - k, 0):min(c0 + k + 1, cols)] \
+            += 1.0 / (k + 1) ** 2
+    return delta / delta.norm()
+
+
+def eta(s: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The L2 window pattern: +rectangles on one half, −rectangles on the other, unit norm,
+    transposed with probability 1/2."""
+    delta = torch.cat([_rectangles(s // 2, s, device), -_rectangles(s - s // 2, s, device)])
+    delta = delta / delta.norm()
+    flip = bool(torch.rand(1, generator=generator, device=generator.device) > 0.5)
+    return delta.T if flip else delta
+
+
+class _Search:
+    """One restart of the random search over a batch of images."""
+
+    def __init__(self, calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                 norm: Norm, params: SquareParams, generator: torch.Generator) -> None:
+        self.calls, self.x, self.y, self.eps, self.norm = calls, x, y, eps, norm
+        self.params, self.generator = params, generator
+        self.lo, self.hi = calls.target.bounds
+        self.c, self.h, self.w = x.shape[1:]
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (best images, fooled, queries spent per sample)."""
+        x, y = self.x, self.y
+        best = self._init()
+        margin = _margin(self.calls.logits(best), y)
+        queries = torch.ones(x.shape[0], device=x.device)
+        for q in range(self.params.queries - 1):
+            active = torch.nonzero(margin >= 0).flatten()
+            if active.numel() == 0:
+                break
+            s = self._side(q)
+            candidate = self._linf_step(x[active], best[active], s) if self.norm is Norm.LINF \
+                else self._l2_step(x[active], best[active], s)
+            new = _margin(self.calls.logits(candidate), y[active])
+            better = new < margin[active]
+            best[active] = torch.where(better.view(-1, 1, 1, 1), candidate, best[active])
+            margin[active] = torch.where(better, new, margin[active])
+            queries[active] += 1
+        return best, margin < 0, queries
+
+    def _side(self, q: int) -> int:
+        p = p_at(q, self.params.queries, self.params.p_init)
+        side = int(round(math.sqrt(p * self.h * self.w)))
+        if self.norm is Norm.L2:
+            side = max(side, 3)
+            side += 1 - side % 2  # odd, as the paper's eta pattern wants
+        return max(1, min(side, self.h, self.w))
+
+    def _init(self) -> torch.Tensor:
+        x, g = self.x, self.generator
+        if self.norm is Norm.LINF:  # vertical stripes of ±eps
+            stripes = _signs((x.shape[0], self.c, 1, self.w), g, x)
+            return (x + self.eps * stripes).clamp(self.lo, self.hi)
+        s = max(self.h // 5, 1)  # a grid of eta windows with random signs
+        start = (self.h - s * 5) // 2 if self.h >= 5 else 0
+        delta = torch.zeros_like(x)
+        for i in range(self.h // s):
+            for j in range(self.w // s):
+                r, c = start + i * s, start + j * s
+                if r + s > self.h or c + s > self.w:
+                    continue
+                pattern = eta(s, g, x.device).to(x.dtype) if s > 1 \
+                    else torch.ones(1, 1, device=x.device, dtype=x.dtype)
+                delta[:, :, r:r + s, c:c + s] += pattern * _signs((x.shape[0], self.c, 1, 1), g, x)
+        return (x + self._unit(delta) * self.eps).clamp(self.lo, self.hi)
+
+    def _unit(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta / (l2_norm(delta) + 1e-12).view(-1, 1, 1, 1).to(delta.dtype)
+
+    def _linf_step(self, x: torch.Tensor, best: torch.Tensor, s: int) -> torch.Tensor:
+        """One window (shared position, per-sample signs per channel) set to ±2·eps."""
+        g = self.generator
+        r, c = _randint(self.h - s, g), _randint(self.w - s, g)
+        change = torch.zeros_like(x)
+        change[:, :, r:r + s, c:c + s] = 2 * self.eps * _signs((x.shape[0], self.c, 1, 1), g, x)
+        new = torch.min(torch.max(best + change, x - self.eps), x + self.eps)
+        return new.clamp(self.lo, self.hi)
+
+    def _l2_step(self, x: torch.Tensor, best: torch.Tensor, s: int) -> torch.Tensor:
+        """Move the perturbation's mass of two windows into one new eta pattern (the paper's
+        Algorithm 3), keeping the total norm at eps."""
+        g = self.generator
+        delta = best - x
+        r1, c1 = _randint(self.h - s, g), _randint(self.w - s, g)
+        r2, c2 = _randint(self.h - s, g), _randint(self.w - s, g)
+        mask = torch.zeros_like(x)
+        mask[:, :, r1:r1 + s, c1:c1 + s] = 1
+        mask[:, :, r2:r2 + s, c2:c2 + s] = 1
+        view = (-1, 1, 1, 1)
+        norm_image = l2_norm(delta).view(view)
+        norm_windows = l2_norm(delta * mask).view(view)
+        window = delta[:, :, r1:r1 + s, c1:c1 + s]
+        old = window / (1e-12 + window.flatten(2).norm(dim=2)[..., None, None])
+        new = eta(s, g, x.device).to(x.dtype) * _signs((x.shape[0], self.c, 1, 1), g, x) + old
+        room = (torch.clamp(self.eps ** 2 - norm_image ** 2, min=0) / self.c
+                + norm_windows ** 2).sqrt()
+        new = new / (1e-12 + new.flatten(2).norm(dim=2)[..., None, None]) * room
+        delta = delta.clone()
+        delta[:, :, r2:r2 + s, c2:c2 + s] = 0
+        delta[:, :, r1:r1 + s, c1:c1 + s] = new
+        return (x + self._unit(delta) * self.eps).clamp(self.lo, self.hi)
+
+
+def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
+                 ) -> tuple[int, int]:
+    return n * params.queries * params.restarts, 0
+
+
+@register_attack("square", params=SquareParams, norms=(Norm.LINF, Norm.L2), black_box=True,
+                 cost=_square_cost)
+def square(
+    target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
+    generator: torch.Generator, params: SquareParams, y_target: torch.Tensor | None = None,
+) -> AttackResult:
+    """Square Attack, score-based black-box random search (Andriushchenko et al. 2020)."""
+    assert eps is not None
+    if x.ndim != 4:
+        raise BadInput(f"square attacks images [N, C, H, W]; got inputs of shape "
+                       f"{tuple(x.shape)}")
+    calls = ModelCalls(target)
+    best, success = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    queries = torch.zeros(x.shape[0], device=x.device)
+    if eps == 0 or x.shape[0] == 0:
+        if x.shape[0]:
+            success = calls.logits(x).argmax(1) != y
+            queries += 1
+        return AttackResult.build(x, best, success, calls, artifacts={"queries": queries})
+    for _ in range(params.restarts):
+        todo = torch.nonzero(~success).flatten()
+        if todo.numel() == 0:
+            break
+        adv, fooled, spent = _Search(calls, x[todo], y[todo], eps=eps, norm=norm,
+                                     params=params, generator=generator).run()
+        best[todo] = torch.where(fooled.view(-1, 1, 1, 1), adv, best[todo])
+        success[todo] = fooled
+        queries[todo] += spent
+    return AttackResult.build(x, best, success, calls, artifacts={"queries": queries})
+
+
+__all__ = ["SquareParams", "eta", "p_at", "square"]
