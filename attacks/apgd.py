@@ -273,7 +273,8 @@ class _APGDLoop:
         c["found"] = c["found"] | hit
         first = c["done"] == 0
         c["rises"] = c["rises"] + (~first & (loss > c["last_loss"])).float()
-        c["last_loss"] = loss
+        # AutoAttack compares the first step's loss with 0, not with the starting point's
+        c["last_loss"] = torch.where(first, torch.zeros_like(loss), loss)
         better = loss > c["loss_best"]
         c["x_best"] = torch.where(better.view(view), c["x"], c["x_best"])
         c["grad_best"] = torch.where(better.view(view), grad, c["grad_best"])

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from bench.config import Cell, SweepConfig
 from bench.core.errors import BadInput
-from bench.runner import CellResult, RunOptions, Worker, run_group
+from bench.runner import CellResult, RunOptions, Worker, attack_run_id, run_group
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,26 @@ class Executor(Protocol):
 
 
 def chunks(groups: list[list[Cell]], size: int = CHUNK) -> list[list[Cell]]:
-    """Each group cut into near-equal runs of at most ``size`` cells."""
+    """Each group cut into runs of about ``size`` cells, never between cells read from one
+    attack run (a minimal attack's eps rows, a cascade's member rows), which would repeat it."""
     out = []
     for group in groups:
+        runs: list[list[Cell]] = []
+        for cell in group:
+            if runs and attack_run_id(runs[-1][-1]) == attack_run_id(cell):
+                runs[-1].append(cell)
+            else:
+                runs.append([cell])
         parts = math.ceil(len(group) / size)
         step = math.ceil(len(group) / parts)
-        out += [group[i:i + step] for i in range(0, len(group), step)]
+        chunk: list[Cell] = []
+        for run in runs:
+            if chunk and len(chunk) + len(run) > step:
+                out.append(chunk)
+                chunk = []
+            chunk += run
+        if chunk:
+            out.append(chunk)
     return out
 
 

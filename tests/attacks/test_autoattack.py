@@ -1,0 +1,305 @@
+"""APGD, APGD-T, FAB-T, Square and the ``standard`` cascade, checked against torchattacks (an
+independent implementation of each), against the papers' definitions, and against the
+cascade's own bookkeeping. Budgets are small here; tests/benchmarks runs AutoAttack's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import run_attack
+from attacks.apgd import checkpoints, dlr_loss, targeted_dlr_loss
+from attacks.cascade import CLEAN, ROBUST
+from attacks.fab import project_l2, project_linf
+from bench.core.checkpoints import CheckpointCache
+from bench.core.datasets import Dataset, Split
+from bench.core.target import Target
+from defenses import DEFENSES, fitted_defense
+from tests.conftest import make_tiny_target
+
+torchattacks = pytest.importorskip("torchattacks")
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def fgsm_rs_lenet(lenet: Target, mnist5k: Dataset, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Target:
+    """The trained LeNet fine-tuned with FGSM-RS at eps 0.3 (a small budget: 2,000 digits)."""
+    train = mnist5k.split("train")
+    params = {"eps": 0.3, "epochs": 3, "monitor_samples": 100, "monitor_steps": 5}
+    return fitted_defense(DEFENSES.get("fgsm_rs"), lenet, Split(train.x[:2000], train.y[:2000]),
+                          params, seed=0, cache=CheckpointCache(tmp_path_factory.mktemp("at")),
+                          progress=False)
+
+
+@pytest.fixture(scope="module")
+def held_out(mnist5k: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """500 held-out digits (the random starts differ between libraries: at 500 digits their
+    spread stays within the 0.5-point tolerance)."""
+    return mnist5k.test.x[:500].clone(), mnist5k.test.y[:500].clone()
+
+
+def robust(target: Target, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+    """Robust accuracy of ``x_adv`` judged by a fresh forward (clean-correct and still correct)."""
+    clean = target.predict_logits(x).argmax(1) == y
+    return float((clean & (target.predict_logits(x_adv).argmax(1) == y)).float().mean())
+
+
+def ours(name: str, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float,
+         norm: str = "linf", **params: Any) -> torch.Tensor:
+    return run_attack(name, target, x, y, eps=eps, norm=norm, params=params,
+                      generator=torch.Generator().manual_seed(SEED)).x_adv
+
+
+def theirs(attack: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(SEED)
+    return attack(x, y)
+
+
+# --- the papers' definitions ----------------------------------------------------------------
+
+def test_checkpoints_follow_the_papers_schedule() -> None:
+    """p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), checked at ⌈p_j·N⌉."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    paper = [math.ceil(round(pj * 100, 6)) for pj in p[1:]]
+    assert list(checkpoints(100)) == paper == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_dlr_losses_match_their_definitions() -> None:
+    z = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 4.0, 1.0, 2.0]])
+    y = torch.tensor([0, 0])
+    # row 0: top is the label, runner-up 2 → -(3-2)/(3-1); row 1: -(0-4)/(4-1)
+    torch.testing.assert_close(dlr_loss(z, y), torch.tensor([-0.5, 4 / 3]))
+    t = torch.tensor([2, 1])
+    # -(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)
+    torch.testing.assert_close(targeted_dlr_loss(z, y, t),
+                               torch.tensor([-(3 - 2) / (3 - 0.5), -(0 - 4) / (4 - 0.5)]))
+
+
+@pytest.mark.parametrize("project,norm", [(project_linf, math.inf), (project_l2, 2)])
+def test_fab_projections_reach_the_hyperplane_inside_the_box(project: Any, norm: float) -> None:
+    """The step lands on w·z = b inside [0, 1] and no shorter step of the same direction set
+    does: compared with a dense search along the solution's own ray."""
+    g = torch.Generator().manual_seed(3)
+    t, w = torch.rand(64, 30, generator=g), torch.randn(64, 30, generator=g)
+    b = (w * torch.rand(64, 30, generator=g)).sum(1)  # a point of the box lies on the plane
+    d = project(t, w, b, 0.0, 1.0)
+    z = t + d
+    assert float(z.min()) >= -1e-6 and float(z.max()) <= 1 + 1e-6
+    torch.testing.assert_close((w * z).sum(1), b, atol=1e-3, rtol=1e-4)
+    for s in (0.9, 0.97):  # a shorter step of the same shape falls short of the plane
+        short = (w * (t + s * d)).sum(1)
+        assert bool(((short - b).abs() > 1e-4).all())
+
+
+def test_dlr_on_two_classes_runs_as_the_margin_loss_and_says_so(
+        digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    target = make_tiny_target("discriminator")
+    x, _ = digits
+    real = torch.arange(len(x[:20])) % 2
+    res = run_attack("apgd", target, x[:20], real, eps=0.1, params={"steps": 3, "loss": "dlr"})
+    assert res.effective_params == {"loss": "margin"}
+    res = run_attack("apgd_t", target, x[:20], real, eps=0.1, params={"steps": 3})
+    assert res.effective_params == {"loss": "margin"}
+
+
+# --- against torchattacks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["lenet", "fgsm_rs_lenet"])
+@pytest.mark.parametrize("loss,norm,eps", [("ce", "linf", 0.1), ("dlr", "linf", 0.1),
+                                           ("ce", "l2", 1.5)])
+def test_apgd_at_most_as_robust_as_torchattacks(model: str, loss: str, norm: str, eps: float,
+                                                held_out: Any,
+                                                request: pytest.FixtureRequest) -> None:
+    target = request.getfixturevalue(model)
+    x, y = held_out
+    eps = eps * 3 if model == "fgsm_rs_lenet" and norm == "linf" else eps
+    mine = robust(target, x, y, ours("apgd", target, x, y, eps, norm, steps=20, loss=loss))
+    peer = torchattacks.APGD(target, norm="Linf" if norm == "linf" else "L2", eps=eps,
+                             steps=20, loss=loss, n_restarts=1)
+    reference = robust(target, x, y, theirs(peer, x, y))
+    assert mine <= reference + 0.005, (mine, reference)
+
+
+def test_apgd_t_at_most_as_robust_as_torchattacks(lenet: Target, held_out: Any) -> None:
+    x, y = held_out
+    mine = robust(lenet, x, y, ours("apgd_t", lenet, x, y, 0.1, steps=10))
+    peer = torchattacks.APGDT(lenet, eps=0.1, steps=10, n_classes=10, n_restarts=1)
+    reference = robust(lenet, x, y, theirs(peer, x, y))
+    assert mine <= reference + 0.005, (mine, reference)
+
+
+def test_apgd_100_steps_at_least_as_strong_as_pgd_40(fgsm_rs_lenet: Target,
+                                                     held_out: Any) -> None:
+    x, y = held_out
+    apgd = robust(fgsm_rs_lenet, x, y, ours("apgd", fgsm_rs_lenet, x, y, 0.3))
+    pgd = robust(fgsm_rs_lenet, x, y, ours("pgd", fgsm_rs_lenet, x, y, 0.3, steps=40,
+                                          step_size=0.01))
+    assert apgd <= pgd, (apgd, pgd)
+    assert pgd - apgd < 0.5  # the same model, not a broken one
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_fab_t_as_strong_as_torchattacks(lenet: Target, held_out: Any, norm: str,
+                                         eps: float) -> None:
+    """FAB-T's minimal norms give, at eps, at most torchattacks' multi-targeted FAB's robust
+    accuracy; it finds an adversarial for every sample (it is unbounded)."""
+    x, y = held_out[0][:100], held_out[1][:100]
+    res = run_attack("fab_t", lenet, x, y, norm=norm, params={"steps": 10})
+    dist = res.linf if norm == "linf" else res.l2
+    clean = lenet.predict_logits(x).argmax(1) == y
+    mine = float((clean & ~(res.success & (dist <= eps))).float().mean())
+    peer = torchattacks.FAB(lenet, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=10,
+                            multi_targeted=True, n_classes=10, n_restarts=1)
+    reference = robust(lenet, x, y, theirs(peer, x, y))
+    assert mine <= reference + 0.005, (mine, reference)
+    assert bool(res.success.all())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 2.0)])
+def test_square_as_strong_as_torchattacks(lenet: Target, held_out: Any, norm: str,
+                                          eps: float) -> None:
+    """Random search: equal budgets agree within 3 points (6 of 200 samples)."""
+    x, y = held_out[0][:200], held_out[1][:200]
+    mine = robust(lenet, x, y, ours("square", lenet, x, y, eps, norm, queries=300))
+    peer = torchattacks.Square(lenet, norm="Linf" if norm == "linf" else "L2", eps=eps,
+                               n_queries=300, n_restarts=1)
+    reference = robust(lenet, x, y, theirs(peer, x, y))
+    assert mine <= reference + 0.03, (mine, reference)
+
+
+def test_square_counts_queries_per_sample(lenet: Target, held_out: Any) -> None:
+    x, y = held_out[0][:40], held_out[1][:40]
+    res = run_attack("square", lenet, x, y, eps=0.2, params={"queries": 50})
+    queries = res.artifacts["queries"]
+    assert int(queries.sum()) == res.n_forward and res.n_backward == 0
+    assert bool((queries >= 1).all() and (queries <= 50).all())
+    assert bool((queries[~res.success] == 50).all())  # the robust ones spent the budget
+
+
+# --- gradient masking -----------------------------------------------------------------------
+
+class Quantised(nn.Module):
+    """LeNet behind input quantisation to 3 levels: its gradient is zero almost everywhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 2) / 2)
+
+
+def test_square_breaks_what_gradients_cannot(lenet: Target, held_out: Any) -> None:
+    masked = Target.from_module(Quantised(lenet.model), input_shape=(1, 28, 28), num_classes=10,
+                                name="quantised-lenet")
+    x, y = held_out[0][:60], held_out[1][:60]
+    keep = masked.predict_logits(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    for name, params in (("pgd", {"steps": 20, "random_start": False}), ("apgd", {"steps": 20})):
+        fooled = run_attack(name, masked, x, y, eps=0.25, params=params).success
+        assert int(fooled.sum()) <= 1, name
+    square = run_attack("square", masked, x, y, eps=0.25, params={"queries": 300})
+    assert float(square.success.float().mean()) >= 0.5
+    res = run_attack("standard", masked, x, y, eps=0.25,
+                     params={"steps": 20, "queries": 300, "target_classes": 3})
+    fooled_by, members = res.artifacts["fooled_by"], res.artifacts["members"]
+    assert int((fooled_by == 4).sum()) == int(members[3, 1]) > 0  # square did the work
+
+
+# --- the cascade ----------------------------------------------------------------------------
+
+def test_members_only_attack_what_every_earlier_member_missed(lenet: Target,
+                                                              held_out: Any) -> None:
+    x, y = held_out[0][:80], held_out[1][:80]
+    res = run_attack("standard", lenet, x, y, eps=0.1,
+                     params={"steps": 10, "queries": 100, "target_classes": 3})
+    fooled_by, members = res.artifacts["fooled_by"], res.artifacts["members"]
+    clean_wrong = int((lenet.predict_logits(x).argmax(1) != y).sum())
+    assert int((fooled_by == CLEAN).sum()) == clean_wrong
+    left = len(x) - clean_wrong
+    for k in range(4):
+        given, fooled = int(members[k, 0]), int(members[k, 1])
+        assert given == left, k  # exactly the samples no earlier member fooled
+        assert int((fooled_by == k + 1).sum()) == fooled
+        left -= fooled
+    assert int((fooled_by == ROBUST).sum()) == left
+    assert res.n_forward == len(x) + int(members[:, 2].sum())  # the clean pass + the members
+    assert res.n_backward == int(members[:, 3].sum())
+    assert int(members[3, 3]) == 0  # Square never asks for a gradient
+    success = lenet.predict_logits(res.x_adv).argmax(1) != y
+    assert torch.equal(success, fooled_by != ROBUST)
+
+
+def test_standard_at_most_as_robust_as_torchattacks_autoattack(lenet: Target,
+                                                               held_out: Any) -> None:
+    """The same members at the same budgets as torchattacks' AutoAttack (10 steps; Square with
+    fewer queries here), on the undefended LeNet at 0.1: no sample more robust."""
+    x, y = held_out[0][:100], held_out[1][:100]
+    mine = robust(lenet, x, y, ours("standard", lenet, x, y, 0.1, steps=10, queries=300))
+    peer = torchattacks.MultiAttack([
+        torchattacks.APGD(lenet, eps=0.1, steps=10, loss="ce", n_restarts=1),
+        torchattacks.APGDT(lenet, eps=0.1, steps=10, n_classes=10, n_restarts=1),
+        torchattacks.FAB(lenet, eps=0.1, steps=10, multi_targeted=True, n_classes=10,
+                         n_restarts=1),
+        torchattacks.Square(lenet, eps=0.1, n_queries=300, n_restarts=1)])
+    reference = robust(lenet, x, y, theirs(peer, x, y))
+    assert mine <= reference + 0.003, (mine, reference)
+
+
+def test_a_sweep_writes_the_cascade_and_a_row_per_member(tmp_path: Path, cache_dir: Path
+                                                         ) -> None:
+    from bench.config import parse_config
+    from bench.runner import RunOptions
+    from bench.sweep import run_sweep
+    from leaderboards import leaderboards, load
+    from leaderboards.compare import compare
+    from leaderboards.store import ResultStore
+
+    config = parse_config({
+        "sweep": {"name": "aa", "n_eval": 30},
+        "targets": [{"model": "lenet"}],
+        "attacks": [{"name": "standard", "eps": [0.1, 0.3],
+                     "params": {"version": "fast", "steps": 5, "target_classes": 2}}]})
+    run_sweep(config, RunOptions(out=tmp_path, cache_dir=cache_dir, progress=False))
+    summary, samples = load(tmp_path), ResultStore(tmp_path).samples()
+    for eps, rows in summary.groupby("eps"):
+        cascade = rows[rows["cascade_member"].isna()].iloc[0]
+        members = rows.dropna(subset=["cascade_member"]).set_index("cascade_member")
+        assert list(members.loc[["apgd-ce", "apgd-t"], "robust_acc"]) == sorted(
+            members["robust_acc"], reverse=True)  # cumulative: never rises along the cascade
+        assert members.loc["apgd-t", "robust_acc"] == cascade["robust_acc"]
+        assert set(rows["attack_run"]) == {cascade["cell_id"]}
+        given = members.loc["apgd-t", "member_given"]
+        left = members.loc["apgd-t", "member_robust_acc"] * given if given else 0
+        assert round(left) == round(cascade["robust_acc"] * cascade["n_samples"])
+        mine = samples[samples["cell_id"] == cascade["cell_id"]]
+        fooled = mine[mine["clean_correct"] & ~mine["adv_correct"]]
+        assert set(fooled["fooled_by"]) <= {"apgd-ce", "apgd-t"} and fooled["fooled_by"].notna().all()
+    board = leaderboards(summary, samples)[0].table
+    assert [c for c in board.columns if "@" in c and "worst" not in c] == [
+        "standard@0.1", "standard@0.3"]  # members stay off the board
+    assert {"standard/apgd-ce", "standard/apgd-t", "standard"} <= set(compare(summary, samples)[
+        "attack"])
+
+
+def test_robust_accuracy_rising_with_eps_is_flagged() -> None:
+    import pandas as pd
+
+    from leaderboards.compare import eps_flags
+    from tests.conftest import summary_values
+
+    rows = pd.DataFrame([summary_values(f"c{i}", eps=eps, eps_display=str(eps), robust_acc=acc,
+                                        attack="standard")
+                         for i, (eps, acc) in enumerate([(0.1, 0.5), (0.2, 0.3), (0.3, 0.4)])])
+    flags = eps_flags(rows)
+    assert flags["c0"] == [] and flags["c1"] == []
+    assert flags["c2"] == ["robust accuracy rises with eps (30.0 at 0.2, 40.0 at 0.3)"]
