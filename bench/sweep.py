@@ -88,9 +88,9 @@ def plan_sweep(config: SweepConfig, options: RunOptions) -> Plan:
 
 def estimated_calls(cell: Cell) -> tuple[int, int] | None:
     """Upper bound on the cell's (forward, backward) per-image model calls; a minimal attack's
-    eps cells reuse its one run (0, 0)."""
+    eps cells and a cascade's member cells reuse its one run (0, 0)."""
     spec = cell.attack.spec
-    if spec.minimal and cell.threat_model.eps is not None:
+    if (spec.minimal and cell.threat_model.eps is not None) or cell.member:
         return (0, 0)
     params = cell.attack.params
     num_classes = 2 if cell.direction else load_dataset(cell.dataset).num_classes
@@ -107,7 +107,8 @@ def dry_run_table(plan: Plan) -> pd.DataFrame:
             "status": "stored" if cell.cell_id in plan.stored else "todo",
             "cell_id": cell.cell_id[:10], "dataset": cell.dataset, "model": cell.model,
             "defense": cell.defense, "threat": cell.threat, "direction": cell.direction,
-            "attack": cell.attack_name + (f" (from {cell.source})" if cell.source else ""),
+            "attack": cell.attack_name + (f"/{cell.member}" if cell.member else "")
+            + (f" (from {cell.source})" if cell.source else ""),
             "norm": cell.threat_model.norm.value, "eps": cell.threat_model.eps_display,
             "seed": cell.seed, "n": cell.n_eval,
             "forward": calls[0] if calls else None, "backward": calls[1] if calls else None,
