@@ -31,6 +31,8 @@ PEERS: dict[str, tuple[str, ...]] = {
     "deepfool": ("foolbox", "art"),
     "onepixel": ("torchattacks",),
     "uap": ("art",),
+    "apgd": ("torchattacks",),
+    "standard": ("torchattacks",),
 }
 """Which peers have each attack group."""
 
@@ -117,6 +119,32 @@ def uap(library: str, target: Target, fit_x: torch.Tensor, eps: float,
     return run
 
 
+def apgd(library: str, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float,
+         steps: int) -> PeerRun:
+    """Linf APGD with cross-entropy, ``steps`` steps, one restart."""
+    import torchattacks
+
+    return lambda: torchattacks.APGD(target, eps=eps, steps=steps, loss="ce",
+                                     n_restarts=1)(x, y)
+
+
+def autoattack(library: str, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float,
+               steps: int, queries: int) -> PeerRun:
+    """AutoAttack's standard cascade from torchattacks' members at AutoAttack's budgets
+    (``torchattacks.AutoAttack`` itself keeps its members' 10-step defaults): APGD-CE, APGD-T
+    and multi-targeted FAB with ``steps`` steps over the 9 other classes, then Square with
+    ``queries`` queries, each on the samples the earlier ones missed (``MultiAttack``)."""
+    import torchattacks
+
+    classes = target.num_classes
+    return lambda: torchattacks.MultiAttack([
+        torchattacks.APGD(target, eps=eps, steps=steps, loss="ce", n_restarts=1),
+        torchattacks.APGDT(target, eps=eps, steps=steps, n_classes=classes, n_restarts=1),
+        torchattacks.FAB(target, eps=eps, steps=steps, multi_targeted=True, n_classes=classes,
+                         n_restarts=1),
+        torchattacks.Square(target, eps=eps, n_queries=queries, n_restarts=1)])(x, y)
+
+
 def _foolbox(attack: Any, target: Target, x: torch.Tensor, y: torch.Tensor,
              eps: float | None) -> PeerRun:
     import foolbox as fb
@@ -141,5 +169,5 @@ def _art(attack: Any, x: torch.Tensor, y: torch.Tensor | None) -> PeerRun:
     return run
 
 
-__all__ = ["PEERS", "PeerRun", "available", "deepfool", "fgsm", "onepixel",
-           "onepixel_population", "pgd", "uap"]
+__all__ = ["PEERS", "PeerRun", "apgd", "autoattack", "available", "deepfool", "fgsm",
+           "onepixel", "onepixel_population", "pgd", "uap"]

@@ -146,6 +146,14 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
                               len(fit_x))), params={"max_passes": 1,
                                                     "target_fooling_rate": 0.8}),
                           _fooling(target, x), "heldout_fooling"))
+    if "apgd" in groups:
+        cases.append(Case("apgd", "advbench", f"linf {eps:g}, APGD-CE {APGD_STEPS} steps", n,
+                          ours("apgd", x, y, eps=eps, params={"steps": APGD_STEPS}), accuracy,
+                          "robust_acc"))
+    if "standard" in groups:
+        cases.append(Case("standard", "advbench", STANDARD_BUDGET.format(eps=eps), len(xo),
+                          ours("standard", xo, yo, eps=eps), _accuracy(target, yo),
+                          "robust_acc"))
     if peers:
         cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
                             yo=yo, population=population)
@@ -214,6 +222,14 @@ def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Te
             "uap", lib, f"linf {eps:g}, one DeepFool pass", len(fit_x), _no_extra(
                 peer_attacks.uap(lib, target, fit_x, eps)), _fooling(target, x),
             "heldout_fooling"),
+        "apgd": lambda lib: Case(
+            "apgd", lib, f"linf {eps:g}, APGD-CE {APGD_STEPS} steps", len(x), _no_extra(
+                peer_attacks.apgd(lib, target, x, y, eps, APGD_STEPS)), _accuracy(target, y),
+            "robust_acc"),
+        "standard": lambda lib: Case(
+            "standard", lib, STANDARD_BUDGET.format(eps=eps), len(xo), _no_extra(
+                peer_attacks.autoattack(lib, target, xo, yo, eps, APGD_STEPS, 5000)),
+            _accuracy(target, yo), "robust_acc"),
     }
     return [make[group](library) for group, libraries in peer_attacks.PEERS.items()
             for library in libraries if group in groups and peer_attacks.available(library)]
@@ -223,7 +239,11 @@ def _no_extra(run: peer_attacks.PeerRun) -> Run:
     return lambda: (run(), {})
 
 
-GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap")
+GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap", "apgd",
+          "standard")
+APGD_STEPS = 100
+STANDARD_BUDGET = ("linf {eps:g}, AutoAttack standard (100 steps, 9 target classes, "
+                   "Square 5000 queries)")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ torchattacks at identical budgets, on the same images, with robust accuracy besi
   members keep their 10-step defaults) against the cascade at the same 10 steps;
 - ``apgd``: APGD-CE, 100 steps, on the undefended LeNet at 0.1.
 
-With ``--benchmark-enable`` each case runs once on 200 digits (minutes each on 2 CPU cores);
+With ``--benchmark-enable`` each case runs once on 100 digits (minutes each on 2 CPU cores),
+and advbench's robust accuracy is held to the peer's of the same run;
 the default test run executes every body once on 8 digits with tiny budgets (a smoke test).
 """
 
@@ -24,12 +25,13 @@ from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Split
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
+from tests.benchmarks.conftest import RESULTS
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
 def budgets(full: bool) -> dict[str, int]:
-    return {"steps": 100, "queries": 5000, "n": 200} if full else {"steps": 2, "queries": 5,
+    return {"steps": 100, "queries": 5000, "n": 100} if full else {"steps": 2, "queries": 5,
                                                                     "n": 8}
 
 
@@ -103,10 +105,12 @@ def case(group: str, library: str, full: bool) -> tuple[str, float, Any]:
     return table[(group, library)]
 
 
-CASES = [("standard-lenet@0.1", "advbench"), ("standard-lenet@0.1", "torchattacks"),
-         ("standard-fgsm_rs@0.3", "advbench"), ("standard-fgsm_rs@0.3", "torchattacks"),
-         ("autoattack-ta-budget", "advbench"), ("autoattack-ta-budget", "torchattacks"),
-         ("apgd", "advbench"), ("apgd", "torchattacks")]
+CASES = [(group, library) for group in ("standard-lenet@0.1", "standard-fgsm_rs@0.3",
+                                         "autoattack-ta-budget", "apgd")
+         for library in ("torchattacks", "advbench")]  # the peer first: advbench is held to it
+TOLERANCE = {"apgd": 0.005}
+"""How much more robust than the peer's result advbench's may be (the issue's bounds: 0.3
+points for the cascade, 0.5 for APGD, whose random starts differ from torchattacks')."""
 
 
 @pytest.mark.parametrize("group,library", CASES)
@@ -124,3 +128,6 @@ def test_standard_speed(group: str, library: str, mnist5k: Any, device: torch.de
     clean = target.predict_logits(x).argmax(1) == y
     acc = float((clean & (target.predict_logits(x_adv).argmax(1) == y)).float().mean())
     record(group, library, acc, n)
+    peer = RESULTS.get(group, {}).get("torchattacks")
+    if library == "advbench" and peer is not None:
+        assert acc <= peer["score"] + TOLERANCE.get(group, 0.003), (acc, peer["score"])
