@@ -166,7 +166,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
                                    aggfunc="first", dropna=False)
         order = (group.sort_values(["eps", "attack", "column"])
                  .drop_duplicates("column")["column"].tolist())
-        table = pd.concat([clean, robust[order]], axis=1)
+        # pivot_table(dropna=False) crosses the index levels: keep the rows that exist
+        table = pd.concat([clean, robust[order].reindex(clean.index)], axis=1)
         rank_col = "clean"
         if not worst.empty:
             mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)

@@ -133,3 +133,16 @@ def test_render_errors(tmp_path: Path) -> None:
 
     with pytest.raises(BadInput, match="no results"):
         render(tmp_path)
+
+
+def test_rows_differing_in_two_keys_make_no_phantom_rows(tmp_path: Path) -> None:
+    """An undefended row on one execution path and a defended one on another: two rows, not
+    the four combinations of their keys."""
+    store = ResultStore(tmp_path)
+    store.write_cell(row("a", defense="none", fast_path="channels_last"),
+                     samples("a", (True, False, True, False)))
+    store.write_cell(row("b", defense="fgsm_rs", defense_params='{"eps": 0.3}',
+                         fast_path="eager"), samples("b", (True, True, True, False)))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert sorted(board.table["defense"]) == ["fgsm_rs", "none"]
+    assert board.table["clean"].notna().all() and board.table["pgd@0.1"].notna().all()
