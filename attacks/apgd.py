@@ -31,7 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, margin_loss, register_attack
+from bench.core.attack import (
+    AttackResult,
+    ModelCalls,
+    cross_entropy_loss,
+    margin_loss,
+    register_attack,
+)
 from bench.core.errors import BadInput
 from bench.core.norms import Norm, l2_norm
 from bench.core.target import Target
@@ -149,8 +155,7 @@ def _pair_loss(name: str, targeted: bool, num_classes: int) -> tuple[PairLoss, s
             return lambda z, yt: targeted_margin_loss(z, yt[:, 0], yt[:, 1]), "margin"
         return lambda z, yt: targeted_dlr_loss(z, yt[:, 0], yt[:, 1]), "dlr"
     if name == "ce":
-        return lambda z, yt: torch.nn.functional.cross_entropy(
-            z.float(), yt[:, 0], reduction="none"), "ce"
+        return lambda z, yt: cross_entropy_loss(z, yt[:, 0]), "ce"
     if num_classes < 3:
         return lambda z, yt: margin_loss(z, yt[:, 0]), "margin"
     return lambda z, yt: dlr_loss(z, yt[:, 0]), "dlr"
