@@ -28,12 +28,19 @@ import math
 import numpy as np
 import pandas as pd
 
+from leaderboards.seeds import over_seeds, spread_text
+
 Z95 = 1.959963984540054
 CELL_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "attack",
              "attack_params", "targeted", "norm", "eps", "eps_display", "seed", "precision",
              "source_model"]
 """A defended cell is compared with the undefended cell that agrees on all of these: the same
 attack on the same evaluated samples (never a baseline of another n or seed)."""
+POPULATION_EXTRA = ["train_dataset", "split", "precision", "attack_params", "defense_params"]
+"""Carried into the comparison so that rows differing only in their seed can be told apart
+from rows measuring something else (:func:`seed_spread`)."""
+SPREAD_KEYS = ["dataset", "model", "direction", "attack", "norm", "eps", "eps_display", "n",
+               "defense", "threat", "source_model", *POPULATION_EXTRA]
 TARGET_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "seed",
                "precision"]
 
@@ -122,6 +129,7 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
         lo, hi = wilson(robust_n, n)
         rec = {k: r[k] for k in ["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                                  "eps_display", "defense", "threat", "source_model"]}
+        rec.update({k: r.get(k) for k in POPULATION_EXTRA})
         rec.update(n=n, clean=r["clean_acc"], robust=r["robust_acc"], robust_lo=lo,
                    robust_hi=hi, delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, flags="")
         key = tuple(r[k] for k in CELL_KEYS)
@@ -189,11 +197,47 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
     table["flags"] = [", ".join(flags[i]) for i in table.index]
 
 
+def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Comparison rows that differ only in their seed: mean and min–max over the seeds of clean,
+    robust and Δ vs none (:func:`leaderboards.seeds.over_seeds`)."""
+    if table.empty:
+        return pd.DataFrame()
+    keyed = table.copy()
+    for key in POPULATION_EXTRA:
+        keyed[key] = keyed[key].astype(object).where(keyed[key].notna(), "")
+    return over_seeds(keyed, SPREAD_KEYS, ["clean", "robust", "delta"])
+
+
+def _spread_markdown(spread: pd.DataFrame) -> str:
+    shown = pd.DataFrame({
+        "attack": spread["attack"] + spread["source_model"].map(
+            lambda s: f" (from {s})" if s else ""),
+        "norm": spread["norm"], "eps": spread["eps_display"], "seeds": spread["seeds"],
+        "n": spread["n"].astype(str), "defense": spread["defense"], "threat": spread["threat"],
+        "clean": [spread_text(*v) for v in zip(spread["clean"], spread["clean min"],
+                                                spread["clean max"])],
+        "robust": [spread_text(*v) for v in zip(spread["robust"], spread["robust min"],
+                                                 spread["robust max"])],
+        "Δ vs none": [_signed_spread(*v) for v in zip(spread["delta"], spread["delta min"],
+                                                       spread["delta max"])],
+    })
+    return ("\nOver seeds: mean [min–max] of the rows above that differ only in their seed\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+def _signed_spread(mean: float, low: float, high: float) -> str:
+    if any(pd.isna(v) for v in (mean, low, high)):
+        return ""
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}–{100 * high:+.1f}]"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """Percentages with intervals, one section per dataset and model."""
+    """Percentages with intervals, one section per dataset and model, each followed by the
+    spread over seeds of its rows that differ only in their seed."""
     if table.empty:
         return "no bounded-eps results to compare\n"
     parts = []
+    spread = seed_spread(table)
     for (dataset, model, direction), g in table.groupby(["dataset", "model", "direction"],
                                                          sort=True):
         shown = pd.DataFrame({
@@ -211,6 +255,11 @@ def to_markdown(table: pd.DataFrame) -> str:
         title = f"{dataset} · {model}" + (f" · {direction}" if direction else "")
         parts.append(f"### {title}\n\n"
                      + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+        if not spread.empty:
+            mine = spread[(spread["dataset"] == dataset) & (spread["model"] == model)
+                          & (spread["direction"] == direction)]
+            if not mine.empty:
+                parts[-1] += _spread_markdown(mine)
     return "\n".join(parts)
 
 

@@ -18,7 +18,14 @@ import pandas as pd
 
 from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
-from leaderboards.tables import Board, display_table, leaderboards, to_csv, to_markdown
+from leaderboards.tables import (
+    Board,
+    display_spread,
+    display_table,
+    leaderboards,
+    to_csv,
+    to_markdown,
+)
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
                                autoescape=True, undefined=jinja2.StrictUndefined)
@@ -45,8 +52,14 @@ def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> 
         rows.append([{"text": str(row[col]), "css": "key" if col in keys else "num",
                       "sort": None if col in keys or pd.isna(board.table.loc[i, col])
                       else str(board.table.loc[i, col])} for col in shown.columns])
+    spread = display_spread(board) if not board.spread.empty else pd.DataFrame()
+    spread_columns = [{"name": c, "css": "key" if c in keys or c == "seeds" else "num"}
+                      for c in spread.columns]
+    spread_rows = [[{"text": str(row[col]), "css": "num", "sort": None} for col in spread.columns]
+                   for _, row in spread.iterrows()]
     return TEMPLATES.get_template("board.html.j2").render(
-        title=board.title, links=links, columns=columns, rows=rows, plot=plot)
+        title=board.title, links=links, columns=columns, rows=rows, plot=plot,
+        spread_columns=spread_columns, spread_rows=spread_rows)
 
 
 def plot_worst_case(board: Board, path: Path) -> bool:
@@ -91,9 +104,14 @@ def _eps_value(display: str) -> float:
 
 def to_latex(board: Board) -> str:
     """A LaTeX tabular of the display table (booktabs), with the board's title as a comment."""
-    shown = display_table(board)
-    body = shown.style.hide(axis="index").to_latex(hrules=True)
-    return f"% {board.title}\n" + body.replace("%", r"\%")
+    def tabular(shown: pd.DataFrame) -> str:
+        return shown.style.hide(axis="index").to_latex(hrules=True).replace("%", r"\%")
+
+    text = f"% {board.title}\n" + tabular(display_table(board))
+    if not board.spread.empty:
+        text += ("% over seeds: mean [min-max] of the rows above that differ only in their seed\n"
+                 + tabular(display_spread(board)))
+    return text
 
 
 def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,

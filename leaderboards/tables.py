@@ -19,6 +19,7 @@ A cascade (``standard``) is one column; its members' rows are in ``advbench comp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import pandas as pd
 from bench.core.errors import BadInput
 from leaderboards.compare import eps_flags, wilson
 from leaderboards.schema import POPULATION_KEYS
+from leaderboards.seeds import SEED_VARYING, over_seeds, spread_text
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
@@ -47,6 +49,9 @@ class Board:
     threat: str
     norm: str
     table: pd.DataFrame
+    spread: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    """Rows that differ only in their seed: the mean and min–max of each accuracy column over
+    the seeds (:func:`leaderboards.seeds.over_seeds`); empty when every row has one seed."""
 
     @property
     def title(self) -> str:
@@ -193,8 +198,25 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
         dataset, target_kind, threat, norm = (str(k) for k in key)
-        boards.append(Board(dataset, target_kind, threat, norm, table))
+        boards.append(Board(dataset, target_kind, threat, norm, table,
+                            _seed_spread(table, rank_col)))
     return boards
+
+
+def accuracy_columns(table: pd.DataFrame) -> list[str]:
+    """A board table's accuracy columns: clean, each attack@eps and each worst case."""
+    rest = {*BOARD_ROW, "n", "img/s", "attack s", "floor %", "flags"}
+    return [c for c in table.columns if c not in rest and not c.endswith((" lo", " hi"))]
+
+
+def _seed_spread(table: pd.DataFrame, rank_col: str) -> pd.DataFrame:
+    """The board's rows that differ only in their seed, summarised over the seeds."""
+    keys = [k if k != "n_samples" else "n" for k in BOARD_ROW if k not in SEED_VARYING]
+    spread = over_seeds(table, [k for k in keys if k in table.columns],
+                        accuracy_columns(table))
+    if spread.empty:
+        return spread
+    return spread.sort_values([rank_col, "clean"], ascending=False).reset_index(drop=True)
 
 
 def display_table(board: Board) -> pd.DataFrame:
@@ -227,15 +249,50 @@ def display_table(board: Board) -> pd.DataFrame:
     return shown
 
 
+def display_spread(board: Board) -> pd.DataFrame:
+    """The spread over seeds for people: the key columns that vary (the seed and weights
+    aside), the seeds, then each accuracy as ``mean [min–max]`` in percent."""
+    spread = board.spread
+    shown = pd.DataFrame(index=spread.index)
+    for key in board.key_columns:
+        if key not in SEED_VARYING and key in spread.columns:
+            shown[key] = spread[key].astype(str)
+    shown["n"] = spread["n"].astype(str)
+    shown["seeds"] = spread["seeds"]
+    for col in accuracy_columns(board.table):
+        shown[col] = [spread_text(m, lo, hi) for m, lo, hi in
+                      zip(spread[col], spread[f"{col} min"], spread[f"{col} max"])]
+    return shown
+
+
 def to_markdown(board: Board) -> str:
-    """A Markdown table (see :func:`display_table`)."""
-    return (f"### {board.title}\n\n"
+    """A Markdown table (see :func:`display_table`), and under it the spread over seeds when
+    the board holds rows that differ only in their seed."""
+    text = (f"### {board.title}\n\n"
             + display_table(board).to_markdown(index=False, disable_numparse=True) + "\n")
+    if not board.spread.empty:
+        text += ("\nOver seeds: mean [min–max] of the rows above that differ only in their "
+                 "seed (each seed trained and fitted its own weights)\n\n"
+                 + display_spread(board).to_markdown(index=False, disable_numparse=True) + "\n")
+    return text
 
 
 def to_csv(board: Board) -> str:
-    """CSV with the board's keys as leading columns and raw fractions."""
+    """CSV with the board's keys as leading columns and raw fractions; the spread over seeds
+    follows as rows whose ``statistic`` is ``mean``, ``min`` or ``max`` (``seed`` lists the
+    seeds)."""
     out = board.table.copy()
+    if not board.spread.empty:
+        out.insert(0, "statistic", "")
+        values = accuracy_columns(board.table)
+        for stat, suffix in (("mean", ""), ("min", " min"), ("max", " max")):
+            rows = board.spread[[c for c in board.spread.columns
+                                 if c not in values and not c.endswith((" min", " max"))]].copy()
+            rows = rows.rename(columns={"seeds": "seed"})
+            for col in values:
+                rows[col] = board.spread[f"{col}{suffix}"]
+            rows.insert(0, "statistic", stat)
+            out = pd.concat([out, rows], ignore_index=True)
     for i, name in enumerate(GROUP_KEYS):
         out.insert(i, name, getattr(board, name))
     return out.to_csv(index=False)

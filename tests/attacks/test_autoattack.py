@@ -32,7 +32,8 @@ def fgsm_rs_lenet(lenet: Target, mnist5k: Dataset, tmp_path_factory: pytest.Temp
                   ) -> Target:
     """The trained LeNet fine-tuned with FGSM-RS at eps 0.3 (a small budget: 2,000 digits)."""
     train = mnist5k.split("train")
-    params = {"eps": 0.3, "epochs": 3, "monitor_samples": 100, "monitor_steps": 5}
+    params = {"eps": 0.3, "epochs": 3, "monitor_samples": 100, "monitor_steps": 5,
+              "init": "base"}
     return fitted_defense(DEFENSES.get("fgsm_rs"), lenet, Split(train.x[:2000], train.y[:2000]),
                           params, seed=0, cache=CheckpointCache(tmp_path_factory.mktemp("at")),
                           progress=False)

@@ -310,7 +310,7 @@ std = [0.3081]
 
 [[defenses]]
 name = "fgsm_rs"
-params = {{ epochs = 1 }}
+params = {{ epochs = 1, init = "base" }}
 
 [[defenses]]
 name = "hgd"

@@ -90,7 +90,7 @@ def test_adversarial_training_raises_robust_accuracy(lenet: Target, mnist5k: Dat
     lenet.train()
     before_flags, before_w = flags(lenet), weights(lenet)
     params = {"eps": 0.2, "epochs": 3, "eps_warmup": 0.34, "monitor_samples": 100,
-              "monitor_steps": 5, "lr": 2e-3}
+              "monitor_steps": 5, "lr": 2e-3, "init": "base"}
     defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 1500),
                               params, seed=0, cache=CheckpointCache(tmp_path), progress=False)
     lenet.eval()
@@ -110,8 +110,8 @@ def test_adversarial_training_raises_robust_accuracy(lenet: Target, mnist5k: Dat
 
 def test_overfitting_guard_stops_and_keeps_the_best_weights(
         lenet: Target, mnist5k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wong et al.'s guard: when monitor robust accuracy collapses, training stops and the
-    weights of the best epoch are restored."""
+    """Wong et al.'s guard on a scripted monitor curve: when robust accuracy collapses, training
+    stops and the weights of the best epoch are restored."""
     curve = iter([0.40, 0.55, 0.05, 0.60, 0.60])
     snapshots: list[dict[str, torch.Tensor]] = []
 
@@ -130,6 +130,79 @@ def test_overfitting_guard_stops_and_keeps_the_best_weights(
     kept = defended.state_dict()
     assert all(torch.equal(snapshots[1][k], kept[k]) for k in kept)
     assert not all(torch.equal(snapshots[2][k], kept[k]) for k in kept)
+
+
+def test_guard_keeps_the_best_epoch_without_a_collapse(
+        lenet: Target, mnist5k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early stopping (Rice et al. 2020): a slow decline that never counts as a collapse still
+    ends with the best epoch's weights; without the guard the last epoch's are kept."""
+    for guard, kept_epoch in ((True, 2), (False, 4)):
+        curve = iter([0.40, 0.55, 0.50, 0.45])
+        snapshots: list[dict[str, torch.Tensor]] = []
+
+        def fake_monitor(target: Target, *args: Any, **kwargs: Any) -> tuple[float, float]:
+            snapshots.append(weights(target))
+            return 0.9, next(curve)
+
+        monkeypatch.setattr(advtrain, "robust_accuracy", fake_monitor)
+        params = {"eps": 0.1, "epochs": 4, "eps_warmup": 0.0, "monitor_samples": 50,
+                  "guard": guard}
+        defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 200),
+                                  params, seed=0, cache=CheckpointCache(tmp_path / str(guard)),
+                                  progress=False)
+        card = defended.card
+        assert len(card["history"]) == 4 and card["collapsed_at_epoch"] is None
+        assert card["kept_epoch"] == kept_epoch
+        kept = defended.state_dict()
+        assert all(torch.equal(snapshots[kept_epoch - 1][k], kept[k]) for k in kept)
+
+
+def test_guard_catches_a_real_collapse(lenet: Target, mnist5k: Dataset, digits: Any,
+                                       tmp_path: Path) -> None:
+    """Real training that collapses: fine-tuning the LeNet with a cyclic learning rate peaking at
+    ten times the recipe's (0.05) lifts robust accuracy in the first epoch and then destroys the
+    model. Without the
+    guard training runs on to a collapsed model; with it (same seed, so the same epochs up to
+    the stop) training stops at the collapse and the best epoch's weights come back: held-out
+    digits are classified as well as after that epoch, far better than the collapsed model."""
+    x, y = digits
+    params = {"eps": 0.1, "eps_warmup": 0.0, "epochs": 4, "lr": 0.05, "init": "base",
+              "monitor_samples": 200, "monitor_steps": 5}
+    train = train_subset(mnist5k, 1000)
+
+    def fit(guard: bool) -> Target:
+        return fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train, {**params, "guard": guard},
+                              seed=0, cache=CheckpointCache(tmp_path), progress=False)
+
+    unguarded, guarded = fit(False), fit(True)
+    free = [h["monitor_robust_acc"] for h in unguarded.card["history"]]
+    assert len(free) == 4 and max(free) >= 0.3 and free[-1] <= max(free) - 0.2, free
+    card = guarded.card
+    stop = card["collapsed_at_epoch"]
+    assert stop is not None and stop < 4
+    assert [h["monitor_robust_acc"] for h in card["history"]] == free[:stop]  # same run
+    best = max(range(stop), key=lambda i: free[i])
+    assert card["kept_epoch"] == best + 1
+    assert card["metrics"]["monitor_robust_acc"] == free[best]
+    assert clean_acc(guarded, x, y) >= clean_acc(unguarded, x, y) + 0.3
+    assert robust_acc(guarded, x, y, 0.1) >= robust_acc(unguarded, x, y, 0.1) + 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_fgsm_rs_defaults_beat_plain_training(seed: int, lenet: Target, mnist5k: Dataset,
+                                              digits: Any, tmp_path: Path) -> None:
+    """FGSM-RS with its defaults (eps 0.3, step 1.25·eps from a random start, cyclic learning
+    rate, warm-up, guard), on a CI-sized budget (8 epochs on 1,500 digits), at two fit seeds:
+    PGD at eps 0.2 and 0.3 leaves far more held-out digits classified than on plain training,
+    and clean accuracy stays high."""
+    x, y = digits
+    params = {"epochs": 8, "monitor_samples": 100, "monitor_steps": 5}
+    defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 1500),
+                              params, seed=seed, cache=CheckpointCache(tmp_path), progress=False)
+    assert clean_acc(defended, x, y) >= 0.9
+    for eps, margin in ((0.2, 0.4), (0.3, 0.05)):
+        plain, defended_robust = robust_acc(lenet, x, y, eps), robust_acc(defended, x, y, eps)
+        assert defended_robust >= plain + margin, (seed, eps, plain, defended_robust)
 
 
 def test_without_the_guard_a_collapse_does_not_stop_training(

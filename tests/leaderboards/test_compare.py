@@ -92,3 +92,36 @@ def test_black_box_counts_only_inside_the_white_box_ball() -> None:
     other = cell("f", "d", "adaptive", [False] * 3 + [True] * 7, attack="fgsm")
     flags = build(white, other, small).set_index("attack").loc["onepixel", "flags"]
     assert flags == "found 1 inside linf 0.3 that every white-box attack missed"
+
+
+def test_spread_over_seeds_of_each_defense() -> None:
+    """Each seed keeps its row with its own baseline; the spread gives mean and min–max of
+    clean, robust and Δ over the seeds, and leaves out a defense measured at one seed."""
+    rows, sample_frames = [], []
+    outcomes = {0: ([True, True, False, False], [False] * 4),
+                5: ([True, False, False, False], [False] * 4),
+                11: ([True, True, True, False], [True, False, False, False])}
+    for seed, (defended, undefended) in outcomes.items():
+        for defense, adv in (("fgsm_rs", defended), ("none", undefended)):
+            s, f = cell(f"{defense}{seed}", defense, "adaptive", adv)
+            s.update(seed=seed, weights_sha256=f"w{seed}")
+            f["cell_id"] = s["cell_id"]
+            rows.append(s)
+            sample_frames.append(f)
+    s, f = cell("hgd0", "hgd", "adaptive", [True] * 4)
+    rows.append(s)
+    sample_frames.append(f)
+    table = compare(pd.DataFrame(rows), pd.concat(sample_frames, ignore_index=True))
+    assert len(table) == 7
+    from leaderboards.compare import seed_spread
+
+    spread = seed_spread(table).set_index("defense")
+    assert set(spread.index) == {"fgsm_rs", "none"}
+    fgsm = spread.loc["fgsm_rs"]
+    assert fgsm["seeds"] == "0, 5, 11"
+    assert fgsm["robust"] == pytest.approx(0.5)
+    assert (fgsm["robust min"], fgsm["robust max"]) == (0.25, 0.75)
+    assert fgsm["delta"] == pytest.approx((0.5 + 0.25 + 0.5) / 3)
+    assert (fgsm["delta min"], fgsm["delta max"]) == (0.25, 0.5)
+    md = to_markdown(table)
+    assert "Over seeds" in md and "50.0 [25.0–75.0]" in md and "+41.7 [+25.0–+50.0]" in md

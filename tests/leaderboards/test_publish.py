@@ -138,3 +138,17 @@ def test_site_renders_and_sorts_in_headless_chromium(results: Path, tmp_path: Pa
     finally:
         driver.quit()
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_published_board_shows_the_spread_over_seeds(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results")
+    for seed, adv in ((0, (True, False, False, False)), (5, (True, True, True, False))):
+        store.write_cell(row(f"s{seed}", seed=seed, weights_sha256=f"w{seed}",
+                             robust_acc=sum(adv) / 4), samples(f"s{seed}", adv))
+    site = tmp_path / "site"
+    assert main(["publish", str(tmp_path / "results"), "--out", str(site)]) == 0
+    page = (site / "mnist5k-classifier-adaptive-linf.html").read_text()
+    assert "Over seeds" in page and "50.0 [25.0–75.0]" in page
+    assert "50.0 [25.0–75.0]" in (site / "leaderboard.md").read_text()
+    tex = (site / "leaderboard.tex").read_text()
+    assert "% over seeds" in tex and r"50.0 [25.0–75.0]" in tex

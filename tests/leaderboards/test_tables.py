@@ -146,3 +146,44 @@ def test_rows_differing_in_two_keys_make_no_phantom_rows(tmp_path: Path) -> None
     (board,) = leaderboards(store.summary(), store.samples())
     assert sorted(board.table["defense"]) == ["fgsm_rs", "none"]
     assert board.table["clean"].notna().all() and board.table["pgd@0.1"].notna().all()
+
+
+def _seeded(defense: str, seed: int, adv: tuple[bool, ...], **fields: object) -> tuple[dict, dict]:
+    cid = f"{defense}-{seed}-{fields.get('n_samples', 4)}"
+    return (row(cid, defense=defense, seed=seed, weights_sha256=f"w{seed}",
+                robust_acc=sum(adv) / len(adv), **fields), samples(cid, adv))
+
+
+def test_seed_spread_is_mean_and_range_beside_each_seeds_row(tmp_path: Path) -> None:
+    """Three seeds of one defense keep their rows; under them the mean and min–max over the
+    seeds, computed from those rows (0.25, 0.5, 1.0 → mean 0.583). A row of another population
+    (other n) and a single-seed defense are not summarised with them."""
+    store = ResultStore(tmp_path)
+    for seed, adv in ((0, (True, False, False, False)), (5, (True, True, False, False)),
+                      (11, (True, True, True, True))):
+        store.write_cell(*_seeded("fgsm_rs", seed, adv))
+    store.write_cell(*_seeded("fgsm_rs", 0, (True,) * 8, n_samples=8))
+    store.write_cell(*_seeded("none", 0, (False,) * 4))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert len(board.table) == 5  # every seed's row stays
+    spread = board.spread
+    assert len(spread) == 1
+    (s,) = spread.to_dict("records")
+    assert s["defense"] == "fgsm_rs" and s["seeds"] == "0, 5, 11" and s["n"] == 4
+    assert s["pgd@0.1"] == pytest.approx((0.25 + 0.5 + 1.0) / 3)
+    assert (s["pgd@0.1 min"], s["pgd@0.1 max"]) == (0.25, 1.0)
+    assert (s["worst@0.1 min"], s["worst@0.1 max"]) == (0.25, 1.0)
+    md = to_markdown(board)
+    assert "Over seeds" in md and "58.3 [25.0–100.0]" in md
+    csv = render(tmp_path, "csv")
+    stats = [line.split(",")[4] for line in csv.splitlines()[1:]]
+    assert stats.count("mean") == stats.count("min") == stats.count("max") == 1
+
+
+def test_no_spread_without_two_seeds(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_cell(*_seeded("fgsm_rs", 0, (True, False, False, False)))
+    store.write_cell(*_seeded("fgsm_rs", 0, (True,) * 8, n_samples=8))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert board.spread.empty and "Over seeds" not in to_markdown(board)
+    assert "statistic" not in render(tmp_path, "csv").splitlines()[0]
