@@ -108,18 +108,26 @@ def test_adversarial_training_raises_robust_accuracy(lenet: Target, mnist5k: Dat
     assert {"monitor_clean_acc", "monitor_robust_acc", "loss"} <= set(history[0])
 
 
-def test_overfitting_guard_stops_and_keeps_the_best_weights(
-        lenet: Target, mnist5k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wong et al.'s guard on a scripted monitor curve: when robust accuracy collapses, training
-    stops and the weights of the best epoch are restored."""
-    curve = iter([0.40, 0.55, 0.05, 0.60, 0.60])
+def scripted_monitor(monkeypatch: pytest.MonkeyPatch, curve: list[float]
+                     ) -> list[dict[str, torch.Tensor]]:
+    """Replace the per-epoch monitor by ``curve``; the returned list fills with the weights the
+    monitor saw at each epoch."""
+    values = iter(curve)
     snapshots: list[dict[str, torch.Tensor]] = []
 
     def fake_monitor(target: Target, *args: Any, **kwargs: Any) -> tuple[float, float]:
         snapshots.append(weights(target))
-        return 0.9, next(curve)
+        return 0.9, next(values)
 
     monkeypatch.setattr(advtrain, "robust_accuracy", fake_monitor)
+    return snapshots
+
+
+def test_overfitting_guard_stops_and_keeps_the_best_weights(
+        lenet: Target, mnist5k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wong et al.'s guard on a scripted monitor curve: when robust accuracy collapses, training
+    stops and the weights of the best epoch are restored."""
+    snapshots = scripted_monitor(monkeypatch, [0.40, 0.55, 0.05, 0.60, 0.60])
     params = {"eps": 0.1, "epochs": 5, "eps_warmup": 0.0, "monitor_samples": 50,
               "lr": 1e-3}
     defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 300),
@@ -137,14 +145,7 @@ def test_guard_keeps_the_best_epoch_without_a_collapse(
     """Early stopping (Rice et al. 2020): a slow decline that never counts as a collapse still
     ends with the best epoch's weights; without the guard the last epoch's are kept."""
     for guard, kept_epoch in ((True, 2), (False, 4)):
-        curve = iter([0.40, 0.55, 0.50, 0.45])
-        snapshots: list[dict[str, torch.Tensor]] = []
-
-        def fake_monitor(target: Target, *args: Any, **kwargs: Any) -> tuple[float, float]:
-            snapshots.append(weights(target))
-            return 0.9, next(curve)
-
-        monkeypatch.setattr(advtrain, "robust_accuracy", fake_monitor)
+        snapshots = scripted_monitor(monkeypatch, [0.40, 0.55, 0.50, 0.45])
         params = {"eps": 0.1, "epochs": 4, "eps_warmup": 0.0, "monitor_samples": 50,
                   "guard": guard}
         defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 200),
