@@ -205,7 +205,7 @@ def adversarial_training(base: Target, train: Split, params: AdvTrainParams,
                   progress=progress, desc=f"advtrain {params.attack}@{params.eps:g}",
                   perturb=perturb, epoch_end=epoch_end)
     target.name = f"{base.name}+advtrain"
-    target.card = _restore_best(target, history, best, params.guard)
+    target.card = _restore_best(target, history, best)
     return target
 
 
@@ -219,12 +219,12 @@ def _hold_out(train: Split, n: int, seed: int) -> tuple[Split, Split]:
     return Split(train.x[kept], train.y[kept]), Split(train.x[held], train.y[held])
 
 
-def _restore_best(target: Target, history: list[dict[str, float]], best: dict[str, Any],
-                  guard: bool) -> dict[str, Any]:
-    """With the guard on, load the best epoch's weights back (after a collapse or at the end);
-    the card says which epoch's were kept and where training collapsed."""
+def _restore_best(target: Target, history: list[dict[str, float]], best: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """Load the best epoch's weights back when the guard kept one (after a collapse or at the
+    end); the card says which epoch's were kept and where training collapsed."""
     collapsed = bool(history and history[-1].get("collapsed"))
-    restore = guard and best["state"] is not None
+    restore = best["state"] is not None
     if restore:
         target.load_state_dict(best["state"])
     kept_stats = history[best["epoch"] - 1] if restore else history[-1]

@@ -218,17 +218,11 @@ def _spread_markdown(spread: pd.DataFrame) -> str:
                                                 spread["clean max"])],
         "robust": [spread_text(*v) for v in zip(spread["robust"], spread["robust min"],
                                                  spread["robust max"])],
-        "Δ vs none": [_signed_spread(*v) for v in zip(spread["delta"], spread["delta min"],
-                                                       spread["delta max"])],
+        "Δ vs none": [spread_text(*v, signed=True) for v in zip(
+            spread["delta"], spread["delta min"], spread["delta max"])],
     })
     return ("\nOver seeds: mean [min–max] of the rows above that differ only in their seed\n\n"
             + shown.to_markdown(index=False, disable_numparse=True) + "\n")
-
-
-def _signed_spread(mean: float, low: float, high: float) -> str:
-    if any(pd.isna(v) for v in (mean, low, high)):
-        return ""
-    return f"{100 * mean:+.1f} [{100 * low:+.1f}–{100 * high:+.1f}]"
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -45,8 +45,10 @@ def over_seeds(table: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) 
     return pd.DataFrame(out)
 
 
-def spread_text(mean: float, low: float, high: float) -> str:
-    """``"79.4 [75.2–83.0]"``: a fraction's mean and range over seeds, in percent."""
+def spread_text(mean: float, low: float, high: float, signed: bool = False) -> str:
+    """``"79.4 [75.2–83.0]"``: a fraction's mean and range over seeds, in percent (with a sign
+    on every figure when ``signed``, for differences)."""
     if any(pd.isna(v) for v in (mean, low, high)):
         return ""
-    return f"{100 * mean:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
+    f = "+.1f" if signed else ".1f"
+    return f"{100 * mean:{f}} [{100 * low:{f}}–{100 * high:{f}}]"
