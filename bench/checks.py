@@ -68,7 +68,10 @@ def check_sweep(config: SweepConfig) -> None:
             if user is not None:
                 untrained = checked_user_target(user, dataset)
             elif t.kind == "discriminator":
-                untrained = build_gan(gan_spec(t.model), dataset.input_shape).target
+                gan = build_gan(gan_spec(t.model), dataset.input_shape)
+                if gan.recipe.critic:  # checked untrained: any threshold will do
+                    gan.card["critic_threshold"] = 0.0
+                untrained = gan.target
             else:
                 spec = classifier_spec(t.model)
                 check_compatible(spec, dataset)

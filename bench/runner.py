@@ -28,6 +28,7 @@ from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split, load_dataset
 from bench.core.errors import AttackContractError, BadInput
 from bench.core.fastpath import resolve_precision, tune
+from bench.core.lipschitz import MarginGradient, median_margin_gradient
 from bench.core.measure import (
     autocast,
     device_name,
@@ -132,6 +133,7 @@ class PreparedTarget:
     defended: Target
     clean_pred: torch.Tensor
     labels: torch.Tensor
+    margin_grad: MarginGradient = MarginGradient(None, None)  # not measured: null columns
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -396,6 +398,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         median_l2=_median(outcome.l2[fooled]), median_linf=_median(outcome.linf[fooled]),
         mean_l0=float(outcome.l0[fooled].mean()) if bool(fooled.any()) else None,
         rho_adv=float(rho.mean()) if rho.numel() else None,
+        margin_grad_l1=prepared.margin_grad.l1, margin_grad_l2=prepared.margin_grad.l2,
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
         wall_s=run.wall_s,
         img_per_s=_attacked(cell, run, n) / run.wall_s if run.wall_s > 0 else 0.0,
@@ -617,7 +620,9 @@ class Worker:
                 DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
                 defense.params, seed=cell.seed, cache=self.cache, progress=self.options.progress)
             clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
-            self.prepared[key] = PreparedTarget(base, defended, clean, data.y)
+            margin_grad = median_margin_gradient(defended, data.x, data.y,
+                                                 self.config.batch_size)
+            self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad)
         return self.prepared[key]
 
     def prepare(self, cells: list[Cell]) -> None:

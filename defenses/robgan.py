@@ -28,7 +28,7 @@ from bench.core.errors import BadInput
 from bench.core.target import Target
 from defenses.base import register_defense
 from generative.discriminator import FAKE, REAL, discriminator_target
-from generative.models import Discriminator, GANRecipe, gan_spec, gans
+from generative.models import GANRecipe, gan_spec, gans
 from generative.training import train_gan
 
 
@@ -63,7 +63,12 @@ def _gan_of(base: Target) -> tuple[str, GANRecipe]:
             else f"a {base.kind}"
         raise BadInput(f"robgan trains a zoo GAN's discriminator anew; target {base.name!r} is "
                        f"{what} (use a GAN target such as {', '.join(gans())})")
-    return name, GANRecipe(**base.card.get("recipe", {}))
+    recipe = GANRecipe(**base.card.get("recipe", {}))
+    if recipe.critic:
+        raise BadInput(f"robgan trains a discriminator with the GAN loss (Liu & Hsieh 2019); "
+                       f"{name!r} is a Wasserstein critic ({recipe.loss}); use it with "
+                       f"{', '.join(n for n in gans() if not gan_spec(n).recipe.critic)}")
+    return name, recipe
 
 
 def check_robgan(base: Target, params: RobGANParams) -> None:
@@ -72,7 +77,7 @@ def check_robgan(base: Target, params: RobGANParams) -> None:
 
 def build_robgan(base: Target, params: RobGANParams) -> Target:
     name, recipe = _gan_of(base)
-    discriminator = Discriminator(base.input_shape, recipe.width, spectral=gan_spec(name).spectral)
+    discriminator = gan_spec(name).discriminator(base.input_shape, recipe.width)
     target = discriminator_target(discriminator.to(base.device), base.input_shape,
                                   name=f"{base.name}+robgan")
     target.card = {"gan": name, "recipe": dataclasses.asdict(recipe)}

@@ -1,4 +1,5 @@
-"""DCGAN and SN-DCGAN networks, sized for the data set's images (28×28×1, 32×32×3, ...).
+"""DCGAN, SN-DCGAN and Wasserstein-critic networks, sized for the data set's images (28×28×1,
+32×32×3, ...).
 
 - DCGAN: Radford, Metz, Chintala, "Unsupervised Representation Learning with Deep Convolutional
   Generative Adversarial Networks", ICLR 2016. Generator: a 1×1 → k×k transposed convolution of
@@ -9,6 +10,14 @@
 - SN-DCGAN: Miyato, Kataoka, Koyama, Yoshida, "Spectral Normalization for Generative
   Adversarial Networks", ICLR 2018: the same discriminator with spectral normalisation on every
   layer and no batch norm (as in the paper), which makes it 1-Lipschitz layer by layer.
+- WGAN: Arjovsky, Chintala, Bottou, "Wasserstein GAN", ICML 2017: the DCGAN discriminator as a
+  critic (an unbounded score, no sigmoid), trained with RMSProp, 5 critic steps per generator
+  step and its weights clipped to [-0.01, 0.01] after each step (the learning rate: see
+  :data:`WGAN_RECIPE`).
+- WGAN-GP: Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville, "Improved Training of Wasserstein
+  GANs", NeurIPS 2017: the critic without batch norm (the penalty is per sample), trained with
+  Adam (lr 1e-4, betas (0, 0.9)), 5 critic steps per generator step and the gradient penalty
+  λ·(‖∇D(x̂)‖₂ − 1)² on random interpolates x̂ of real and fake images (λ = 10).
 
 Both networks work in the GAN's [-1, 1] image space; the discriminator Target maps advbench's
 [0, 1] pixel space onto it (mean = std = 0.5).
@@ -81,23 +90,27 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """DCGAN discriminator: images in [-1, 1] → one logit per image (``[N]``), real = high.
+    """DCGAN discriminator: images in [-1, 1] → one logit (or critic score) per image (``[N]``),
+    real = high.
 
-    ``spectral``: spectral normalisation on every layer and no batch norm (SN-DCGAN).
+    ``spectral``: spectral normalisation on every layer (SN-DCGAN); ``batch_norm``: batch norm
+    after every hidden convolution but the first (default: only without spectral norm).
     """
 
-    def __init__(self, image_shape: Sequence[int], width: int = 64, spectral: bool = False
-                 ) -> None:
+    def __init__(self, image_shape: Sequence[int], width: int = 64, spectral: bool = False,
+                 batch_norm: bool | None = None) -> None:
         super().__init__()
         start, n_up = layout(image_shape)
         self.spectral = spectral
+        self.batch_norm = (not spectral) if batch_norm is None else batch_norm
         sn = spectral_norm if spectral else (lambda m: m)
         channels = width
         layers: list[nn.Module] = [sn(nn.Conv2d(int(image_shape[0]), channels, 4, 2, 1)),
                                    nn.LeakyReLU(0.2, True)]
         for _ in range(n_up - 1):
-            layers.append(sn(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=spectral)))
-            if not spectral:
+            layers.append(sn(nn.Conv2d(channels, channels * 2, 4, 2, 1,
+                                       bias=not self.batch_norm)))
+            if self.batch_norm:
                 layers.append(nn.BatchNorm2d(channels * 2))
             layers.append(nn.LeakyReLU(0.2, True))
             channels *= 2
@@ -109,6 +122,13 @@ class Discriminator(nn.Module):
         return self.net(x).reshape(x.shape[0])
 
 
+LOSSES = ("bce", "wgan", "wgan_gp")
+"""``bce``: the GAN loss with the non-saturating generator loss ``-log D(G(z))`` (Goodfellow et
+al. 2014); ``wgan``: the Wasserstein loss ``D(fake) - D(real)`` for the critic, ``-D(G(z))`` for
+the generator, critic weights clipped to ``[-clip, clip]``; ``wgan_gp``: the Wasserstein loss
+plus ``gp_weight · (‖∇D(x̂)‖₂ − 1)²`` on interpolates."""
+
+
 @dataclass(frozen=True)
 class GANRecipe:
     """How a GAN is trained: Radford et al.'s Adam (lr 2e-4, beta1 0.5). Batch 32 and width 32
@@ -117,7 +137,10 @@ class GANRecipe:
 
     ``real_label``: the target for real images in D's loss; 0.9 is one-sided label smoothing
     (Salimans et al., "Improved Techniques for Training GANs", 2016). ``d_steps``: D updates per
-    G update. The generator loss is the non-saturating one, -log D(G(z)).
+    G update (a critic's ``n_critic``). ``loss``: one of :data:`LOSSES`; ``optimizer``: Adam
+    or RMSProp (WGAN's, which uses ``lr`` only); ``clip``: WGAN's weight clip; ``gp_weight``:
+    WGAN-GP's λ. ``holdout``: real training images kept out of training, on which a critic's
+    real/fake threshold is calibrated.
     """
 
     epochs: int = 30
@@ -129,6 +152,11 @@ class GANRecipe:
     width: int = 32
     real_label: float = 1.0
     d_steps: int = 1
+    loss: Literal["bce", "wgan", "wgan_gp"] = "bce"
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    clip: float = 0.01
+    gp_weight: float = 10.0
+    holdout: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -141,6 +169,21 @@ class GANRecipe:
                            f"got {self.real_label}")
         if self.z_dim < 1 or self.width < 1 or self.d_steps < 1:
             raise BadInput("z_dim, width and d_steps must be >= 1")
+        if self.loss not in LOSSES:
+            raise BadInput(f"unknown GAN loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.optimizer not in ("adam", "rmsprop"):
+            raise BadInput(f"unknown GAN optimizer {self.optimizer!r}; known: adam, rmsprop")
+        if not (self.clip > 0 and self.gp_weight >= 0 and self.holdout >= 0):
+            raise BadInput(f"clip must be > 0, gp_weight and holdout >= 0; got clip = "
+                           f"{self.clip}, gp_weight = {self.gp_weight}, holdout = {self.holdout}")
+        if self.critic and self.holdout < 2:
+            raise BadInput(f"a {self.loss} critic calibrates its real/fake threshold on held-out "
+                           f"real images: holdout must be >= 2, got {self.holdout}")
+
+    @property
+    def critic(self) -> bool:
+        """Whether D is a Wasserstein critic (an unbounded score with no natural zero)."""
+        return self.loss != "bce"
 
 
 @dataclass(frozen=True)
@@ -153,12 +196,29 @@ class GANSpec:
     summary: str
     kind: Literal["discriminator"] = "discriminator"
     shapes: str = "28x28, 32x32, 64x64..."
+    batch_norm: bool | None = None  # D's batch norm; None: only without spectral norm
+
+    def discriminator(self, image_shape: Sequence[int], width: int) -> Discriminator:
+        return Discriminator(image_shape, width, spectral=self.spectral,
+                             batch_norm=self.batch_norm)
 
     def build(self, image_shape: Sequence[int], recipe: GANRecipe | None = None
               ) -> tuple[Generator, Discriminator]:
         r = recipe or self.recipe
-        return (Generator(image_shape, r.z_dim, r.width),
-                Discriminator(image_shape, r.width, spectral=self.spectral))
+        return Generator(image_shape, r.z_dim, r.width), self.discriminator(image_shape, r.width)
+
+
+WGAN_RECIPE = GANRecipe(loss="wgan", optimizer="rmsprop", lr=2e-4, d_steps=5, clip=0.01,
+                        epochs=30, holdout=500)
+"""Arjovsky et al.'s WGAN: RMSProp, n_critic 5, clip 0.01, with lr 2e-4 instead of the paper's
+5e-5: on the 3,500 training digits at batch 32, lr 5e-5 gave blobs and a generator collapsed on
+a few classes after 90 epochs (about 2,000 generator steps), lr 2e-4 recognisable digits after
+30. 500 training digits are held out for the threshold."""
+
+WGAN_GP_RECIPE = GANRecipe(loss="wgan_gp", optimizer="adam", lr=1e-4, beta1=0.0, beta2=0.9,
+                           d_steps=5, gp_weight=10.0, epochs=60, holdout=500)
+"""Gulrajani et al.'s WGAN-GP: Adam lr 1e-4, betas (0, 0.9), λ = 10, n_critic 5; 60 epochs
+(about 1,300 generator steps) for recognisable digits of every class."""
 
 
 def gan_spec(name: str) -> GANSpec:
@@ -173,3 +233,8 @@ register_model(GANSpec("dcgan", False, GANRecipe(),
                        "DCGAN (Radford et al. 2016); its discriminator is the target"))
 register_model(GANSpec("sndcgan", True, GANRecipe(),
                        "SN-DCGAN: spectral norm on every D layer (Miyato et al. 2018)"))
+register_model(GANSpec("wgan", False, WGAN_RECIPE,
+                       "WGAN critic with weight clipping (Arjovsky et al. 2017)"))
+register_model(GANSpec("wgan_gp", False, WGAN_GP_RECIPE,
+                       "WGAN-GP critic, gradient penalty, no batch norm (Gulrajani et al. 2017)",
+                       batch_norm=False))

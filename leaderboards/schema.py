@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -86,6 +86,11 @@ class SummaryRow:
     median_linf: float | None
     mean_l0: float | None
     rho_adv: float | None
+    # the clean pass's median norm of the input gradient of the decision margin (z_y - max
+    # other z) over the evaluated images: L1 (the dual of Linf) and L2; null when the evaluated
+    # target has no input gradient (bench.core.lipschitz)
+    margin_grad_l1: float | None
+    margin_grad_l2: float | None
     # the attack run whose model calls and time the row reports: the cell itself, or, for the
     # per-eps rows derived from one minimal-perturbation run, that run (they share its cost)
     attack_run: str
@@ -157,6 +162,8 @@ ADDED_IN: dict[str, int] = {
     "flags": 7,
     "fooled_by": 7,
     "queries": 7,
+    "margin_grad_l1": 8,
+    "margin_grad_l2": 8,
 }
 """The schema version that added each column; older files get its migration value."""
 

@@ -14,6 +14,9 @@ the worst case at the largest eps. Throughput columns close each row: the median
 attack runs, their summed wall time (a run counted once, however many per-eps rows were read from
 it) and the median share of the attacked model's forward+backward floor their model calls reached.
 A ``flags`` column, present when a check failed, names the sanity checks a row's cells failed.
+Discriminator boards show, after ``clean``, the median norm of the input gradient of the decision
+margin over the evaluated images (``grad l1``, the dual of Linf, and ``grad l2``;
+:mod:`bench.core.lipschitz`): the Lipschitz control next to the robustness it buys.
 A cascade (``standard``) is one column; its members' rows are in ``advbench compare``.
 """
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.typing import DataFrameGroupBy
 
 from bench.core.errors import BadInput
 from leaderboards.compare import eps_flags, wilson
@@ -35,6 +39,9 @@ GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
 BOARD_ROW = [*ROW_KEYS, *POPULATION_KEYS]
 """What one row of a board is: a target measured on one population."""
+
+GRAD_COLUMNS = {"margin_grad_l1": "grad l1", "margin_grad_l2": "grad l2"}
+"""The summary's margin-gradient columns and their board names (discriminator boards)."""
 
 _TEXT_KEYS = ["direction", "weights_sha256", "train_dataset", "defense_params", "fast_path",
               "source_model"]
@@ -139,6 +146,15 @@ def _throughput(group: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _gradients(group: pd.DataFrame, by_row: DataFrameGroupBy) -> pd.DataFrame:
+    """Per row of a discriminator board: its clean pass's median margin-gradient norms (one
+    population, one clean pass); empty for classifiers and rows that did not record them."""
+    cols = list(GRAD_COLUMNS)
+    if (group["target_kind"] != "discriminator").any() or group[cols].isna().all().all():
+        return pd.DataFrame()
+    return by_row[cols].first().rename(columns=GRAD_COLUMNS)
+
+
 def _flags(group: pd.DataFrame, sanity: dict[str, list[str]]) -> pd.DataFrame:
     """Per row: its cells' sanity flags (:func:`leaderboards.compare.eps_flags`), each naming
     its column; an empty frame when no cell has one."""
@@ -172,7 +188,9 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         order = (group.sort_values(["eps", "attack", "column"])
                  .drop_duplicates("column")["column"].tolist())
         # pivot_table(dropna=False) crosses the index levels: keep the rows that exist
-        table = pd.concat([clean, robust[order].reindex(clean.index)], axis=1)
+        grads = _gradients(group, by_row)
+        table = pd.concat([clean, *([grads] if not grads.empty else []),
+                           robust[order].reindex(clean.index)], axis=1)
         rank_col = "clean"
         if not worst.empty:
             mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)
@@ -205,7 +223,7 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
 
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
     """A board table's accuracy columns: clean, each attack@eps and each worst case."""
-    rest = {*BOARD_ROW, "n", "img/s", "attack s", "floor %", "flags"}
+    rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags"}
     return [c for c in table.columns if c not in rest and not c.endswith((" lo", " hi"))]
 
 
@@ -238,6 +256,8 @@ def display_table(board: Board) -> pd.DataFrame:
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}")
         elif col == "flags":
             shown[col] = table[col].fillna("")
+        elif col in GRAD_COLUMNS.values():
+            shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
         elif col == "attack s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         elif f"{col} lo" in table.columns:

@@ -147,8 +147,15 @@ class Shifted(nn.Module):
 def calibrate_threshold(real: torch.Tensor, fake: torch.Tensor) -> float:
     """The score threshold that best separates a critic's ``real`` from its ``fake`` scores:
     the midpoint between two sorted scores that maximises balanced accuracy (the mean of the
-    true-real and true-fake rates), "real" meaning a score above it."""
+    true-real and true-fake rates), "real" meaning a score above it.
+
+    :class:`BadInput` when the scores are not finite or no threshold separates them better than
+    chance (a constant critic, or one that ranks fakes above reals)."""
     scores = torch.cat([real, fake]).double()
+    if not (len(real) and len(fake)) or not bool(torch.isfinite(scores).all()):
+        raise BadInput(f"cannot calibrate a critic's threshold on {len(real)} real and "
+                       f"{len(fake)} fake scores, some not finite: it needs finite scores of "
+                       f"both")
     is_real = torch.cat([torch.ones_like(real), torch.zeros_like(fake)]).double()
     order = scores.argsort()
     scores, is_real = scores[order], is_real[order]
@@ -157,6 +164,12 @@ def calibrate_threshold(real: torch.Tensor, fake: torch.Tensor) -> float:
     real_below = torch.cat([torch.zeros(1, dtype=torch.double), is_real.cumsum(0)])
     balanced = (fake_below / len(fake) + (len(real) - real_below) / len(real)) / 2
     k = int(balanced.argmax())
+    if float(balanced[k]) <= 0.5:
+        spread = f"all scores equal {float(scores[0]):.4g}" if bool(
+            (scores == scores[0]).all()) else "it ranks fakes at least as high as reals"
+        raise BadInput(f"cannot calibrate a critic's real/fake threshold: no threshold tells "
+                       f"real from fake better than chance ({spread}); train the critic, or "
+                       f"check that a high score means real")
     if k == 0:
         return float(scores[0]) - 1.0
     if k == len(scores):

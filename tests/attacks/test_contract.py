@@ -37,7 +37,7 @@ def attack(name: str, target: Target, x: torch.Tensor, y: torch.Tensor, **kwargs
     return run_attack(name, target, x, y, **kwargs)
 
 
-@pytest.fixture(params=["classifier", "discriminator", "dcgan"])
+@pytest.fixture(params=["classifier", "discriminator", "dcgan", "wgan_gp"])
 def target_and_data(request: pytest.FixtureRequest, lenet: Target,
                     digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[Target, torch.Tensor,
                                                                          torch.Tensor]:
@@ -45,9 +45,11 @@ def target_and_data(request: pytest.FixtureRequest, lenet: Target,
     x, y = x[::6], y[::6]  # 34 digits, every class
     if request.param == "classifier":
         return lenet, x, y
-    if request.param == "dcgan":
-        # the trained DCGAN's discriminator: real digits (class 1) and its own samples (class 0)
-        gan = request.getfixturevalue("trained_dcgan")
+    if request.param in ("dcgan", "wgan_gp"):
+        # a trained discriminator (the DCGAN's) or critic (at its calibrated threshold): real
+        # digits (class 1) and its own generator's samples (class 0)
+        gan = request.getfixturevalue("trained_dcgan") if request.param == "dcgan" else \
+            request.getfixturevalue("trained_wgan_gp")
         fakes = gan.sample(len(x) // 2, seed=11)
         x = torch.cat([x[: len(x) - len(fakes)], fakes])
         real = (torch.arange(len(x)) < len(x) - len(fakes)).long()

@@ -83,6 +83,17 @@ def test_sweep_attacks_a_discriminator_in_both_directions(trained_dcgan: Any, ca
     assert list(board.table.columns[:3]) == ["model", "defense", "direction"]
     assert sorted(board.table["direction"]) == ["fake->real", "real->fake"]
     assert "worst@0.1" in board.table.columns
+    # the clean pass's margin-gradient norms: one per (target, direction), on the board after
+    # clean; the L1 norm (the dual of Linf) is at least the L2 norm, as for any vector
+    for col in ("margin_grad_l1", "margin_grad_l2"):
+        assert summary[col].notna().all() and (summary[col] > 0).all()
+        assert summary.groupby("direction")[col].nunique().eq(1).all()
+    assert (summary["margin_grad_l1"] >= summary["margin_grad_l2"]).all()
+    cols = list(board.table.columns)
+    assert cols[cols.index("clean") + 1:cols.index("clean") + 3] == ["grad l1", "grad l2"]
+    for _, row in board.table.iterrows():
+        stored = summary[summary["direction"] == row["direction"]]["margin_grad_l1"].iloc[0]
+        assert row["grad l1"] == stored
     table = compare(summary, samples)
     assert sorted(set(table["direction"])) == ["fake->real", "real->fake"]
 

@@ -118,7 +118,9 @@ def test_generator_must_match_the_discriminator() -> None:
     check_generator(Generator((1, 28, 28)), 100, target)  # a matching pair passes
 
 
-@pytest.mark.parametrize("recipe", [dict(epochs=0), dict(batch_size=1), dict(real_label=0.4)])
+@pytest.mark.parametrize("recipe", [dict(epochs=0), dict(batch_size=1), dict(real_label=0.4),
+                                    dict(loss="hinge"), dict(optimizer="sgd"),
+                                    dict(loss="wgan", clip=0.0), dict(loss="wgan_gp", holdout=0)])
 def test_bad_recipes_are_refused(recipe: dict[str, Any]) -> None:
     with pytest.raises(BadInput):
         GANRecipe(**recipe)
