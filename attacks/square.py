@@ -8,7 +8,8 @@ loss falls. The window side follows the paper's schedule of p (the share of pixe
 halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to the query
 budget. It never reads a gradient, which makes it the check for gradient masking: it works on
 a model whose gradients are useless. A sample stops costing queries once it is fooled; its
-query count is returned (``artifacts["queries"]``).
+query count is returned (``artifacts["queries"]``; 0 for a sample misclassified before the
+search, which is returned unchanged).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class _Search:
 
 def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
                  ) -> tuple[int, int]:
-    return n * params.queries * params.restarts, 0
+    return n * (params.queries * params.restarts + 1), 0  # + the clean check
 
 
 @register_attack("square", params=SquareParams, norms=(Norm.LINF, Norm.L2), black_box=True,
@@ -206,10 +207,12 @@ def square(
     calls = ModelCalls(target)
     best, success = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     queries = torch.zeros(x.shape[0], device=x.device)
+    if x.shape[0]:
+        # misclassified clean inputs are returned as they are, as AutoAttack only attacks the
+        # correctly classified ones: the search starts from a perturbed point and could lose
+        # them. This check is a model call (n_forward), not one of a sample's search queries.
+        success = calls.logits(x).argmax(1) != y
     if eps == 0 or x.shape[0] == 0:
-        if x.shape[0]:
-            success = calls.logits(x).argmax(1) != y
-            queries += 1
         return AttackResult.build(x, best, success, calls, artifacts={"queries": queries})
     for _ in range(params.restarts):
         todo = torch.nonzero(~success).flatten()

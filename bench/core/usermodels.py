@@ -163,6 +163,10 @@ def calibrate_threshold(real: torch.Tensor, fake: torch.Tensor) -> float:
     fake_below = torch.cat([torch.zeros(1, dtype=torch.double), (1 - is_real).cumsum(0)])
     real_below = torch.cat([torch.zeros(1, dtype=torch.double), is_real.cumsum(0)])
     balanced = (fake_below / len(fake) + (len(real) - real_below) / len(real)) / 2
+    # a threshold lies between two different scores: no cut between tied ones
+    between = torch.ones(len(scores) + 1, dtype=torch.bool)
+    between[1:-1] = scores[1:] > scores[:-1]
+    balanced = torch.where(between, balanced, torch.full_like(balanced, -1.0))
     k = int(balanced.argmax())
     if float(balanced[k]) <= 0.5:
         spread = f"all scores equal {float(scores[0]):.4g}" if bool(

@@ -181,9 +181,25 @@ def test_square_counts_queries_per_sample(lenet: Target, held_out: Any) -> None:
     x, y = held_out[0][:40], held_out[1][:40]
     res = run_attack("square", lenet, x, y, eps=0.2, params={"queries": 50})
     queries = res.artifacts["queries"]
-    assert int(queries.sum()) == res.n_forward and res.n_backward == 0
-    assert bool((queries >= 1).all() and (queries <= 50).all())
+    # one clean check per sample, then each sample's search queries
+    assert int(queries.sum()) + len(x) == res.n_forward and res.n_backward == 0
+    clean_wrong = lenet.predict_logits(x).argmax(1) != y
+    assert bool((queries[clean_wrong] == 0).all() and res.success[clean_wrong].all())
+    assert bool((queries[~clean_wrong] >= 1).all() and (queries <= 50).all())
     assert bool((queries[~res.success] == 50).all())  # the robust ones spent the budget
+
+
+def test_square_returns_a_misclassified_clean_input_unchanged() -> None:
+    """A sample the model already gets wrong counts as fooled at its clean point (AutoAttack
+    attacks only the correctly classified ones); the search never trades it away."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    target = Target(model, num_classes=3, input_shape=(1, 4, 4), bounds=(0.0, 1.0))
+    x = torch.rand(12, 1, 4, 4)
+    wrong = (target.predict_logits(x).argmax(1) + 1) % 3  # every label is wrong
+    res = run_attack("square", target, x, wrong, eps=0.1, params={"queries": 5})
+    assert bool(res.success.all()) and torch.equal(res.x_adv, x)
+    assert int(res.artifacts["queries"].sum()) == 0 and res.n_forward == len(x)
 
 
 # --- gradient masking -----------------------------------------------------------------------
