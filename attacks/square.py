@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, register_attack
+from bench.core.attack import AttackResult, ModelCalls, margin_loss, register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm, l2_norm
 from bench.core.target import Target
@@ -71,9 +71,7 @@ def _randint(high: int, generator: torch.Generator) -> int:
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``z_y - max_{j≠y} z_j``: ≤ 0 once the sample is misclassified (the loss Square lowers)."""
-    z = logits.float()
-    true = z.gather(1, y[:, None])[:, 0]
-    return true - z.scatter(1, y[:, None], float("-inf")).amax(1)
+    return -margin_loss(logits, y)
 
 
 def _rectangles(rows: int, cols: int, device: torch.device) -> torch.Tensor:

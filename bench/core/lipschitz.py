@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.core.attack import margin_loss
 from bench.core.target import Target
 
 
@@ -27,13 +28,6 @@ class MarginGradient:
     l2: float | None
 
 
-def decision_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y − max_{j≠y} z_j`` per row."""
-    true = logits.gather(1, y[:, None])[:, 0]
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.max(1).values
-
-
 def margin_gradient_norms(target: Target, x: torch.Tensor, y: torch.Tensor,
                           batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-image L1 and L2 norms of ``∇ₓ m(x)``; ``None`` when the target gives no finite input
@@ -43,7 +37,7 @@ def margin_gradient_norms(target: Target, x: torch.Tensor, y: torch.Tensor,
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             xb = xb.detach().float().requires_grad_(True)
             with torch.enable_grad():
-                margin = decision_margin(target(xb).float(), yb)
+                margin = -margin_loss(target(xb), yb)  # z_y − max_{j≠y} z_j
                 if not margin.requires_grad:
                     return None
                 (grad,) = torch.autograd.grad(margin.sum(), xb, allow_unused=True)
@@ -65,5 +59,4 @@ def median_margin_gradient(target: Target, x: torch.Tensor, y: torch.Tensor,
     return MarginGradient(float(l1.median()), float(l2.median()))
 
 
-__all__ = ["MarginGradient", "decision_margin", "margin_gradient_norms",
-           "median_margin_gradient"]
+__all__ = ["MarginGradient", "margin_gradient_norms", "median_margin_gradient"]

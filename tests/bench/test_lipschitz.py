@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.core.lipschitz import decision_margin, margin_gradient_norms, median_margin_gradient
+from bench.core.attack import margin_loss
+from bench.core.lipschitz import margin_gradient_norms, median_margin_gradient
 from bench.core.target import Target
 
 
 def test_decision_margin_is_true_logit_minus_best_other() -> None:
     logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, -1.0], [1.0, 1.0, 0.0]])
     y = torch.tensor([0, 2, 1])
-    assert decision_margin(logits, y).tolist() == [0.5, -5.0, 0.0]
+    assert (-margin_loss(logits, y)).tolist() == [0.5, -5.0, 0.0]
 
 
 def test_gradient_norms_of_a_linear_classifier_are_its_weight_differences() -> None:
