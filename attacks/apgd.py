@@ -36,6 +36,7 @@ from bench.core.attack import (
     ModelCalls,
     cross_entropy_loss,
     margin_loss,
+    other_classes_by_score,
     register_attack,
 )
 from bench.core.errors import BadInput
@@ -347,8 +348,7 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
                      early_stop=early_stop, rows=rows)
     ranked = None
     if targeted and n:
-        ranked = torch.cat([calls.logits(c) for c in x.split(rows)]).float().sort(
-            dim=1, descending=True).indices
+        ranked = other_classes_by_score(torch.cat([calls.logits(c) for c in x.split(rows)]), y)
     best = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=x.device)
     for run in range(runs):
@@ -356,7 +356,7 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
             queue = torch.nonzero(~success).flatten()
             if queue.numel() == 0:
                 break
-            aims = y[queue] if ranked is None else _target_class(ranked[queue], y[queue], run)
+            aims = y[queue] if ranked is None else ranked[queue, run]
             starts = (x[queue] + apgd_start(x[queue], norm, eps, generator)).clamp(
                 *target.bounds)
             hit, adv, _ = loop.run(queue, aims, starts)
@@ -364,12 +364,6 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
             success[queue] = hit
     return AttackResult.build(x, best, success, calls,
                               effective_params={"loss": used} if used != loss else None)
-
-
-def _target_class(ranked: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """The (k+1)-th most likely class other than ``y`` of each sample's clean prediction."""
-    others = ranked[ranked != y[:, None]].view(ranked.shape[0], -1)
-    return others[:, k]
 
 
 def _apgd_cost(params: APGDParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, register_attack
+from bench.core.attack import AttackResult, ModelCalls, other_classes_by_score, register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm, norm_of
 from bench.core.target import Target, check_differentiable
@@ -172,8 +172,7 @@ def fab_t_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: Nor
         return best, best_norm
     logits = calls.logits(x)
     best_norm[logits.argmax(1) != y] = 0.0
-    ranked = logits.float().sort(dim=1, descending=True).indices
-    others = ranked[ranked != y[:, None]].view(x.shape[0], -1)
+    others = other_classes_by_score(logits, y)
     for k in range(min(params.target_classes, calls.target.num_classes - 1)):
         todo = torch.nonzero(best_norm > (stop_at or 0.0)).flatten()
         if todo.numel() == 0:

@@ -18,14 +18,20 @@ import pandas as pd
 SEED_VARYING = ("seed", "weights_sha256")
 """What changes with the seed: the seed and the weights trained with it."""
 
+TIMED_PER_RUN = ("fast_path",)
+"""Choices the runner makes per prepared model by timing (``channels_last = "auto"``...): they
+can differ between the seeds' runs without changing what was measured (every adversarial is
+verified on the model itself), so the spread lists them instead of splitting on them."""
+
 
 def over_seeds(table: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
     """Per group of ``table`` rows agreeing on ``keys`` (the seed and the weights left out) and
     holding at least two seeds: ``seeds`` (the seeds, ascending, as text), and for each of
-    ``values`` its mean over the seeds, ``<value> min`` and ``<value> max``. A group whose rows
+    ``values`` its mean over the seeds, ``<value> min`` and ``<value> max``; the
+    :data:`TIMED_PER_RUN` columns list the values the seeds' runs took. A group whose rows
     miss a value at some seed gets no figure for it (the mean would not be over the same seeds).
     Empty when no group has two seeds."""
-    keys = [k for k in keys if k not in SEED_VARYING and k in table.columns]
+    keys = [k for k in keys if k not in (*SEED_VARYING, *TIMED_PER_RUN) and k in table.columns]
     if table.empty or "seed" not in table.columns:
         return pd.DataFrame()
     out = []
@@ -35,6 +41,9 @@ def over_seeds(table: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) 
             continue
         rec: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         rec["seeds"] = ", ".join(str(s) for s in seeds)
+        for choice in TIMED_PER_RUN:
+            if choice in group.columns:
+                rec[choice] = ", ".join(sorted({str(v) for v in group[choice] if pd.notna(v)}))
         for value in values:
             column = pd.to_numeric(group[value], errors="coerce")
             complete = column.notna().all() and len(group) == len(seeds)

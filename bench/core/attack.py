@@ -179,6 +179,13 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
+def other_classes_by_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Every class but ``y``, most likely first, ``[N, C-1]``: the order in which targeted
+    attacks (APGD-T, FAB-T; Croce & Hein 2020) take their target classes."""
+    ranked = logits.float().sort(dim=1, descending=True).indices
+    return ranked[ranked != labels[:, None]].view(logits.shape[0], -1)
+
+
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy_loss, "margin": margin_loss}
 
 

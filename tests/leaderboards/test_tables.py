@@ -180,6 +180,26 @@ def test_seed_spread_is_mean_and_range_beside_each_seeds_row(tmp_path: Path) -> 
     assert stats.count("mean") == stats.count("min") == stats.count("max") == 1
 
 
+def test_spread_lists_the_timed_fast_paths_but_splits_on_precision(tmp_path: Path) -> None:
+    """The runner times ``channels_last`` per prepared model, so seeds may run on different
+    paths: the spread still covers every seed and names the paths. A precision the user chose
+    is a different measurement and gets its own spread."""
+    store = ResultStore(tmp_path)
+    for seed, path in ((0, "eager"), (5, "channels_last"), (11, "eager")):
+        store.write_cell(*_seeded("fgsm_rs", seed, (True, seed > 0, False, False),
+                                  fast_path=path))
+        store.write_cell(*_seeded("pgd_at", seed, (True, True, seed > 0, False),
+                                  fast_path=path, precision="bf16" if seed == 11 else "fp32"))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert len(board.table) == 6
+    by_defense = {s["defense"]: s for s in board.spread.to_dict("records")}
+    assert by_defense["fgsm_rs"]["seeds"] == "0, 5, 11"
+    assert by_defense["fgsm_rs"]["fast_path"] == "channels_last, eager"
+    assert by_defense["fgsm_rs"]["pgd@0.1"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    assert by_defense["pgd_at"]["seeds"] == "0, 5"  # seed 11 ran at bf16
+    assert "channels_last, eager" in to_markdown(board)
+
+
 def test_no_spread_without_two_seeds(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     store.write_cell(*_seeded("fgsm_rs", 0, (True, False, False, False)))
