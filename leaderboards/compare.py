@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from leaderboards.seeds import over_seeds, spread_text
+from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
 
 Z95 = 1.959963984540054
 CELL_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "attack",
@@ -221,7 +221,7 @@ def _spread_markdown(spread: pd.DataFrame) -> str:
         "Δ vs none": [spread_text(*v, signed=True) for v in zip(
             spread["delta"], spread["delta min"], spread["delta max"])],
     })
-    return ("\nOver seeds: mean [min–max] of the rows above that differ only in their seed\n\n"
+    return (f"\n{SPREAD_CAPTION}\n\n"
             + shown.to_markdown(index=False, disable_numparse=True) + "\n")
 
 

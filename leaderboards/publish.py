@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
+from leaderboards.seeds import SPREAD_CAPTION
 from leaderboards.tables import (
     Board,
     display_spread,
@@ -59,7 +60,7 @@ def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> 
                    for _, row in spread.iterrows()]
     return TEMPLATES.get_template("board.html.j2").render(
         title=board.title, links=links, columns=columns, rows=rows, plot=plot,
-        spread_columns=spread_columns, spread_rows=spread_rows)
+        spread_columns=spread_columns, spread_rows=spread_rows, spread_caption=SPREAD_CAPTION)
 
 
 def plot_worst_case(board: Board, path: Path) -> bool:

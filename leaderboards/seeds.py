@@ -18,6 +18,12 @@ import pandas as pd
 SEED_VARYING = ("seed", "weights_sha256")
 """What changes with the seed: the seed and the weights trained with it."""
 
+SPREAD_CAPTION = ("Over seeds: mean [min–max] of the rows above that differ only in their seed "
+                  "(each seed trains its own zoo models and fits its own defenses; a user's "
+                  "own weights stay the same, so there the seed changes the defense fits and "
+                  "the attacks' random draws)")
+"""What every spread table says above it, in every format."""
+
 TIMED_PER_RUN = ("fast_path",)
 """Choices the runner makes per prepared model by timing (``channels_last = "auto"``...): they
 can differ between the seeds' runs without changing what was measured (every adversarial is

@@ -33,7 +33,7 @@ from pandas.api.typing import DataFrameGroupBy
 from bench.core.errors import BadInput
 from leaderboards.compare import eps_flags, wilson
 from leaderboards.schema import POPULATION_KEYS
-from leaderboards.seeds import SEED_VARYING, over_seeds, spread_text
+from leaderboards.seeds import SEED_VARYING, SPREAD_CAPTION, over_seeds, spread_text
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
@@ -291,8 +291,7 @@ def to_markdown(board: Board) -> str:
     text = (f"### {board.title}\n\n"
             + display_table(board).to_markdown(index=False, disable_numparse=True) + "\n")
     if not board.spread.empty:
-        text += ("\nOver seeds: mean [min–max] of the rows above that differ only in their "
-                 "seed (each seed trained and fitted its own weights)\n\n"
+        text += (f"\n{SPREAD_CAPTION}\n\n"
                  + display_spread(board).to_markdown(index=False, disable_numparse=True) + "\n")
     return text
 
