@@ -28,7 +28,7 @@ from bench.core.attack import (
     register_attack,
 )
 from bench.core.errors import BadInput
-from bench.core.norms import Norm, norm_of
+from bench.core.norms import Norm, within_eps
 from bench.core.target import Target
 
 VERSIONS = ("standard", "fast")
@@ -107,7 +107,7 @@ def standard(
             continue
         attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
         res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
-        inside = norm_of(res.x_adv - x[todo], norm) <= eps * (1 + 1e-5) + 1e-7  # float slack
+        inside = within_eps(res.x_adv - x[todo], norm, eps, target.bounds[1] - target.bounds[0])
         hit = res.success & inside
         x_adv[todo[hit]] = res.x_adv[hit]
         fooled_by[todo[hit]] = k

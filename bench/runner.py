@@ -23,7 +23,7 @@ import torch
 import bench
 from attacks import ThreatModel
 from bench.config import Cell, SweepConfig, target_kind
-from bench.core.attack import FitData
+from bench.core.attack import FitData, budget_mask
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split, load_dataset
 from bench.core.errors import AttackContractError, BadInput
@@ -38,7 +38,7 @@ from bench.core.measure import (
     measure,
     resolve_device,
 )
-from bench.core.norms import Norm, norm_of
+from bench.core.norms import Norm, eps_limit, norm_of
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
@@ -206,9 +206,8 @@ def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
         return
     norm = cell.threat_model.norm
     dist = norm_of(x_adv - x, norm)
-    limit = eps if norm is Norm.L0 else eps * (1 + 1e-5) + 1e-5 * (hi - lo)
     worst = float(dist.max()) if dist.numel() else 0.0
-    if worst > limit:
+    if worst > eps_limit(norm, eps, hi - lo):
         raise AttackContractError(
             f"{name}: a perturbation has {norm.value} norm {worst:.6g} > eps {eps:g}"
         )
@@ -326,11 +325,11 @@ def row_params(cell: Cell, run: AttackRun) -> str:
     return json.dumps({**json.loads(cell.params_json), **run.effective_params}, sort_keys=True)
 
 
-def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """A minimal-perturbation run seen at budget eps: perturbations larger than eps don't count."""
-    if threat.eps is None:
-        return run.x_adv
-    inside = norm_of(run.x_adv - x, threat.norm) <= threat.eps
+def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel,
+                  bounds: tuple[float, float]) -> torch.Tensor:
+    """A minimal-perturbation run seen at budget eps: perturbations outside the eps ball
+    (:func:`bench.core.attack.budget_mask`) keep the clean input."""
+    inside = budget_mask(x, run.x_adv, threat, bounds)
     return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
 
 
@@ -351,8 +350,8 @@ def verify(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
     """Check the run's adversarials against the bounds and the eps ball, then judge them with a
     fresh fp32 forward of the evaluated (defended) target: the attack's claim is not trusted."""
     evaluated = prepared.defended
-    x_adv = within_budget(run, data.x, cell.threat_model) if cell.attack.spec.minimal \
-        else run.x_adv
+    x_adv = within_budget(run, data.x, cell.threat_model, evaluated.bounds) \
+        if cell.attack.spec.minimal else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
     adv_pred = evaluated.predict_logits(x_adv, batch_size).argmax(1)
     if cell.attack.targeted:

@@ -28,6 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.core.norms import eps_limit
 from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
 
 Z95 = 1.959963984540054
@@ -73,7 +74,7 @@ def _is_black_box(row: pd.Series) -> bool:
 
 def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:
     """Which perturbations of a cell lie inside a ``norm`` ball of radius ``eps``."""
-    return samples[norm] <= eps * (1 + 1e-5) + 1e-6
+    return samples[norm] <= eps_limit(norm, eps)
 
 
 CURVE_KEYS = [k for k in CELL_KEYS if k not in ("eps", "eps_display")] + [

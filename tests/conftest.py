@@ -134,6 +134,16 @@ def register() -> Iterator[Register]:
         yield lambda registry, name, entry: stack.enter_context(registry.scoped(name, entry))
 
 
+def small_params(spec: Any, **extra: Any) -> dict[str, Any]:
+    """Tiny budgets so the contract runs fast; the attack's own defaults otherwise."""
+    fields = {f.name for f in dataclasses.fields(spec.params_cls)}
+    params = {k: v for k, v in {"steps": 5, "max_passes": 1, "deepfool_steps": 3, "max_fit": 64,
+                                "generations": 3, "population": 20, "queries": 20,
+                                "target_classes": 3}.items() if k in fields}
+    params.update({k: v for k, v in extra.items() if k in fields})
+    return params
+
+
 def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) -> dict[str, Any]:
     """Every field of a valid :class:`leaderboards.schema.SummaryRow`, as a mapping."""
     from leaderboards.schema import SummaryRow

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from bench.core.errors import BadInput
-from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm
+from bench.core.errors import AttackContractError, BadInput
+from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm, within_eps
 from bench.core.params import parse_params
 from bench.core.progress import progress_bar
 from bench.core.registry import Registry
@@ -431,8 +431,11 @@ class Attack:
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(0)
         with target.evaluating():
-            return self._run(target, x, y, generator, y_target, fit_data,
-                             batch_size or max(x.shape[0], 1), progress)
+            result = self._run(target, x, y, generator, y_target, fit_data,
+                               batch_size or max(x.shape[0], 1), progress)
+        if self.spec.minimal and self.threat.eps is not None:
+            return at_budget(result, x, self.threat, target.bounds)
+        return result
 
     def _run(self, target: Target, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, y_target: torch.Tensor | None,
@@ -473,8 +476,48 @@ class Attack:
         return concat_results(results)
 
 
+def budget_mask(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel,
+                bounds: tuple[float, float]) -> torch.Tensor:
+    """``[N]`` bool: which of a minimal-perturbation attack's adversarials lie inside
+    ``threat``'s eps ball (all of them when eps is None)."""
+    if threat.eps is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return within_eps(x_adv - x, threat.norm, threat.eps, bounds[1] - bounds[0])
+
+
+def at_budget(result: AttackResult, x: torch.Tensor, threat: ThreatModel,
+              bounds: tuple[float, float]) -> AttackResult:
+    """A minimal-perturbation result seen at budget eps: an adversarial outside the eps ball
+    does not count (the sample keeps its clean input and is not fooled by the attack)."""
+    inside = budget_mask(x, result.x_adv, threat, bounds)
+    keep = inside.view(-1, *([1] * (x.ndim - 1)))
+    x_adv = torch.where(keep, result.x_adv, x)
+    delta = x_adv - x
+    return AttackResult(x_adv, result.success & inside, l2_norm(delta), linf_norm(delta),
+                        l0_norm(delta), result.n_forward, result.n_backward,
+                        y_target=result.y_target, artifacts=result.artifacts,
+                        effective_params=result.effective_params)
+
+
+def _join_artifacts(results: list[AttackResult]) -> dict[str, torch.Tensor]:
+    """The chunks' artifacts as one run's: a per-sample artifact (one entry per image of its
+    chunk) joined in sample order. Any other artifact describes a whole run, which a chunked
+    attack cannot have: raise :class:`AttackContractError` rather than keep one chunk's."""
+    joined: dict[str, torch.Tensor] = {}
+    for key in dict.fromkeys(k for r in results for k in r.artifacts):
+        parts = [r.artifacts.get(key) for r in results]
+        if any(p is None or p.ndim == 0 or p.shape[0] != r.x_adv.shape[0]
+               for p, r in zip(parts, results, strict=True)):
+            raise AttackContractError(
+                f"artifact {key!r} is not per-sample in every chunk, so chunks of one run "
+                f"cannot be joined; return it with one entry per image")
+        joined[key] = torch.cat([p for p in parts if p is not None])
+    return joined
+
+
 def concat_results(results: list[AttackResult]) -> AttackResult:
-    """One result for consecutive chunks of a batch (model calls add up)."""
+    """One result for consecutive chunks of a batch (model calls add up, per-sample artifacts
+    are joined in order)."""
     if len(results) == 1:
         return results[0]
     checks = [r._success for r in results]
@@ -491,7 +534,7 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         n_forward=sum(r.n_forward for r in results),
         n_backward=sum(r.n_backward for r in results),
         y_target=torch.cat(targets) if len(targets) == len(results) else None,
-        artifacts={k: v for r in results for k, v in r.artifacts.items()},
+        artifacts=_join_artifacts(results),
         effective_params={k: v for r in results for k, v in r.effective_params.items()},
     )
 

@@ -58,6 +58,26 @@ def norm_of(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
     return {Norm.LINF: linf_norm, Norm.L2: l2_norm, Norm.L0: l0_norm}[norm](delta)
 
 
+EPS_RTOL, EPS_ATOL = 1e-5, 1e-6
+"""Float slack of "inside the eps ball": relative to eps, and absolute in units of the pixel
+range (an iterate projected onto the ball in fp32 may land a rounding error outside it)."""
+
+
+def eps_limit(norm: Norm | str, eps: float, span: float = 1.0) -> float:
+    """The largest ``norm`` a perturbation may have and still count as inside the ``eps`` ball,
+    for pixels spanning ``span`` (hi - lo): eps itself for ``l0`` (a whole pixel count), eps
+    with :data:`EPS_RTOL` / :data:`EPS_ATOL` float slack otherwise. The one definition the
+    runner's verification, the cascade, the minimal attacks' budgets and the boards share."""
+    if Norm.parse(norm) is Norm.L0:
+        return float(eps)
+    return float(eps) * (1 + EPS_RTOL) + EPS_ATOL * span
+
+
+def within_eps(delta: torch.Tensor, norm: Norm, eps: float, span: float = 1.0) -> torch.Tensor:
+    """``[N]`` bool: each sample of ``delta`` lies inside the ``eps`` ball (:func:`eps_limit`)."""
+    return norm_of(delta, norm) <= eps_limit(norm, eps, span)
+
+
 def project(delta: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     """Project each sample of ``delta`` onto the ``norm`` ball of radius ``eps``."""
     if norm is Norm.LINF:

@@ -93,3 +93,24 @@ def test_two_class_targets_default_to_two_candidates(digits: Digits) -> None:
     assert res.n_backward <= res.n_forward - len(x)  # one candidate difference per step
     flipped = target.predict_logits(res.x_adv).argmax(1) != y
     assert bool(flipped.all()) and bool(res.success.all())
+
+
+@pytest.mark.parametrize("name,norm,eps", [("deepfool", "l2", 1.0), ("deepfool", "linf", 0.1),
+                                           ("fab_t", "linf", 0.1)])
+def test_a_minimal_attack_given_eps_counts_only_what_lies_inside_it(
+        name: str, norm: str, eps: float, lenet: Target, digits: Digits) -> None:
+    """``run_attack(minimal, eps=...)`` returns the unbounded run seen at that budget: a
+    perturbation beyond eps is not returned and its sample is not fooled."""
+    x, y = digits[0][:60], digits[1][:60]
+    params = {"steps": 10} if name == "fab_t" else None
+    free = run_attack(name, lenet, x, y, norm=norm, eps=None, params=params)
+    bounded = run_attack(name, lenet, x, y, norm=norm, eps=eps, params=params)
+    size = (bounded.x_adv - x).flatten(1)
+    size = size.norm(dim=1) if norm == "l2" else size.abs().amax(1)
+    assert float(size.max()) <= eps * (1 + 1e-5) + 1e-6
+    free_size = free.l2 if norm == "l2" else free.linf
+    inside = free_size <= eps
+    assert 0 < int(inside.sum()) < len(x)  # the budget cuts: some inside, some outside
+    assert torch.equal(bounded.success, free.success & inside)
+    assert torch.equal(bounded.x_adv[~inside], x[~inside])
+    assert torch.equal(bounded.success, lenet.predict_logits(bounded.x_adv).argmax(1) != y)

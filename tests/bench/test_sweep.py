@@ -16,13 +16,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from attacks import ATTACKS
 from bench.cli import main
 from bench.config import expand_cells, parse_config
 from bench.executors import LocalPool
 from bench.runner import RunOptions, run_group
 from bench.sweep import PAUSE_ENV, estimated_calls, plan_sweep, run_sweep
-from leaderboards import ResultStore
+from leaderboards import ResultStore, load
 from leaderboards.store import _claim_is_stale
+from tests.conftest import small_params
 
 ROOT = Path(__file__).resolve().parents[2]
 EPS = [round(0.02 * i, 2) for i in range(1, 13)]
@@ -265,3 +267,29 @@ def test_bad_executor_settings_exit_2(flags: list[str], message: str, tmp_path: 
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+ALONE_EPS = {"linf": 0.2, "l2": 2.0, "l0": 3}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_attack_alone_through_a_sweep_of_more_samples_than_one_batch(
+        name: str, tmp_path: Path, cache_dir: Path, lenet: Any) -> None:
+    """12 digits in batches of 5: the chunks' per-sample columns join into one cell of 12."""
+    spec = ATTACKS.get(name)
+    norm = spec.norms[0].value
+    config = parse_config({
+        "sweep": {"name": f"alone-{name}", "n_eval": 12, "batch_size": 5},
+        "targets": [{"model": "lenet"}],
+        "attacks": [{"name": name, "norm": norm, "eps": [ALONE_EPS[norm]],
+                     "params": small_params(spec)}]})
+    report = run_sweep(config, RunOptions(out=tmp_path, cache_dir=cache_dir, progress=False))
+    assert not report.failed and report.written
+    summary, samples = load(tmp_path), ResultStore(tmp_path).samples()
+    for cell_id, rows in samples.groupby("cell_id"):
+        assert sorted(rows["sample_idx"]) == sorted(set(rows["sample_idx"])) and len(rows) == 12
+        row = summary.set_index("cell_id").loc[cell_id]
+        assert row["robust_acc"] == float((rows["clean_correct"] & rows["adv_correct"]).mean())
+        if rows["queries"].notna().any():  # every sample's own count, from every chunk
+            assert rows["queries"].notna().all()
+            assert int(rows["queries"].sum()) + 12 == int(row["n_forward"])
