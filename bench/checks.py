@@ -46,23 +46,58 @@ def check_user_generators(config: SweepConfig) -> None:
             generator.sampler(torch.device("cpu"))
 
 
+def train_split_users(config: SweepConfig) -> list[str]:
+    """What in the sweep trains or fits on a train split, each as a phrase for an error
+    message; empty when test data is enough (a user's own model, attacked without a fit)."""
+    users = []
+    for t in config.targets:
+        user = config.user_model(t.model)
+        if user is None:
+            users.append(f"target {t.model!r} (a zoo model advbench trains)")
+        elif user.kind == "discriminator" and user.output == "critic":
+            users.append(f"target {t.model!r} (a critic whose threshold is calibrated on real "
+                         f"training images)")
+        for label in t.defenses:
+            if DEFENSES.get(config.defense(label).name).trainable:
+                users.append(f"defense {label!r} (fitted on training data)")
+    for attack in config.attacks:
+        if attack.spec.needs_fit_data:
+            users.append(f"attack {attack.name!r} (fits on training data)")
+        if attack.source and config.user_model(attack.source) is None:
+            users.append(f"transfer source {attack.source!r} (a zoo model advbench trains)")
+    return list(dict.fromkeys(users))
+
+
+def check_train_split(config: SweepConfig, dataset: Dataset) -> None:
+    """Raise :class:`BadInput` when something in the sweep fits on training data (named) and
+    the train set has no train split, or a train set does not match ``dataset``."""
+    users = train_split_users(config)
+    if not users and config.train_dataset is None:
+        return
+    train = load_dataset(config.train_dataset or dataset.name)
+    if users and train.train is None:
+        more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+        raise BadInput(f"dataset {train.name!r} has no train split, which {users[0]}{more} "
+                       f"needs; set train_dataset to a dataset with one (e.g. \"mnist5k\")")
+    if train.num_classes != dataset.num_classes or train.input_shape != dataset.input_shape:
+        raise BadInput(
+            f"train_dataset {train.name!r} ({train.input_shape}, {train.num_classes} classes) "
+            f"does not match dataset {dataset.name!r} ({dataset.input_shape}, "
+            f"{dataset.num_classes} classes)"
+        )
+
+
 def check_sweep(config: SweepConfig) -> None:
     """Raise :class:`BadInput` for a parsed sweep that cannot run: data sets that do not load
-    or do not match their train set, targets that do not fit the data, defenses that cannot wrap
-    a target, transfer sources of the wrong kind, budgets beyond the data's bounds."""
+    or do not match their train set, a train split missing where something fits on one,
+    targets that do not fit the data, defenses that cannot wrap a target, transfer sources of
+    the wrong kind, budgets beyond the data's bounds."""
     for name in config.datasets + ((config.train_dataset,) if config.train_dataset else ()):
         load_dataset(name)
     for dataset_name in config.datasets:
         dataset = load_dataset(dataset_name)
-        train = load_dataset(config.train_dataset or dataset_name)
-        train.split("train")
         dataset.split(config.split)
-        if train.num_classes != dataset.num_classes or train.input_shape != dataset.input_shape:
-            raise BadInput(
-                f"train_dataset {train.name!r} ({train.input_shape}, {train.num_classes} classes) "
-                f"does not match dataset {dataset.name!r} ({dataset.input_shape}, "
-                f"{dataset.num_classes} classes)"
-            )
+        check_train_split(config, dataset)
         for t in config.targets:
             user = config.user_model(t.model)
             if user is not None:

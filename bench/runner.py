@@ -615,9 +615,10 @@ class Worker:
             base = self.zoo_model(cell.train_dataset, cell.model, cell.seed)
             data = self.eval_data(cell)
             defense = self.config.defense(cell.defense)
-            defended = fitted_defense(
-                DEFENSES.get(defense.name), base, load_dataset(cell.train_dataset).split("train"),
-                defense.params, seed=cell.seed, cache=self.cache, progress=self.options.progress)
+            spec = DEFENSES.get(defense.name)
+            train = load_dataset(cell.train_dataset).split("train") if spec.trainable else None
+            defended = fitted_defense(spec, base, train, defense.params, seed=cell.seed,
+                                      cache=self.cache, progress=self.options.progress)
             clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
             margin_grad = median_margin_gradient(defended, data.x, data.y,
                                                  self.config.batch_size)

@@ -89,18 +89,21 @@ def register_defense(
     return decorator
 
 
-def fitted_defense(spec: DefenseSpec, base: Target, train: Split, params: Any, *, seed: int,
-                   cache: CheckpointCache, progress: bool = True) -> Target:
-    """``spec`` fitted on ``base`` and ``train``, loaded from the cache when present.
+def fitted_defense(spec: DefenseSpec, base: Target, train: Split | None, params: Any, *,
+                   seed: int, cache: CheckpointCache, progress: bool = True) -> Target:
+    """``spec`` fitted on ``base`` and ``train``, loaded from the cache when present; a defense
+    that fits nothing (``none``) is its ``build`` and takes ``train = None``.
 
     The cache entry is written atomically once fitting has finished, so an interrupted fit
     leaves nothing a later run would trust.
     """
     params = spec.make_params(params)
     spec.check(base, params)
-    generator = torch.Generator().manual_seed(seed)
     if not spec.trainable:
-        return spec.fit(base, train, params, generator, progress=progress)
+        return spec.build(base, params)
+    if train is None:
+        raise BadInput(f"defense {spec.name!r} fits on training data; give it a train split")
+    generator = torch.Generator().manual_seed(seed)
     config = {
         "defense": spec.name,
         "params": dataclasses.asdict(params),

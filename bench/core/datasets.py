@@ -10,7 +10,7 @@ Names (``advbench list datasets``):
 - ``npz:<file>``: the user's own arrays: ``x`` (uint8 0..255, or float in [0, 1]; NCHW or
   NHWC) and ``y`` (integer labels) form the test split, ``x_train`` / ``y_train`` (optional) the
   train split; the classes are ``0..num_classes - 1`` with ``num_classes`` an optional scalar
-  array in the file (default: the largest label + 1).
+  array in the file (default, with a warning: the largest label + 1).
 - ``imagefolder:<dir>[?size=H[xW]&mode=RGB|L]``: images in class folders (torchvision
   ``ImageFolder``): ``<dir>/train/<class>/`` and ``<dir>/test/<class>/``, or ``<dir>/<class>/``
   (a test split only); resized (shorter side) and center-cropped to ``size``; classes in the
@@ -25,6 +25,7 @@ import functools
 import gzip
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ import torch
 
 from bench.core.errors import BadInput
 from bench.core.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,10 @@ def npz_dataset(arg: str | None) -> Dataset:
                        f"{list(test.x.shape[1:])}")
     largest = max(int(p.y.max()) for p in splits.values() if len(p))
     num_classes = declared if declared is not None else largest + 1
+    if declared is None:
+        log.warning("%s declares no num_classes; taking %d from its largest label (a class "
+                    "absent from y would be missed: store num_classes in the file)", where,
+                    num_classes)
     for name, part in splits.items():
         if len(part) and (int(part.y.min()) < 0 or int(part.y.max()) >= num_classes):
             raise BadInput(f"{where}: {name} labels span {int(part.y.min())}.."

@@ -647,3 +647,63 @@ def test_a_user_critic_is_attacked_at_its_calibrated_threshold(gan_dir: Path,
     logits = target.predict_logits(x)
     assert torch.equal(logits[:, 0], torch.zeros(8))
     torch.testing.assert_close(logits[:, 1], expected)
+
+
+IDX_HEAD = Path(__file__).resolve().parents[1] / "data" / "mnist-t10k-head"
+"""The first 20 digits of the official MNIST test set, IDX files only: no train split."""
+
+
+def test_a_user_model_runs_on_test_only_data_from_python(user_dir: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """RobustBench's shape: a model and test data, nothing trained or fitted, so no train
+    split is asked for; an npz without num_classes takes it from y and says so."""
+    from bench import benchmark
+
+    test = load_dataset("mnist5k").test
+    x = (test.x[::20, 0].numpy() * 255).round().astype(np.uint8)  # 5 digits of each class
+    np.savez(tmp_path / "test.npz", x=x, y=test.y[::20].numpy())
+    with caplog.at_level("WARNING"):
+        rows = benchmark(_network(user_dir), dataset=f"npz:{tmp_path / 'test.npz'}",
+                         attacks=["fgsm"], eps=[0.1], name="my-cnn", mean=[0.1307],
+                         std=[0.3081], n_eval=50, out=tmp_path / "results",
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert "declares no num_classes; taking 10 from its largest label" in caplog.text
+    assert len(rows) == 1 and rows.loc[0, "n_samples"] == 50
+    assert rows.loc[0, "clean_acc"] >= 0.5  # far above chance: images and labels line up
+    assert rows.loc[0, "robust_acc"] < rows.loc[0, "clean_acc"]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_a_user_model_sweep_runs_on_the_official_test_files_alone(user_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    text = CONFIG.replace('dataset = "mnist5k"', f'dataset = "idx:{IDX_HEAD}"').replace(
+        "n_eval = 60", "n_eval = 20")
+    code = main(["run", str(_config(user_dir, text)), "--out", str(tmp_path / "results"),
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    rows = load(tmp_path / "results")
+    assert len(rows) == 2 and set(rows["n_samples"]) == {20}
+    assert set(rows["dataset"]) == {f"idx:{IDX_HEAD}"}
+
+
+@pytest.mark.parametrize("edit,named", [
+    (('model = "my-cnn"', 'model = "lenet"'), "target 'lenet' (a zoo model advbench trains)"),
+    (('model = "my-cnn"', 'model = "my-cnn"\ndefenses = ["fgsm_rs"]'),
+     "defense 'fgsm_rs' (fitted on training data)"),
+    (('name = "fgsm"\neps = [0.1, 0.2]', 'name = "uap"\neps = [0.1]'),
+     "attack 'uap' (fits on training data)"),
+])
+def test_what_needs_a_train_split_is_named_when_there_is_none(
+        edit: tuple[str, str], named: str, user_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    text = CONFIG.replace('dataset = "mnist5k"', f'dataset = "idx:{IDX_HEAD}"').replace(
+        "n_eval = 60", "n_eval = 20")
+    assert edit[0] in text
+    out = tmp_path / "results"
+    code = main(["run", str(_config(user_dir, text.replace(*edit))), "--out", str(out),
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"has no train split, which {named} needs; set train_dataset" in err[0], err[0]
+    assert not out.exists()
