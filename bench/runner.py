@@ -24,7 +24,7 @@ import bench
 from attacks import ThreatModel
 from bench.config import Cell, SweepConfig, target_kind
 from bench.core.attack import FitData, budget_mask
-from bench.core.checkpoints import CheckpointCache
+from bench.core.checkpoints import CheckpointCache, state_sha256
 from bench.core.datasets import Dataset, Split, load_dataset
 from bench.core.errors import AttackContractError, BadInput
 from bench.core.fastpath import resolve_precision, tune
@@ -134,6 +134,8 @@ class PreparedTarget:
     clean_pred: torch.Tensor
     labels: torch.Tensor
     margin_grad: MarginGradient = MarginGradient(None, None)  # not measured: null columns
+    weights_sha256: str | None = None  # the defended target's weights (state_sha256)
+    base_weights_sha256: str | None = None  # the undefended model's
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -381,7 +383,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
         critic_threshold=prepared.base.card.get("critic_threshold"),
         model_source=cell.user_model.factory if cell.user_model else "zoo",
-        weights_sha256=cell.user_model.weights_sha256 if cell.user_model else None,
+        weights_sha256=prepared.weights_sha256, base_weights_sha256=prepared.base_weights_sha256,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,
         attack_params=row_params(cell, run), **member_columns(cell, run),
@@ -622,7 +624,8 @@ class Worker:
             clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
             margin_grad = median_margin_gradient(defended, data.x, data.y,
                                                  self.config.batch_size)
-            self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad)
+            self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad,
+                                                state_sha256(defended), state_sha256(base))
         return self.prepared[key]
 
     def prepare(self, cells: list[Cell]) -> None:

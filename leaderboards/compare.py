@@ -29,21 +29,12 @@ import numpy as np
 import pandas as pd
 
 from bench.core.norms import eps_limit
+from leaderboards.population import ATTACK, CURVE, PAIRING, POPULATION, SPREAD, keyed, present
 from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
 
 Z95 = 1.959963984540054
-CELL_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "attack",
-             "attack_params", "targeted", "norm", "eps", "eps_display", "seed", "precision",
-             "source_model"]
-"""A defended cell is compared with the undefended cell that agrees on all of these: the same
-attack on the same evaluated samples (never a baseline of another n or seed)."""
-POPULATION_EXTRA = ["train_dataset", "split", "precision", "attack_params", "defense_params"]
-"""Carried into the comparison so that rows differing only in their seed can be told apart
-from rows measuring something else (:func:`seed_spread`)."""
-SPREAD_KEYS = ["dataset", "model", "direction", "attack", "norm", "eps", "eps_display", "n",
-               "defense", "threat", "source_model", *POPULATION_EXTRA]
-TARGET_KEYS = ["dataset", "train_dataset", "split", "n_samples", "model", "direction", "seed",
-               "precision"]
+COMPARED = (*POPULATION, "base_weights_sha256", "threat", *ATTACK)
+"""The keys every comparison row carries: its population, its threat and its attack."""
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -77,11 +68,6 @@ def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:
     return samples[norm] <= eps_limit(norm, eps)
 
 
-CURVE_KEYS = [k for k in CELL_KEYS if k not in ("eps", "eps_display")] + [
-    "weights_sha256", "defense", "defense_params", "threat", "fast_path"]
-"""Rows that differ only in eps: one robustness curve, which must not rise as eps grows."""
-
-
 def with_member_names(summary: pd.DataFrame) -> pd.DataFrame:
     """A cascade member's row named ``<cascade>/<member>`` in ``attack``."""
     out = summary.copy()
@@ -93,14 +79,13 @@ def with_member_names(summary: pd.DataFrame) -> pd.DataFrame:
 
 def eps_flags(summary: pd.DataFrame) -> dict[str, list[str]]:
     """Per cell_id: the rows whose robust accuracy is above that of a smaller eps on the same
-    curve (:data:`CURVE_KEYS`), and the flags the run stored in the row."""
+    curve (:data:`leaderboards.population.CURVE`), and the flags the run stored in the row."""
     flags: dict[str, list[str]] = {cid: [] for cid in summary["cell_id"]}
     for cid, stored in zip(summary["cell_id"], summary.get("flags", pd.Series(dtype=object))):
         if isinstance(stored, str) and stored:
             flags[cid] += stored.split("; ")
-    rows = summary[summary["eps"].notna()]
-    keys = [k for k in CURVE_KEYS if k in rows.columns]
-    for _, curve in rows.fillna({k: "" for k in keys}).groupby(keys, dropna=False):
+    rows = keyed(summary[summary["eps"].notna()])
+    for _, curve in rows.groupby(present(CURVE, rows), dropna=False):
         curve = curve.sort_values("eps")
         lowest, at = math.inf, ""
         for _, r in curve.iterrows():
@@ -114,26 +99,26 @@ def eps_flags(summary: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per defended cell (and the baseline rows), with intervals, deltas and flags."""
-    rows = with_member_names(summary[summary["eps"].notna()])
+    """One row per defended cell (and the baseline rows), with intervals, deltas and flags; a
+    defended row's Δ is against the baseline that agrees on
+    :data:`leaderboards.population.PAIRING`."""
+    rows = keyed(with_member_names(summary[summary["eps"].notna()]))
     if rows.empty:
         return pd.DataFrame()
-    for text in ("source_model", "direction", "train_dataset"):
-        rows[text] = rows[text].fillna("")
     per_cell = {cid: g.set_index("sample_idx").sort_index()
                 for cid, g in samples.groupby("cell_id")} if not samples.empty else {}
-    baseline = rows[rows["defense"] == "none"].set_index(CELL_KEYS)
+    pairing = present(PAIRING, rows)
+    baseline = rows[rows["defense"] == "none"].set_index(pairing)
     out = []
     for _, r in rows.iterrows():
         n = int(r["n_samples"])
         robust_n = round(r["robust_acc"] * n)
         lo, hi = wilson(robust_n, n)
-        rec = {k: r[k] for k in ["dataset", "model", "direction", "seed", "attack", "norm", "eps",
-                                 "eps_display", "defense", "threat", "source_model"]}
-        rec.update({k: r.get(k) for k in POPULATION_EXTRA})
-        rec.update(n=n, clean=r["clean_acc"], robust=r["robust_acc"], robust_lo=lo,
-                   robust_hi=hi, delta=math.nan, delta_lo=math.nan, delta_hi=math.nan, flags="")
-        key = tuple(r[k] for k in CELL_KEYS)
+        rec = {k: r[k] for k in present(COMPARED, rows)}
+        rec.update(fast_path=r.get("fast_path", ""), n=n, clean=r["clean_acc"],
+                   robust=r["robust_acc"], robust_lo=lo, robust_hi=hi, delta=math.nan,
+                   delta_lo=math.nan, delta_hi=math.nan, flags="")
+        key = tuple(r[k] for k in pairing)
         if r["defense"] != "none" and key in baseline.index:
             base = baseline.loc[[key]].iloc[0]
             rec["delta"] = r["robust_acc"] - base["robust_acc"]
@@ -145,11 +130,10 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
                     theirs.loc[common, "adv_correct"].to_numpy())
         rec["_cell_id"] = r["cell_id"]
         rec["_black_box"] = _is_black_box(r)
-        rec["_key"] = key
         out.append(rec)
     table = pd.DataFrame(out)
     _flag_masking(table, rows, per_cell, eps_flags(rows))
-    table = table.drop(columns=["_cell_id", "_black_box", "_key"])
+    table = table.drop(columns=["_cell_id", "_black_box"])
     return table.sort_values(["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                               "defense",
                               "threat"]).reset_index(drop=True)
@@ -160,11 +144,11 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
     flags: dict[int, list[str]] = {i: list(sanity.get(cid, []))
                                    for i, cid in zip(table.index, table["_cell_id"])}
     by_cell = {cid: i for i, cid in zip(table.index, table["_cell_id"])}
-    # 1. adaptive robust accuracy above transfer robust accuracy, same attack and eps.
-    #    (_key ends with source_model: a transfer from another zoo model counts too)
+    # 1. adaptive robust accuracy above transfer robust accuracy: one defended population,
+    #    the same attack and eps (a transfer from another model counts too)
     defended = table[table["defense"] != "none"]
-    key_no_threat = defended.assign(_k=defended["_key"].map(lambda k: k[:-1]))
-    for _, g in key_no_threat.groupby(["defense", "_k"], dropna=False):
+    same = [k for k in (*POPULATION, *ATTACK) if k != "source_model" and k in table.columns]
+    for _, g in defended.groupby(same, dropna=False):
         adaptive = g[g["threat"] == "adaptive"]
         transfer = g[g["threat"] == "transfer"]
         for i, a in adaptive.iterrows():
@@ -173,7 +157,7 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
                     flags[i].append(f"adaptive>transfer ({a['robust']:.1%} > {t['robust']:.1%})")
     # 2. per sample: a black-box attack fooled samples inside a white-box ball (norm, eps) that
     #    every white-box attack at that norm and eps missed. The flag goes on the black-box row.
-    for _, g in rows.groupby([*TARGET_KEYS, "defense"], dropna=False):
+    for _, g in rows.groupby(present(POPULATION, rows), dropna=False):
         cells = [(cid, table.loc[by_cell[cid]]) for cid in g["cell_id"]
                  if cid in by_cell and cid in per_cell]
         balls: dict[tuple[str, float, str], pd.Series] = {}
@@ -203,10 +187,7 @@ def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
     robust and Δ vs none (:func:`leaderboards.seeds.over_seeds`)."""
     if table.empty:
         return pd.DataFrame()
-    keyed = table.copy()
-    for key in POPULATION_EXTRA:
-        keyed[key] = keyed[key].astype(object).where(keyed[key].notna(), "")
-    return over_seeds(keyed, SPREAD_KEYS, ["clean", "robust", "delta"])
+    return over_seeds(keyed(table), [*SPREAD, "threat", *ATTACK], ["clean", "robust", "delta"])
 
 
 def _spread_markdown(spread: pd.DataFrame) -> str:
@@ -214,7 +195,8 @@ def _spread_markdown(spread: pd.DataFrame) -> str:
         "attack": spread["attack"] + spread["source_model"].map(
             lambda s: f" (from {s})" if s else ""),
         "norm": spread["norm"], "eps": spread["eps_display"], "seeds": spread["seeds"],
-        "n": spread["n"].astype(str), "defense": spread["defense"], "threat": spread["threat"],
+        "n": spread["n_samples"].astype(str), "defense": spread["defense"],
+        "threat": spread["threat"],
         "clean": [spread_text(*v) for v in zip(spread["clean"], spread["clean min"],
                                                 spread["clean max"])],
         "robust": [spread_text(*v) for v in zip(spread["robust"], spread["robust min"],

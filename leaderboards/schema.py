@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -51,7 +51,10 @@ class SummaryRow:
     model: str
     # where the model comes from: "zoo" (trained by advbench), or a user model's factory
     model_source: str
-    weights_sha256: str | None  # a user model's weights (null for zoo models)
+    # the SHA-256 of the evaluated target's weights (parameters and buffers; a defended
+    # target's own), bench.core.checkpoints.state_sha256; before v9 a user model's weights file
+    weights_sha256: str | None
+    base_weights_sha256: str | None  # the undefended model's (= weights_sha256 for "none")
     # a Wasserstein critic's real/fake threshold t (the target is [0, score - t]); else null
     critic_threshold: float | None
     defense: str
@@ -164,6 +167,7 @@ ADDED_IN: dict[str, int] = {
     "queries": 7,
     "margin_grad_l1": 8,
     "margin_grad_l2": 8,
+    "base_weights_sha256": 9,
 }
 """The schema version that added each column; older files get its migration value."""
 
@@ -174,14 +178,11 @@ MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
     "attack_run": lambda table: table["cell_id"],
     # before v6 every model was a zoo model
     "model_source": lambda table: pa.array(["zoo"] * table.num_rows, pa.string()),
+    # before v9 weights_sha256 held a user model's undefended weights file in every row
+    "base_weights_sha256": lambda table: table["weights_sha256"]
+    if "weights_sha256" in table.column_names else pa.nulls(table.num_rows, pa.string()),
 }
 """Columns whose value an older file implies; every other added column migrates as null."""
-
-POPULATION_KEYS = ["weights_sha256", "train_dataset", "defense_params", "split", "n_samples",
-                   "seed", "precision", "fast_path"]
-"""Besides the dataset, model, defense and direction, the summary columns that fix what a
-number measured: which weights, which evaluated samples, at which precision and on which
-execution path. Rows that differ in any of them are never pooled into one figure."""
 
 _SCALARS: dict[Any, pa.DataType] = {
     str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-SEED_VARYING = ("seed", "weights_sha256")
-"""What changes with the seed: the seed and the weights trained with it."""
+from leaderboards.population import RECORDED, SEED_VARYING
 
 SPREAD_CAPTION = ("Over seeds: mean [min–max] of the rows above that differ only in their seed "
                   "(each seed trains its own zoo models and fits its own defenses; a user's "
@@ -24,20 +23,16 @@ SPREAD_CAPTION = ("Over seeds: mean [min–max] of the rows above that differ on
                   "the attacks' random draws)")
 """What every spread table says above it, in every format."""
 
-TIMED_PER_RUN = ("fast_path",)
-"""Choices the runner makes per prepared model by timing (``channels_last = "auto"``...): they
-can differ between the seeds' runs without changing what was measured (every adversarial is
-verified on the model itself), so the spread lists them instead of splitting on them."""
-
 
 def over_seeds(table: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
     """Per group of ``table`` rows agreeing on ``keys`` (the seed and the weights left out) and
     holding at least two seeds: ``seeds`` (the seeds, ascending, as text), and for each of
-    ``values`` its mean over the seeds, ``<value> min`` and ``<value> max``; the
-    :data:`TIMED_PER_RUN` columns list the values the seeds' runs took. A group whose rows
+    ``values`` its mean over the seeds, ``<value> min`` and ``<value> max``; the recorded
+    columns (:data:`leaderboards.population.RECORDED`, such as the execution path the runner
+    chose by timing) list the values the seeds' runs took. A group whose rows
     miss a value at some seed gets no figure for it (the mean would not be over the same seeds).
     Empty when no group has two seeds."""
-    keys = [k for k in keys if k not in (*SEED_VARYING, *TIMED_PER_RUN) and k in table.columns]
+    keys = [k for k in keys if k not in (*SEED_VARYING, *RECORDED) and k in table.columns]
     if table.empty or "seed" not in table.columns:
         return pd.DataFrame()
     out = []
@@ -47,7 +42,7 @@ def over_seeds(table: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) 
             continue
         rec: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         rec["seeds"] = ", ".join(str(s) for s in seeds)
-        for choice in TIMED_PER_RUN:
+        for choice in RECORDED:
             if choice in group.columns:
                 rec[choice] = ", ".join(sorted({str(v) for v in group[choice] if pd.notna(v)}))
         for value in values:

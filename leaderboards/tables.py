@@ -2,10 +2,10 @@
 
 One table per (dataset, target kind, threat model, norm). A row is one target (model, defense
 and, for GAN discriminators, a direction: ``real->fake`` attacks real images, ``fake->real``
-generator samples) measured on one *population*: the same weights, evaluated samples, seed,
-precision and execution path (:data:`leaderboards.schema.POPULATION_KEYS`). Results that differ in
-any of those are separate rows, never averaged; the keys that vary within a board are shown as
-columns. The columns are clean accuracy, robust accuracy per attack and eps (an attack run with
+generator samples) measured on one *population*: the same weights, evaluated samples, seed and
+precision (:data:`leaderboards.population.POPULATION`). Results that differ in any of those are
+separate rows, never averaged; the keys that vary within a board are shown as columns, and the
+execution paths a row's runs took (chosen by timing, never split on) are listed. The columns are clean accuracy, robust accuracy per attack and eps (an attack run with
 different params gets a column per params, labelled by what differs), and the per-eps *worst
 case*: a sample counts as robust only if it was classified correctly and no attack at that eps
 fooled it (as AutoAttack reports), with its Wilson 95% interval (``worst@eps lo`` / ``hi``); it is
@@ -32,19 +32,19 @@ from pandas.api.typing import DataFrameGroupBy
 
 from bench.core.errors import BadInput
 from leaderboards.compare import eps_flags, wilson
-from leaderboards.schema import POPULATION_KEYS
-from leaderboards.seeds import SEED_VARYING, SPREAD_CAPTION, over_seeds, spread_text
+from leaderboards.population import POPULATION, SEED_VARYING, keyed
+from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
 
 GROUP_KEYS = ["dataset", "target_kind", "threat", "norm"]
 ROW_KEYS = ["model", "defense", "direction"]
-BOARD_ROW = [*ROW_KEYS, *POPULATION_KEYS]
+POPULATION_COLUMNS = [k for k in POPULATION if k not in (*GROUP_KEYS, *ROW_KEYS)]
+"""The population keys that are a board row's columns (the rest name the board or the row)."""
+BOARD_ROW = [*ROW_KEYS, *POPULATION_COLUMNS]
 """What one row of a board is: a target measured on one population."""
 
 GRAD_COLUMNS = {"margin_grad_l1": "grad l1", "margin_grad_l2": "grad l2"}
 """The summary's margin-gradient columns and their board names (discriminator boards)."""
 
-_TEXT_KEYS = ["direction", "weights_sha256", "train_dataset", "defense_params", "fast_path",
-              "source_model"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Board:
         """The columns that tell rows apart: model, defense, the direction of discriminators,
         and every population key that takes more than one value on this board."""
         return [k for k in ROW_KEYS if k in self.table.columns] + [
-            k for k in POPULATION_KEYS if k != "n_samples" and self.table[k].nunique() > 1]
+            k for k in POPULATION_COLUMNS if k != "n_samples" and self.table[k].nunique() > 1]
 
     def row_label(self, row: pd.Series) -> str:
         return " / ".join(f"{row[k]}" if k in ROW_KEYS else f"{k}={row[k]}"
@@ -79,10 +79,7 @@ class Board:
 def _normalised(summary: pd.DataFrame) -> pd.DataFrame:
     """Bounded-eps rows with text keys made non-null (so they group and join); a cascade's
     member rows stay out (the cascade's own row carries its result)."""
-    summary = summary[summary["eps"].notna() & summary["cascade_member"].isna()].copy()
-    for key in _TEXT_KEYS:
-        summary[key] = summary[key].fillna("")
-    return summary
+    return keyed(summary[summary["eps"].notna() & summary["cascade_member"].isna()])
 
 
 def column_labels(summary: pd.DataFrame) -> pd.Series:
@@ -137,12 +134,13 @@ def worst_case(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 def _throughput(group: pd.DataFrame) -> pd.DataFrame:
     """Per row: median img/s and summed wall time over distinct attack runs, median floor
-    share."""
+    share, and the execution paths its runs took (``fast_path``, recorded, never split on)."""
     runs = group.drop_duplicates([*BOARD_ROW, "attack_run"])
     by_row = runs.groupby(BOARD_ROW, dropna=False)
     out = pd.DataFrame({"img/s": by_row["img_per_s"].median(), "attack s": by_row["wall_s"].sum()})
     if group["floor_fraction"].notna().any():
         out["floor %"] = by_row["floor_fraction"].median()
+    out["fast_path"] = by_row["fast_path"].agg(lambda v: ", ".join(sorted(set(v) - {""})))
     return out
 
 
@@ -223,7 +221,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
 
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
     """A board table's accuracy columns: clean, each attack@eps and each worst case."""
-    rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags"}
+    rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags",
+            "fast_path"}
     return [c for c in table.columns if c not in rest and not c.endswith((" lo", " hi"))]
 
 
@@ -246,9 +245,11 @@ def display_table(board: Board) -> pd.DataFrame:
     pct = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"  # noqa: E731
     keys = board.key_columns
     for col in table.columns:
-        if col.endswith((" lo", " hi")) or (col in POPULATION_KEYS and col not in keys):
+        if col.endswith((" lo", " hi")) or (col in POPULATION_COLUMNS and col not in keys):
             continue
-        if col in (*keys, "n"):
+        if col == "fast_path" and table[col].nunique() < 2:
+            continue  # recorded in every row; shown where the board's rows took different paths
+        if col in (*keys, "n", "fast_path"):
             shown[col] = table[col].astype(str)
         elif col == "img/s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
@@ -279,6 +280,8 @@ def display_spread(board: Board) -> pd.DataFrame:
             shown[key] = spread[key].astype(str)
     shown["n"] = spread["n"].astype(str)
     shown["seeds"] = spread["seeds"]
+    if "fast_path" in spread.columns and spread["fast_path"].str.contains(",").any():
+        shown["fast_path"] = spread["fast_path"]  # the seeds' runs took different paths
     for col in accuracy_columns(board.table):
         shown[col] = [spread_text(m, lo, hi) for m, lo, hi in
                       zip(spread[col], spread[f"{col} min"], spread[f"{col} max"])]

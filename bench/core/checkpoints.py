@@ -50,15 +50,21 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """A short content hash of a module's parameters and buffers (keys caches of fitted
-    defenses by the exact base weights they were fitted on)."""
+def state_sha256(module: torch.nn.Module) -> str:
+    """The SHA-256 of a module's parameters and buffers (names, dtypes and bytes, in name
+    order): what every result row records as the weights it evaluated."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """A short :func:`state_sha256` (keys caches of fitted defenses by the exact base weights
+    they were fitted on)."""
+    return state_sha256(module)[:20]
 
 
 WEIGHTS_HASH = "weights_sha256"

@@ -83,7 +83,7 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version,dropped", [
     ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
-    ("3", ["fast_path"]), ("4", []), ("5", []), ("6", [])])
+    ("3", ["fast_path"]), ("4", []), ("5", []), ("6", []), ("8", [])])
 @pytest.mark.parametrize("attack", ["pgd", "onepixel"])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
                                           dropped: list[str], attack: str) -> None:
@@ -92,14 +92,16 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     missing columns null, black_box true exactly for the one-pixel attack, the one black-box
     attack those versions had, and each row its own attack run."""
     store = ResultStore(tmp_path)
-    store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack == "onepixel"),
-                     samples())
+    store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack == "onepixel",
+                         weights_sha256="ab" * 32), samples())
     for folder in ("summary", "samples"):
         path = next((tmp_path / folder).glob("*.parquet"))
         table = pq.read_table(path)
-        gone = [*dropped, "fooled_by", "queries"]
+        gone = [*dropped, *(["fooled_by", "queries"] if version < "7" else [])]
         if folder == "summary":
-            gone = [*dropped, "cascade_member", "member_given", "member_robust_acc", "flags"]
+            gone = [*dropped, "base_weights_sha256"]
+            if version < "7":
+                gone += ["cascade_member", "member_given", "member_robust_acc", "flags"]
             if version < "6":
                 gone += ["train_dataset", "attack_run", "model_source", "weights_sha256",
                          "critic_threshold"] + (["black_box"] if version < "5" else [])
@@ -113,7 +115,10 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     assert df["attack_run"].tolist() == ["c1"] and df["model_source"].tolist() == ["zoo"]
     if version < "6":
         assert df["train_dataset"].isna().all() and df["weights_sha256"].isna().all()
-    assert df["cascade_member"].isna().all() and df["flags"].isna().all()
+    # before v9 weights_sha256 named the undefended weights: it becomes the base's too
+    assert df["base_weights_sha256"].tolist() == df["weights_sha256"].tolist()
+    if version < "7":
+        assert df["cascade_member"].isna().all() and df["flags"].isna().all()
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
 

@@ -44,8 +44,9 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     assert "pgd@1" in text and "pgd@0.1" in text
     csv = render(tmp_path, "csv")
     assert csv.splitlines()[0].startswith(
-        "dataset,target_kind,threat,norm,model,defense,weights_sha256,train_dataset,"
-        "defense_params,split,n,seed,precision,fast_path,clean")
+        "dataset,target_kind,threat,norm,model,defense,defense_params,model_source,"
+        "weights_sha256,train_dataset,split,n,seed,precision,clean")
+    assert csv.splitlines()[0].endswith(",fast_path")  # recorded, listed, never a key
 
 
 def _population(n: int, seed: int = 0, adv: tuple[bool, ...] = ()) -> tuple[dict, dict]:
