@@ -4,13 +4,11 @@ datasets, model zoo, sweep configs, runner, measurement, CLI).
 ``from bench import benchmark`` benchmarks a model object from Python (:mod:`bench.api`).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("advbench")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+from bench.core.version import ADVBENCH_VERSION
+
+__version__ = ADVBENCH_VERSION
 
 
 def __getattr__(name: str) -> Any:

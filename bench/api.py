@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from bench import defaults
 from bench.config import expand_cells, parse_config
 from bench.core.checkpoints import resolve_cache_dir
 from bench.core.datasets import load_dataset
@@ -50,9 +51,9 @@ def benchmark(model: nn.Module, *, dataset: str = "mnist5k",
               num_classes: int | None = None, bounds: tuple[float, float] = (0.0, 1.0),
               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               defenses: Sequence[str] = ("none",), threats: Sequence[str] = ("adaptive",),
-              n_eval: int = 1000, seed: int | Sequence[int] = 0, split: str = "test",
+              n_eval: int = defaults.N_EVAL, seed: int | Sequence[int] = 0, split: str = "test",
               train_dataset: str | None = None, precision: str = "fp32", device: str = "auto",
-              batch_size: int = 500, out: str | os.PathLike[str] = "results",
+              batch_size: int = defaults.BATCH_SIZE, out: str | os.PathLike[str] = "results",
               cache_dir: str | os.PathLike[str] | None = None, force: bool = False,
               progress: bool = True) -> pd.DataFrame:
     """Attack ``model`` (a classifier taking ``[N, *input_shape]`` pixels in ``bounds``, with

@@ -1,6 +1,7 @@
 """The ``advbench`` command line: parses arguments and calls the library, nothing more.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 any other failure.
+Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C: cells stored
+so far stay stored, a rerun resumes), 1 any other failure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import defaults
 from bench.core.errors import BadInput
 
 LISTS = ("attacks", "defenses", "models", "datasets", "presets")
@@ -22,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advbench", description=(
         "Adversarial-robustness benchmark sweeps for PyTorch: attacks x defenses x models, "
         "results in Parquet, leaderboards and defense comparisons in Markdown/CSV, throughput "
-        "against the peers (perf)."))
+        "against the peers (perf)."), epilog=(
+        "exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 130 "
+        "interrupted (stored cells stay; a rerun resumes), 1 any other failure"))
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
@@ -51,8 +55,9 @@ def _add_run(sub: Any) -> None:
         "in process)"))
     run.add_argument("--address", default=None, help=(
         "ray executor: 'auto' or host:port of a running cluster (default: start a local one)"))
-    run.add_argument("--retries", type=int, default=2,
-                     help="reruns of a failed worker/Ray task before its cells are reported")
+    run.add_argument("--retries", type=int, default=defaults.RETRIES, help=(
+        "reruns of a failed worker/Ray task before its cells are reported (default: "
+        "%(default)s)"))
     run.add_argument("--no-wait", action="store_true", help=(
         "exit once this sweep's own cells are done, leaving cells another running sweep holds "
         "to it (default: wait until they are stored)"))
@@ -106,17 +111,21 @@ def _add_perf(sub: Any) -> None:
                       help="images per attack call (default: 1024 on CUDA, 256 on the CPU)")
     perf.add_argument("--eps", type=float, default=None,
                       help="Linf budget (default: 0.3 grayscale, 8/255 colour)")
-    perf.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
-                      choices=("fp32", "bf16", "fp16"), help="precisions for floors and attacks")
-    perf.add_argument("--groups", nargs="+", default=None,
-                      help="subset of: fastpath fgsm pgd10 pgd40-eval deepfool onepixel uap")
+    perf.add_argument("--precision", nargs="+", default=list(defaults.PERF_PRECISIONS),
+                      choices=("fp32", "bf16", "fp16"),
+                      help="precisions for floors and attacks (default: %(default)s)")
+    perf.add_argument("--groups", nargs="+", default=list(defaults.PERF_GROUPS),
+                      choices=defaults.PERF_GROUPS, metavar="GROUP",
+                      help=f"a subset of: {' '.join(defaults.PERF_GROUPS)} (default: all)")
     perf.add_argument("--no-peers", action="store_true", help="advbench only")
-    perf.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median)")
-    perf.add_argument("--uap-fit", type=int, default=200,
-                      help="training images the UAP cases fit on (ART needs ~1 s each on a CPU)")
-    perf.add_argument("--eval-batches", type=int, default=4, help=(
+    perf.add_argument("--repeats", type=int, default=defaults.PERF_REPEATS,
+                      help="timed repeats per case, the median reported (default: %(default)s)")
+    perf.add_argument("--uap-fit", type=int, default=defaults.PERF_UAP_FIT, help=(
+        "training images the UAP cases fit on (ART needs ~1 s each on a CPU; default: "
+        "%(default)s)"))
+    perf.add_argument("--eval-batches", type=int, default=defaults.PERF_EVAL_BATCHES, help=(
         "pgd40-eval attacks this many batches of images, --batch-size rows at a time "
-        "(default: 4)"))
+        "(default: %(default)s)"))
     perf.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help=(
         "advbench's attacks on an NHWC copy of the model: on, off, or auto (the faster "
         "measured; default)"))
@@ -207,13 +216,13 @@ def _doctor(results: str) -> str:
 def _perf(args: argparse.Namespace) -> int:
     from bench.core.checkpoints import resolve_cache_dir
     from bench.core.fastpath import FastPathOptions
-    from bench.perf import GROUPS, PerfOptions, run_perf, to_markdown, write_perf
+    from bench.perf import PerfOptions, run_perf, to_markdown, write_perf
 
     choice = {"auto": "auto", "on": True, "off": False}
     options = PerfOptions(
         model=args.model, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
         eps=args.eps, precisions=tuple(dict.fromkeys(["fp32", *args.precision])),
-        groups=tuple(args.groups or GROUPS), peers=not args.no_peers, repeats=args.repeats,
+        groups=tuple(args.groups), peers=not args.no_peers, repeats=args.repeats,
         uap_fit=args.uap_fit, eval_batches=args.eval_batches,
         fast=FastPathOptions(channels_last=choice[args.channels_last],  # type: ignore[arg-type]
                              compile=choice[args.compile]),  # type: ignore[arg-type]

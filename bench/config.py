@@ -21,6 +21,7 @@ from typing import Any, Literal
 from torch import nn
 
 from attacks import ATTACKS, Attack, AttackSpec, ThreatModel
+from bench import defaults
 from bench.core.attack import check_threat
 from bench.core.checkpoints import config_hash
 from bench.core.errors import BadInput, ConfigError, UnknownName
@@ -277,7 +278,7 @@ def parse_config(data: Mapping[str, Any], source: str = "config", *,
     defense_configs = _parse_defenses(source, data.get("defenses", []))
     targets = _parse_targets(source, data["targets"], defense_configs, models)
     attacks = _parse_attacks(source, data["attacks"], models)
-    batch_raw = sweep.get("batch_size", 500)
+    batch_raw = sweep.get("batch_size", defaults.BATCH_SIZE)
     if batch_raw != "auto" and (not isinstance(batch_raw, int) or isinstance(batch_raw, bool)
                                 or batch_raw < 1):
         raise _type_error(where, "batch_size", 'an integer >= 1 or "auto"', batch_raw)
@@ -290,7 +291,7 @@ def parse_config(data: Mapping[str, Any], source: str = "config", *,
     except BadInput as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return SweepConfig(
-        **_parse_sweep(where, sweep), batch_size=500 if batch_raw == "auto" else batch_raw,
+        **_parse_sweep(where, sweep), batch_size=defaults.BATCH_SIZE if batch_raw == "auto" else batch_raw,
         targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast,
         models=tuple(models.values()))
 
@@ -321,7 +322,7 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": name, "seeds": seeds,
             "datasets": _str_list(where, "dataset", sweep.get("dataset", "mnist5k")),
             "train_dataset": train_dataset, "split": split,
-            "n_eval": _int(where, "n_eval", sweep.get("n_eval", 1000), 1),
+            "n_eval": _int(where, "n_eval", sweep.get("n_eval", defaults.N_EVAL), 1),
             "precision": precision, "device": device}
 
 

@@ -28,8 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-import bench
 from attacks import run_attack
+from bench import defaults
 from bench import peers as peer_attacks
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import load_dataset
@@ -39,6 +39,7 @@ from bench.core.measure import autocast, device_name, floor_fraction, floors, gi
 from bench.core.progress import progress_bar
 from bench.core.target import Target
 from bench.core.training import trained_classifier
+from bench.core.version import ADVBENCH_VERSION
 from bench.core.zoo import classifier_spec
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,7 @@ def _no_extra(run: peer_attacks.PeerRun) -> Run:
     return lambda: (run(), {})
 
 
-GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap", "apgd",
-          "standard")
+GROUPS = defaults.PERF_GROUPS
 APGD_STEPS = 100
 STANDARD_BUDGET = ("linf {eps:g}, AutoAttack standard (100 steps, 9 target classes, "
                    "Square 5000 queries)")
@@ -253,14 +253,14 @@ class PerfOptions:
     device: str = "auto"
     batch_size: int | None = None
     eps: float | None = None
-    precisions: tuple[str, ...] = ("fp32", "bf16")
+    precisions: tuple[str, ...] = defaults.PERF_PRECISIONS
     groups: tuple[str, ...] = GROUPS
     peers: bool = True
-    repeats: int = 3
+    repeats: int = defaults.PERF_REPEATS
     onepixel_n: int = 64
     deepfool_n: int | None = None
-    uap_fit: int = 200
-    eval_batches: int = 4
+    uap_fit: int = defaults.PERF_UAP_FIT
+    eval_batches: int = defaults.PERF_EVAL_BATCHES
     fast: FastPathOptions = FastPathOptions()
     cache_dir: Path | None = None
     progress: bool = True
@@ -328,7 +328,7 @@ def run_perf(options: PerfOptions) -> pd.DataFrame:
     common = {"run_id": run_id, "created_at": dt.datetime.now(dt.timezone.utc),
               "model": target.name, "weights": weights,
               "input_shape": "x".join(map(str, target.input_shape)), "device": device_name(device),
-              "torch_version": torch.__version__, "advbench_version": bench.__version__,
+              "torch_version": torch.__version__, "advbench_version": ADVBENCH_VERSION,
               "git_sha": git_sha()}
     rows: list[dict[str, Any]] = []
     floor = floors(target, x, options.precisions, options.repeats)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import bench
 from attacks import ThreatModel
+from bench import defaults
 from bench.config import Cell, SweepConfig, target_kind
 from bench.core.attack import FitData, budget_mask
 from bench.core.checkpoints import CheckpointCache, state_sha256
@@ -42,6 +42,7 @@ from bench.core.norms import Norm, eps_limit, norm_of
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
+from bench.core.version import ADVBENCH_VERSION
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import (
     FAKE,
@@ -85,7 +86,7 @@ class RunOptions:
     executor: str = "local"
     workers: int | None = None
     address: str | None = None
-    retries: int = 2
+    retries: int = defaults.RETRIES
     wait: bool = True  # wait for cells another sweep holds until they are stored
 
     def __post_init__(self) -> None:
@@ -407,7 +408,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
                                       attacked.precision_for(cell)) if floor else None,
         peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
-        torch_version=torch.__version__, advbench_version=bench.__version__, git_sha=git_sha(),
+        torch_version=torch.__version__, advbench_version=ADVBENCH_VERSION, git_sha=git_sha(),
     )
 
 

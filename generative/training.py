@@ -361,6 +361,20 @@ def gan_quality(gan: GAN, dataset: Dataset, real: torch.Tensor, *, seed: int,
     return sample_quality(real, fake, classifier, seed=seed)
 
 
+def gan_config(name: str, dataset: Dataset, *, seed: int, recipe: GANRecipe | None = None
+               ) -> dict[str, Any]:
+    """What a trained GAN depends on: its cache entry's config (the key hashes it)."""
+    spec = gan_spec(name)
+    return {
+        "gan": spec.name,
+        "dataset": dataset.name,
+        "train_fingerprint": dataset.fingerprint("train"),
+        "recipe": dataclasses.asdict(recipe or spec.recipe),
+        "seed": seed,
+        "code_version": GAN_CODE_VERSION,
+    }
+
+
 def trained_gan(name: str, dataset: Dataset, *, seed: int, device: torch.device,
                 cache: CheckpointCache, progress: bool = True,
                 recipe: GANRecipe | None = None) -> GAN:
@@ -369,14 +383,7 @@ def trained_gan(name: str, dataset: Dataset, *, seed: int, device: torch.device,
     spec = gan_spec(name)
     recipe = recipe or spec.recipe
     train = dataset.split("train")
-    config = {
-        "gan": spec.name,
-        "dataset": dataset.name,
-        "train_fingerprint": train.fingerprint(),
-        "recipe": dataclasses.asdict(recipe),
-        "seed": seed,
-        "code_version": GAN_CODE_VERSION,
-    }
+    config = gan_config(name, dataset, seed=seed, recipe=recipe)
 
     def restore(weights: dict[str, torch.Tensor]) -> GAN:
         gan = build_gan(spec, dataset.input_shape, recipe, device)

@@ -79,20 +79,47 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class CheckpointCache:
-    """Load and atomically store (weights, card) pairs keyed by ``(kind, key)``."""
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+"""Checkpoints advbench ships, laid out as a cache (``<kind>/<key>/``): weights it trained with
+its own recipes (the quick preset's LeNet), so that the embedded default gives the same
+numbers on every CPU. An entry seeds an empty cache the first time its key is asked for."""
 
-    def __init__(self, root: Path) -> None:
+
+class CheckpointCache:
+    """Load and atomically store (weights, card) pairs keyed by ``(kind, key)``; an entry
+    missing here is seeded from ``bundled`` (:data:`BUNDLED`) when that holds it."""
+
+    def __init__(self, root: Path, bundled: Path | None = BUNDLED) -> None:
         self.root = Path(root)
+        self.bundled = bundled
 
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def _seed(self, kind: str, key: str) -> bool:
+        """Copy the bundled entry ``(kind, key)`` into the cache (atomically); False if none."""
+        source = self.bundled / kind / key if self.bundled else None
+        if source is None or not (source / "card.json").is_file():
+            return False
+        final = self.entry(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(final.parent, f".{key}.")
+        try:
+            for item in source.iterdir():
+                shutil.copyfile(item, tmp / item.name)
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(tmp, final)  # a concurrent seeder's identical copy may be there
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("seeded %s from the bundled checkpoint %s", final, source)
+        return final.exists()
+
     def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The entry's (weights, card), or None when there is none or it is damaged (then it
-        is moved into quarantine, see the module doc)."""
+        """The entry's (weights, card), or None when there is none (here or bundled) or it is
+        damaged (then it is moved into quarantine, see the module doc)."""
         path = self.entry(kind, key)
-        if not path.exists():
+        if not path.exists() and not self._seed(kind, key):
             return None
         weights, card_path = path / "model.safetensors", path / "card.json"
         try:

@@ -168,6 +168,21 @@ def fit(model: nn.Module, split: Split, recipe: TrainRecipe, *, seed: int, devic
     return history
 
 
+def classifier_config(model_name: str, dataset: Dataset, *, seed: int,
+                      recipe: TrainRecipe | None = None) -> dict[str, Any]:
+    """What a trained zoo classifier depends on: its cache entry's config (the key hashes it)."""
+    spec = classifier_spec(model_name)
+    return {
+        "model": spec.name,
+        "dataset": dataset.name,
+        "train_fingerprint": dataset.fingerprint("train"),
+        "num_classes": dataset.num_classes,
+        "recipe": (recipe or spec.recipe).__dict__,
+        "seed": seed,
+        "training_code_version": TRAINING_CODE_VERSION,
+    }
+
+
 def trained_classifier(
     model_name: str,
     dataset: Dataset,
@@ -182,15 +197,7 @@ def trained_classifier(
     spec = classifier_spec(model_name)
     check_compatible(spec, dataset)
     recipe = recipe or spec.recipe
-    config = {
-        "model": spec.name,
-        "dataset": dataset.name,
-        "train_fingerprint": dataset.fingerprint("train"),
-        "num_classes": dataset.num_classes,
-        "recipe": recipe.__dict__,
-        "seed": seed,
-        "training_code_version": TRAINING_CODE_VERSION,
-    }
+    config = classifier_config(model_name, dataset, seed=seed, recipe=recipe)
 
     def build() -> Target:
         return make_target(spec, dataset, spec.build(dataset.num_classes)).to(device)

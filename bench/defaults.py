@@ -1,0 +1,24 @@
+"""The defaults of a sweep, a run and ``advbench perf``, in one place: the config parser,
+``bench.benchmark``, the runner's options, ``advbench perf`` and the command line's flags (and
+their help) all read them here. Plain values, so the command line reads them without loading
+torch."""
+
+from __future__ import annotations
+
+N_EVAL = 1000
+"""Evaluated samples per dataset (``[sweep] n_eval``)."""
+
+BATCH_SIZE = 500
+"""Images per attack call (``[sweep] batch_size``)."""
+
+RETRIES = 2
+"""Reruns of a failed worker or Ray task before its cells are reported as failed."""
+
+PERF_GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap", "apgd",
+               "standard")
+"""The case groups ``advbench perf`` runs, in order."""
+
+PERF_PRECISIONS = ("fp32", "bf16")
+PERF_REPEATS = 3
+PERF_UAP_FIT = 200
+PERF_EVAL_BATCHES = 4
