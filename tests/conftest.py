@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,10 +28,19 @@ from bench.core.registry import Registry
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 
+TEST_CHECKPOINTS = Path(__file__).resolve().parent / "data" / "checkpoints"
+"""Cache entries advbench trained with its own recipes, kept as test data so that CI does not
+train them anew (the DCGAN and the full 60-epoch WGAN-GP of the gan preset);
+tests/generative/test_gan.py checks that they are keyed by the current recipes."""
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("advbench-cache")
+    """The session's checkpoint cache, holding the test checkpoints (and seeded with the
+    bundled ones on first use, as every cache is)."""
+    root = tmp_path_factory.mktemp("advbench-cache")
+    shutil.copytree(TEST_CHECKPOINTS, root, dirs_exist_ok=True)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +98,8 @@ def make_tiny_target(kind: str = "classifier", seed: int = 0) -> Target:
 
 @pytest.fixture(scope="session")
 def trained_dcgan(mnist5k: Dataset, cache_dir: Path) -> Any:
-    """DCGAN trained by advbench's own recipe on mnist5k (what the gan preset uses; ~2 min)."""
+    """DCGAN trained by advbench's own recipe on mnist5k (what the gan preset uses; from
+    :data:`TEST_CHECKPOINTS`, else trained: ~2 min)."""
     from generative import trained_gan
 
     return trained_gan("dcgan", mnist5k, seed=0, device=torch.device("cpu"),
@@ -117,7 +128,8 @@ def short_critic(mnist5k: Dataset) -> Callable[[str], Any]:
 @pytest.fixture(scope="session")
 def trained_wgan_gp(mnist5k: Dataset, cache_dir: Path) -> Any:
     """WGAN-GP trained by advbench's own recipe on mnist5k (what the gan preset uses; its
-    gradient norm on interpolates settles near 1 only after the full 60 epochs, ~7 min)."""
+    gradient norm on interpolates settles near 1 only after the full 60 epochs: from
+    :data:`TEST_CHECKPOINTS`, else trained: ~7 min)."""
     from generative import trained_gan
 
     return trained_gan("wgan_gp", mnist5k, seed=0, device=torch.device("cpu"),

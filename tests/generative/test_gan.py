@@ -188,3 +188,23 @@ def test_gan_trains_on_32x32_colour_images(name: str) -> None:
     x = gan.sample(6, seed=0)
     assert x.shape == (6, 3, 32, 32)
     assert gan.target.predict_logits(x).shape == (6, 2)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "wgan_gp"])
+def test_the_committed_gan_checkpoints_match_the_current_recipe(name: str, mnist5k: Dataset
+                                                                ) -> None:
+    """The test checkpoints stand for what ``trained_gan`` trains now: their key hashes the
+    recipe, data and code version, and the weights are the card's."""
+    from bench.core.checkpoints import config_hash, file_sha256
+    from generative.training import gan_config
+    from tests.conftest import TEST_CHECKPOINTS
+
+    key = config_hash(gan_config(name, mnist5k, seed=0))
+    entry = TEST_CHECKPOINTS / "gans" / key
+    assert (entry / "card.json").is_file(), (
+        f"{name}'s test checkpoint is not keyed by the current recipe ({key}): retrain it "
+        f"(generative.trained_gan({name!r}, load_dataset('mnist5k'), seed=0, "
+        f"cache=CheckpointCache(DIR), ...)) and put DIR/gans/{key}/ in its place")
+    card = json.loads((entry / "card.json").read_text())
+    assert card["config"] == json.loads(json.dumps(gan_config(name, mnist5k, seed=0)))
+    assert file_sha256(entry / "model.safetensors") == card["weights_sha256"]
