@@ -6,7 +6,8 @@ attack); each member then attacks only the samples that every earlier member fai
 cascade's budget, and a sample counts as fooled when a member's adversarial leaves its label
 within eps. The result says which member fooled each sample (``artifacts["fooled_by"]``: 0 the
 clean pass, k the k-th member, −1 none) and what each member cost (``artifacts["members"]``,
-one row per member: samples given, samples fooled, forward calls, backward calls, seconds).
+one :class:`bench.core.attack.MemberStats` per member: samples given, samples fooled, forward
+calls, backward calls, seconds).
 The runner turns these into one row per member and one for the cascade.
 
 Members run through the one attack entry point, so each streams and stops early as on its own.
@@ -24,6 +25,7 @@ from bench.core.attack import (
     Attack,
     AttackResult,
     CascadeMember,
+    MemberStats,
     ModelCalls,
     register_attack,
 )
@@ -103,7 +105,7 @@ def standard(
         todo = torch.nonzero(fooled_by == ROBUST).flatten()
         started = time.perf_counter()
         if todo.numel() == 0:
-            stats.append([0, 0, 0, 0, 0.0])
+            stats.append(MemberStats(0, 0, 0, 0, 0.0))
             continue
         attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
         res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
@@ -113,13 +115,12 @@ def standard(
         fooled_by[todo[hit]] = k
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        stats.append([todo.numel(), int(hit.sum()), res.n_forward, res.n_backward,
-                      time.perf_counter() - started])
-    table = torch.tensor(stats, dtype=torch.float64).view(-1, 5)
-    result = AttackResult.build(x, x_adv, fooled_by != ROBUST, calls,
-                                artifacts={"fooled_by": fooled_by.cpu(), "members": table})
-    result.n_forward += int(table[:, 2].sum())
-    result.n_backward += int(table[:, 3].sum())
+        stats.append(MemberStats(todo.numel(), int(hit.sum()), res.n_forward, res.n_backward,
+                                 time.perf_counter() - started))
+    result = AttackResult.build(x, x_adv, fooled_by != ROBUST, calls, artifacts={
+        "fooled_by": fooled_by.cpu(), "members": MemberStats.table(stats)})
+    result.n_forward += sum(s.n_forward for s in stats)
+    result.n_backward += sum(s.n_backward for s in stats)
     return result
 
 

@@ -13,7 +13,7 @@ from bench.core.target import Target
 from bench.core.training import check_compatible, make_target
 from bench.core.usermodels import UserModel
 from bench.core.zoo import classifier_spec
-from bench.runner import evaluated_split
+from bench.evaluation import evaluated_split
 from defenses import DEFENSES
 from generative.models import gan_spec
 from generative.training import build_gan

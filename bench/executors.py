@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 from bench.config import Cell, SweepConfig
 from bench.core.errors import BadInput
-from bench.runner import CellResult, RunOptions, Worker, attack_run_id, run_group
+from bench.records import CellResult
+from bench.rows import attack_run_id
+from bench.runner import RunOptions
+from bench.worker import Worker, run_group
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
@@ -257,6 +257,30 @@ class CascadeMember:
     attack: str
     params: dict[str, Any]
     black_box: bool = False
+
+
+@dataclass(frozen=True)
+class MemberStats:
+    """What one member of a cascade did: the samples it was given (those every earlier member
+    missed), the samples it fooled, its model calls and its seconds. A cascade returns one per
+    member as ``artifacts["members"]`` (a ``[members, 5]`` tensor, as artifacts are tensors):
+    :meth:`table` writes it, :meth:`read` reads it back."""
+
+    given: int
+    fooled: int
+    n_forward: int
+    n_backward: int
+    wall_s: float
+
+    @staticmethod
+    def table(stats: Sequence[MemberStats]) -> torch.Tensor:
+        return torch.tensor([[s.given, s.fooled, s.n_forward, s.n_backward, s.wall_s]
+                             for s in stats], dtype=torch.float64).view(-1, 5)
+
+    @staticmethod
+    def read(table: torch.Tensor) -> list[MemberStats]:
+        return [MemberStats(int(g), int(f), int(fw), int(bw), float(s))
+                for g, f, fw, bw, s in table.tolist()]
 
 
 CostFn = Callable[[Any, int, int, int], tuple[int, int]]

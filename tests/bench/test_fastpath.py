@@ -143,7 +143,9 @@ def test_sweep_rows_record_the_fast_path_and_batch(
         lenet: Target, digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     """A cell crafted on the channels_last copy gives the eager cell's results (up to float
     noise), records its fast path and automatic batch size, and keeps the eager model's floor."""
-    from bench.runner import AttackedModel, EvalData, PreparedTarget, run_cell
+    from bench.evaluation import EvalData
+    from bench.records import AttackedModel, PreparedTarget
+    from bench.runner import run_cell
     from tests.conftest import make_cell
 
     x, y = digits
@@ -217,7 +219,10 @@ def test_auto_precision_is_resolved_in_the_row(
         lenet: Target, digits: tuple[torch.Tensor, torch.Tensor], tmp_path: Any) -> None:
     """A cell asked for ``auto`` records the precision it ran at, with that precision's floor."""
     from bench.core.measure import Precision
-    from bench.runner import EvalData, PreparedTarget, RunOptions, Worker, run_cell
+    from bench.evaluation import EvalData
+    from bench.records import PreparedTarget
+    from bench.runner import RunOptions, run_cell
+    from bench.worker import Worker
     from tests.conftest import make_cell
 
     x, y = digits

@@ -7,13 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from attacks.gradient import FGSMParams
 from bench.core.attack import ATTACKS, AttackResult, AttackSpec
 from bench.core.errors import AttackContractError
 from bench.core.norms import Norm
 from bench.core.target import Target
-from bench.runner import AttackedModel, EvalData, PreparedTarget, attack_samples, run_cell
+from bench.evaluation import EvalData
+from bench.records import AttackedModel, PreparedTarget
+from bench.runner import attack_samples, run_cell
 from tests.conftest import Register, make_cell
 
 
@@ -77,15 +80,39 @@ def test_eps_zero_reproduces_clean_accuracy_exactly(prepared: Any) -> None:
         assert summary.median_l2 is None or summary.median_l2 == 0.0
 
 
-def test_bf16_success_is_confirmed_in_fp32(prepared: Any) -> None:
-    target, data = prepared
-    cell = make_cell("pgd", eps=0.15, params={"steps": 5}, precision="bf16")
-    result = run_cell(cell, target, data, eager(target.base), device=torch.device("cpu"),
+class FlipsInBF16(nn.Module):
+    """LeNet whose logits are negated when it runs in bf16: its bf16 predictions are wrong."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return -out if out.dtype == torch.bfloat16 else out
+
+
+def test_bf16_success_is_confirmed_in_fp32(register: Register, prepared: Any) -> None:
+    """A bf16 cell's adversarials are judged by an fp32 forward: on a model whose bf16
+    predictions are all wrong, the unperturbed inputs an attack returns stay as robust as the
+    fp32 clean pass says, though a bf16 judge would call every one fooled."""
+    lenet, data = prepared[0].base, prepared[1]
+    flipping = Target.from_module(FlipsInBF16(lenet.model), input_shape=(1, 28, 28),
+                                  num_classes=10, mean=lenet.mean.flatten().tolist(),
+                                  std=lenet.std.flatten().tolist())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_correct = flipping.eval()(data.x).argmax(1) == data.y
+    clean = flipping.predict_logits(data.x).argmax(1)  # the fp32 judge
+    assert float((clean == data.y).float().mean()) > 0.9
+    assert float(bf16_correct.float().mean()) < 0.1
+    fake_attack(register, "unmoved", lambda x, eps: x.clone(), claim=False)
+    target = PreparedTarget(flipping, flipping, clean, data.y)
+    cell = make_cell("unmoved", precision="bf16")
+    result = run_cell(cell, target, data, eager(flipping), device=torch.device("cpu"),
                       run_id="r")
-    summary, samples = result.summary, result.samples
-    fp32_adv_correct = samples["adv_correct"]
-    assert summary.precision == "bf16"
-    assert summary.robust_acc == pytest.approx(float(fp32_adv_correct.mean()))
+    assert result.summary.precision == "bf16"
+    assert list(result.samples["adv_correct"]) == list((clean == data.y).numpy())
+    assert result.summary.robust_acc == result.summary.clean_acc > 0.9
 
 
 def test_cuda_out_of_memory_backs_off_the_batch_size(prepared: Any) -> None:
@@ -144,7 +171,10 @@ def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(prepared: A
 def test_cascade_rows_flag_what_autoattack_checks() -> None:
     """A black-box member that fooled samples every white-box member missed, and an eps that
     spans the whole input range yet leaves samples robust, are flagged in the row."""
-    from bench.runner import AttackRun, EvalData, Outcome, cascade_flags
+    from bench.cascade_rows import cascade_flags
+    from bench.evaluation import EvalData
+    from bench.records import AttackRun
+    from bench.verification import Outcome
     from tests.conftest import make_cell
 
     cell = make_cell("standard", eps=1.0, params={"queries": 5})

@@ -20,8 +20,9 @@ from attacks import ATTACKS
 from bench.cli import main
 from bench.config import expand_cells, parse_config
 from bench.executors import LocalPool
-from bench.runner import RunOptions, run_group
+from bench.runner import RunOptions
 from bench.sweep import PAUSE_ENV, estimated_calls, plan_sweep, run_sweep
+from bench.worker import run_group
 from leaderboards import ResultStore, load
 from leaderboards.store import _claim_is_stale
 from tests.conftest import small_params

@@ -15,7 +15,8 @@ from bench.config import expand_cells, parse_config
 from bench.core.datasets import Dataset, Split
 from bench.core.norms import Norm
 from bench.core.target import Target
-from bench.runner import RunOptions, discriminator_data, eval_subset
+from bench.evaluation import discriminator_data, eval_subset
+from bench.runner import RunOptions
 from bench.sweep import run_sweep
 from defenses import DEFENSES
 from defenses.robgan import RobGANParams

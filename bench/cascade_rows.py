@@ -1,0 +1,96 @@
+"""A cascade's bookkeeping: each member's row read from the cascade's one run (its
+adversarials, calls and time, from the :class:`bench.core.attack.MemberStats` the cascade
+returns), which member fooled each sample, and AutoAttack's sanity flags on the cascade's row."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from bench.config import Cell
+from bench.core.attack import MemberStats
+from bench.core.norms import Norm
+from bench.evaluation import EvalData
+from bench.records import AttackRun
+from bench.verification import Outcome
+
+
+def member_stats(run: AttackRun) -> list[MemberStats]:
+    """The cascade run's per-member record (up to the row's member, for a member's run)."""
+    return MemberStats.read(run.artifacts["members"])
+
+
+def member_index(cell: Cell) -> int:
+    """The 1-based position of a cascade member cell's member."""
+    assert cell.attack.spec.cascade is not None
+    names = [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    return names.index(cell.member) + 1
+
+
+def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
+    """A cascade member's view of the cascade's run: the adversarials of the members up to and
+    including it (the clean input elsewhere), and its own model calls and time."""
+    k = member_index(cell)
+    fooled_by = run.artifacts["fooled_by"].to(x.device)
+    upto = (fooled_by >= 1) & (fooled_by <= k)
+    x_adv = torch.where(upto.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
+    own = member_stats(run)[k - 1]
+    return AttackRun(x_adv, None, own.n_forward, own.n_backward, own.wall_s, run.peak_mem_bytes,
+                     {"fooled_by": torch.where(fooled_by <= k, fooled_by, -1),
+                      "members": run.artifacts["members"][:k]}, run.effective_params)
+
+
+def cascade_flags(cell: Cell, run: AttackRun, outcome: Outcome, data: EvalData,
+                  bounds: tuple[float, float]) -> str | None:
+    """AutoAttack's sanity checks on a cascade row: a black-box member fooled samples that
+    every white-box member before it missed (a sign of masked gradients), and an eps that
+    spans the whole input range leaves samples robust (the attack, not the model, failed)."""
+    spec = cell.attack.spec
+    if spec.cascade is None or "members" not in run.artifacts:
+        return None
+    flags = []
+    for member, stats in zip(spec.cascade(cell.attack.params), member_stats(run), strict=False):
+        if member.black_box and stats.fooled > 0:
+            flags.append(f"black-box {member.name} fooled {stats.fooled} samples every "
+                         f"white-box member missed (gradient masking?)")
+    eps, lo, hi = cell.threat_model.eps, *bounds
+    full = {Norm.LINF: hi - lo, Norm.L2: (hi - lo) * float(data.x[0].numel()) ** 0.5}
+    robust = int(outcome.adv_correct.sum())
+    if not cell.member and eps is not None and eps >= full.get(cell.threat_model.norm,
+                                                                math.inf) and robust:
+        flags.append(f"eps {cell.threat_model.eps_display} spans the whole input range, yet "
+                     f"{robust} samples stay robust (the attack failed)")
+    return "; ".join(flags) or None
+
+
+def member_columns(cell: Cell, run: AttackRun) -> dict[str, Any]:
+    """A cascade member row's own numbers: samples it attacked, share it left robust."""
+    if not cell.member:
+        return {"cascade_member": None, "member_given": None, "member_robust_acc": None}
+    own = member_stats(run)[-1]
+    return {"cascade_member": cell.member, "member_given": own.given,
+            "member_robust_acc": (own.given - own.fooled) / own.given if own.given else None}
+
+
+def attacked_count(cell: Cell, run: AttackRun, n: int) -> int:
+    """How many images the row's run attacked: a cascade member only those it was given."""
+    return member_stats(run)[-1].given if cell.member else n
+
+
+def black_box_row(cell: Cell) -> bool:
+    """A member row is as black-box as its member; any other row as its attack."""
+    if cell.member and cell.attack.spec.cascade is not None:
+        return next(m.black_box for m in cell.attack.spec.cascade(cell.attack.params)
+                    if m.name == cell.member)
+    return cell.attack.spec.black_box
+
+
+def fooled_by_names(cell: Cell, run: AttackRun, n: int) -> list[str | None]:
+    """Per sample, the name of the member that fooled it ("clean" when the clean input is
+    misclassified; None when none did or the row is no cascade's)."""
+    if "fooled_by" not in run.artifacts or cell.attack.spec.cascade is None:
+        return [None] * n
+    names = ["clean"] + [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    return [names[k] if k >= 0 else None for k in run.artifacts["fooled_by"].tolist()]

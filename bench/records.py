@@ -1,0 +1,73 @@
+"""The runner's records, passed between preparing, attacking, verifying and summarising: a
+target prepared for its cells (clean pass, weights' hashes), the model an attack is crafted on
+(fast path, batch size, floor), an attack's raw run, and a cell's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench.config import Cell
+from bench.core.lipschitz import MarginGradient
+from bench.core.target import Target
+from leaderboards.schema import SummaryRow
+
+
+@dataclass
+class PreparedTarget:
+    base: Target
+    defended: Target
+    clean_pred: torch.Tensor
+    labels: torch.Tensor
+    margin_grad: MarginGradient = MarginGradient(None, None)  # not measured: null columns
+    weights_sha256: str | None = None  # the defended target's weights (state_sha256)
+    base_weights_sha256: str | None = None  # the undefended model's
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.clean_pred == self.labels
+
+
+@dataclass(frozen=True)
+class AttackedModel:
+    """The model a cell's attack is crafted on, prepared once per sweep and precision: the
+    plain model (its floor is the row's reference), the copy on the chosen fast path with its
+    batch size, the floor (:func:`bench.core.measure.floors`) and the precision it runs at."""
+
+    plain: Target
+    fast: Target
+    fast_path: str
+    batch_size: int
+    floor: dict[tuple[str, str], float] | None = None
+    precision: str = "fp32"  # what "auto" resolved to for this model
+
+    def precision_for(self, cell: Cell) -> str:
+        """The precision ``cell`` runs at: its own, or for ``auto`` the resolved one."""
+        return self.precision if cell.precision == "auto" else cell.precision
+
+
+@dataclass
+class AttackRun:
+    """The raw outcome of running one attack over the evaluated samples."""
+
+    x_adv: torch.Tensor
+    y_target: torch.Tensor | None
+    n_forward: int
+    n_backward: int
+    wall_s: float
+    peak_mem_bytes: int | None
+    artifacts: dict[str, torch.Tensor]
+    effective_params: dict[str, Any] = field(default_factory=dict)
+
+
+SAMPLE_ARTIFACTS = ("fooled_by", "members", "queries")
+"""Per-sample outputs of an attack that go into its rows, not into artifact files."""
+
+
+@dataclass
+class CellResult:
+    summary: SummaryRow
+    samples: dict[str, Any]
+    artifacts: dict[str, torch.Tensor]

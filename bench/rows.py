@@ -1,0 +1,118 @@
+"""A cell's result rows: the summary row (:class:`leaderboards.schema.SummaryRow`) and the
+per-sample columns, from the verified outcome, the run and the prepared target."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.cascade_rows import (
+    attacked_count,
+    black_box_row,
+    cascade_flags,
+    fooled_by_names,
+    member_columns,
+)
+from bench.config import Cell
+from bench.core.measure import (
+    device_name,
+    floor_fraction,
+    git_sha,
+)
+from bench.core.norms import Norm, norm_of
+from bench.core.version import ADVBENCH_VERSION
+from bench.evaluation import EvalData
+from bench.records import AttackedModel, AttackRun, PreparedTarget
+from bench.verification import Outcome
+from leaderboards.schema import SummaryRow
+
+
+def _median(values: torch.Tensor) -> float | None:
+    return float(values.float().median()) if values.numel() else None
+
+
+def row_params(cell: Cell, run: AttackRun) -> str:
+    """The row's ``attack_params``: the cell's, with what the attack had to change."""
+    if not run.effective_params:
+        return cell.params_json
+    return json.dumps({**json.loads(cell.params_json), **run.effective_params}, sort_keys=True)
+
+
+def attack_run_id(cell: Cell) -> str:
+    """The attack run a cell's numbers come from: its own, for a minimal-perturbation attack
+    the one budget-free run every eps of its curve is read from, for a cascade member's row
+    the cascade's run."""
+    if cell.member:
+        return dataclasses.replace(cell, member="").cell_id
+    if cell.attack.spec.minimal:
+        return dataclasses.replace(cell, attack=cell.attack.at(None)).cell_id
+    return cell.cell_id
+
+
+def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
+              outcome: Outcome, attacked: AttackedModel, *, device: torch.device,
+              run_id: str) -> SummaryRow:
+    """The cell's summary row."""
+    clean_correct = prepared.clean_correct
+    fooled = clean_correct & outcome.success
+    n, n_correct = data.x.shape[0], int(clean_correct.sum())
+    rho = outcome.l2[fooled] / norm_of(data.x[fooled], Norm.L2).clamp_min(1e-12)
+    floor = attacked.floor
+    floor_kind = "forward+backward" if run.n_backward else "forward"
+    return SummaryRow(
+        cell_id=cell.cell_id, run_id=run_id, created_at=dt.datetime.now(dt.timezone.utc),
+        dataset=cell.dataset, train_dataset=cell.train_dataset, split=cell.split, n_samples=n,
+        target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
+        critic_threshold=prepared.base.card.get("critic_threshold"),
+        model_source=cell.user_model.factory if cell.user_model else "zoo",
+        weights_sha256=prepared.weights_sha256, base_weights_sha256=prepared.base_weights_sha256,
+        defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
+        source_model=cell.source or None, attack=cell.attack_name,
+        attack_params=row_params(cell, run), **member_columns(cell, run),
+        flags=cascade_flags(cell, run, outcome, data, prepared.defended.bounds),
+        black_box=black_box_row(cell),
+        targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
+        eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
+        precision=attacked.precision_for(cell), batch_size=attacked.batch_size,
+        fast_path=attacked.fast_path,
+        clean_acc=n_correct / n, robust_acc=int(outcome.adv_correct.sum()) / n,
+        success_rate=int(fooled.sum()) / n_correct if n_correct else None,
+        fooling_rate=int((outcome.adv_pred != prepared.clean_pred).sum()) / n,
+        median_l2=_median(outcome.l2[fooled]), median_linf=_median(outcome.linf[fooled]),
+        mean_l0=float(outcome.l0[fooled].mean()) if bool(fooled.any()) else None,
+        rho_adv=float(rho.mean()) if rho.numel() else None,
+        margin_grad_l1=prepared.margin_grad.l1, margin_grad_l2=prepared.margin_grad.l2,
+        attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
+        wall_s=run.wall_s,
+        img_per_s=attacked_count(cell, run, n) / run.wall_s if run.wall_s > 0 else 0.0,
+        floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
+        floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
+                                      attacked.precision_for(cell)) if floor else None,
+        peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
+        torch_version=torch.__version__, advbench_version=ADVBENCH_VERSION, git_sha=git_sha(),
+    )
+
+
+def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
+                   outcome: Outcome, run: AttackRun) -> dict[str, Any]:
+    """The cell's per-sample columns (one per :class:`leaderboards.schema.SampleRow` field)."""
+    n = data.x.shape[0]
+    return {
+        "cell_id": [cell.cell_id] * n,
+        "sample_idx": data.idx.numpy().astype(np.int64),
+        "label": data.y.cpu().numpy().astype(np.int64),
+        "clean_correct": prepared.clean_correct.cpu().numpy(),
+        "adv_correct": outcome.adv_correct.cpu().numpy(),
+        "success": outcome.success.cpu().numpy(),
+        "l2": outcome.l2.cpu().numpy().astype(np.float32),
+        "linf": outcome.linf.cpu().numpy().astype(np.float32),
+        "l0": outcome.l0.cpu().numpy().astype(np.float32),
+        "fooled_by": fooled_by_names(cell, run, n),
+        "queries": run.artifacts["queries"].cpu().numpy().astype(np.int32)
+        if "queries" in run.artifacts else [None] * n,
+    }

@@ -1,0 +1,218 @@
+"""The worker: prepares targets and the models attacks are crafted on, once per sweep, then
+runs cells (:func:`bench.runner.run_cell`). A pool process or a Ray task runs one
+(:func:`run_group`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from bench.config import Cell, SweepConfig, target_kind
+from bench.core.attack import FitData
+from bench.core.checkpoints import CheckpointCache, state_sha256
+from bench.core.datasets import load_dataset
+from bench.core.fastpath import resolve_precision, tune
+from bench.core.lipschitz import median_margin_gradient
+from bench.core.measure import (
+    floors,
+    resolve_device,
+)
+from bench.core.target import Target
+from bench.core.training import trained_classifier
+from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
+from bench.evaluation import EvalData, discriminator_data, discriminator_fit_data, eval_subset
+from bench.records import AttackedModel, AttackRun, CellResult, PreparedTarget
+from bench.runner import RunOptions, run_cell
+from defenses import DEFENSES, fitted_defense
+from generative.discriminator import (
+    calibration_noise_seed,
+)
+from generative.training import GAN, trained_gan
+
+log = logging.getLogger(__name__)
+
+
+CALIBRATION_IMAGES = 1000
+"""Real (and as many generated) images a critic's threshold is calibrated on."""
+
+
+def _target_key(cell: Cell) -> tuple[str, str, str, int, str, str]:
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.defense, cell.direction)
+
+
+def _data_key(cell: Cell) -> tuple[str | int, ...]:
+    """Classifiers share a dataset's evaluated samples; a discriminator's depend on its GAN."""
+    if not cell.direction:
+        return (cell.dataset,)
+    return (cell.dataset, cell.train_dataset, cell.model, cell.seed, cell.direction)
+
+
+def _attacked_key(cell: Cell) -> tuple[Any, ...]:
+    """Which model a cell's attack is crafted on: a transfer source, or the target's defended
+    (adaptive) or undefended (transfer) model; each is prepared once per precision."""
+    if cell.source:
+        return ("source", cell.train_dataset, cell.source, cell.seed, cell.precision)
+    role = "defended" if cell.threat == "adaptive" else "base"
+    return (role, *_target_key(cell), cell.precision)
+
+
+class Worker:
+    """Prepares targets and runs cells on one device; keeps trained models, GANs, fitted
+    defenses, evaluated data and prepared attacked models across the cells it is given.
+
+    :meth:`prepare` trains or loads every target and transfer source, runs the clean passes and
+    prepares every attacked model (fast path, batch size, floor), so that bad models fail before
+    anything is written and a cell is only attack → verify → summarise (:meth:`run_one`).
+    """
+
+    def __init__(self, config: SweepConfig, options: RunOptions, run_id: str) -> None:
+        self.config = config
+        self.options = options
+        self.run_id = run_id
+        self.device = resolve_device(options.device or config.device)
+        self.cache = CheckpointCache(options.cache_dir)
+        self.prepared: dict[tuple[str, str, str, int, str, str], PreparedTarget] = {}
+        self.data: dict[tuple[str | int, ...], EvalData] = {}
+        self.models: dict[tuple[str, str, int], Target] = {}
+        self.gans: dict[tuple[str, str, int], GAN | UserGAN] = {}
+        self.user_targets: dict[str, Target] = {}
+        self.user_samplers: dict[str, ImageSampler] = {}
+        self.fit_sets: dict[tuple[str | int, ...], FitData] = {}
+        self.minimal_runs: dict[str, AttackRun] = {}
+        self.attacked: dict[tuple[Any, ...], AttackedModel] = {}
+
+    def prepare_attacked(self, model: Target, precision: str, x: torch.Tensor) -> AttackedModel:
+        """``model``'s fast path and batch size at ``precision`` (:func:`bench.core.fastpath.tune`)
+        and its floor, measured on a batch of evaluated images ``x`` (a short warm-up: it is a
+        per-row reference, not a benchmark)."""
+        precision = resolve_precision(model, x, precision)
+        tuned = tune(model, x, precision, self.config.fast, cap=x.shape[0])
+        with model.evaluating():
+            floor = floors(model, x[:tuned.batch_size], (precision,), repeats=1, warmup=2,
+                           min_repeats=5)
+        return AttackedModel(model, tuned.target, tuned.path.name, tuned.batch_size, floor,
+                             precision)
+
+    def zoo_model(self, train_dataset: str, model: str, seed: int) -> Target:
+        """A user's model (``[[models]]``), a trained zoo classifier, or a trained GAN's
+        discriminator."""
+        key = (train_dataset, model, seed)
+        user = self.config.user_model(model)
+        if user is not None and key not in self.models:
+            self.models[key] = self.user_target(user, train_dataset, seed)
+            if user.kind == "discriminator":
+                self.gans[key] = UserGAN(self.models[key], self.user_sampler(user))
+        if key not in self.models:
+            progress = self.options.progress
+            if target_kind(model) == "discriminator":
+                self.gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
+                                             device=self.device, cache=self.cache,
+                                             progress=progress)
+                self.models[key] = self.gans[key].target
+            else:
+                self.models[key], _ = trained_classifier(
+                    model, load_dataset(train_dataset), seed=seed, device=self.device,
+                    cache=self.cache, progress=progress)
+        return self.models[key]
+
+    def user_sampler(self, user: UserModel) -> ImageSampler:
+        """The generator of a user discriminator's fakes, built once."""
+        if user.generator not in self.user_samplers:
+            generator = self.config.user_model(user.generator)
+            assert generator is not None  # checked when the config was parsed
+            self.user_samplers[user.generator] = generator.sampler(self.device)
+        return self.user_samplers[user.generator]
+
+    def user_target(self, user: UserModel, train_dataset: str, seed: int) -> Target:
+        """A user's model, built once (the same for every train set and seed), except a critic,
+        whose threshold is calibrated on ``train_dataset``'s real images and ``seed``'s fresh
+        generated ones (:func:`bench.core.usermodels.calibrate_threshold`)."""
+        if user.output != "critic" or user.kind != "discriminator":
+            if user.name not in self.user_targets:
+                self.user_targets[user.name] = user.target(self.device)
+            return self.user_targets[user.name]
+        raw = user.target(self.device)
+        real = load_dataset(train_dataset).split("train").x[:CALIBRATION_IMAGES].to(self.device)
+        fake = self.user_sampler(user).sample(len(real), calibration_noise_seed(seed),
+                                              self.device)
+        batch = self.config.batch_size
+        threshold = calibrate_threshold(raw.predict_logits(real, batch)[:, 1],
+                                        raw.predict_logits(fake, batch)[:, 1])
+        target = user.target(self.device, threshold)
+        target.card = {"critic_threshold": threshold}
+        return target
+
+    def eval_data(self, cell: Cell) -> EvalData:
+        key = _data_key(cell)
+        if key not in self.data:
+            dataset = load_dataset(cell.dataset)
+            self.data[key] = discriminator_data(
+                self.gans[(cell.train_dataset, cell.model, cell.seed)], dataset, cell.split,
+                cell.n_eval, cell.seed, cell.direction, self.device,
+            ) if cell.direction else eval_subset(dataset, cell.split, cell.n_eval, self.device)
+        return self.data[key]
+
+    def prepare_target(self, cell: Cell) -> PreparedTarget:
+        """The cell's undefended and defended target and the defended target's clean pass."""
+        key = _target_key(cell)
+        if key not in self.prepared:
+            base = self.zoo_model(cell.train_dataset, cell.model, cell.seed)
+            data = self.eval_data(cell)
+            defense = self.config.defense(cell.defense)
+            spec = DEFENSES.get(defense.name)
+            train = load_dataset(cell.train_dataset).split("train") if spec.trainable else None
+            defended = fitted_defense(spec, base, train, defense.params, seed=cell.seed,
+                                      cache=self.cache, progress=self.options.progress)
+            clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
+            margin_grad = median_margin_gradient(defended, data.x, data.y,
+                                                 self.config.batch_size)
+            self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad,
+                                                state_sha256(defended), state_sha256(base))
+        return self.prepared[key]
+
+    def prepare(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            prepared = self.prepare_target(cell)
+            key = _attacked_key(cell)
+            if key not in self.attacked:
+                model = (self.zoo_model(cell.train_dataset, cell.source, cell.seed)
+                         if cell.source else
+                         prepared.defended if cell.threat == "adaptive" else prepared.base)
+                self.attacked[key] = self.prepare_attacked(model, cell.precision,
+                                                           self.eval_data(cell).x)
+
+    def fit_data(self, cell: Cell) -> FitData | None:
+        if not cell.attack.spec.needs_fit_data:
+            return None
+        key: tuple[str | int, ...] = (cell.train_dataset,) + (
+            (cell.model, cell.seed, cell.direction) if cell.direction else ())
+        if key not in self.fit_sets:
+            train = load_dataset(cell.train_dataset).split("train")
+            self.fit_sets[key] = discriminator_fit_data(
+                self.gans[(cell.train_dataset, cell.model, cell.seed)], train, cell.seed,
+                cell.direction, self.device,
+            ) if cell.direction else (train.x.to(self.device), train.y.to(self.device))
+        return self.fit_sets[key]
+
+    def run_one(self, cell: Cell) -> CellResult:
+        """Attack one prepared cell (:meth:`prepare` must have seen it)."""
+        result = run_cell(
+            cell, self.prepared[_target_key(cell)], self.data[_data_key(cell)],
+            self.attacked[_attacked_key(cell)], device=self.device, run_id=self.run_id,
+            progress=self.options.progress, fit_data=self.fit_data(cell),
+            minimal_runs=self.minimal_runs)
+        result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
+        log.info("%s %s@%s robust_acc=%.4f", cell.attack_name, cell.threat_model.norm.value,
+                 cell.threat_model.eps_display, result.summary.robust_acc)
+        return result
+
+
+def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list[Cell]
+              ) -> list[CellResult]:
+    """Prepare and run ``cells`` in a fresh worker (what a pool process or a Ray task runs)."""
+    worker = Worker(config, dataclasses.replace(options, progress=False), run_id)
+    worker.prepare(cells)
+    return [worker.run_one(cell) for cell in cells]
