@@ -83,6 +83,11 @@ def assert_store_whole(out: Path) -> set[str]:
     return {p.stem for p in summaries}
 
 
+SMALL = SLOW.replace("n_eval = 400", "n_eval = 100").replace("steps = 30", "steps = 5")
+"""The slow sweep's 12 cells at a fraction of the work: enough where the pause hook, not the
+cells' duration, decides what is stored when the process is stopped."""
+
+
 @pytest.fixture
 def slow_config(tmp_path: Path) -> Path:
     path = tmp_path / "slow.toml"
@@ -90,13 +95,20 @@ def slow_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -signal.SIGKILL),
                                       (signal.SIGINT, 130)])
 def test_interrupted_sweep_loses_only_cells_in_flight(sig: int, code: int, trained_lenet: Any,
-                                                      cache_dir: Path, slow_config: Path,
+                                                      cache_dir: Path, small_config: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "results"
-    proc = start(slow_config, out, cache_dir, pause_after=2)  # blocks after its 2nd cell
+    proc = start(small_config, out, cache_dir, pause_after=2)  # blocks after its 2nd cell
     wait_for_cells(out, 2, proc)
     proc.send_signal(sig)
     proc.communicate(timeout=60)
@@ -105,14 +117,14 @@ def test_interrupted_sweep_loses_only_cells_in_flight(sig: int, code: int, train
     assert len(before) == 2
     if sig == signal.SIGINT:
         assert not (out / "claims").exists() or not list((out / "claims").iterdir())
-    again = start(slow_config, out, cache_dir)
+    again = start(small_config, out, cache_dir)
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr
     assert f"{len(EPS) - len(before)} cell(s) run, {len(before)} already stored" in stdout
     after = assert_store_whole(out)
     assert before < after and len(after) == len(EPS)
     assert {c.cell_id for c in expand_cells(parse_config(
-        tomllib.loads(SLOW)))} == after
+        tomllib.loads(SMALL)))} == after
 
 
 def test_two_sweeps_into_one_directory_store_each_cell_once(trained_lenet: Any, cache_dir: Path,

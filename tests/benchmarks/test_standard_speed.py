@@ -8,9 +8,10 @@ torchattacks at identical budgets, on the same images, with robust accuracy besi
   members keep their 10-step defaults) against the cascade at the same 10 steps;
 - ``apgd``: APGD-CE, 100 steps, on the undefended LeNet at 0.1.
 
-With ``--benchmark-enable`` each case runs once on 100 digits (minutes each on 2 CPU cores),
-and advbench's robust accuracy is held to the peer's of the same run;
-the default test run executes every body once on 8 digits with tiny budgets (a smoke test).
+With ``--benchmark-enable`` each case runs once on 100 digits (minutes each on 2 CPU cores);
+the default test run executes every body once on 8 digits with tiny budgets. Either way
+advbench's robust accuracy is held to the peer's of the same run (at most one digit more robust
+in the smoke run, whose 8 digits make each one 12.5 points).
 """
 
 from __future__ import annotations
@@ -129,5 +130,7 @@ def test_standard_speed(group: str, library: str, mnist5k: Any, device: torch.de
     acc = float((clean & (target.predict_logits(x_adv).argmax(1) == y)).float().mean())
     record(group, library, acc, n)
     peer = RESULTS.get(group, {}).get("torchattacks")
-    if library == "advbench" and peer is not None:
-        assert acc <= peer["score"] + TOLERANCE.get(group, 0.003), (acc, peer["score"])
+    if library == "advbench":
+        assert peer is not None, "the peer's case runs first"
+        tolerance = TOLERANCE.get(group, 0.003) if full else 1 / n
+        assert acc <= peer["score"] + tolerance, (acc, peer["score"])
