@@ -296,9 +296,11 @@ def perf_target(options: PerfOptions, device: torch.device
                                        progress=options.progress)
         weights = f"trained on {dataset.name}"
         test, train = dataset.split("test"), dataset.split("train")
-        reps = (n + len(test) - 1) // len(test)
-        x = test.x.repeat(reps, 1, 1, 1)[:n].to(device)
-        y = test.y.repeat(reps)[:n].to(device)
+        # a fixed shuffle, repeated as needed: a split sorted by class (mnist5k's) would give
+        # its first classes only
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        idx = order.repeat((n + len(test) - 1) // len(test))[:n]
+        x, y = test.x[idx].to(device), test.y[idx].to(device)
         fit_x = train.x[:options.uap_fit].to(device)
     else:
         with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched

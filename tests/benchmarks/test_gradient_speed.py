@@ -12,13 +12,15 @@ import torch
 from attacks import run_attack
 from bench import peers
 from bench.core.target import Target
+from tests.benchmarks.conftest import spread_over_classes
 
 EPS, STEP, STEPS, N = 0.2, 0.05, 10, 512
 
 
 @pytest.fixture(scope="module")
 def batch(mnist5k: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist5k.test.x[:N].to(device), mnist5k.test.y[:N].to(device)
+    x, y = spread_over_classes(mnist5k.test, N)
+    return x.to(device), y.to(device)
 
 
 def _acc(target: Target, x_adv: torch.Tensor, y: torch.Tensor) -> float:

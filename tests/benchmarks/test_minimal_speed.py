@@ -16,11 +16,13 @@ import torch
 from attacks import run_attack
 from bench import peers
 from bench.core.target import Target
+from tests.benchmarks.conftest import spread_over_classes
 
 
 @pytest.fixture(scope="module")
 def data(mnist5k: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    return {"x": mnist5k.test.x[:256].to(device), "y": mnist5k.test.y[:256].to(device),
+    x, y = spread_over_classes(mnist5k.test, 256)
+    return {"x": x.to(device), "y": y.to(device),
             "fit_x": mnist5k.train.x[:200].to(device), "fit_y": mnist5k.train.y[:200].to(device)}
 
 

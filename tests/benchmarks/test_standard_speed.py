@@ -26,7 +26,7 @@ from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Split
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
-from tests.benchmarks.conftest import RESULTS
+from tests.benchmarks.conftest import RESULTS, spread_over_classes
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -121,7 +121,7 @@ def test_standard_speed(group: str, library: str, mnist5k: Any, device: torch.de
     fixture, eps, run = case(group, library, full)
     target = request.getfixturevalue(fixture)
     n = budgets(full)["n"]
-    x, y = mnist5k.test.x[:n].to(device), mnist5k.test.y[:n].to(device)
+    x, y = (t.to(device) for t in spread_over_classes(mnist5k.test, n))
     benchmark.group = group
     with target.evaluating():
         x_adv = benchmark.pedantic(run, args=(target, x, y), rounds=1, warmup_rounds=0)
