@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.config import SweepConfig, target_kind
+from bench.config import Origin, SweepConfig, target_kind
 from bench.core.datasets import Dataset, load_dataset
 from bench.core.errors import BadInput
 from bench.core.target import Target
@@ -37,6 +37,25 @@ def checked_user_target(user: UserModel, dataset: Dataset) -> Target:
     return user.target(torch.device("cpu"))
 
 
+def untrained_target(config: SweepConfig, model: str, dataset: Dataset) -> Target:
+    """``model`` built for ``dataset`` as it will be attacked, before any training: the user's
+    own (loaded and probed), a zoo GAN's discriminator or a zoo classifier, each checked
+    against the data."""
+    origin = config.origin(model)
+    if origin is Origin.USER:
+        user = config.user_model(model)
+        assert user is not None
+        return checked_user_target(user, dataset)
+    if origin is Origin.ZOO_GAN:
+        gan = build_gan(gan_spec(model), dataset.input_shape)
+        if gan.recipe.critic:  # checked untrained: any threshold will do
+            gan.card["critic_threshold"] = 0.0
+        return gan.target
+    spec = classifier_spec(model)
+    check_compatible(spec, dataset)
+    return make_target(spec, dataset, spec.build(dataset.num_classes))
+
+
 def check_user_generators(config: SweepConfig) -> None:
     """Every user discriminator's generator builds, loads and makes images of its shape."""
     for model in config.models:
@@ -52,9 +71,9 @@ def train_split_users(config: SweepConfig) -> list[str]:
     users = []
     for t in config.targets:
         user = config.user_model(t.model)
-        if user is None:
+        if config.origin(t.model) is not Origin.USER:
             users.append(f"target {t.model!r} (a zoo model advbench trains)")
-        elif user.kind == "discriminator" and user.output == "critic":
+        elif user is not None and user.kind == "discriminator" and user.output == "critic":
             users.append(f"target {t.model!r} (a critic whose threshold is calibrated on real "
                          f"training images)")
         for label in t.defenses:
@@ -63,7 +82,7 @@ def train_split_users(config: SweepConfig) -> list[str]:
     for attack in config.attacks:
         if attack.spec.needs_fit_data:
             users.append(f"attack {attack.name!r} (fits on training data)")
-        if attack.source and config.user_model(attack.source) is None:
+        if attack.source and config.origin(attack.source) is not Origin.USER:
             users.append(f"transfer source {attack.source!r} (a zoo model advbench trains)")
     return list(dict.fromkeys(users))
 
@@ -99,18 +118,7 @@ def check_sweep(config: SweepConfig) -> None:
         dataset.split(config.split)
         check_train_split(config, dataset)
         for t in config.targets:
-            user = config.user_model(t.model)
-            if user is not None:
-                untrained = checked_user_target(user, dataset)
-            elif t.kind == "discriminator":
-                gan = build_gan(gan_spec(t.model), dataset.input_shape)
-                if gan.recipe.critic:  # checked untrained: any threshold will do
-                    gan.card["critic_threshold"] = 0.0
-                untrained = gan.target
-            else:
-                spec = classifier_spec(t.model)
-                check_compatible(spec, dataset)
-                untrained = make_target(spec, dataset, spec.build(dataset.num_classes))
+            untrained = untrained_target(config, t.model, dataset)
             for label in t.defenses:
                 d = config.defense(label)
                 defense = DEFENSES.get(d.name)

@@ -137,6 +137,14 @@ class AttackConfig:
         return Attack(self.spec, threat, self.params)
 
 
+class Origin(enum.Enum):
+    """Where a sweep's model comes from (:meth:`SweepConfig.origin`)."""
+
+    USER = "the user's own model"
+    ZOO_GAN = "a zoo GAN, trained by advbench"
+    ZOO_CLASSIFIER = "a zoo classifier, trained by advbench"
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     name: str
@@ -162,6 +170,13 @@ class SweepConfig:
 
     def user_model(self, name: str) -> UserModel | None:
         return self.user_models.get(name)
+
+    def origin(self, model: str) -> Origin:
+        """Where the target or source ``model`` comes from: the one place that decides between
+        the user's own model, a zoo GAN (its discriminator is attacked) and a zoo classifier."""
+        if model in self.user_models:
+            return Origin.USER
+        return Origin.ZOO_GAN if ZOO.get(model).kind == "discriminator" else Origin.ZOO_CLASSIFIER
 
     def defense(self, label: str) -> DefenseConfig:
         for d in self.defenses:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bench.config import Cell, SweepConfig, target_kind
+from bench.config import Cell, Origin, SweepConfig
 from bench.core.attack import FitData
 from bench.core.checkpoints import CheckpointCache, state_sha256
 from bench.core.datasets import load_dataset
@@ -100,22 +100,24 @@ class Worker:
         """A user's model (``[[models]]``), a trained zoo classifier, or a trained GAN's
         discriminator."""
         key = (train_dataset, model, seed)
-        user = self.config.user_model(model)
-        if user is not None and key not in self.models:
+        if key in self.models:
+            return self.models[key]
+        origin, progress = self.config.origin(model), self.options.progress
+        if origin is Origin.USER:
+            user = self.config.user_model(model)
+            assert user is not None
             self.models[key] = self.user_target(user, train_dataset, seed)
             if user.kind == "discriminator":
                 self.gans[key] = UserGAN(self.models[key], self.user_sampler(user))
-        if key not in self.models:
-            progress = self.options.progress
-            if target_kind(model) == "discriminator":
-                self.gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
-                                             device=self.device, cache=self.cache,
-                                             progress=progress)
-                self.models[key] = self.gans[key].target
-            else:
-                self.models[key], _ = trained_classifier(
-                    model, load_dataset(train_dataset), seed=seed, device=self.device,
-                    cache=self.cache, progress=progress)
+        elif origin is Origin.ZOO_GAN:
+            self.gans[key] = trained_gan(model, load_dataset(train_dataset), seed=seed,
+                                         device=self.device, cache=self.cache,
+                                         progress=progress)
+            self.models[key] = self.gans[key].target
+        else:
+            self.models[key], _ = trained_classifier(
+                model, load_dataset(train_dataset), seed=seed, device=self.device,
+                cache=self.cache, progress=progress)
         return self.models[key]
 
     def user_sampler(self, user: UserModel) -> ImageSampler:

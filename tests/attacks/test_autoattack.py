@@ -17,6 +17,7 @@ from attacks import run_attack
 from attacks.apgd import apgd_start, checkpoints, dlr_loss, targeted_dlr_loss
 from attacks.cascade import CLEAN, ROBUST
 from attacks.fab import project_l2, project_linf
+from bench import peers
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split
 from bench.core.norms import Norm
@@ -290,13 +291,9 @@ def test_standard_at_most_as_robust_as_torchattacks_autoattack(lenet: Target,
     fewer queries here), on the undefended LeNet at 0.1: no sample more robust."""
     x, y = held_out[0][:100], held_out[1][:100]
     mine = robust(lenet, x, y, ours("standard", lenet, x, y, 0.1, steps=10, queries=300))
-    peer = torchattacks.MultiAttack([
-        torchattacks.APGD(lenet, eps=0.1, steps=10, loss="ce", n_restarts=1),
-        torchattacks.APGDT(lenet, eps=0.1, steps=10, n_classes=10, n_restarts=1),
-        torchattacks.FAB(lenet, eps=0.1, steps=10, multi_targeted=True, n_classes=10,
-                         n_restarts=1),
-        torchattacks.Square(lenet, eps=0.1, n_queries=300, n_restarts=1)])
-    reference = robust(lenet, x, y, theirs(peer, x, y))
+    torch.manual_seed(SEED)
+    peer = peers.autoattack("torchattacks", lenet, x, y, 0.1, steps=10, queries=300)
+    reference = robust(lenet, x, y, peer())
     assert mine <= reference + 0.003, (mine, reference)
 
 

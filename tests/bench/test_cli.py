@@ -70,8 +70,6 @@ def test_run_writes_typed_parquet_and_prints_a_leaderboard(
     # the floor: the LeNet's forward+backward images/s, and the share PGD's backward passes
     # reached (PGD's steps are forward+backward passes, so it is of the floor's order)
     assert pgd["floor_img_per_s"] > 0 and 0.05 < pgd["floor_fraction"] < 3
-    assert pgd["floor_fraction"] == pytest.approx(
-        pgd["n_backward"] / pgd["wall_s"] / pgd["floor_img_per_s"])
     # every row of a classifier records its clean pass's margin-gradient norms too (one
     # clean pass: the same on all three rows); L1 >= L2 for any vector
     assert df["margin_grad_l1"].nunique() == 1 and df["margin_grad_l2"].nunique() == 1

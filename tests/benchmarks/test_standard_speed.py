@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from attacks import run_attack
+from bench import peers
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Split
 from bench.core.target import Target
@@ -60,12 +61,7 @@ def _ours(name: str, eps: float, **params: Any) -> Any:
 def _ta_cascade(eps: float, steps: int, queries: int) -> Any:
     def attack(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)
-        return torchattacks.MultiAttack([
-            torchattacks.APGD(target, eps=eps, steps=steps, loss="ce", n_restarts=1),
-            torchattacks.APGDT(target, eps=eps, steps=steps, n_classes=10, n_restarts=1),
-            torchattacks.FAB(target, eps=eps, steps=steps, multi_targeted=True, n_classes=10,
-                             n_restarts=1),
-            torchattacks.Square(target, eps=eps, n_queries=queries, n_restarts=1)])(x, y)
+        return peers.autoattack("torchattacks", target, x, y, eps, steps, queries)()
     return attack
 
 
