@@ -336,6 +336,12 @@ source = "wide-cnn"
     plain = rows[(rows["source_model"].isna()) & (rows["defense"] == "none")]
     fgsm_rs = rows[(rows["source_model"].isna()) & (rows["defense"] == "fgsm_rs")]
     assert float(fgsm_rs["robust_acc"].iloc[0]) > float(plain["robust_acc"].iloc[0])
+    # every row names the weights it evaluated, and the undefended weights beneath them
+    mine = state_digest(_network(user_dir))
+    assert set(plain["weights_sha256"]) == set(rows["base_weights_sha256"]) == {mine}
+    defended = rows[rows["defense"] != "none"].groupby("defense")["weights_sha256"].unique()
+    assert all(len(w) == 1 and w[0] != mine for w in defended)  # its own fitted weights
+    assert defended["fgsm_rs"][0] != defended["hgd"][0]
 
 
 def test_resume_skips_an_unchanged_checkpoint_and_reruns_a_changed_one(
@@ -707,3 +713,17 @@ def test_what_needs_a_train_split_is_named_when_there_is_none(
     assert code == 2 and len(err) == 1, err
     assert f"has no train split, which {named} needs; set train_dataset" in err[0], err[0]
     assert not out.exists()
+
+
+def state_digest(module: nn.Module, prefix: str = "model.") -> str:
+    """SHA-256 over a module's tensors (name, dtype, bytes; in name order) as a target holds
+    them (under ``model.``), computed here."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(module.state_dict()):
+        tensor = module.state_dict()[name].detach().cpu().contiguous()
+        digest.update((prefix + name).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16
+                      else tensor.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
