@@ -17,6 +17,10 @@ from leaderboards.schema import SummaryRow
 
 @dataclass
 class PreparedTarget:
+    """A target ready for its cells: the undefended ``base`` and the evaluated ``defended``
+    model, the defended model's clean predictions of the evaluated samples, their margin
+    gradients, and the SHA-256 of both models' weights (every row records them)."""
+
     base: Target
     defended: Target
     clean_pred: torch.Tensor
