@@ -36,6 +36,10 @@ Z95 = 1.959963984540054
 COMPARED = (*POPULATION, "base_weights_sha256", "threat", *ATTACK)
 """The keys every comparison row carries: its population, its threat and its attack."""
 
+LEADING = ("dataset", "model", "direction", "seed", "attack", "norm", "eps", "eps_display",
+           "defense", "threat", "source_model")
+"""The comparison's first columns, what a reader scans by; the other keys follow."""
+
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% by default)."""
@@ -134,6 +138,8 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(out)
     _flag_masking(table, rows, per_cell, eps_flags(rows))
     table = table.drop(columns=["_cell_id", "_black_box"])
+    lead = [c for c in LEADING if c in table.columns]
+    table = table[lead + [c for c in table.columns if c not in lead]]
     return table.sort_values(["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                               "defense",
                               "threat"]).reset_index(drop=True)
