@@ -67,9 +67,12 @@ class Board:
     @property
     def key_columns(self) -> list[str]:
         """The columns that tell rows apart: model, defense, the direction of discriminators,
-        and every population key that takes more than one value on this board."""
-        return [k for k in ROW_KEYS if k in self.table.columns] + [
-            k for k in POPULATION_COLUMNS if k != "n_samples" and self.table[k].nunique() > 1]
+        and every population key that takes more than one value among rows sharing those
+        (a defended row's own weights or params are not shown for that alone)."""
+        rows = [k for k in ROW_KEYS if k in self.table.columns]
+        same_row = self.table.groupby(rows, dropna=False)
+        return rows + [k for k in POPULATION_COLUMNS if k != "n_samples"
+                       and bool((same_row[k].nunique(dropna=False) > 1).any())]
 
     def row_label(self, row: pd.Series) -> str:
         return " / ".join(f"{row[k]}" if k in ROW_KEYS else f"{k}={row[k]}"
@@ -249,7 +252,9 @@ def display_table(board: Board) -> pd.DataFrame:
             continue
         if col == "fast_path" and table[col].nunique() < 2:
             continue  # recorded in every row; shown where the board's rows took different paths
-        if col in (*keys, "n", "fast_path"):
+        if col == "weights_sha256" and col in keys:
+            shown[col] = table[col].astype(str).str[:12]  # enough to tell weights apart
+        elif col in (*keys, "n", "fast_path"):
             shown[col] = table[col].astype(str)
         elif col == "img/s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
