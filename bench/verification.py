@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks import ThreatModel
 from bench.config import Cell
-from bench.core.attack import budget_mask
+from bench.core.attack import within_budget
 from bench.core.errors import AttackContractError
 from bench.core.norms import Norm, eps_limit, norm_of
 from bench.evaluation import EvalData
@@ -47,14 +46,6 @@ def verify_adversarials(cell: Cell, x: torch.Tensor, x_adv: torch.Tensor,
         )
 
 
-def within_budget(run: AttackRun, x: torch.Tensor, threat: ThreatModel,
-                  bounds: tuple[float, float]) -> torch.Tensor:
-    """A minimal-perturbation run seen at budget eps: perturbations outside the eps ball
-    (:func:`bench.core.attack.budget_mask`) keep the clean input."""
-    inside = budget_mask(x, run.x_adv, threat, bounds)
-    return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), run.x_adv, x)
-
-
 @dataclass
 class Outcome:
     """A cell's verified per-sample outcome on the evaluated target."""
@@ -72,7 +63,7 @@ def verify(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
     """Check the run's adversarials against the bounds and the eps ball, then judge them with a
     fresh fp32 forward of the evaluated (defended) target: the attack's claim is not trusted."""
     evaluated = prepared.defended
-    x_adv = within_budget(run, data.x, cell.threat_model, evaluated.bounds) \
+    x_adv = within_budget(data.x, run.x_adv, cell.threat_model, evaluated.bounds)[0] \
         if cell.attack.spec.minimal else run.x_adv
     verify_adversarials(cell, data.x, x_adv, evaluated.bounds)
     adv_pred = evaluated.predict_logits(x_adv, batch_size).argmax(1)

@@ -509,13 +509,19 @@ def budget_mask(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel,
     return within_eps(x_adv - x, threat.norm, threat.eps, bounds[1] - bounds[0])
 
 
+def within_budget(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel,
+                  bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A minimal-perturbation attack's adversarials seen at budget eps, and which lie inside
+    the ball (:func:`budget_mask`): one outside keeps its clean input."""
+    inside = budget_mask(x, x_adv, threat, bounds)
+    return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), x_adv, x), inside
+
+
 def at_budget(result: AttackResult, x: torch.Tensor, threat: ThreatModel,
               bounds: tuple[float, float]) -> AttackResult:
     """A minimal-perturbation result seen at budget eps: an adversarial outside the eps ball
     does not count (the sample keeps its clean input and is not fooled by the attack)."""
-    inside = budget_mask(x, result.x_adv, threat, bounds)
-    keep = inside.view(-1, *([1] * (x.ndim - 1)))
-    x_adv = torch.where(keep, result.x_adv, x)
+    x_adv, inside = within_budget(x, result.x_adv, threat, bounds)
     delta = x_adv - x
     return AttackResult(x_adv, result.success & inside, l2_norm(delta), linf_norm(delta),
                         l0_norm(delta), result.n_forward, result.n_backward,
