@@ -40,10 +40,14 @@ from bench.core.attack import (
     register_attack,
 )
 from bench.core.errors import BadInput
+from bench.core.indicators import still_improving, tail_start
 from bench.core.norms import Norm, l2_norm
 from bench.core.target import Target
 
 APGD_LOSSES = ("ce", "dlr")
+TARGET_ORDERS = ("logits", "malt")
+JACOBIAN_ELEMENTS = 2**26
+"""At most this many gradient entries are held at once when ranking targets (256 MiB in fp32)."""
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -108,9 +112,11 @@ class APGDParams:
 
 @dataclass(frozen=True)
 class APGDTParams:
-    """``target_classes``: how many of the top other classes are tried as targets (AutoAttack: 9;
-    at most the target's classes − 1). ``restarts``: runs per target class. ``loss``: ``"dlr"``
-    (targeted DLR, the paper's) or ``"ce"`` (targeted cross-entropy)."""
+    """``target_classes``: how many of the other classes are tried as targets (AutoAttack: 9;
+    at most the target's classes − 1). ``target_order``: which come first, ``"logits"`` (the
+    highest clean logits, AutoAttack's) or ``"malt"`` (the nearest linearised boundary,
+    :func:`malt_order`). ``restarts``: runs per target class. ``loss``: ``"dlr"`` (targeted
+    DLR, the paper's) or ``"ce"`` (targeted cross-entropy)."""
 
     steps: int = 100
     target_classes: int = 9
@@ -118,6 +124,7 @@ class APGDTParams:
     loss: str = "dlr"
     rho: float = 0.75
     early_stop: bool = True
+    target_order: str = "logits"
 
     def __post_init__(self) -> None:
         _check_common(self.steps, self.restarts, self.rho)
@@ -126,6 +133,9 @@ class APGDTParams:
         if self.loss not in APGD_LOSSES:
             raise BadInput(f"unknown APGD-T loss {self.loss!r}; use one of "
                            f"{', '.join(APGD_LOSSES)}")
+        if self.target_order not in TARGET_ORDERS:
+            raise BadInput(f"unknown target_order {self.target_order!r}; use one of "
+                           f"{', '.join(TARGET_ORDERS)}")
 
 
 def checkpoints(steps: int) -> dict[int, int]:
@@ -176,6 +186,28 @@ def apgd_start(x: torch.Tensor, norm: Norm, eps: float, generator: torch.Generat
     return (eps * t).to(device=x.device, dtype=x.dtype)
 
 
+def malt_order(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, norm: Norm, rows: int
+               ) -> torch.Tensor:
+    """Every class but ``y``, nearest first, ``[N, C-1]``: ranked by the distance to the
+    linearised boundary ``|z_t - z_y| / ||∇(z_t - z_y)||_*`` at the clean input (the dual norm:
+    l1 for Linf, l2 for L2), MALT's targeting (Melamed et al., "MALT Powers Up Adversarial
+    Attacks", NeurIPS 2024) in place of AutoAttack's logit order. One forward and C − 1
+    backward passes per image."""
+    c = calls.target.num_classes
+    others = torch.arange(c, device=y.device).expand(y.shape[0], c)
+    others = others[others != y[:, None]].view(y.shape[0], c - 1)
+    classes = torch.cat([y[:, None], others], 1)
+    per = max(1, min(rows, JACOBIAN_ELEMENTS // max(1, (c - 1) * x[0].numel())))
+    order = []
+    for xs, cs in zip(x.split(per), classes.split(per), strict=True):
+        logits, grads = calls.difference_gradients(xs, cs)
+        gap = (logits.gather(1, cs[:, 1:]) - logits.gather(1, cs[:, :1])).float().abs()
+        flat = grads.flatten(2).float()
+        dual = flat.abs().sum(2) if norm is Norm.LINF else flat.norm(dim=2)
+        order.append(cs[:, 1:].gather(1, (gap / (dual.T + 1e-12)).argsort(dim=1)))
+    return torch.cat(order) if order else others
+
+
 def _project(z: torch.Tensor, x0: torch.Tensor, norm: Norm, eps: float,
              bounds: tuple[float, float]) -> torch.Tensor:
     """``z`` moved into the eps ball around ``x0`` and the bounds (AutoAttack's order)."""
@@ -213,16 +245,19 @@ class _APGDLoop:
         self.eps, self.norm, self.steps, self.rho = eps, norm, steps, rho
         self.loss, self.early_stop, self.rows = loss, early_stop, rows
         self.checks = checkpoints(steps)
+        self.tail = tail_start(steps + 1)  # evaluations 0..steps
 
     def run(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attack ``queue`` (target classes ``aims``, start points ``starts``). Returns, for
         every queued sample, whether it was fooled, the fooling iterate (else the highest-loss
-        point) and the best loss."""
+        point) and whether its loss was still improving at the end
+        (:func:`bench.core.indicators.still_improving`; never for a fooled sample)."""
         n = queue.numel()
         out_x = starts.clone()
         out_hit = torch.zeros(n, dtype=torch.bool, device=queue.device)
-        out_loss = torch.full((n,), float("-inf"), device=queue.device)
+        out_improving = torch.zeros(n, dtype=torch.bool, device=queue.device)
+        out_margin = torch.full((n,), -math.inf, device=queue.device)
         rows: _Rows | None = None
         taken = 0
         while True:
@@ -244,9 +279,13 @@ class _APGDLoop:
                 out_hit[pos] = hit
                 out_x[pos] = torch.where(hit.view((-1,) + (1,) * (starts.ndim - 1)),
                                          c["x_found"][finished], c["x_best"][finished])
-                out_loss[pos] = c["loss_best"][finished]
+                out_improving[pos] = ~hit & still_improving(
+                    c["loss_first"][finished], c["loss_best"][finished],
+                    c["loss_tail"][finished])
+                out_margin[pos] = c["margin_best"][finished]
                 rows.keep(~finished)
-        return out_hit, out_x, out_loss
+        self.margin = out_margin  # per queued sample: the highest margin loss it reached
+        return out_hit, out_x, out_improving
 
     def _fresh(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor,
                taken: int, free: int) -> _Rows:
@@ -262,6 +301,8 @@ class _APGDLoop:
             step=torch.full((free,), 2 * self.eps, device=x0.device),
             done=torch.zeros(free, dtype=torch.long, device=x0.device),
             loss_best=scalar - math.inf, last_loss=scalar, rises=scalar.clone(),
+            loss_first=scalar.clone(), loss_tail=scalar - math.inf,
+            margin_best=scalar - math.inf,
             best_at_check=scalar.clone(), reduced=torch.ones(free, dtype=torch.bool,
                                                               device=x0.device),
             found=torch.zeros(free, dtype=torch.bool, device=x0.device),
@@ -273,6 +314,7 @@ class _APGDLoop:
         c = rows.c
         loss, logits, grad = self.calls.loss_and_grad(c["x"], c["labels"], self.loss)
         hit = logits.argmax(1) != c["labels"][:, 0]
+        c["margin_best"] = torch.maximum(c["margin_best"], margin_loss(logits, c["labels"][:, 0]))
         view = (-1,) + (1,) * (c["x"].ndim - 1)
         new_hit = hit & ~c["found"]
         c["x_found"] = torch.where(new_hit.view(view), c["x"], c["x_found"])
@@ -281,11 +323,13 @@ class _APGDLoop:
         c["rises"] = c["rises"] + (~first & (loss > c["last_loss"])).float()
         # AutoAttack compares the first step's loss with 0, not with the starting point's
         c["last_loss"] = torch.where(first, torch.zeros_like(loss), loss)
+        c["loss_tail"] = torch.where(c["done"] == self.tail, c["loss_best"], c["loss_tail"])
         better = loss > c["loss_best"]
         c["x_best"] = torch.where(better.view(view), c["x"], c["x_best"])
         c["grad_best"] = torch.where(better.view(view), grad, c["grad_best"])
         c["loss_best"] = torch.where(better, loss, c["loss_best"])
         c["best_at_check"] = torch.where(first, loss, c["best_at_check"])
+        c["loss_first"] = torch.where(first, loss, c["loss_first"])
         c["grad"] = grad
         self._checkpoint(c, view)
         finished = c["done"] >= self.steps
@@ -335,11 +379,14 @@ class _APGDLoop:
 
 def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
               generator: torch.Generator, steps: int, rho: float, loss: str, targeted: bool,
-              runs: int, restarts: int, early_stop: bool, batch_size: int | None
-              ) -> AttackResult:
+              runs: int, restarts: int, early_stop: bool, batch_size: int | None,
+              target_order: str = "logits") -> AttackResult:
     """The shared driver: ``runs`` target classes (1 when untargeted) × ``restarts``, each on
     the samples no earlier run fooled; a sample keeps its fooling iterate, else its
-    highest-loss point of the last run."""
+    highest-loss point of the last run. Artifacts, per sample: ``crossed`` (an iterate fooled
+    the model; it is the one returned), ``improving`` (left robust while its loss was still
+    rising, :func:`bench.core.indicators.still_improving`, in any run) and ``margin`` (the
+    highest margin loss ``max_{j≠y} z_j − z_y`` any of its iterates reached)."""
     calls = ModelCalls(target)
     pair_loss, used = _pair_loss(loss, targeted, target.num_classes)
     n = x.shape[0]
@@ -348,9 +395,12 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
                      early_stop=early_stop, rows=rows)
     ranked = None
     if targeted and n:
-        ranked = other_classes_by_score(torch.cat([calls.logits(c) for c in x.split(rows)]), y)
+        ranked = malt_order(calls, x, y, norm, rows) if target_order == "malt" else \
+            other_classes_by_score(torch.cat([calls.logits(c) for c in x.split(rows)]), y)
     best = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    improving = torch.zeros(n, dtype=torch.bool, device=x.device)
+    reached = torch.full((n,), -math.inf, device=x.device)
     for run in range(runs):
         for _ in range(restarts):
             queue = torch.nonzero(~success).flatten()
@@ -359,10 +409,15 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
             aims = y[queue] if ranked is None else ranked[queue, run]
             starts = (x[queue] + apgd_start(x[queue], norm, eps, generator)).clamp(
                 *target.bounds)
-            hit, adv, _ = loop.run(queue, aims, starts)
+            hit, adv, still = loop.run(queue, aims, starts)
             best[queue] = adv
             success[queue] = hit
+            improving[queue] |= still
+            reached[queue] = torch.maximum(reached[queue], loop.margin)
     return AttackResult.build(x, best, success, calls,
+                              artifacts={"crossed": success.clone(),
+                                         "improving": improving & ~success,
+                                         "margin": reached},
                               effective_params={"loss": used} if used != loss else None)
 
 
@@ -374,7 +429,8 @@ def _apgd_cost(params: APGDParams, n: int, num_classes: int, n_fit: int) -> tupl
 def _apgd_t_cost(params: APGDTParams, n: int, num_classes: int, n_fit: int
                  ) -> tuple[int, int]:
     runs = min(params.target_classes, num_classes - 1) * params.restarts
-    return n * (runs * (params.steps + 1) + 1), n * runs * (params.steps + 1)
+    order = n * (num_classes - 1) if params.target_order == "malt" else 0
+    return n * (runs * (params.steps + 1) + 1), n * runs * (params.steps + 1) + order
 
 
 @register_attack("apgd", params=APGDParams, norms=(Norm.LINF, Norm.L2), cost=_apgd_cost,
@@ -405,7 +461,7 @@ def apgd_t(
     return _run_apgd(target, x, y, eps=eps, norm=norm, generator=generator, steps=params.steps,
                      rho=params.rho, loss=params.loss, targeted=True, runs=runs,
                      restarts=params.restarts, early_stop=params.early_stop,
-                     batch_size=batch_size)
+                     batch_size=batch_size, target_order=params.target_order)
 
 
 __all__ = ["APGDParams", "APGDTParams", "apgd", "apgd_t", "checkpoints", "dlr_loss",

@@ -7,14 +7,25 @@ cascade's budget, and a sample counts as fooled when a member's adversarial leav
 within eps. The result says which member fooled each sample (``artifacts["fooled_by"]``: 0 the
 clean pass, k the k-th member, −1 none) and what each member cost (``artifacts["members"]``,
 one :class:`bench.core.attack.MemberStats` per member: samples given, samples fooled, forward
-calls, backward calls, seconds).
+calls, backward calls, seconds, unavailable gradients, samples skipped).
 The runner turns these into one row per member and one for the cascade.
+
+``"rapid"`` spends AutoAttack's model calls where they decide something. Most of the standard
+version's calls on a robust sample are Square's 5,000 queries and the 9 × 100 steps of APGD-T
+and FAB-T, yet on a model whose gradients work Square and FAB-T rarely fool what APGD missed.
+So ``rapid`` runs APGD-CE; APGD-T on the 3 target classes nearest by MALT's linearised
+distance (Melamed et al., NeurIPS 2024) rather than the 9 highest logits; a short Square probe
+(500 queries) on what is left; and Square's full budget only when a failure indicator of the
+earlier members says gradients cannot be trusted (:func:`failure_reasons`: zero or non-finite
+gradients, or the probe fooling what every white-box member missed — masked gradients, the
+case Square is in AutoAttack for). The row's ``decision`` column says what it decided and why.
 
 Members run through the one attack entry point, so each streams and stops early as on its own.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -30,40 +41,70 @@ from bench.core.attack import (
     register_attack,
 )
 from bench.core.errors import BadInput
+from bench.core.indicators import (
+    BEAT_SHARE,
+    BLACK_BOX_SHARE,
+    BLACK_BOX_WINS,
+    ZERO_GRAD,
+    ZERO_GRAD_SHARE,
+)
 from bench.core.norms import Norm, within_eps
 from bench.core.target import Target
 
-VERSIONS = ("standard", "fast")
+VERSIONS = ("standard", "fast", "rapid")
+TARGET_CLASSES = {"standard": 9, "fast": 9, "rapid": 3}
+"""Target classes of APGD-T (and FAB-T) when ``target_classes`` is not given."""
 
 
 @dataclass(frozen=True)
 class StandardParams:
-    """``version``: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"fast"`` (APGD-CE,
-    APGD-T). ``steps``: APGD and FAB-T iterations (AutoAttack: 100). ``target_classes``: target
-    classes of APGD-T and FAB-T (9). ``queries``: Square's queries per sample (5000)."""
+    """``version``: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square), ``"fast"`` (APGD-CE,
+    APGD-T) or ``"rapid"`` (APGD-CE, APGD-T on MALT's nearest targets, a Square probe, and
+    Square's full budget only when a failure indicator asks for it). ``steps``: APGD and FAB-T
+    iterations (AutoAttack: 100). ``target_classes``: target classes of APGD-T and FAB-T
+    (default 9; 3 for ``rapid``). ``queries``: Square's queries per sample (5000).
+    ``probe_queries``: the queries of ``rapid``'s Square probe."""
 
     version: str = "standard"
     steps: int = 100
-    target_classes: int = 9
+    target_classes: int | None = None
     queries: int = 5000
+    probe_queries: int = 500
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
             raise BadInput(f"unknown cascade version {self.version!r}; use one of "
                            f"{', '.join(VERSIONS)}")
-        for name in ("steps", "target_classes", "queries"):
-            if getattr(self, name) < 1:
-                raise BadInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "target_classes", "queries", "probe_queries"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"{name} must be >= 1, got {value}")
+
+    @property
+    def targets(self) -> int:
+        return self.target_classes or TARGET_CLASSES[self.version]
 
 
 def members(params: StandardParams) -> tuple[CascadeMember, ...]:
     """The cascade's members in order, with AutoAttack's settings at ``params``' budgets."""
+    ce = CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce"})
+    if params.version == "rapid":
+        return (
+            ce,
+            CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
+                                               "target_classes": params.targets,
+                                               "target_order": "malt"}),
+            CascadeMember("square-probe", "square", {"queries": params.probe_queries},
+                          black_box=True, probe=True),
+            CascadeMember("square", "square", {"queries": params.queries}, black_box=True,
+                          conditional=True),
+        )
     chosen = (
-        CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce"}),
+        ce,
         CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
-                                    "target_classes": params.target_classes}),
+                                           "target_classes": params.targets}),
         CascadeMember("fab-t", "fab_t", {"steps": params.steps,
-                                  "target_classes": params.target_classes}),
+                                         "target_classes": params.targets}),
         CascadeMember("square", "square", {"queries": params.queries}, black_box=True),
     )
     return chosen if params.version == "standard" else chosen[:2]
@@ -71,6 +112,64 @@ def members(params: StandardParams) -> tuple[CascadeMember, ...]:
 
 CLEAN = 0
 ROBUST = -1
+MARGIN_TOL = 1e-4
+"""A black-box member beats the white-box members on a sample when its margin loss is higher
+than all of theirs by more than this (logit units)."""
+
+
+def failure_reasons(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]
+                    ) -> list[tuple[str, str]]:
+    """The failure indicators the members in ``stats`` (the first ``len(stats)`` of
+    ``chosen``) raised, as ``(code, detail)``: ``zero-grad`` when at least
+    :data:`bench.core.indicators.ZERO_GRAD_SHARE` of their gradient evaluations came back zero
+    or not finite, ``black-box-wins`` when a black-box member fooled at least
+    :data:`bench.core.indicators.BLACK_BOX_SHARE` (and at least one) of the samples it was
+    given, all of which every white-box member before it missed, or, a short probe, reached a
+    higher margin loss than all of them on at least :data:`bench.core.indicators.BEAT_SHARE` of
+    those (a full black-box budget is expected to: a probe's few queries are not). ``rapid`` runs its
+    conditional member (Square's full budget) exactly when this is not empty."""
+    reasons = []
+    grads = sum(s.n_backward for s in stats)
+    unavailable = sum(s.n_grad_unavailable for s in stats)
+    if grads and unavailable >= ZERO_GRAD_SHARE * grads:
+        reasons.append((ZERO_GRAD, f"{unavailable / grads:.1%} of {grads} gradient "
+                                   f"evaluations zero or not finite"))
+    for member, s in zip(chosen, stats, strict=False):
+        if not member.black_box or not s.given:
+            continue
+        if s.fooled >= max(1.0, BLACK_BOX_SHARE * s.given):
+            reasons.append((BLACK_BOX_WINS, f"{member.name} fooled {s.fooled} of {s.given} "
+                                            f"that white-box members missed"))
+        elif member.probe and s.beat_white_box >= max(1.0, BEAT_SHARE * s.given):
+            reasons.append((BLACK_BOX_WINS, f"{member.name} got closer to the boundary than "
+                                            f"every white-box member on {s.beat_white_box} "
+                                            f"of {s.given}"))
+    return reasons
+
+
+def decision(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]) -> str | None:
+    """What a cascade with a conditional member decided and why, in words (a row's
+    ``decision`` column); None for a cascade without one."""
+    said = []
+    for k, (member, s) in enumerate(zip(chosen, stats, strict=False)):
+        if not member.conditional:
+            continue
+        reasons = failure_reasons(chosen, stats[:k])
+        if s.skipped:
+            grads = sum(t.n_backward for t in stats[:k])
+            bad = sum(t.n_grad_unavailable for t in stats[:k])
+            probes = ", ".join(f"{m.name} fooled {t.fooled} of {t.given}"
+                               for m, t in zip(chosen[:k], stats[:k], strict=True)
+                               if m.black_box)
+            said.append(f"{member.name} skipped on {s.skipped}: no failure indicator "
+                        f"({bad / grads if grads else 0:.1%} of gradients unavailable"
+                        f"{'; ' + probes if probes else ''})")
+        elif s.given:
+            said.append(f"{member.name} ran on {s.given}: "
+                        + "; ".join(f"{code} ({detail})" for code, detail in reasons))
+        else:
+            said.append(f"{member.name} not needed: every sample was fooled before it")
+    return "; ".join(said) or None
 
 
 def _standard_cost(params: StandardParams, n: int, num_classes: int, n_fit: int
@@ -95,17 +194,25 @@ def standard(
     assert eps is not None
     calls = ModelCalls(target)
     rows = max(1, batch_size or x.shape[0])
+    n = x.shape[0]
     x_adv = x.clone()
-    fooled_by = torch.full((x.shape[0],), ROBUST, dtype=torch.long, device=x.device)
-    if x.shape[0]:
+    fooled_by = torch.full((n,), ROBUST, dtype=torch.long, device=x.device)
+    crossed = torch.zeros(n, dtype=torch.bool, device=x.device)
+    improving = torch.zeros(n, dtype=torch.bool, device=x.device)
+    white_box_margin = torch.full((n,), -math.inf, device=x.device)
+    if n:
         pred = torch.cat([calls.logits(c).argmax(1) for c in x.split(rows)])
         fooled_by[pred != y] = CLEAN
-    stats = []
-    for k, member in enumerate(members(params), start=1):
+    chosen = members(params)
+    stats: list[MemberStats] = []
+    for k, member in enumerate(chosen, start=1):
         todo = torch.nonzero(fooled_by == ROBUST).flatten()
         started = time.perf_counter()
         if todo.numel() == 0:
             stats.append(MemberStats(0, 0, 0, 0, 0.0))
+            continue
+        if member.conditional and not failure_reasons(chosen, stats):
+            stats.append(MemberStats(0, 0, 0, 0, 0.0, skipped=todo.numel()))
             continue
         attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
         res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
@@ -113,15 +220,29 @@ def standard(
         hit = res.success & inside
         x_adv[todo[hit]] = res.x_adv[hit]
         fooled_by[todo[hit]] = k
+        for name, flag in (("crossed", crossed), ("improving", improving)):
+            if name in res.artifacts:
+                flag[todo] |= res.artifacts[name].to(x.device)
+        beat = 0
+        if "margin" in res.artifacts:
+            reached = res.artifacts["margin"].to(x.device)
+            if member.black_box:
+                beat = int((reached > white_box_margin[todo] + MARGIN_TOL).sum())
+            else:
+                white_box_margin[todo] = torch.maximum(white_box_margin[todo], reached)
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         stats.append(MemberStats(todo.numel(), int(hit.sum()), res.n_forward, res.n_backward,
-                                 time.perf_counter() - started))
+                                 time.perf_counter() - started, res.n_grad_unavailable,
+                                 beat_white_box=beat))
     result = AttackResult.build(x, x_adv, fooled_by != ROBUST, calls, artifacts={
-        "fooled_by": fooled_by.cpu(), "members": MemberStats.table(stats)})
+        "fooled_by": fooled_by.cpu(), "members": MemberStats.table(stats),
+        "crossed": crossed, "improving": improving & (fooled_by == ROBUST)})
     result.n_forward += sum(s.n_forward for s in stats)
     result.n_backward += sum(s.n_backward for s in stats)
+    result.n_grad_unavailable += sum(s.n_grad_unavailable for s in stats)
     return result
 
 
-__all__ = ["CLEAN", "ROBUST", "StandardParams", "members", "standard"]
+__all__ = ["CLEAN", "ROBUST", "StandardParams", "decision", "failure_reasons", "members",
+           "standard"]

@@ -16,7 +16,7 @@ import torch
 from bench.core.attack import AttackResult, ModelCalls, register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm
-from bench.core.target import Target, check_differentiable
+from bench.core.target import Target
 
 
 @dataclass(frozen=True)
@@ -36,28 +36,6 @@ class DeepFoolParams:
             raise BadInput(f"overshoot must be >= 0, got {self.overshoot}")
         if self.candidates is not None and self.candidates < 2:
             raise BadInput(f"candidates must be >= 2, got {self.candidates}")
-
-
-def _difference_gradients(calls: ModelCalls, x: torch.Tensor, classes: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at ``x`` and the gradients of ``f_k - f_0`` for the candidate classes k ≥ 1.
-
-    Returns (logits ``[N, C]``, gradients ``[K-1, N, ...]``).
-    """
-    k = classes.shape[1]
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = calls.target(x)
-        check_differentiable(logits, calls.target.name)
-        picked = logits.gather(1, classes)  # [N, K]
-        seeds = torch.zeros(k - 1, *picked.shape, device=x.device, dtype=picked.dtype)
-        rows = torch.arange(k - 1, device=x.device)
-        seeds[rows, :, rows + 1] = 1.0
-        seeds[:, :, 0] = -1.0
-        (grads,) = torch.autograd.grad(picked, x, grad_outputs=seeds, is_grads_batched=True)
-    calls.n_forward += x.shape[0]
-    calls.n_backward += x.shape[0] * (k - 1)
-    return logits.detach(), grads.detach()
 
 
 def deepfool_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
@@ -84,7 +62,7 @@ def deepfool_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: 
     for _ in range(steps):
         if active.numel() == 0:
             break
-        logits, grads = _difference_gradients(calls, x_adv[active], classes[active])
+        logits, grads = calls.difference_gradients(x_adv[active], classes[active])
         fooled = logits.argmax(1) != y[active]
         success[active] = fooled
         keep = ~fooled

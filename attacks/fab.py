@@ -114,7 +114,9 @@ def _margin_and_grad(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, aim: t
         (grad,) = torch.autograd.grad(diff.sum(), x)
     calls.n_forward += x.shape[0]
     calls.n_backward += x.shape[0]
-    return diff.detach(), grad.detach(), logits.detach().argmax(1) != y
+    calls.count_gradients(grad)
+    return diff.detach(), torch.nan_to_num(grad.detach(), 0.0, 0.0, 0.0), \
+        logits.detach().argmax(1) != y
 
 
 def _fab_step(x1: torch.Tensor, x0: torch.Tensor, diff: torch.Tensor, grad: torch.Tensor, *,

@@ -13,6 +13,7 @@ All three are :func:`gradient_attack` with different defaults (FGSM is one step 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from bench.core.attack import (
     register_attack,
 )
 from bench.core.errors import BadInput
+from bench.core.indicators import still_improving, tail_start
 from bench.core.norms import Norm, project, random_start, steepest_direction
 from bench.core.target import Target
 
@@ -117,10 +119,15 @@ def gradient_attack(
     unknown = torch.zeros(n, dtype=torch.bool, device=x.device)  # success not checked yet
     best_score = torch.full((n,), float("-inf"), device=x.device)
     waiting = torch.arange(n, device=x.device)
+    crossed = torch.zeros(n, dtype=torch.bool, device=x.device)
+    improving = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(restarts):
         delta = random_start(x[waiting], norm, eps, generator) if random_init \
             else torch.zeros_like(x[waiting])
         fooled, fooled_x, ended, ended_x = loop.run(waiting, delta)
+        crossed[fooled] = True
+        crossed[ended] |= loop.crossed
+        improving[ended] = loop.improving
         best[fooled], success[fooled] = fooled_x, True
         if restarts == 1:  # nothing to choose between: the final check is the reader's
             best[ended], unknown[ended] = ended_x, True
@@ -133,7 +140,8 @@ def gradient_attack(
             break
     result = deferred_success(target, best, labels, targeted=targeted, known=success,
                               unknown=unknown) if bool(unknown.any()) else success
-    return AttackResult.build(x, best, result, calls, y_target=y_target if targeted else None)
+    return AttackResult.build(x, best, result, calls, y_target=y_target if targeted else None,
+                              artifacts={"crossed": crossed, "improving": improving & ~crossed})
 
 
 def _least_likely(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, rows: int
@@ -185,6 +193,11 @@ class _Loop:
         idx = queue[:0]
         x_adv, x0, lab = starts[:0], starts[:0], self.labels[:0]
         done_steps = torch.zeros(0, dtype=torch.long, device=x.device)
+        trace = torch.zeros(0, 3, device=x.device)  # per row: first, best, at-tail loss
+        crossed = torch.zeros(0, dtype=torch.bool, device=x.device)
+        improving: list[torch.Tensor] = []
+        ended_crossed: list[torch.Tensor] = []
+        tail = tail_start(self.steps)
         taken, wave = 0, 0  # wave: steps left to the rows in flight, without early stop
         while True:
             free = min(self.rows - idx.numel(), queue.numel() - taken)
@@ -193,15 +206,18 @@ class _Loop:
                 idx = torch.cat([idx, new])
                 x_adv = torch.cat([x_adv, starts[taken:taken + free]])
                 x0, lab = torch.cat([x0, x[new]]), torch.cat([lab, self.labels[new]])
-                if self.early_stop:
-                    done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
+                done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
+                trace = torch.cat([trace, trace.new_full((free, 3), -math.inf)])
+                crossed = torch.cat([crossed, crossed.new_zeros(free)])
                 taken += free
             if idx.numel() == 0:
                 break
-            _, logits, grad = self.calls.loss_and_grad(x_adv, lab, self.loss_fn)
+            loss, logits, grad = self.calls.loss_and_grad(x_adv, lab, self.loss_fn)
+            trace = _traced(trace, self.direction * loss, done_steps, tail)
+            pred = logits.argmax(1)
+            hit = pred == lab if self.targeted else pred != lab
+            crossed = crossed | hit
             if self.early_stop:
-                pred = logits.argmax(1)
-                hit = pred == lab if self.targeted else pred != lab
                 fooled.append(idx[hit])
                 fooled_x.append(x_adv[hit])
             x_adv = x_adv + self.direction * self.step_size * steepest_direction(grad, self.norm)
@@ -212,23 +228,42 @@ class _Loop:
                 if wave == 0:
                     wave = self.steps
                 wave -= 1
+                done_steps += 1
                 if wave == 0:
                     ended.append(idx)
                     ended_x.append(x_adv)
+                    improving.append(still_improving(*trace.unbind(1)))
+                    ended_crossed.append(crossed)
                     idx, x_adv, x0, lab = idx[:0], x_adv[:0], x0[:0], lab[:0]
+                    done_steps, trace, crossed = done_steps[:0], trace[:0], crossed[:0]
                 continue
             done_steps += 1  # early stop: each row has its own count
             last = ~hit & (done_steps >= self.steps)
             ended.append(idx[last])
             ended_x.append(x_adv[last])
+            improving.append(still_improving(*trace[last].unbind(1)))
+            ended_crossed.append(crossed[last])
             keep = ~hit & ~last
             if not bool(keep.all()):
                 idx, x_adv, x0, lab = idx[keep], x_adv[keep], x0[keep], lab[keep]
-                done_steps = done_steps[keep]
+                done_steps, trace, crossed = done_steps[keep], trace[keep], crossed[keep]
+        # per ended row: its loss still rose at the end; an iterate of it fooled the model
+        self.improving = torch.cat(improving) if improving else queue[:0].bool()
+        self.crossed = torch.cat(ended_crossed) if ended_crossed else queue[:0].bool()
         return (torch.cat(fooled) if fooled else queue[:0],
                 torch.cat(fooled_x) if fooled_x else starts[:0],
                 torch.cat(ended) if ended else queue[:0],
                 torch.cat(ended_x) if ended_x else starts[:0])
+
+
+def _traced(trace: torch.Tensor, score: torch.Tensor, done: torch.Tensor, tail: int
+            ) -> torch.Tensor:
+    """``trace`` (per row: first score, best score, best score before the tail began) after an
+    iterate scoring ``score`` at step ``done``."""
+    first = torch.where(done == 0, score, trace[:, 0])
+    at_tail = torch.where(done == tail, trace[:, 1], trace[:, 2])  # the best before the tail
+    best = torch.maximum(trace[:, 1], score)
+    return torch.stack([first, best, at_tail], 1)
 
 
 def _fgsm_cost(params: FGSMParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:

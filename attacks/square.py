@@ -103,8 +103,8 @@ class _Search:
         self.lo, self.hi = calls.target.bounds
         self.c, self.h, self.w = x.shape[1:]
 
-    def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (best images, fooled, queries spent per sample)."""
+    def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (best images, fooled, queries spent per sample, best margin loss)."""
         x, y = self.x, self.y
         best = self._init()
         margin = _margin(self.calls.logits(best), y)
@@ -121,7 +121,7 @@ class _Search:
             best[active] = torch.where(better.view(-1, 1, 1, 1), candidate, best[active])
             margin[active] = torch.where(better, new, margin[active])
             queries[active] += 1
-        return best, margin < 0, queries
+        return best, margin < 0, queries, -margin
 
     def _side(self, q: int) -> int:
         p = p_at(q, self.params.queries, self.params.p_init)
@@ -205,23 +205,27 @@ def square(
     calls = ModelCalls(target)
     best, success = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     queries = torch.zeros(x.shape[0], device=x.device)
+    reached = torch.full((x.shape[0],), -math.inf, device=x.device)
     if x.shape[0]:
         # misclassified clean inputs are returned as they are, as AutoAttack only attacks the
         # correctly classified ones: the search starts from a perturbed point and could lose
         # them. This check is a model call (n_forward), not one of a sample's search queries.
         success = calls.logits(x).argmax(1) != y
     if eps == 0 or x.shape[0] == 0:
-        return AttackResult.build(x, best, success, calls, artifacts={"queries": queries})
+        return AttackResult.build(x, best, success, calls,
+                                  artifacts={"queries": queries, "margin": reached})
     for _ in range(params.restarts):
         todo = torch.nonzero(~success).flatten()
         if todo.numel() == 0:
             break
-        adv, fooled, spent = _Search(calls, x[todo], y[todo], eps=eps, norm=norm,
-                                     params=params, generator=generator).run()
+        adv, fooled, spent, margin = _Search(calls, x[todo], y[todo], eps=eps, norm=norm,
+                                             params=params, generator=generator).run()
         best[todo] = torch.where(fooled.view(-1, 1, 1, 1), adv, best[todo])
         success[todo] = fooled
         queries[todo] += spent
-    return AttackResult.build(x, best, success, calls, artifacts={"queries": queries})
+        reached[todo] = torch.maximum(reached[todo], margin)
+    return AttackResult.build(x, best, success, calls,
+                              artifacts={"queries": queries, "margin": reached})
 
 
 __all__ = ["SquareParams", "eta", "p_at", "square"]

@@ -1,20 +1,17 @@
 """A cascade's bookkeeping: each member's row read from the cascade's one run (its
 adversarials, calls and time, from the :class:`bench.core.attack.MemberStats` the cascade
-returns), which member fooled each sample, and AutoAttack's sanity flags on the cascade's row."""
+returns), which member fooled each sample, and what a conditional member decided."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
+from attacks.cascade import decision
 from bench.config import Cell
 from bench.core.attack import MemberStats
-from bench.core.norms import Norm
-from bench.evaluation import EvalData
 from bench.records import AttackRun
-from bench.verification import Outcome
 
 
 def member_stats(run: AttackRun) -> list[MemberStats]:
@@ -39,30 +36,16 @@ def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
     own = member_stats(run)[k - 1]
     return AttackRun(x_adv, None, own.n_forward, own.n_backward, own.wall_s, run.peak_mem_bytes,
                      {"fooled_by": torch.where(fooled_by <= k, fooled_by, -1),
-                      "members": run.artifacts["members"][:k]}, run.effective_params)
+                      "members": run.artifacts["members"][:k]}, run.effective_params,
+                     own.n_grad_unavailable)
 
 
-def cascade_flags(cell: Cell, run: AttackRun, outcome: Outcome, data: EvalData,
-                  bounds: tuple[float, float]) -> str | None:
-    """AutoAttack's sanity checks on a cascade row: a black-box member fooled samples that
-    every white-box member before it missed (a sign of masked gradients), and an eps that
-    spans the whole input range leaves samples robust (the attack, not the model, failed)."""
+def cascade_decision(cell: Cell, run: AttackRun) -> str | None:
+    """What the cascade's conditional member did and why (the cascade's row only)."""
     spec = cell.attack.spec
-    if spec.cascade is None or "members" not in run.artifacts:
+    if cell.member or spec.cascade is None or "members" not in run.artifacts:
         return None
-    flags = []
-    for member, stats in zip(spec.cascade(cell.attack.params), member_stats(run), strict=False):
-        if member.black_box and stats.fooled > 0:
-            flags.append(f"black-box {member.name} fooled {stats.fooled} samples every "
-                         f"white-box member missed (gradient masking?)")
-    eps, lo, hi = cell.threat_model.eps, *bounds
-    full = {Norm.LINF: hi - lo, Norm.L2: (hi - lo) * float(data.x[0].numel()) ** 0.5}
-    robust = int(outcome.adv_correct.sum())
-    if not cell.member and eps is not None and eps >= full.get(cell.threat_model.norm,
-                                                                math.inf) and robust:
-        flags.append(f"eps {cell.threat_model.eps_display} spans the whole input range, yet "
-                     f"{robust} samples stay robust (the attack failed)")
-    return "; ".join(flags) or None
+    return decision(spec.cascade(cell.attack.params), member_stats(run))
 
 
 def member_columns(cell: Cell, run: AttackRun) -> dict[str, Any]:

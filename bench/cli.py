@@ -17,7 +17,7 @@ from typing import Any
 from bench import defaults
 from bench.core.errors import BadInput
 
-LISTS = ("attacks", "defenses", "models", "datasets", "presets")
+LISTS = ("attacks", "defenses", "models", "datasets", "presets", "flags")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_readers(sub)
     _add_perf(sub)
     return parser
+
+
+RANK_HELP = ("the accuracy column to rank rows by, e.g. 'standard@0.3', 'worst@0.3' or "
+             "'clean' (default: the worst case at the largest eps)")
 
 
 def _add_run(sub: Any) -> None:
@@ -69,7 +73,8 @@ def _add_run(sub: Any) -> None:
 def _add_readers(sub: Any) -> None:
     """The commands that read what is registered or stored: list, leaderboard, compare,
     publish."""
-    lst = sub.add_parser("list", help="list registered attacks, defenses, models, datasets, presets")
+    lst = sub.add_parser("list", help=(
+        "list registered attacks, defenses, models, datasets, presets, failure indicators (flags)"))
     lst.add_argument("what", choices=LISTS)
     lst.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'pgd*'")
     lst.add_argument("--config", default=None,
@@ -78,6 +83,7 @@ def _add_readers(sub: Any) -> None:
     board = sub.add_parser("leaderboard", help="print leaderboard tables from stored results")
     board.add_argument("results", nargs="?", default="results", help="results directory")
     board.add_argument("--format", choices=("md", "csv"), default="md")
+    board.add_argument("--rank-by", metavar="COLUMN", help=RANK_HELP)
 
     comp = sub.add_parser("compare", help=(
         "compare defenses with the undefended baseline per attack and eps (95%% intervals, "
@@ -90,6 +96,7 @@ def _add_readers(sub: Any) -> None:
         "robust accuracy vs eps plots)"))
     pub.add_argument("results", nargs="?", default="results", help="results directory")
     pub.add_argument("--out", default="site", help="site folder (default: ./site)")
+    pub.add_argument("--rank-by", metavar="COLUMN", help=RANK_HELP)
 
     doc = sub.add_parser("doctor", help=(
         "check a results directory; move unreadable or foreign files, and samples no summary "
@@ -162,6 +169,11 @@ def _list(what: str, pattern: str, config: str | None = None) -> str:
     elif what == "datasets":
         rows = [(n, (DATASETS.get(n).__doc__ or "").strip().splitlines()[0])
                 for n in DATASETS.names(pattern)]
+    elif what == "flags":
+        from bench.core.indicators import CATALOG
+
+        rows = [(i.code, f"{i.explanation} (raised at: {i.threshold}; remedy: {i.remedy})")
+                for i in CATALOG.values() if fnmatch.fnmatch(i.code, pattern)]
     else:
         rows = [(n,) for n in preset_names() if fnmatch.fnmatch(n, pattern)]
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
@@ -246,14 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "leaderboard":
             from leaderboards import render
 
-            print(render(args.results, args.format))
+            print(render(args.results, args.format, args.rank_by))
             return 0
         if args.command == "perf":
             return _perf(args)
         if args.command == "publish":
             from leaderboards import publish_site
 
-            files = publish_site(args.results, args.out)
+            files = publish_site(args.results, args.out, args.rank_by)
             print(f"published {len(files)} file(s) to {args.out}/ (open {args.out}/index.html)")
             return 0
         if args.command == "doctor":

@@ -15,7 +15,7 @@ RETRIES = 2
 """Reruns of a failed worker or Ray task before its cells are reported as failed."""
 
 PERF_GROUPS = ("fastpath", "fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap", "apgd",
-               "standard")
+               "standard", "rapid")
 """The case groups ``advbench perf`` runs, in order."""
 
 PERF_PRECISIONS = ("fp32", "bf16")

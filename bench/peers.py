@@ -11,8 +11,9 @@ torchattacks' differential evolution; the universal perturbation with ART's Deep
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,50 @@ PEERS: dict[str, tuple[str, ...]] = {
     "standard": ("torchattacks",),
 }
 """Which peers have each attack group."""
+
+
+class CountingModel(torch.nn.Module):
+    """``target`` counting its per-image forward and backward passes (a batch of 100 counts
+    100), as advbench's attacks count their own: a peer's model calls, set beside ours.
+    Passes run under :meth:`counting_as` are counted in that phase (e.g. a peer's sanity
+    checks), the rest in ``"attack"``."""
+
+    def __init__(self, target: torch.nn.Module) -> None:
+        super().__init__()
+        self.target = target
+        self.phase = "attack"
+        self.calls: dict[str, dict[str, int]] = {}
+
+    def _count(self, kind: str, n: int) -> None:
+        phase = self.calls.setdefault(self.phase, {"forward": 0, "backward": 0})
+        phase[kind] += n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.target(x)
+        n = x.shape[0]
+        self._count("forward", n)
+        if out.requires_grad:
+            out.register_hook(lambda grad: self._count("backward", n))
+        return out
+
+    @contextlib.contextmanager
+    def counting_as(self, phase: str) -> Iterator[None]:
+        before, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = before
+
+    def counted(self, run: Callable[[], torch.Tensor]) -> Callable[[], tuple[torch.Tensor,
+                                                                            dict[str, int]]]:
+        """``run`` (attacking through this model) returning its images and the attack
+        phase's ``n_forward`` / ``n_backward`` of that run alone."""
+        def once() -> tuple[torch.Tensor, dict[str, int]]:
+            self.calls = {}
+            out = run()
+            calls = self.calls.get("attack", {"forward": 0, "backward": 0})
+            return out, {"n_forward": calls["forward"], "n_backward": calls["backward"]}
+        return once
 
 
 def available(library: str) -> bool:

@@ -63,6 +63,7 @@ PERF_SCHEMA = pa.schema([
     pa.field("score", pa.float64()),
     pa.field("n_forward", pa.int64()),
     pa.field("n_backward", pa.int64()),
+    pa.field("calls_per_sample", pa.float64()),  # (n_forward + n_backward) / n_images
     pa.field("floor_fraction", pa.float64()),
     pa.field("peak_mem_bytes", pa.int64()),
     pa.field("device", pa.string(), nullable=False),
@@ -155,6 +156,10 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
         cases.append(Case("standard", "advbench", STANDARD_BUDGET.format(eps=eps), len(xo),
                           ours("standard", xo, yo, eps=eps), _accuracy(target, yo),
                           "robust_acc"))
+    if "rapid" in groups:
+        cases.append(Case("rapid", "advbench", RAPID_BUDGET.format(eps=eps), len(xo),
+                          ours("standard", xo, yo, eps=eps, params={"version": "rapid"}),
+                          _accuracy(target, yo), "robust_acc"))
     if peers:
         cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
                             yo=yo, population=population)
@@ -228,9 +233,9 @@ def peer_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Te
                 peer_attacks.apgd(lib, target, x, y, eps, APGD_STEPS)), _accuracy(target, y),
             "robust_acc"),
         "standard": lambda lib: Case(
-            "standard", lib, STANDARD_BUDGET.format(eps=eps), len(xo), _no_extra(
-                peer_attacks.autoattack(lib, target, xo, yo, eps, APGD_STEPS, 5000)),
-            _accuracy(target, yo), "robust_acc"),
+            "standard", lib, STANDARD_BUDGET.format(eps=eps), len(xo), _counted(
+                lambda model: peer_attacks.autoattack(lib, model, xo, yo, eps, APGD_STEPS, 5000),
+                target), _accuracy(target, yo), "robust_acc"),
     }
     return [make[group](library) for group, libraries in peer_attacks.PEERS.items()
             for library in libraries if group in groups and peer_attacks.available(library)]
@@ -240,10 +245,20 @@ def _no_extra(run: peer_attacks.PeerRun) -> Run:
     return lambda: (run(), {})
 
 
+def _counted(build: Callable[[Any], peer_attacks.PeerRun], target: Target) -> Run:
+    """A peer's run through :class:`bench.peers.CountingModel`, reporting its model calls."""
+    model = peer_attacks.CountingModel(target).eval()
+    return model.counted(build(model))
+
+
 GROUPS = defaults.PERF_GROUPS
 APGD_STEPS = 100
 STANDARD_BUDGET = ("linf {eps:g}, AutoAttack standard (100 steps, 9 target classes, "
                    "Square 5000 queries)")
+PEER_GROUP = {"rapid": "standard"}
+"""A group whose peers are another group's (run once, compared with both)."""
+RAPID_BUDGET = ("linf {eps:g}, rapid (100 steps, 3 MALT targets, Square probe 500, "
+                "Square 5000 if an indicator fires)")
 
 
 @dataclass(frozen=True)
@@ -373,7 +388,9 @@ def _time_case(case: Case, common: dict[str, Any], device: torch.device,
            "budget": case.budget, "n_images": case.n_images, "median_s": seconds,
            "img_per_s": case.n_images / seconds, "metric": case.metric,
            "score": case.score(out), "n_forward": extra.get("n_forward"),
-           "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak}
+           "n_backward": extra.get("n_backward"), "peak_mem_bytes": peak,
+           "calls_per_sample": (extra["n_forward"] + extra["n_backward"]) / case.n_images
+           if extra.get("n_forward") is not None and case.n_images else None}
     row["floor_fraction"] = floor_fraction(
         row["n_forward"] or 0, row["n_backward"] or 0, seconds, floor,
         case.precision if case.precision in options.precisions else "fp32")
@@ -381,11 +398,13 @@ def _time_case(case: Case, common: dict[str, Any], device: torch.device,
 
 
 def _with_speedups(df: pd.DataFrame) -> pd.DataFrame:
-    """Each advbench row's speed-up over the fastest fp32 peer of its group; PGD-40 early
-    stop's over the same attack at full budget."""
+    """Each advbench row's speed-up over the fastest fp32 peer of its group (``rapid``'s: of
+    ``standard``, the same evaluation at AutoAttack's budgets); PGD-40 early stop's over the
+    same attack at full budget."""
     df["speedup_vs_fastest_peer"] = np.nan
     for group, g in df[df["group"] != "floor"].groupby("group"):
-        peers = g[~g["library"].str.startswith("advbench") & (g["precision"] == "fp32")]
+        mates = df[df["group"] == PEER_GROUP.get(str(group), group)]
+        peers = mates[~mates["library"].str.startswith("advbench") & (mates["precision"] == "fp32")]
         if peers.empty:
             continue
         fastest = peers["img_per_s"].max()
@@ -475,12 +494,15 @@ def to_markdown(df: pd.DataFrame) -> str:
             lambda v: "" if pd.isna(v) else f"{v:.2f}x"),
         "strength": [("" if pd.isna(s) else f"{m} {s:.3f}") for m, s in
                      zip(df["metric"].fillna(""), df["score"])],
+        "calls/sample": df["calls_per_sample"].map(
+            lambda v: "" if pd.isna(v) else f"{v:,.0f}"),
         "floor %": df["floor_fraction"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f}"),
     })
     lines.append(shown.to_markdown(index=False, disable_numparse=True))
     lines.append("\nspeed-up: advbench img/s over the fastest peer of the group at fp32 "
                  "(pgd40-eval: early stop over the full budget); path: the fast path advbench's "
                  "attacks ran on (fastpath rows: its forward+backward over the eager floor); "
-                 "floor %: the attack's model calls per second over the plain (eager) "
-                 "forward(+backward) throughput.")
+                 "calls/sample: forward + backward passes per image (hardware-free: they carry "
+                 "over to any device); floor %: the attack's model calls per second over the "
+                 "plain (eager) forward(+backward) throughput.")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,8 @@ from leaderboards.schema import SummaryRow
 class PreparedTarget:
     """A target ready for its cells: the undefended ``base`` and the evaluated ``defended``
     model, the defended model's clean predictions of the evaluated samples, their margin
-    gradients, and the SHA-256 of both models' weights (every row records them)."""
+    gradients, the SHA-256 of both models' weights (every row records them), and how many
+    predictions a second clean pass changed (the ``unstable`` indicator)."""
 
     base: Target
     defended: Target
@@ -28,6 +29,7 @@ class PreparedTarget:
     margin_grad: MarginGradient = MarginGradient(None, None)  # not measured: null columns
     weights_sha256: str | None = None  # the defended target's weights (state_sha256)
     base_weights_sha256: str | None = None  # the undefended model's
+    unstable: int = 0  # samples whose prediction a second clean pass changed (randomness)
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -64,9 +66,10 @@ class AttackRun:
     peak_mem_bytes: int | None
     artifacts: dict[str, torch.Tensor]
     effective_params: dict[str, Any] = field(default_factory=dict)
+    n_grad_unavailable: int = 0  # gradient evaluations that came back zero or not finite
 
 
-SAMPLE_ARTIFACTS = ("fooled_by", "members", "queries")
+SAMPLE_ARTIFACTS = ("fooled_by", "members", "queries", "crossed", "improving", "margin")
 """Per-sample outputs of an attack that go into its rows, not into artifact files."""
 
 

@@ -14,7 +14,7 @@ import torch
 from bench.cascade_rows import (
     attacked_count,
     black_box_row,
-    cascade_flags,
+    cascade_decision,
     fooled_by_names,
     member_columns,
 )
@@ -27,6 +27,7 @@ from bench.core.measure import (
 from bench.core.norms import Norm, norm_of
 from bench.core.version import ADVBENCH_VERSION
 from bench.evaluation import EvalData
+from bench.failures import row_flags
 from bench.records import AttackedModel, AttackRun, PreparedTarget
 from bench.verification import Outcome
 from leaderboards.schema import SummaryRow
@@ -74,7 +75,8 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,
         attack_params=row_params(cell, run), **member_columns(cell, run),
-        flags=cascade_flags(cell, run, outcome, data, prepared.defended.bounds),
+        flags=row_flags(cell, prepared, data, run, outcome),
+        decision=cascade_decision(cell, run),
         black_box=black_box_row(cell),
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,

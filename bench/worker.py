@@ -169,10 +169,12 @@ class Worker:
             defended = fitted_defense(spec, base, train, defense.params, seed=cell.seed,
                                       cache=self.cache, progress=self.options.progress)
             clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
+            again = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
             margin_grad = median_margin_gradient(defended, data.x, data.y,
                                                  self.config.batch_size)
             self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad,
-                                                state_sha256(defended), state_sha256(base))
+                                                state_sha256(defended), state_sha256(base),
+                                                unstable=int((again != clean).sum()))
         return self.prepared[key]
 
     def prepare(self, cells: list[Cell]) -> None:

@@ -21,11 +21,13 @@ def _stored(results: str | os.PathLike[str]) -> ResultStore:
     return store
 
 
-def render(results: str | os.PathLike[str], fmt: str = "md") -> str:
-    """Every leaderboard of a results directory as one Markdown or CSV document."""
+def render(results: str | os.PathLike[str], fmt: str = "md", rank_by: str | None = None
+           ) -> str:
+    """Every leaderboard of a results directory as one Markdown or CSV document, ranked by
+    ``rank_by`` (default: the worst case at the largest eps)."""
     store = _stored(results)
     summary = store.summary()
-    boards = leaderboards(summary, store.samples(summary))
+    boards = leaderboards(summary, store.samples(summary), rank_by)
     if fmt == "md":
         return "\n".join(to_markdown(b) for b in boards)
     if fmt == "csv":
@@ -48,16 +50,17 @@ def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
     raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
 
 
-def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
+def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str],
+                 rank_by: str | None = None) -> list[Path]:
     """``advbench publish``: Markdown, CSV, LaTeX and the static HTML site of a results
-    directory (see :mod:`leaderboards.publish`)."""
+    directory (see :mod:`leaderboards.publish`), boards ranked by ``rank_by``."""
     from leaderboards.compare import compare
     from leaderboards.publish import publish
 
     store = _stored(results)
     summary = store.summary()
     samples = store.samples(summary)
-    return publish(summary, samples, Path(out), compare(summary, samples))
+    return publish(summary, samples, Path(out), compare(summary, samples), rank_by=rank_by)
 
 
 __all__ = ["publish_site", "SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",

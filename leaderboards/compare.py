@@ -6,18 +6,17 @@ under the same attack with a paired 95% interval over the same samples, and flag
 gradient masking (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of
 Security", ICML 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019):
 
-- ``adaptive>transfer``: the defense is *more* robust to white-box attacks through it than to
-  the same attack crafted on the undefended model;
-- ``found N inside <norm> <eps> that every white-box attack missed`` (on a black-box row): a
-  black-box attack (transfer, or a gradient-free one such as one-pixel) fooled samples whose
-  perturbation lies inside a white-box ball that all white-box attacks at that norm and eps
-  failed to break. Decided per sample from the stored perturbation norms, so a one-pixel (l0)
-  adversarial counts against an linf ball when its pixel change is within eps.
+- ``transfer-wins (a% > t%)``: the defense is *more* robust to white-box attacks through it
+  than to the same attack crafted on the undefended model;
+- ``black-box-wins (N inside <norm> <eps>)`` (on a black-box row): a black-box attack
+  (transfer, or a gradient-free one such as one-pixel) fooled samples whose perturbation lies
+  inside a white-box ball that all white-box attacks at that norm and eps failed to break.
+  Decided per sample from the stored perturbation norms, so a one-pixel (l0) adversarial counts
+  against an linf ball when its pixel change is within eps.
 
-and AutoAttack's sanity checks (Croce & Hein 2020): robust accuracy that rises as eps grows
-(same target, attack and params; :func:`eps_flags`), plus the flags a run stored in its row (a
-cascade's black-box member fooling samples every white-box member missed, an eps spanning the
-whole input range that leaves samples robust). A cascade member's row is compared as
+and the failure indicators a run stored in its row (:mod:`bench.core.indicators`), with
+``eps-rises`` (robust accuracy that rises as eps grows on one curve, :func:`eps_flags`) and a
+discriminator's ``near-chance`` (:func:`chance_flags`). A cascade member's row is compared as
 ``standard/<member>``.
 """
 
@@ -28,6 +27,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.core import indicators
 from bench.core.norms import eps_limit
 from leaderboards.population import ATTACK, CURVE, PAIRING, POPULATION, SPREAD, keyed, present
 from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
@@ -82,28 +82,46 @@ def with_member_names(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def eps_flags(summary: pd.DataFrame) -> dict[str, list[str]]:
-    """Per cell_id: the rows whose robust accuracy is above that of a smaller eps on the same
-    curve (:data:`leaderboards.population.CURVE`), and the flags the run stored in the row."""
+    """Per cell_id: the failure indicators' codes (:mod:`bench.core.indicators`) its run stored
+    in the row, ``eps-rises`` where its robust accuracy is above that of a smaller eps on the
+    same curve (:data:`leaderboards.population.CURVE`), and ``near-chance`` where its target's
+    clean accuracy is (:func:`chance_flags`)."""
     flags: dict[str, list[str]] = {cid: [] for cid in summary["cell_id"]}
     for cid, stored in zip(summary["cell_id"], summary.get("flags", pd.Series(dtype=object))):
-        if isinstance(stored, str) and stored:
-            flags[cid] += stored.split("; ")
+        flags[cid] += indicators.split(stored)
     rows = keyed(summary[summary["eps"].notna()])
     for _, curve in rows.groupby(present(CURVE, rows), dropna=False):
         curve = curve.sort_values("eps")
-        lowest, at = math.inf, ""
+        lowest = math.inf
         for _, r in curve.iterrows():
             if r["robust_acc"] > lowest + 1e-12:
-                flags[r["cell_id"]].append(
-                    f"robust accuracy rises with eps ({100 * lowest:.1f} at {at}, "
-                    f"{100 * r['robust_acc']:.1f} at {r['eps_display']})")
-            if r["robust_acc"] < lowest:
-                lowest, at = r["robust_acc"], r["eps_display"]
-    return flags
+                flags[r["cell_id"]].append(indicators.EPS_RISES)
+            lowest = min(lowest, r["robust_acc"])
+    for cid in chance_flags(summary):
+        flags[cid].append(indicators.NEAR_CHANCE)
+    return {cid: indicators.split(indicators.join(codes)) for cid, codes in flags.items()}
+
+
+def chance_flags(summary: pd.DataFrame) -> list[str]:
+    """The cell_ids of discriminator rows whose balanced clean accuracy (the mean of its two
+    directions', each of which holds one class only, over the rows of one population that
+    differ only in direction) is near chance (:func:`bench.core.indicators.near_chance`). A
+    classifier's row carries the code from its own run."""
+    rows = keyed(summary[summary["target_kind"] == "discriminator"])
+    out: list[str] = []
+    if rows.empty:
+        return out
+    by = [k for k in present(POPULATION, rows) if k != "direction"]
+    for _, g in rows.groupby(by, dropna=False):
+        per_direction = g.groupby("direction", dropna=False)["clean_acc"].first()
+        if len(per_direction) == 2 and indicators.near_chance(float(per_direction.mean()), 2):
+            out += list(g["cell_id"])
+    return out
 
 
 def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per defended cell (and the baseline rows), with intervals, deltas and flags; a
+    """One row per defended cell (and the baseline rows), with intervals, deltas, model calls per
+    sample (forward + backward per evaluated image) and flags; a
     defended row's Δ is against the baseline that agrees on
     :data:`leaderboards.population.PAIRING`."""
     rows = keyed(with_member_names(summary[summary["eps"].notna()]))
@@ -121,7 +139,9 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
         rec = {k: r[k] for k in present(COMPARED, rows)}
         rec.update(fast_path=r.get("fast_path", ""), n=n, clean=r["clean_acc"],
                    robust=r["robust_acc"], robust_lo=lo, robust_hi=hi, delta=math.nan,
-                   delta_lo=math.nan, delta_hi=math.nan, flags="")
+                   delta_lo=math.nan, delta_hi=math.nan,
+                   calls_per_sample=(r["n_forward"] + r["n_backward"]) / n if n else math.nan,
+                   flags="")
         key = tuple(r[k] for k in pairing)
         if r["defense"] != "none" and key in baseline.index:
             base = baseline.loc[[key]].iloc[0]
@@ -160,7 +180,8 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
         for i, a in adaptive.iterrows():
             for _, t in transfer.iterrows():
                 if a["robust"] > t["robust"]:
-                    flags[i].append(f"adaptive>transfer ({a['robust']:.1%} > {t['robust']:.1%})")
+                    flags[i].append(f"{indicators.TRANSFER_WINS} ({a['robust']:.1%} > "
+                                    f"{t['robust']:.1%})")
     # 2. per sample: a black-box attack fooled samples inside a white-box ball (norm, eps) that
     #    every white-box attack at that norm and eps missed. The flag goes on the black-box row.
     for _, g in rows.groupby(present(POPULATION, rows), dropna=False):
@@ -182,10 +203,9 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
                 common = missed.index.intersection(bs.index)
                 found = fooled.loc[common] & missed.loc[common] & _inside(bs.loc[common], norm, eps)
                 if int(found.sum()):
-                    flags[by_cell[cid]].append(
-                        f"found {int(found.sum())} inside {norm} {shown} that every white-box "
-                        f"attack missed")
-    table["flags"] = [", ".join(flags[i]) for i in table.index]
+                    flags[by_cell[cid]].append(f"{indicators.BLACK_BOX_WINS} ({int(found.sum())} "
+                                               f"inside {norm} {shown})")
+    table["flags"] = [", ".join(dict.fromkeys(flags[i])) for i in table.index]
 
 
 def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
@@ -233,6 +253,8 @@ def to_markdown(table: pd.DataFrame) -> str:
                                 for r, lo, hi in zip(g["robust"], g["robust_lo"], g["robust_hi"])],
             "Δ vs none [95% CI]": [_delta(d, lo, hi) for d, lo, hi in
                                    zip(g["delta"], g["delta_lo"], g["delta_hi"])],
+            "calls/sample": g["calls_per_sample"].map(
+                lambda v: "" if pd.isna(v) else f"{v:,.0f}"),
             "flags": g["flags"],
         })
         title = f"{dataset} · {model}" + (f" · {direction}" if direction else "")

@@ -59,7 +59,7 @@ def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> 
     spread_rows = [[{"text": str(row[col]), "css": "num", "sort": None} for col in spread.columns]
                    for _, row in spread.iterrows()]
     return TEMPLATES.get_template("board.html.j2").render(
-        title=board.title, links=links, columns=columns, rows=rows, plot=plot,
+        title=board.title, ranking=board.ranking, links=links, columns=columns, rows=rows, plot=plot,
         spread_columns=spread_columns, spread_rows=spread_rows, spread_caption=SPREAD_CAPTION)
 
 
@@ -108,7 +108,7 @@ def to_latex(board: Board) -> str:
     def tabular(shown: pd.DataFrame) -> str:
         return shown.style.hide(axis="index").to_latex(hrules=True).replace("%", r"\%")
 
-    text = f"% {board.title}\n" + tabular(display_table(board))
+    text = f"% {board.title}\n% {board.ranking}\n" + tabular(display_table(board))
     if not board.spread.empty:
         text += ("% over seeds: mean [min-max] of the rows above that differ only in their seed\n"
                  + tabular(display_spread(board)))
@@ -116,9 +116,10 @@ def to_latex(board: Board) -> str:
 
 
 def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
-            comparison: pd.DataFrame | None = None) -> list[Path]:
-    """Write every format into ``out`` (built in a temporary folder, then moved into place)."""
-    boards = leaderboards(summary, samples)
+            comparison: pd.DataFrame | None = None, rank_by: str | None = None) -> list[Path]:
+    """Write every format into ``out`` (built in a temporary folder, then moved into place);
+    boards ranked by ``rank_by`` (:func:`leaderboards.tables.leaderboards`)."""
+    boards = leaderboards(summary, samples, rank_by)
     out = Path(out)
     check_writable(out, "--out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():

@@ -24,7 +24,9 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 9
+from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
+
+SCHEMA_VERSION = 10
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -69,8 +71,11 @@ class SummaryRow:
     cascade_member: str | None
     member_given: int | None
     member_robust_acc: float | None
-    # sanity checks that failed (AutoAttack's kind), "; "-joined; null when all passed
+    # the failure indicators the run raised: their codes (bench.core.indicators.CATALOG),
+    # ", "-joined; null when none was raised
     flags: str | None
+    # a cascade with a conditional member (``rapid``): whether it ran, and why
+    decision: str | None
     black_box: bool  # the attack uses model outputs only, never gradients
     targeted: bool
     norm: str
@@ -168,6 +173,7 @@ ADDED_IN: dict[str, int] = {
     "margin_grad_l1": 8,
     "margin_grad_l2": 8,
     "base_weights_sha256": 9,
+    "decision": 10,
 }
 """The schema version that added each column; older files get its migration value."""
 
@@ -249,13 +255,26 @@ def samples_table(columns: Mapping[str, Any]) -> pa.Table:
         raise SchemaError(f"samples table: {exc}") from None
 
 
+OLD_FLAGS = {"black-box": BLACK_BOX_WINS, "spans the whole input range": UNCONSTRAINED}
+"""Before v10 ``flags`` held sentences; the codes they stood for, by a phrase each contains."""
+
+
+def _flag_codes(table: pa.Table) -> pa.Array:
+    texts = table["flags"].to_pylist()
+    return pa.array([join([code for phrase, code in OLD_FLAGS.items() if phrase in text])
+                     if text else None for text in texts], pa.string())
+
+
 def migrate(table: pa.Table, version: int, schema: pa.Schema) -> pa.Table:
     """A table written at an older ``version`` as the current ``schema``: each column added
-    since gets its :data:`MIGRATION_VALUES` entry, or nulls."""
+    since gets its :data:`MIGRATION_VALUES` entry, or nulls; ``flags`` before v10 become
+    codes."""
     columns = {}
     for f in schema:
         if f.name == "schema_version":
             columns[f.name] = pa.array([SCHEMA_VERSION] * table.num_rows, f.type)
+        elif f.name == "flags" and version < 10 and f.name in table.column_names:
+            columns[f.name] = _flag_codes(table)
         elif f.name in table.column_names:
             columns[f.name] = table[f.name].cast(f.type)
         elif ADDED_IN.get(f.name, 0) > version:

@@ -59,10 +59,17 @@ class Board:
     spread: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     """Rows that differ only in their seed: the mean and min–max of each accuracy column over
     the seeds (:func:`leaderboards.seeds.over_seeds`); empty when every row has one seed."""
+    ranked_by: str = "clean"
+    """The accuracy column the rows are ranked by (highest first)."""
 
     @property
     def title(self) -> str:
         return f"{self.dataset} · {self.target_kind} · {self.threat} · {self.norm}"
+
+    @property
+    def ranking(self) -> str:
+        """The header line that names what the rows are ranked by."""
+        return f"Ranked by {self.ranked_by}, highest first."
 
     @property
     def key_columns(self) -> list[str]:
@@ -136,11 +143,15 @@ def worst_case(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def _throughput(group: pd.DataFrame) -> pd.DataFrame:
-    """Per row: median img/s and summed wall time over distinct attack runs, median floor
-    share, and the execution paths its runs took (``fast_path``, recorded, never split on)."""
+    """Per row: median img/s, summed wall time and summed model calls (forward + backward)
+    per sample over distinct attack runs, median floor share, and the execution paths its runs
+    took (``fast_path``, recorded, never split on)."""
     runs = group.drop_duplicates([*BOARD_ROW, "attack_run"])
     by_row = runs.groupby(BOARD_ROW, dropna=False)
-    out = pd.DataFrame({"img/s": by_row["img_per_s"].median(), "attack s": by_row["wall_s"].sum()})
+    runs = runs.assign(calls=(runs["n_forward"] + runs["n_backward"]) / runs["n_samples"])
+    by_row = runs.groupby(BOARD_ROW, dropna=False)
+    out = pd.DataFrame({"img/s": by_row["img_per_s"].median(), "attack s": by_row["wall_s"].sum(),
+                        "calls/sample": by_row["calls"].sum()})
     if group["floor_fraction"].notna().any():
         out["floor %"] = by_row["floor_fraction"].median()
     out["fast_path"] = by_row["fast_path"].agg(lambda v: ", ".join(sorted(set(v) - {""})))
@@ -169,8 +180,12 @@ def _flags(group: pd.DataFrame, sanity: dict[str, list[str]]) -> pd.DataFrame:
         "flags").to_frame()
 
 
-def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
-    """Build every leaderboard table from summary and per-sample rows."""
+def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
+                 rank_by: str | None = None) -> list[Board]:
+    """Build every leaderboard table from summary and per-sample rows. Rows are ranked by
+    ``rank_by`` (an accuracy column such as ``"standard@0.3"``, ``"worst@0.3"`` or
+    ``"clean"``) on the boards that have it, else by the worst case at the largest eps (clean
+    accuracy where no worst case exists); :class:`BadInput` when no board has ``rank_by``."""
     if summary.empty:
         return []
     summary = _normalised(summary)
@@ -212,20 +227,26 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Board]:
         flags = _flags(group, sanity)
         if not flags.empty:
             table = table.join(flags)
+        if rank_by is not None and rank_by in table.columns:
+            rank_col = rank_by
         table = table.sort_values([rank_col, "clean"], ascending=False).reset_index()
         table = table.rename(columns={"n_samples": "n"})
         if not table["direction"].astype(bool).any():
             table = table.drop(columns="direction")  # classifiers have no direction
         dataset, target_kind, threat, norm = (str(k) for k in key)
         boards.append(Board(dataset, target_kind, threat, norm, table,
-                            _seed_spread(table, rank_col)))
+                            _seed_spread(table, rank_col), rank_col))
+    if rank_by is not None and not any(b.ranked_by == rank_by for b in boards):
+        columns = sorted({c for b in boards for c in accuracy_columns(b.table)})
+        raise BadInput(f"no leaderboard has the column {rank_by!r} to rank by; columns: "
+                       f"{', '.join(columns)}")
     return boards
 
 
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
     """A board table's accuracy columns: clean, each attack@eps and each worst case."""
     rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags",
-            "fast_path"}
+            "fast_path", "calls/sample"}
     return [c for c in table.columns if c not in rest and not c.endswith((" lo", " hi"))]
 
 
@@ -266,6 +287,8 @@ def display_table(board: Board) -> pd.DataFrame:
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
         elif col == "attack s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        elif col == "calls/sample":
+            shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
         elif f"{col} lo" in table.columns:
             shown[col] = [f"{pct(v)} [{pct(lo)}, {pct(hi)}]" if pd.notna(v) else ""
                           for v, lo, hi in zip(table[col], table[f"{col} lo"],
@@ -296,7 +319,7 @@ def display_spread(board: Board) -> pd.DataFrame:
 def to_markdown(board: Board) -> str:
     """A Markdown table (see :func:`display_table`), and under it the spread over seeds when
     the board holds rows that differ only in their seed."""
-    text = (f"### {board.title}\n\n"
+    text = (f"### {board.title}\n\n{board.ranking}\n\n"
             + display_table(board).to_markdown(index=False, disable_numparse=True) + "\n")
     if not board.spread.empty:
         text += (f"\n{SPREAD_CAPTION}\n\n"

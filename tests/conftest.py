@@ -40,6 +40,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundled ones on first use, as every cache is)."""
     root = tmp_path_factory.mktemp("advbench-cache")
     shutil.copytree(TEST_CHECKPOINTS, root, dirs_exist_ok=True)
+    if os.environ.get("ADVBENCH_SEED_CACHE"):  # checkpoints a benchmark run trained before
+        shutil.copytree(os.environ["ADVBENCH_SEED_CACHE"], root, dirs_exist_ok=True)
     return root
 
 
@@ -191,7 +193,7 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "base_weights_sha256": None, "critic_threshold": None,
         "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",
         "attack": "pgd", "attack_params": "{}", "black_box": False, "cascade_member": None,
-        "member_given": None, "member_robust_acc": None, "flags": None,
+        "member_given": None, "member_robust_acc": None, "flags": None, "decision": None,
         "targeted": False, "norm": "linf", "eps": 0.1, "eps_display": "0.1", "seed": 0,
         "precision": "fp32", "batch_size": 4, "fast_path": "eager", "clean_acc": 1.0,
         "robust_acc": 0.5, "success_rate": 0.5, "median_l2": 1.0, "median_linf": 0.1,

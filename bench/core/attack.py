@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.errors import AttackContractError, BadInput
+from bench.core.indicators import unavailable_gradients
 from bench.core.norms import Norm, l0_norm, l2_norm, linf_norm, within_eps
 from bench.core.params import parse_params
 from bench.core.progress import progress_bar
@@ -100,14 +101,17 @@ class AttackResult:
 
     ``effective_params`` names params the attack had to run differently than asked, with the
     value it used (APGD's DLR loss on a two-class target runs as the margin loss): the row's
-    ``attack_params`` records them.
+    ``attack_params`` records them. ``n_grad_unavailable`` counts the per-image gradient
+    evaluations (of ``n_backward``) that came back zero or not finite (the ``zero-grad``
+    indicator, :mod:`bench.core.indicators`).
     """
 
     def __init__(self, x_adv: torch.Tensor, success: torch.Tensor | SuccessCheck,
                  l2: torch.Tensor, linf: torch.Tensor, l0: torch.Tensor, n_forward: int,
                  n_backward: int, y_target: torch.Tensor | None = None,
                  artifacts: dict[str, torch.Tensor] | None = None,
-                 effective_params: dict[str, Any] | None = None) -> None:
+                 effective_params: dict[str, Any] | None = None,
+                 n_grad_unavailable: int = 0) -> None:
         self.x_adv = x_adv
         self._success = success
         self.l2, self.linf, self.l0 = l2, linf, l0
@@ -115,6 +119,7 @@ class AttackResult:
         self.y_target = y_target
         self.artifacts: dict[str, torch.Tensor] = artifacts or {}
         self.effective_params: dict[str, Any] = effective_params or {}
+        self.n_grad_unavailable = n_grad_unavailable
 
     @property
     def success(self) -> torch.Tensor:
@@ -146,6 +151,7 @@ class AttackResult:
             y_target=y_target,
             artifacts=artifacts,
             effective_params=effective_params,
+            n_grad_unavailable=calls.n_grad_unavailable,
         )
 
 
@@ -203,6 +209,7 @@ class ModelCalls:
         self.target = target
         self.n_forward = 0
         self.n_backward = 0
+        self.n_grad_unavailable = 0
         self.checked = False
 
     @torch.no_grad()
@@ -218,7 +225,9 @@ class ModelCalls:
     def loss_and_grad(
         self, x: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample loss, logits (both detached) and the gradient of the summed loss wrt ``x``."""
+        """Per-sample loss, logits (both detached) and the gradient of the summed loss wrt ``x``.
+        A row whose gradient is zero or not finite is counted (``n_grad_unavailable``); values
+        that are not finite come back as 0, so an attack steps nowhere rather than into NaN."""
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.target(x)
@@ -231,7 +240,35 @@ class ModelCalls:
             (grad,) = torch.autograd.grad(loss.sum(), x)
         self.n_forward += x.shape[0]
         self.n_backward += x.shape[0]
-        return loss.detach(), logits.detach(), grad.detach()
+        self.count_gradients(grad)
+        return loss.detach(), logits.detach(), torch.nan_to_num(grad.detach(), 0.0, 0.0, 0.0)
+
+    def difference_gradients(self, x: torch.Tensor, classes: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at ``x`` and the gradients of ``z_k - z_0`` for the candidate classes
+        ``classes[:, k]``, k ≥ 1 (one forward and K − 1 batched backward passes per image).
+
+        Returns (logits ``[N, C]``, gradients ``[K-1, N, ...]``)."""
+        k = classes.shape[1]
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.target(x)
+            check_differentiable(logits, getattr(self.target, "name", "model"))
+            picked = logits.gather(1, classes)  # [N, K]
+            seeds = torch.zeros(k - 1, *picked.shape, device=x.device, dtype=picked.dtype)
+            rows = torch.arange(k - 1, device=x.device)
+            seeds[rows, :, rows + 1] = 1.0
+            seeds[:, :, 0] = -1.0
+            (grads,) = torch.autograd.grad(picked, x, grad_outputs=seeds, is_grads_batched=True)
+        self.n_forward += x.shape[0]
+        self.n_backward += x.shape[0] * (k - 1)
+        self.count_gradients(grads.flatten(0, 1))
+        return logits.detach(), torch.nan_to_num(grads.detach(), 0.0, 0.0, 0.0)
+
+    def count_gradients(self, grad: torch.Tensor) -> None:
+        """Count the rows of ``grad`` that are zero or not finite (one gradient evaluation
+        each)."""
+        self.n_grad_unavailable += int(unavailable_gradients(grad).sum())
 
 
 class AttackFn(Protocol):
@@ -251,19 +288,28 @@ class AttackFn(Protocol):
 
 @dataclass(frozen=True)
 class CascadeMember:
-    """One attack of a cascade: the name its rows carry, the registered attack and its params."""
+    """One attack of a cascade: the name its rows carry, the registered attack and its params.
+    ``conditional``: the member runs only when a failure indicator of the earlier members
+    asks for it (:func:`attacks.cascade.failure_reasons`); otherwise it is skipped. ``probe``:
+    a short black-box run whose margins, set against the white-box members', feed that
+    decision."""
 
     name: str
     attack: str
     params: dict[str, Any]
     black_box: bool = False
+    conditional: bool = False
+    probe: bool = False
 
 
 @dataclass(frozen=True)
 class MemberStats:
     """What one member of a cascade did: the samples it was given (those every earlier member
-    missed), the samples it fooled, its model calls and its seconds. A cascade returns one per
-    member as ``artifacts["members"]`` (a ``[members, 5]`` tensor, as artifacts are tensors):
+    missed), the samples it fooled, its model calls, its seconds, its gradient evaluations that
+    came back zero or not finite, the samples it skipped (a conditional member no indicator
+    asked for), and, for a black-box member, the samples on which it reached a higher margin
+    loss than every white-box member before it. A cascade returns one per member as
+    ``artifacts["members"]`` (a ``[members, 8]`` tensor, as artifacts are tensors):
     :meth:`table` writes it, :meth:`read` reads it back."""
 
     given: int
@@ -271,16 +317,20 @@ class MemberStats:
     n_forward: int
     n_backward: int
     wall_s: float
+    n_grad_unavailable: int = 0
+    skipped: int = 0
+    beat_white_box: int = 0
 
     @staticmethod
     def table(stats: Sequence[MemberStats]) -> torch.Tensor:
-        return torch.tensor([[s.given, s.fooled, s.n_forward, s.n_backward, s.wall_s]
-                             for s in stats], dtype=torch.float64).view(-1, 5)
+        return torch.tensor([[s.given, s.fooled, s.n_forward, s.n_backward, s.wall_s,
+                              s.n_grad_unavailable, s.skipped, s.beat_white_box]
+                             for s in stats], dtype=torch.float64).view(-1, 8)
 
     @staticmethod
     def read(table: torch.Tensor) -> list[MemberStats]:
-        return [MemberStats(int(g), int(f), int(fw), int(bw), float(s))
-                for g, f, fw, bw, s in table.tolist()]
+        return [MemberStats(int(g), int(f), int(fw), int(bw), float(s), int(u), int(k), int(b))
+                for g, f, fw, bw, s, u, k, b in table.tolist()]
 
 
 CostFn = Callable[[Any, int, int, int], tuple[int, int]]
@@ -526,7 +576,8 @@ def at_budget(result: AttackResult, x: torch.Tensor, threat: ThreatModel,
     return AttackResult(x_adv, result.success & inside, l2_norm(delta), linf_norm(delta),
                         l0_norm(delta), result.n_forward, result.n_backward,
                         y_target=result.y_target, artifacts=result.artifacts,
-                        effective_params=result.effective_params)
+                        effective_params=result.effective_params,
+                        n_grad_unavailable=result.n_grad_unavailable)
 
 
 def _join_artifacts(results: list[AttackResult]) -> dict[str, torch.Tensor]:
@@ -566,6 +617,7 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         y_target=torch.cat(targets) if len(targets) == len(results) else None,
         artifacts=_join_artifacts(results),
         effective_params={k: v for r in results for k, v in r.effective_params.items()},
+        n_grad_unavailable=sum(r.n_grad_unavailable for r in results),
     )
 
 

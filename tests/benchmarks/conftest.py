@@ -16,6 +16,10 @@ import torch
 
 from bench.core.target import Target
 
+ORIGINAL_RUNS: dict[str, dict[str, dict[str, Any]]] = {}
+"""test_autoattack_original: case -> "original" / "standard" / "rapid" -> robust accuracy,
+calls per sample, seconds, and the digits left robust (to count disagreements)."""
+
 RESULTS: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
 """group -> library -> its score (always) and timing (when timed), for the strength assertions
 and the speed-ratio summary."""
@@ -26,6 +30,23 @@ def spread_over_classes(split: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]
     class, so its first 100 digits are all zeros: this takes 10 of each class)."""
     idx = torch.linspace(0, len(split) - 1, n).round().long()
     return split.x[idx].clone(), split.y[idx].clone()
+
+
+def adversarially_trained(defense: str, model: Target, mnist5k: Any, cache_dir: Any,
+                          request: pytest.FixtureRequest) -> Target:
+    """The LeNet adversarially trained with ``defense`` at eps 0.3: the defense's defaults on
+    every mnist5k training digit when timed, one epoch on 500 digits in the smoke run."""
+    from bench.core.checkpoints import CheckpointCache
+    from bench.core.datasets import Split
+    from defenses import DEFENSES, fitted_defense
+
+    train = mnist5k.split("train")
+    full = bool(request.config.getoption("benchmark_enable"))
+    n, params = (len(train.x), {"eps": 0.3}) if full else (
+        500, {"eps": 0.3, "epochs": 1, "monitor_samples": 50, "monitor_steps": 2})
+    return fitted_defense(DEFENSES.get(defense), model, Split(train.x[:n], train.y[:n]),
+                          params, seed=0, cache=CheckpointCache(cache_dir),
+                          progress=False).to(model.device).eval()
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +80,26 @@ def record(benchmark: Any) -> Any:
     return _record
 
 
+def _original_table(tr: Any) -> None:
+    tr.section("advbench standard / rapid vs the original AutoAttack (same model, digits, eps)")
+    tr.write_line("| case | attack | robust acc | calls / sample | seconds | "
+                  "robust to it only / to the original only |")
+    tr.write_line("|---|---|---|---|---|---|")
+    for key, runs in ORIGINAL_RUNS.items():
+        reference = runs.get("original")
+        for who, r in runs.items():
+            versus = "" if who == "original" or reference is None else (
+                f"{int((r['left'] & ~reference['left']).sum())} / "
+                f"{int((~r['left'] & reference['left']).sum())}")
+            tr.write_line(f"| {key} | {who} | {100 * r['robust']:.1f} | {r['calls']:,.0f} | "
+                          f"{r['seconds']:.0f} | {versus} |")
+        if reference is not None and reference.get("checks"):
+            tr.write_line(f"(the original's sanity checks on {key}: {reference['checks']})")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if ORIGINAL_RUNS:
+        _original_table(terminalreporter)
     if not any("median_s" in r for libs in RESULTS.values() for r in libs.values()):
         return  # the smoke run: strength was asserted, nothing was timed
     tr = terminalreporter

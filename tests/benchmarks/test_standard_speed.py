@@ -23,11 +23,8 @@ import torch
 
 from attacks import run_attack
 from bench import peers
-from bench.core.checkpoints import CheckpointCache
-from bench.core.datasets import Split
 from bench.core.target import Target
-from defenses import DEFENSES, fitted_defense
-from tests.benchmarks.conftest import RESULTS, spread_over_classes
+from tests.benchmarks.conftest import RESULTS, adversarially_trained, spread_over_classes
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -39,16 +36,9 @@ def budgets(full: bool) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def fgsm_rs(model: Target, mnist5k: Any, cache_dir: Any, request: pytest.FixtureRequest
-            ) -> Target:
-    """The LeNet adversarially trained with FGSM-RS at eps 0.3 (the defense's defaults; one
-    epoch on 500 digits in the smoke run)."""
-    train = mnist5k.split("train")
-    full = bool(request.config.getoption("benchmark_enable"))
-    n, params = (len(train.x), {"eps": 0.3}) if full else (
-        500, {"eps": 0.3, "epochs": 1, "monitor_samples": 50, "monitor_steps": 2})
-    return fitted_defense(DEFENSES.get("fgsm_rs"), model, Split(train.x[:n], train.y[:n]),
-                          params, seed=0, cache=CheckpointCache(cache_dir),
-                          progress=False).to(model.device).eval()
+           ) -> Target:
+    """The LeNet adversarially trained with FGSM-RS at eps 0.3."""
+    return adversarially_trained("fgsm_rs", model, mnist5k, cache_dir, request)
 
 
 def _ours(name: str, eps: float, **params: Any) -> Any:

@@ -71,11 +71,11 @@ def test_adaptive_weaker_than_transfer_is_flagged() -> None:
                   cell("a", "hgd", "adaptive", [True] * 7 + [False] * 3),
                   cell("t", "hgd", "transfer", [True] * 2 + [False] * 8))
     adaptive = table[table["threat"] == "adaptive"].set_index("defense")
-    assert adaptive.loc["hgd", "flags"] == "adaptive>transfer (70.0% > 20.0%)"
+    assert adaptive.loc["hgd", "flags"] == "transfer-wins (70.0% > 20.0%)"
     assert adaptive.loc["none", "flags"] == ""
     # and per sample: the transfer attack fooled 5 samples the white-box attack missed
     transfer = table[table["threat"] == "transfer"].iloc[0]
-    assert transfer["flags"] == "found 5 inside linf 0.3 that every white-box attack missed"
+    assert transfer["flags"] == "black-box-wins (5 inside linf 0.3)"
 
 
 def test_black_box_counts_only_inside_the_white_box_ball() -> None:
@@ -88,10 +88,10 @@ def test_black_box_counts_only_inside_the_white_box_ball() -> None:
     small = cell("p", "d", "adaptive", [False] * 4 + [True] * 6, attack="onepixel", norm="l0",
                  eps=1, linf=0.25)
     flags = build(white, small).set_index("attack").loc["onepixel", "flags"]
-    assert flags == "found 4 inside linf 0.3 that every white-box attack missed"
+    assert flags == "black-box-wins (4 inside linf 0.3)"
     other = cell("f", "d", "adaptive", [False] * 3 + [True] * 7, attack="fgsm")
     flags = build(white, other, small).set_index("attack").loc["onepixel", "flags"]
-    assert flags == "found 1 inside linf 0.3 that every white-box attack missed"
+    assert flags == "black-box-wins (1 inside linf 0.3)"
 
 
 def test_spread_over_seeds_of_each_defense() -> None:

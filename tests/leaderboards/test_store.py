@@ -99,7 +99,7 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
         table = pq.read_table(path)
         gone = [*dropped, *(["fooled_by", "queries"] if version < "7" else [])]
         if folder == "summary":
-            gone = [*dropped, "base_weights_sha256"]
+            gone = [*dropped, "base_weights_sha256", "decision"]
             if version < "7":
                 gone += ["cascade_member", "member_given", "member_robust_acc", "flags"]
             if version < "6":
@@ -121,6 +121,23 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
         assert df["cascade_member"].isna().all() and df["flags"].isna().all()
     assert df["schema_version"].tolist() == [SCHEMA_VERSION]
     assert len(ResultStore(tmp_path).samples()) == len(samples()["cell_id"])
+
+
+def test_version_9_flags_become_the_codes_they_stood_for(tmp_path: Path) -> None:
+    """Before v10 ``flags`` held AutoAttack-style sentences; they read as failure-indicator
+    codes, and a row without flags stays without."""
+    store = ResultStore(tmp_path)
+    said = ("black-box square fooled 3 samples every white-box member missed (gradient "
+            "masking?); eps 1 spans the whole input range, yet 2 samples stay robust (the "
+            "attack failed)")
+    store.write_cell(row(cell_id="c1", flags=said), samples("c1"))
+    store.write_cell(row(cell_id="c2"), samples("c2"))
+    for path in (tmp_path / "summary").glob("*.parquet"):
+        table = pq.read_table(path).drop_columns(["decision"])
+        pq.write_table(table.replace_schema_metadata({"advbench_schema_version": "9"}), path)
+    df = load(tmp_path).set_index("cell_id")
+    assert df.loc["c1", "flags"] == "unconstrained, black-box-wins"
+    assert df["flags"].isna().tolist() == [False, True] and df["decision"].isna().all()
 
 
 def test_load_missing_directory(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.core.errors import BadInput
 from leaderboards import ResultStore, leaderboards, render, to_markdown
 from tests.conftest import sample_values as samples
 from tests.conftest import summary_values as row
@@ -28,6 +29,26 @@ def test_worst_case_is_computed_per_sample(tmp_path: Path) -> None:
     assert list(boards[0].table["model"]) == ["big", "lenet"]  # ranked by worst case
 
 
+def test_the_user_picks_the_column_a_board_ranks_by(tmp_path: Path) -> None:
+    """Default: the worst case at the largest eps; ``rank_by``: any accuracy column, named in
+    the header; a column no board has is refused with the columns there are."""
+    store = ResultStore(tmp_path)
+    store.write_cell(row("a", attack="fgsm", robust_acc=0.25), samples("a", (True, False, False, False)))
+    store.write_cell(row("b", attack="pgd", robust_acc=0.75), samples("b", (True, True, True, False)))
+    store.write_cell(row("c", model="big", attack="fgsm", robust_acc=0.5),
+                     samples("c", (True, True, False, False)))
+    store.write_cell(row("d", model="big", attack="pgd", robust_acc=0.5),
+                     samples("d", (True, True, False, False)))
+    summary, per_sample = store.summary(), store.samples()
+    (default,) = leaderboards(summary, per_sample)
+    assert default.ranked_by == "worst@0.1" and list(default.table["model"]) == ["big", "lenet"]
+    (by_pgd,) = leaderboards(summary, per_sample, rank_by="pgd@0.1")
+    assert list(by_pgd.table["model"]) == ["lenet", "big"]
+    assert "Ranked by pgd@0.1, highest first." in to_markdown(by_pgd)
+    with pytest.raises(BadInput, match="no leaderboard has the column 'pgd@0.3'.*pgd@0.1"):
+        leaderboards(summary, per_sample, rank_by="pgd@0.3")
+
+
 def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     store.write_cell(row("a"), samples("a"))
@@ -39,7 +60,8 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     cells = [c.strip() for c in md.splitlines()[-1].split("|")[1:-1]]
     assert cells[:5] == ["lenet", "none", "4", "100.0", "50.0"]
     assert cells[5] == "50.0 [15.0, 85.0]"  # Wilson 95% for 2 of 4
-    assert cells[6:] == ["40", "0.1"]  # median img/s, attack seconds
+    assert cells[6:] == ["40", "0.1", "3"]  # median img/s, attack seconds, calls per sample
+    assert "Ranked by worst@0.1, highest first." in md
     text = render(tmp_path)
     assert "pgd@1" in text and "pgd@0.1" in text
     csv = render(tmp_path, "csv")

@@ -1,0 +1,60 @@
+"""A row's failure indicators (:mod:`bench.core.indicators`), from what its run measured: the
+attack's gradient evaluations and per-sample ``crossed`` / ``improving`` artifacts, the
+prepared target's second clean pass, the cascade's members, and the eps against the input
+range. Indicators that compare rows (``black-box-wins`` across attacks, ``transfer-wins``,
+``eps-rises``, a discriminator's ``near-chance`` over its two directions) are the boards'
+(:mod:`leaderboards.compare`)."""
+
+from __future__ import annotations
+
+import math
+
+from attacks.cascade import failure_reasons
+from bench.cascade_rows import member_stats
+from bench.config import Cell
+from bench.core import indicators as ind
+from bench.core.norms import Norm
+from bench.evaluation import EvalData
+from bench.records import AttackRun, PreparedTarget
+from bench.verification import Outcome
+
+
+def spans_input_range(cell: Cell, data: EvalData, bounds: tuple[float, float]) -> bool:
+    """The cell's eps reaches every point of the input box (Linf: the range; L2: its
+    diagonal), so an attack that works fools every sample."""
+    eps, lo, hi = cell.threat_model.eps, *bounds
+    full = {Norm.LINF: hi - lo, Norm.L2: (hi - lo) * math.sqrt(data.x[0].numel())}
+    return eps is not None and eps >= full.get(cell.threat_model.norm, math.inf)
+
+
+def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
+              outcome: Outcome) -> str | None:
+    """The codes of the indicators the cell's run raised, ``", "``-joined (None: none)."""
+    codes = []
+    correct = prepared.clean_correct
+    left = correct & outcome.adv_correct
+    crossed = run.artifacts.get("crossed")
+    if crossed is not None and bool((crossed.to(correct.device) & correct
+                                     & ~outcome.success).any()):
+        codes.append(ind.SILENT_SUCCESS)
+    improving = run.artifacts.get("improving")
+    if improving is not None and int(left.sum()):
+        still = int((improving.to(left.device) & left).sum())
+        if still and still >= ind.IMPROVING_SHARE * int(left.sum()):
+            codes.append(ind.INCOMPLETE)
+    if run.n_backward and run.n_grad_unavailable >= ind.ZERO_GRAD_SHARE * run.n_backward:
+        codes.append(ind.ZERO_GRAD)
+    if prepared.unstable:
+        codes.append(ind.UNSTABLE)
+    defended = prepared.defended
+    if defended.kind == "classifier" and correct.numel() and ind.near_chance(
+            float(correct.float().mean()), defended.num_classes):
+        codes.append(ind.NEAR_CHANCE)
+    if not cell.member and spans_input_range(cell, data, prepared.defended.bounds) \
+            and int(left.sum()):
+        codes.append(ind.UNCONSTRAINED)
+    spec = cell.attack.spec
+    if spec.cascade is not None and "members" in run.artifacts:
+        reasons = failure_reasons(spec.cascade(cell.attack.params), member_stats(run))
+        codes += [code for code, _ in reasons]
+    return ind.join(codes)
