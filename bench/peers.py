@@ -49,6 +49,9 @@ class CountingModel(torch.nn.Module):
         self.target = target
         self.phase = "attack"
         self.calls: dict[str, dict[str, int]] = {}
+        for name in ("num_classes", "bounds", "input_shape"):  # what the adapters read
+            if hasattr(target, name):
+                setattr(self, name, getattr(target, name))
 
     def _count(self, kind: str, n: int) -> None:
         phase = self.calls.setdefault(self.phase, {"forward": 0, "backward": 0})

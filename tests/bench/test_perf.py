@@ -34,10 +34,19 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
     assert (floors["img_per_s"] > 0).all()
     ours = df[(df["library"] == "advbench") & (df["group"] != "fastpath")]
     assert set(ours["group"]) == {"fgsm", "pgd10", "pgd40-eval", "deepfool", "onepixel", "uap",
-                                  "apgd", "standard"}
+                                  "apgd", "standard", "rapid"}
     for group in ("apgd", "standard"):  # at most one image more robust than torchattacks'
         same = df[df["group"] == group].set_index("library")
         assert same.loc["advbench", "score"] <= same.loc["torchattacks", "score"] + 1 / 24
+    # calls per image on both sides of the cascade: the peer's counted through a wrapper
+    cascade = df[df["group"].isin(["standard", "rapid"])].set_index(["group", "library"])
+    assert (cascade["calls_per_sample"] >= 1).all()
+    peer = cascade.loc[("standard", "torchattacks")]
+    assert peer["n_forward"] > 0 and peer["n_backward"] > 0
+    rapid = cascade.loc[("rapid", "advbench")]
+    assert rapid["speedup_vs_fastest_peer"] > 0  # over standard's peer
+    assert rapid["score"] <= peer["score"] + 1 / 24
+    assert "calls/sample" in printed
     # the default: channels_last where measured faster, so either path may have been taken
     assert set(ours["fast_path"]) <= {"eager", "channels_last"} and ours["fast_path"].nunique() == 1
     paths = df[df["group"] == "fastpath"]
