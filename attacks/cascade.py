@@ -17,8 +17,8 @@ So ``rapid`` runs APGD-CE; APGD-T on the 3 target classes nearest by MALT's line
 distance (Melamed et al., NeurIPS 2024) rather than the 9 highest logits; a short Square probe
 (500 queries) on what is left; and Square's full budget only when a failure indicator of the
 earlier members says gradients cannot be trusted (:func:`failure_reasons`: zero or non-finite
-gradients, or the probe fooling what every white-box member missed — masked gradients, the
-case Square is in AutoAttack for). The row's ``decision`` column says what it decided and why.
+gradients, or the probe fooling, or getting closer to the boundary than, every white-box
+member — masked gradients, the case Square is in AutoAttack for). The row's ``decision`` column says what it decided and why.
 
 Members run through the one attack entry point, so each streams and stops early as on its own.
 """
@@ -75,9 +75,11 @@ class StandardParams:
         if self.version not in VERSIONS:
             raise BadInput(f"unknown cascade version {self.version!r}; use one of "
                            f"{', '.join(VERSIONS)}")
+        if self.target_classes is None:  # the version's own, recorded in the row's params
+            object.__setattr__(self, "target_classes", TARGET_CLASSES[self.version])
         for name in ("steps", "target_classes", "queries", "probe_queries"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value < 1:
                 raise BadInput(f"{name} must be >= 1, got {value}")
 
     @property

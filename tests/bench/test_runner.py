@@ -168,30 +168,31 @@ def test_streaming_attack_gets_the_whole_cell_and_backs_off_its_rows(prepared: A
     assert torch.allclose(run.x_adv, direct.x_adv, atol=1e-6)
 
 
-def test_cascade_rows_flag_what_autoattack_checks() -> None:
-    """A black-box member that fooled samples every white-box member missed, and an eps that
-    spans the whole input range yet leaves samples robust, are flagged in the row."""
-    from bench.cascade_rows import cascade_flags
+def test_cascade_rows_carry_the_indicators_autoattack_checks() -> None:
+    """A black-box member that fooled samples every white-box member missed
+    (``black-box-wins``), and an eps that spans the whole input range yet leaves samples robust
+    (``unconstrained``), are codes in the row; a clean run at 0.3 has none."""
     from bench.evaluation import EvalData
+    from bench.failures import row_flags
     from bench.records import AttackRun
     from bench.verification import Outcome
-    from tests.conftest import make_cell
+    from tests.conftest import make_cell, make_tiny_target
 
     cell = make_cell("standard", eps=1.0, params={"queries": 5})
-    x = torch.zeros(10, 1, 28, 28)
-    members = torch.tensor([[10, 5, 0, 0, 0.0], [5, 0, 0, 0, 0.0], [5, 0, 0, 0, 0.0],
-                            [5, 3, 0, 0, 0.0]], dtype=torch.float64)
+    x, y = torch.zeros(10, 1, 28, 28), torch.zeros(10, dtype=torch.long)
+    target = make_tiny_target()
+    prepared = PreparedTarget(target, target, y.clone(), y)
+    members = torch.tensor([[10, 5, 0, 0, 0.0, 0, 0, 0], [5, 0, 0, 0, 0.0, 0, 0, 0],
+                            [5, 0, 0, 0, 0.0, 0, 0, 0], [5, 3, 0, 0, 0.0, 0, 0, 0]],
+                           dtype=torch.float64)
     run = AttackRun(x, None, 0, 0, 0.0, None, {"members": members})
     robust = torch.tensor([True, True] + [False] * 8)
     none = torch.zeros(10)
     outcome = Outcome(torch.zeros(10, dtype=torch.long), ~robust, robust, none, none, none)
-    data = EvalData(x, torch.zeros(10, dtype=torch.long), torch.arange(10))
-    flags = cascade_flags(cell, run, outcome, data, (0.0, 1.0))
-    assert flags == ("black-box square fooled 3 samples every white-box member missed "
-                     "(gradient masking?); eps 1 spans the whole input range, yet 2 samples "
-                     "stay robust (the attack failed)")
-    clean = torch.tensor([[10, 5, 0, 0, 0.0], [5, 1, 0, 0, 0.0], [4, 0, 0, 0, 0.0],
-                          [4, 0, 0, 0, 0.0]], dtype=torch.float64)
+    data = EvalData(x, y, torch.arange(10))
+    assert row_flags(cell, prepared, data, run, outcome) == "unconstrained, black-box-wins"
+    clean = members.clone()
+    clean[3, 1] = 0
     at_03 = make_cell("standard", eps=0.3, params={"queries": 5})
-    assert cascade_flags(at_03, AttackRun(x, None, 0, 0, 0.0, None, {"members": clean}),
-                         outcome, data, (0.0, 1.0)) is None
+    assert row_flags(at_03, prepared, data, AttackRun(x, None, 0, 0, 0.0, None,
+                                                      {"members": clean}), outcome) is None
