@@ -93,6 +93,12 @@ def test_run_writes_typed_parquet_and_prints_a_leaderboard(
 
     csv = advbench("leaderboard", str(out), "--format", "csv", cwd=tmp_path, cache=cache_dir)
     assert csv.returncode == 0 and csv.stdout.startswith("dataset,target_kind,threat,norm,model")
+    ranked = advbench("leaderboard", str(out), "--rank-by", "fgsm@0.2", cwd=tmp_path,
+                      cache=cache_dir)
+    assert ranked.returncode == 0 and "Ranked by fgsm@0.2, highest first." in ranked.stdout
+    unknown = advbench("leaderboard", str(out), "--rank-by", "fgsm@0.9", cwd=tmp_path,
+                       cache=cache_dir)
+    assert unknown.returncode == 2 and "no leaderboard has the column 'fgsm@0.9'" in unknown.stderr
 
 
 def test_list_commands(tmp_path: Path) -> None:
@@ -101,6 +107,10 @@ def test_list_commands(tmp_path: Path) -> None:
     assert {line.split()[0] for line in proc.stdout.splitlines()} >= {"fgsm", "bim", "pgd"}
     proc = advbench("list", "models", "res*", cwd=tmp_path, cache=tmp_path)
     assert proc.stdout.split()[0] == "resnet18_cifar"
+    proc = advbench("list", "flags", cwd=tmp_path, cache=tmp_path)
+    codes = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and {"zero-grad", "black-box-wins", "near-chance"} <= set(codes)
+    assert all("remedy:" in line for line in proc.stdout.splitlines())
 
 
 DEFENSE_TABLE = """[[defenses]]
