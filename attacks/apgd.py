@@ -248,11 +248,12 @@ class _APGDLoop:
         self.tail = tail_start(steps + 1)  # evaluations 0..steps
 
     def run(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attack ``queue`` (target classes ``aims``, start points ``starts``). Returns, for
         every queued sample, whether it was fooled, the fooling iterate (else the highest-loss
-        point) and whether its loss was still improving at the end
-        (:func:`bench.core.indicators.still_improving`; never for a fooled sample)."""
+        point), whether its loss was still improving at the end
+        (:func:`bench.core.indicators.still_improving`; never for a fooled sample) and the
+        highest margin loss it reached."""
         n = queue.numel()
         out_x = starts.clone()
         out_hit = torch.zeros(n, dtype=torch.bool, device=queue.device)
@@ -284,8 +285,7 @@ class _APGDLoop:
                     c["loss_tail"][finished])
                 out_margin[pos] = c["margin_best"][finished]
                 rows.keep(~finished)
-        self.margin = out_margin  # per queued sample: the highest margin loss it reached
-        return out_hit, out_x, out_improving
+        return out_hit, out_x, out_improving, out_margin
 
     def _fresh(self, queue: torch.Tensor, aims: torch.Tensor, starts: torch.Tensor,
                taken: int, free: int) -> _Rows:
@@ -409,11 +409,11 @@ def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
             aims = y[queue] if ranked is None else ranked[queue, run]
             starts = (x[queue] + apgd_start(x[queue], norm, eps, generator)).clamp(
                 *target.bounds)
-            hit, adv, still = loop.run(queue, aims, starts)
+            hit, adv, still, margin = loop.run(queue, aims, starts)
             best[queue] = adv
             success[queue] = hit
             improving[queue] |= still
-            reached[queue] = torch.maximum(reached[queue], loop.margin)
+            reached[queue] = torch.maximum(reached[queue], margin)
     return AttackResult.build(x, best, success, calls,
                               artifacts={"crossed": success.clone(),
                                          "improving": improving & ~success,

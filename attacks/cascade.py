@@ -82,9 +82,6 @@ class StandardParams:
             if value < 1:
                 raise BadInput(f"{name} must be >= 1, got {value}")
 
-    @property
-    def targets(self) -> int:
-        return self.target_classes or TARGET_CLASSES[self.version]
 
 
 def members(params: StandardParams) -> tuple[CascadeMember, ...]:
@@ -94,7 +91,7 @@ def members(params: StandardParams) -> tuple[CascadeMember, ...]:
         return (
             ce,
             CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
-                                               "target_classes": params.targets,
+                                               "target_classes": params.target_classes,
                                                "target_order": "malt"}),
             CascadeMember("square-probe", "square", {"queries": params.probe_queries},
                           black_box=True, probe=True),
@@ -104,9 +101,9 @@ def members(params: StandardParams) -> tuple[CascadeMember, ...]:
     chosen = (
         ce,
         CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
-                                           "target_classes": params.targets}),
+                                           "target_classes": params.target_classes}),
         CascadeMember("fab-t", "fab_t", {"steps": params.steps,
-                                         "target_classes": params.targets}),
+                                         "target_classes": params.target_classes}),
         CascadeMember("square", "square", {"queries": params.queries}, black_box=True),
     )
     return chosen if params.version == "standard" else chosen[:2]

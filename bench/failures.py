@@ -7,8 +7,6 @@ range. Indicators that compare rows (``black-box-wins`` across attacks, ``transf
 
 from __future__ import annotations
 
-import math
-
 from attacks.cascade import failure_reasons
 from bench.cascade_rows import member_stats
 from bench.config import Cell
@@ -20,11 +18,12 @@ from bench.verification import Outcome
 
 
 def spans_input_range(cell: Cell, data: EvalData, bounds: tuple[float, float]) -> bool:
-    """The cell's eps reaches every point of the input box (Linf: the range; L2: its
-    diagonal), so an attack that works fools every sample."""
-    eps, lo, hi = cell.threat_model.eps, *bounds
-    full = {Norm.LINF: hi - lo, Norm.L2: (hi - lo) * math.sqrt(data.x[0].numel())}
-    return eps is not None and eps >= full.get(cell.threat_model.norm, math.inf)
+    """The cell's Linf or L2 eps reaches every point of the input box
+    (:meth:`bench.core.attack.ThreatModel.largest`), so an attack that works fools every
+    sample."""
+    threat = cell.threat_model
+    return threat.eps is not None and threat.norm in (Norm.LINF, Norm.L2) and \
+        threat.eps >= threat.largest(bounds, tuple(data.x.shape[1:]))
 
 
 def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,

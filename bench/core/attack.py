@@ -66,22 +66,27 @@ class ThreatModel:
             display = f"{value:g}"
         return cls(norm_, value, display)
 
+    def largest(self, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> float:
+        """The largest meaningful budget of this norm: Linf the input range, L2 the box's
+        diagonal (any point of the box is within it), L0 the pixel count."""
+        span = bounds[1] - bounds[0]
+        if self.norm is Norm.LINF:
+            return span
+        if self.norm is Norm.L2:
+            return span * math.sqrt(math.prod(input_shape))
+        return float(math.prod(input_shape[1:]) if len(input_shape) == 3
+                     else math.prod(input_shape))
+
     def check_against(self, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> None:
         """Raise :class:`BadInput` if eps exceeds what the bounds and input shape make meaningful."""
         if self.eps is None:
             return
         lo, hi = bounds
-        span = hi - lo
-        limits = {
-            Norm.LINF: span,
-            Norm.L2: span * math.sqrt(math.prod(input_shape)),
-            Norm.L0: float(math.prod(input_shape[1:]) if len(input_shape) == 3
-                           else math.prod(input_shape)),
-        }
-        if self.eps > limits[self.norm]:
+        limit = self.largest(bounds, input_shape)
+        if self.eps > limit:
             raise BadInput(
                 f"eps {self.eps_display} exceeds the largest meaningful {self.norm.value} budget "
-                f"{limits[self.norm]:g} for bounds [{lo:g}, {hi:g}] and inputs "
+                f"{limit:g} for bounds [{lo:g}, {hi:g}] and inputs "
                 f"{tuple(input_shape)}"
             )
 
