@@ -10,6 +10,7 @@ from attacks import deepfool as _deepfool  # noqa: F401  (registers deepfool)
 from attacks import fab as _fab  # noqa: F401  (registers fab_t)
 from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, pgd)
 from attacks import onepixel as _onepixel  # noqa: F401  (registers onepixel)
+from attacks import smoothadv as _smoothadv  # noqa: F401  (registers smoothadv)
 from attacks import square as _square  # noqa: F401  (registers square)
 from attacks import universal as _universal  # noqa: F401  (registers uap)
 from bench.core.attack import (

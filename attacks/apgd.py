@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.attack import (
+    AdaptiveParams,
     AttackResult,
     ModelCalls,
     cross_entropy_loss,
@@ -93,10 +94,12 @@ def _check_common(steps: int, restarts: int, rho: float) -> None:
 
 
 @dataclass(frozen=True)
-class APGDParams:
+class APGDParams(AdaptiveParams):
     """``steps``: iterations per restart (AutoAttack: 100). ``restarts``: independent runs, each
     on the samples no earlier run fooled. ``loss``: ``"ce"`` or ``"dlr"``. ``rho``: the
-    oscillation threshold of the step-size rule. ``early_stop``: a fooled sample leaves at once."""
+    oscillation threshold of the step-size rule. ``early_stop``: a fooled sample leaves at once.
+    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams` (AutoAttack's ``rand``
+    version runs 20 EOT draws)."""
 
     steps: int = 100
     restarts: int = 1
@@ -111,12 +114,13 @@ class APGDParams:
 
 
 @dataclass(frozen=True)
-class APGDTParams:
+class APGDTParams(AdaptiveParams):
     """``target_classes``: how many of the other classes are tried as targets (AutoAttack: 9;
     at most the target's classes − 1). ``target_order``: which come first, ``"logits"`` (the
     highest clean logits, AutoAttack's) or ``"malt"`` (the nearest linearised boundary,
     :func:`malt_order`). ``restarts``: runs per target class. ``loss``: ``"dlr"`` (targeted
-    DLR, the paper's) or ``"ce"`` (targeted cross-entropy)."""
+    DLR, the paper's) or ``"ce"`` (targeted cross-entropy). ``eot_iter`` / ``bpda``:
+    :class:`bench.core.attack.AdaptiveParams`."""
 
     steps: int = 100
     target_classes: int = 9

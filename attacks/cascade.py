@@ -20,6 +20,9 @@ earlier members says gradients cannot be trusted (:func:`failure_reasons`: zero 
 gradients, or the probe fooling, or getting closer to the boundary than, every white-box
 member — masked gradients, the case Square is in AutoAttack for). The row's ``decision`` column says what it decided and why.
 
+``"rand"`` is AutoAttack's version for randomised defenses: APGD-CE and APGD-DLR, one restart
+each, every gradient the mean of ``eot_iter`` = 20 draws of the defense's randomness (EOT).
+
 Members run through the one attack entry point, so each streams and stops early as on its own.
 """
 
@@ -51,9 +54,11 @@ from bench.core.indicators import (
 from bench.core.norms import Norm, within_eps
 from bench.core.target import Target
 
-VERSIONS = ("standard", "fast", "rapid")
-TARGET_CLASSES = {"standard": 9, "fast": 9, "rapid": 3}
+VERSIONS = ("standard", "fast", "rapid", "rand")
+TARGET_CLASSES = {"standard": 9, "fast": 9, "rapid": 3, "rand": 9}
 """Target classes of APGD-T (and FAB-T) when ``target_classes`` is not given."""
+RAND_EOT_ITER = 20
+"""AutoAttack's EOT draws per gradient in its ``rand`` version."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,24 @@ class StandardParams:
     Square's full budget only when a failure indicator asks for it). ``steps``: APGD and FAB-T
     iterations (AutoAttack: 100). ``target_classes``: target classes of APGD-T and FAB-T
     (default 9; 3 for ``rapid``). ``queries``: Square's queries per sample (5000).
-    ``probe_queries``: the queries of ``rapid``'s Square probe."""
+    ``probe_queries``: the queries of ``rapid``'s Square probe. ``"rand"`` (APGD-CE and
+    APGD-DLR with EOT) is AutoAttack's version for randomised defenses. ``eot_iter``: the draws
+    each gradient of the white-box members averages (default 20 for ``rand``, else 1).
+    ``bpda``: members differentiate a defense's non-differentiable step as its stand-in
+    (:class:`bench.core.attack.AdaptiveParams`)."""
 
     version: str = "standard"
     steps: int = 100
     target_classes: int | None = None
     queries: int = 5000
     probe_queries: int = 500
+    eot_iter: int | None = None
+    bpda: bool = True
+
+    @property
+    def expectation_draws(self) -> int:
+        """The draws of the target's randomness each member's gradient averages."""
+        return int(self.eot_iter or 1)
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -77,7 +93,9 @@ class StandardParams:
                            f"{', '.join(VERSIONS)}")
         if self.target_classes is None:  # the version's own, recorded in the row's params
             object.__setattr__(self, "target_classes", TARGET_CLASSES[self.version])
-        for name in ("steps", "target_classes", "queries", "probe_queries"):
+        if self.eot_iter is None:
+            object.__setattr__(self, "eot_iter", RAND_EOT_ITER if self.version == "rand" else 1)
+        for name in ("steps", "target_classes", "queries", "probe_queries", "eot_iter"):
             value = getattr(self, name)
             if value < 1:
                 raise BadInput(f"{name} must be >= 1, got {value}")
@@ -86,13 +104,17 @@ class StandardParams:
 
 def members(params: StandardParams) -> tuple[CascadeMember, ...]:
     """The cascade's members in order, with AutoAttack's settings at ``params``' budgets."""
-    ce = CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce"})
+    adaptive = {"eot_iter": params.eot_iter, "bpda": params.bpda}
+    ce = CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce", **adaptive})
+    if params.version == "rand":
+        return ce, CascadeMember("apgd-dlr", "apgd", {"steps": params.steps, "loss": "dlr",
+                                                      **adaptive})
     if params.version == "rapid":
         return (
             ce,
             CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
                                                "target_classes": params.target_classes,
-                                               "target_order": "malt"}),
+                                               "target_order": "malt", **adaptive}),
             CascadeMember("square-probe", "square", {"queries": params.probe_queries},
                           black_box=True, probe=True),
             CascadeMember("square", "square", {"queries": params.queries}, black_box=True,
@@ -101,7 +123,8 @@ def members(params: StandardParams) -> tuple[CascadeMember, ...]:
     chosen = (
         ce,
         CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
-                                           "target_classes": params.target_classes}),
+                                           "target_classes": params.target_classes,
+                                           **adaptive}),
         CascadeMember("fab-t", "fab_t", {"steps": params.steps,
                                          "target_classes": params.target_classes}),
         CascadeMember("square", "square", {"queries": params.queries}, black_box=True),

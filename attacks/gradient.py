@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.attack import (
+    AdaptiveParams,
     AttackResult,
     LossFn,
     ModelCalls,
@@ -37,9 +38,10 @@ def _check_loss(loss: str) -> None:
 
 
 @dataclass(frozen=True)
-class FGSMParams:
+class FGSMParams(AdaptiveParams):
     """``targeted``: aim at the least-likely class (Kurakin et al.) instead of away from ``y``.
-    ``loss``: ``"ce"`` (cross-entropy, the paper's) or ``"margin"`` (Carlini–Wagner margin)."""
+    ``loss``: ``"ce"`` (cross-entropy, the paper's) or ``"margin"`` (Carlini–Wagner margin).
+    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams`."""
 
     targeted: bool = False
     loss: str = "ce"
@@ -49,7 +51,7 @@ class FGSMParams:
 
 
 @dataclass(frozen=True)
-class IterativeParams:
+class IterativeParams(AdaptiveParams):
     """Parameters of BIM and PGD.
 
     ``steps``: gradient steps per restart. ``step_size``: absolute step (Linf: per pixel; L2: per
@@ -58,6 +60,8 @@ class IterativeParams:
     successful adversarial, else the one with the highest loss. ``targeted``: least-likely class.
     ``early_stop``: a sample leaves the loop at the first iterate that fools the model (it stops
     costing steps, and keeps that iterate); ``false`` spends the full budget on every sample.
+    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams` (PGD with ``eot_iter`` > 1
+    is EOT-PGD, torchattacks' ``EOTPGD``).
     """
 
     steps: int = 40

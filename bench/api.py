@@ -53,7 +53,8 @@ def benchmark(model: nn.Module, *, dataset: str = "mnist5k",
               defenses: Sequence[str] = ("none",), threats: Sequence[str] = ("adaptive",),
               n_eval: int = defaults.N_EVAL, seed: int | Sequence[int] = 0, split: str = "test",
               train_dataset: str | None = None, precision: str = "fp32", device: str = "auto",
-              batch_size: int = defaults.BATCH_SIZE, out: str | os.PathLike[str] = "results",
+              batch_size: int = defaults.BATCH_SIZE, draws: int = defaults.DRAWS,
+              out: str | os.PathLike[str] = "results",
               cache_dir: str | os.PathLike[str] | None = None, force: bool = False,
               progress: bool = True) -> pd.DataFrame:
     """Attack ``model`` (a classifier taking ``[N, *input_shape]`` pixels in ``bounds``, with
@@ -76,7 +77,7 @@ def benchmark(model: nn.Module, *, dataset: str = "mnist5k",
     sweep: dict[str, Any] = {
         "name": f"benchmark-{name}", "dataset": dataset, "n_eval": n_eval,
         "seed": list(seed) if isinstance(seed, Sequence) else seed, "split": split,
-        "precision": precision, "device": device, "batch_size": batch_size}
+        "precision": precision, "device": device, "batch_size": batch_size, "draws": draws}
     if train_dataset:
         sweep["train_dataset"] = train_dataset
     config = parse_config({

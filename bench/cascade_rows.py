@@ -40,12 +40,14 @@ def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
                      own.n_grad_unavailable)
 
 
-def cascade_decision(cell: Cell, run: AttackRun) -> str | None:
-    """What the cascade's conditional member did and why (the cascade's row only)."""
+def row_decision(cell: Cell, run: AttackRun) -> str | None:
+    """What the run decided, in words: a cascade's conditional member, what it did and why
+    (the cascade's row only), and the run's own notes (an ``eot_iter`` that ran as 1)."""
     spec = cell.attack.spec
-    if cell.member or spec.cascade is None or "members" not in run.artifacts:
-        return None
-    return decision(spec.cascade(cell.attack.params), member_stats(run))
+    said = list(run.notes)
+    if not cell.member and spec.cascade is not None and "members" in run.artifacts:
+        said.insert(0, decision(spec.cascade(cell.attack.params), member_stats(run)) or "")
+    return "; ".join(s for s in said if s) or None
 
 
 def member_columns(cell: Cell, run: AttackRun) -> dict[str, Any]:

@@ -48,12 +48,13 @@ THREAT_MODES = tuple(m.value for m in ThreatMode)
 CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
-               "device", "batch_size", "channels_last", "compile"}
+               "device", "batch_size", "channels_last", "compile", "draws"}
 _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
 _MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
-               "mean", "std", "kind", "output", "generator", "latent_shape", "output_range"}
+               "mean", "std", "kind", "output", "generator", "latent_shape", "output_range",
+               "randomised", "preprocess", "bpda"}
 _KIND_KEYS = {"classifier": ({"num_classes"}, set()),
               "discriminator": ({"generator"}, {"output", "generator"}),
               "generator": ({"latent_shape"}, {"latent_shape", "output_range"})}
@@ -163,6 +164,8 @@ class SweepConfig:
     """How attacked models run: channels_last, torch.compile, automatic batch size."""
     models: tuple[UserModel, ...] = ()
     """The user's own models (``[[models]]``), usable wherever a zoo name is."""
+    draws: int = defaults.DRAWS
+    """Forward passes a randomised target's predictions are judged over."""
 
     @property
     def user_models(self) -> dict[str, UserModel]:
@@ -206,6 +209,7 @@ class Cell:
     user_model: UserModel | None = None  # ``model`` is the user's own (``[[models]]``)
     user_source: UserModel | None = None  # ``source`` is the user's own
     member: str = ""  # a cascade's member: the row of that member, read from the cascade's run
+    draws: int = defaults.DRAWS  # forward passes a randomised target's predictions are judged over
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -231,6 +235,8 @@ class Cell:
             extra["source_identity"] = self.user_source.identity
         if self.member:
             extra["member"] = self.member
+        if self.draws != defaults.DRAWS:
+            extra["draws"] = str(self.draws)
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
@@ -305,10 +311,23 @@ def parse_config(data: Mapping[str, Any], source: str = "config", *,
             batch_size=batch_raw)
     except BadInput as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return SweepConfig(
+    config = SweepConfig(
         **_parse_sweep(where, sweep), batch_size=defaults.BATCH_SIZE if batch_raw == "auto" else batch_raw,
         targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast,
         models=tuple(models.values()))
+    _check_only_on(source, config)
+    return config
+
+
+def _check_only_on(source: str, config: SweepConfig) -> None:
+    """An attack of particular defenses (``only_on``) needs a target behind one of them."""
+    used = {config.defense(label).name for target in config.targets
+            for label in target.defenses}
+    for attack in config.attacks:
+        only_on = attack.spec.only_on
+        if only_on and not used & set(only_on):
+            raise ConfigError(f"{source}: attack {attack.name!r} attacks targets behind "
+                              f"{' or '.join(only_on)}; no [[targets]] entry has one")
 
 
 def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,7 +357,8 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
             "datasets": _str_list(where, "dataset", sweep.get("dataset", "mnist5k")),
             "train_dataset": train_dataset, "split": split,
             "n_eval": _int(where, "n_eval", sweep.get("n_eval", defaults.N_EVAL), 1),
-            "precision": precision, "device": device}
+            "precision": precision, "device": device,
+            "draws": _int(where, "draws", sweep.get("draws", defaults.DRAWS), 1)}
 
 
 def _numbers(where: str, key: str, value: Any, length: int | None = None) -> tuple[float, ...]:
@@ -348,6 +368,27 @@ def _numbers(where: str, key: str, value: Any, length: int | None = None) -> tup
         size = f"{length} numbers" if length else "a non-empty list of numbers"
         raise _type_error(where, key, size, value)
     return tuple(float(v) for v in value)
+
+
+def _defense_keys(where: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    """A user model's own defense: ``randomised`` (its forward draws randomness),
+    ``preprocess`` (a ``module:callable`` step on pixels before the network) and ``bpda``
+    (the step's differentiable stand-in: ``module:callable`` or ``"identity"``)."""
+    randomised = m.get("randomised", False)
+    if not isinstance(randomised, bool):
+        raise _type_error(where, "randomised", "true or false", randomised)
+    found = {}
+    for key in ("preprocess", "bpda"):
+        value = m.get(key, "")
+        if not isinstance(value, str) or (value and value != "identity" and (
+                ":" not in value or key == "preprocess" and value == "identity")):
+            raise _type_error(where, key, "'module:callable'" + (
+                " or 'identity'" if key == "bpda" else ""), value)
+        found[key] = value
+    if found["bpda"] and not found["preprocess"]:
+        raise ConfigError(f"{where}: 'bpda' is the stand-in of a 'preprocess' step; declare the "
+                          f"step too")
+    return {"randomised": randomised, **found}
 
 
 def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, nn.Module]
@@ -415,7 +456,7 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
             mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
             module=modules.get(name), output=output, generator=m.get("generator", ""),
             latent_shape=latent if kind == "generator" else (),
-            output_range=(out_range[0], out_range[1]))
+            output_range=(out_range[0], out_range[1]), **_defense_keys(mw, m))
     for label, model in out.items():
         if model.kind != "discriminator":
             continue
@@ -598,6 +639,9 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
             for attack in config.attacks:
                 if attack.source and mode != target.modes[0]:
                     continue  # crafted on another model: one transfer cell per defense
+                only_on = attack.spec.only_on
+                if only_on and config.defense(defense).name not in only_on:
+                    continue  # an attack of one defense (SmoothAdv) runs on that one
                 directions: tuple[Direction | Literal[""], ...] = target.directions or ("",)
                 for tm, direction in itertools.product(attack.threats, directions):
                     cell = Cell(
@@ -606,6 +650,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                         attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
                         config.user_model(target.model), config.user_model(attack.source),
+                        draws=config.draws,
                     )
                     cells.append(cell)
                     cascade = attack.spec.cascade

@@ -8,6 +8,10 @@ from __future__ import annotations
 N_EVAL = 1000
 """Evaluated samples per dataset (``[sweep] n_eval``)."""
 
+DRAWS = 10
+"""Forward passes a randomised target's predictions are judged over (``[sweep] draws``): a
+sample counts as robust only if every draw classifies it correctly."""
+
 BATCH_SIZE = 500
 """Images per attack call (``[sweep] batch_size``)."""
 

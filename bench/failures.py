@@ -26,18 +26,30 @@ def spans_input_range(cell: Cell, data: EvalData, bounds: tuple[float, float]) -
         threat.eps >= threat.largest(bounds, tuple(data.x.shape[1:]))
 
 
+def not_adaptive(cell: Cell, run: AttackRun) -> bool:
+    """The cell's gradient attack averaged a single draw of the target per gradient (its
+    ``expectation_draws``: ``eot_iter``, SmoothAdv's noise draws)."""
+    spec = cell.attack.spec
+    if spec.black_box or (spec.cascade is not None and cell.member and any(
+            m.black_box for m in spec.cascade(cell.attack.params) if m.name == cell.member)):
+        return False
+    return int(getattr(cell.attack.params, "expectation_draws", 1)) <= 1
+
+
 def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
               outcome: Outcome) -> str | None:
-    """The codes of the indicators the cell's run raised, ``", "``-joined (None: none)."""
+    """The codes of the indicators the cell's run raised, ``", "``-joined (None: none). On a
+    randomised target an attack's loss and its crossings are one draw's, so ``silent-success``
+    and ``incomplete`` (which read them) are not raised there; ``unstable`` and ``no-eot`` are."""
     codes = []
     correct = prepared.clean_correct
     left = correct & outcome.adv_correct
     crossed = run.artifacts.get("crossed")
-    if crossed is not None and bool((crossed.to(correct.device) & correct
+    if crossed is not None and not prepared.defended.randomised and bool((crossed.to(correct.device) & correct
                                      & ~outcome.success).any()):
         codes.append(ind.SILENT_SUCCESS)
     improving = run.artifacts.get("improving")
-    if improving is not None and int(left.sum()):
+    if improving is not None and int(left.sum()) and not prepared.defended.randomised:
         still = int((improving.to(left.device) & left).sum())
         if still and still >= ind.IMPROVING_SHARE * int(left.sum()):
             codes.append(ind.INCOMPLETE)
@@ -45,6 +57,8 @@ def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         codes.append(ind.ZERO_GRAD)
     if prepared.unstable:
         codes.append(ind.UNSTABLE)
+    if (prepared.unstable or prepared.defended.randomised) and not_adaptive(cell, run):
+        codes.append(ind.NO_EOT)
     defended = prepared.defended
     if defended.kind == "classifier" and correct.numel() and ind.near_chance(
             float(correct.float().mean()), defended.num_classes):

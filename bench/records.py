@@ -11,7 +11,7 @@ import torch
 
 from bench.config import Cell
 from bench.core.lipschitz import MarginGradient
-from bench.core.target import Target
+from bench.core.target import Certificate, Target
 from leaderboards.schema import SummaryRow
 
 
@@ -30,9 +30,22 @@ class PreparedTarget:
     weights_sha256: str | None = None  # the defended target's weights (state_sha256)
     base_weights_sha256: str | None = None  # the undefended model's
     unstable: int = 0  # samples whose prediction a second clean pass changed (randomness)
+    # a randomised target: the draws each prediction is judged over, and the samples every
+    # draw classified correctly (None: deterministic, one pass decides)
+    draws: int = 1
+    correct_every_draw: torch.Tensor | None = None
+    certificate: Certificate | None = None  # a certified defense's, on the evaluated samples
+    certify_s: float | None = None
 
     @property
     def clean_correct(self) -> torch.Tensor:
+        """The samples counted as correctly classified: by every draw of a randomised target."""
+        if self.correct_every_draw is not None:
+            return self.correct_every_draw
+        return self.clean_correct_one_draw
+
+    @property
+    def clean_correct_one_draw(self) -> torch.Tensor:
         return self.clean_pred == self.labels
 
 
@@ -67,6 +80,7 @@ class AttackRun:
     artifacts: dict[str, torch.Tensor]
     effective_params: dict[str, Any] = field(default_factory=dict)
     n_grad_unavailable: int = 0  # gradient evaluations that came back zero or not finite
+    notes: list[str] = field(default_factory=list)  # what the run decided, in words
 
 
 SAMPLE_ARTIFACTS = ("fooled_by", "members", "queries", "crossed", "improving", "margin")

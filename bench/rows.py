@@ -14,9 +14,9 @@ import torch
 from bench.cascade_rows import (
     attacked_count,
     black_box_row,
-    cascade_decision,
     fooled_by_names,
     member_columns,
+    row_decision,
 )
 from bench.config import Cell
 from bench.core.measure import (
@@ -55,6 +55,44 @@ def attack_run_id(cell: Cell) -> str:
     return cell.cell_id
 
 
+def _share(mask: torch.Tensor | None) -> float | None:
+    return None if mask is None or not mask.numel() else int(mask.sum()) / mask.numel()
+
+
+def certified_at(cell: Cell, prepared: PreparedTarget) -> torch.Tensor | None:
+    """``[N]``: the samples certified correct at an L2 radius of at least the cell's eps
+    (None: no certificate, or not an L2 budget)."""
+    cert, threat = prepared.certificate, cell.threat_model
+    if cert is None or threat.norm is not Norm.L2 or threat.eps is None:
+        return None
+    return (cert.pred == prepared.labels) & (cert.radius >= threat.eps)
+
+
+def draw_columns(prepared: PreparedTarget, outcome: Outcome) -> dict[str, Any]:
+    """A randomised target's draws and first-draw accuracies (nulls for a deterministic one)."""
+    if prepared.correct_every_draw is None:
+        return {"draws": None, "clean_acc_one_draw": None, "robust_acc_one_draw": None}
+    return {"draws": prepared.draws,
+            "clean_acc_one_draw": _share(prepared.clean_correct_one_draw),
+            "robust_acc_one_draw": _share(outcome.adv_correct_one_draw)}
+
+
+def certificate_columns(cell: Cell, prepared: PreparedTarget, outcome: Outcome
+                        ) -> dict[str, Any]:
+    """A certified defense's columns: certified accuracy at the cell's L2 eps, the certified
+    samples the attack fooled, the abstentions on the attacked inputs, the certificate's cost."""
+    cert = prepared.certificate
+    certified = certified_at(cell, prepared)
+    return {
+        "certified_acc": _share(certified),
+        "certified_fooled": None if certified is None else int((certified
+                                                                & outcome.success).sum()),
+        "abstain_rate": _share(outcome.abstained) if cert is not None else None,
+        "certify_n_forward": cert.n_forward_per_sample if cert is not None else None,
+        "certify_s": prepared.certify_s,
+    }
+
+
 def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
               outcome: Outcome, attacked: AttackedModel, *, device: torch.device,
               run_id: str) -> SummaryRow:
@@ -76,13 +114,14 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         source_model=cell.source or None, attack=cell.attack_name,
         attack_params=row_params(cell, run), **member_columns(cell, run),
         flags=row_flags(cell, prepared, data, run, outcome),
-        decision=cascade_decision(cell, run),
+        decision=row_decision(cell, run),
         black_box=black_box_row(cell),
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
         precision=attacked.precision_for(cell), batch_size=attacked.batch_size,
         fast_path=attacked.fast_path,
         clean_acc=n_correct / n, robust_acc=int(outcome.adv_correct.sum()) / n,
+        **draw_columns(prepared, outcome), **certificate_columns(cell, prepared, outcome),
         success_rate=int(fooled.sum()) / n_correct if n_correct else None,
         fooling_rate=int((outcome.adv_pred != prepared.clean_pred).sum()) / n,
         median_l2=_median(outcome.l2[fooled]), median_linf=_median(outcome.linf[fooled]),
@@ -117,4 +156,14 @@ def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
         "fooled_by": fooled_by_names(cell, run, n),
         "queries": run.artifacts["queries"].cpu().numpy().astype(np.int32)
         if "queries" in run.artifacts else [None] * n,
+        **certificate_samples(prepared, n),
     }
+
+
+def certificate_samples(prepared: PreparedTarget, n: int) -> dict[str, Any]:
+    """Per sample, the certificate's L2 radius and whether it certifies the label."""
+    cert = prepared.certificate
+    if cert is None:
+        return {"certified_radius": [None] * n, "certified_correct": [None] * n}
+    return {"certified_radius": cert.radius.cpu().numpy().astype(np.float32),
+            "certified_correct": (cert.pred == prepared.labels).cpu().numpy()}

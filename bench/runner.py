@@ -90,7 +90,7 @@ def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torc
                              batch_size=batch_size, progress=progress)
     return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
                      timing.wall_s, timing.peak_mem_bytes, result.artifacts,
-                     result.effective_params, result.n_grad_unavailable)
+                     result.effective_params, result.n_grad_unavailable, result.notes)
 
 
 def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: AttackedModel, *,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_th
 from bench.evaluation import EvalData, discriminator_data, discriminator_fit_data, eval_subset
 from bench.records import AttackedModel, AttackRun, CellResult, PreparedTarget
 from bench.runner import RunOptions, run_cell
+from bench.verification import Judgement, judge
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import (
     calibration_noise_seed,
@@ -168,14 +170,29 @@ class Worker:
             train = load_dataset(cell.train_dataset).split("train") if spec.trainable else None
             defended = fitted_defense(spec, base, train, defense.params, seed=cell.seed,
                                       cache=self.cache, progress=self.options.progress)
-            clean = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
-            again = defended.predict_logits(data.x, self.config.batch_size).argmax(1)
-            margin_grad = median_margin_gradient(defended, data.x, data.y,
-                                                 self.config.batch_size)
-            self.prepared[key] = PreparedTarget(base, defended, clean, data.y, margin_grad,
-                                                state_sha256(defended), state_sha256(base),
-                                                unstable=int((again != clean).sum()))
+            self.prepared[key] = self._prepared(cell, base, defended, data)
         return self.prepared[key]
+
+    def _prepared(self, cell: Cell, base: Target, defended: Target, data: EvalData
+                  ) -> PreparedTarget:
+        """The defended target's clean pass: judged over the sweep's draws when it is
+        randomised (else twice, the second pass telling whether it is randomised after all),
+        its margin gradients, and its certificate when it has one."""
+        batch = self.config.batch_size
+        draws = self.config.draws if defended.randomised else 2
+        clean = judge(defended, data.x, draws=draws, seed=cell.seed, batch_size=batch)
+        if not defended.randomised:  # judge() took one pass; a second tells it is stable
+            clean = Judgement(torch.cat([clean.preds, defended.decide(data.x, batch)[None]]))
+        margin_grad = median_margin_gradient(defended, data.x, data.y, batch)
+        started = time.perf_counter()
+        certificate = defended.certify(data.x, batch)
+        return PreparedTarget(
+            base, defended, clean.first, data.y, margin_grad, state_sha256(defended),
+            state_sha256(base), unstable=clean.unstable,
+            draws=draws if defended.randomised else 1,
+            correct_every_draw=clean.every(data.y) if defended.randomised else None,
+            certificate=certificate,
+            certify_s=time.perf_counter() - started if certificate is not None else None)
 
     def prepare(self, cells: list[Cell]) -> None:
         for cell in cells:

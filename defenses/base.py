@@ -54,6 +54,7 @@ class DefenseSpec:
     summary: str
     trainable: bool = True
     version: int = 1
+    evaluation_params: tuple[str, ...] = ()
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         return parse_params(self.params_cls, params, f"defense {self.name!r}")
@@ -77,13 +78,14 @@ def require_classifier(base: Target, defense: str) -> None:
 def register_defense(
     name: str, *, params: type, build: Callable[[Target, Any], Target],
     check: Callable[[Target, Any], None] = _no_check, trainable: bool = True, version: int = 1,
+    evaluation_params: tuple[str, ...] = (),
 ) -> Callable[[DefenseFit], DefenseFit]:
     """Register a defense's ``fit`` under ``name`` (its docstring's first line is its summary)."""
 
     def decorator(fit: DefenseFit) -> DefenseFit:
         summary = (fit.__doc__ or "").strip().splitlines()[0] if fit.__doc__ else ""
         DEFENSES.add(name, DefenseSpec(name, fit, params, build, check, summary, trainable,
-                                       version))
+                                       version, evaluation_params))
         return fit
 
     return decorator
@@ -106,7 +108,8 @@ def fitted_defense(spec: DefenseSpec, base: Target, train: Split | None, params:
     generator = torch.Generator().manual_seed(seed)
     config = {
         "defense": spec.name,
-        "params": dataclasses.asdict(params),
+        "params": {k: v for k, v in dataclasses.asdict(params).items()
+                   if k not in spec.evaluation_params},
         "base": base.name,
         "base_weights": state_fingerprint(base),
         "train_fingerprint": train.fingerprint(),

@@ -32,9 +32,9 @@ TARGET = ("dataset", "target_kind", "model", "direction")
 DEFENSE = ("defense", "defense_params")
 
 MEASURED = ("model_source", "weights_sha256", "train_dataset", "split", "n_samples", "seed",
-            "precision")
+            "precision", "draws")
 """Which weights (their source and SHA-256), trained on what, evaluated on which samples, at
-which seed and precision."""
+which seed and precision, and over how many draws of a randomised target's forward."""
 
 POPULATION = (*TARGET, *DEFENSE, *MEASURED)
 """(a) The population key: what must be equal for rows to make one figure."""
@@ -67,12 +67,21 @@ TEXT_KEYS = ("direction", "model_source", "weights_sha256", "base_weights_sha256
 with "" before grouping, so that nulls group together."""
 
 
-def keyed(rows: pd.DataFrame, keys: Iterable[str] = TEXT_KEYS) -> pd.DataFrame:
-    """``rows`` with the nullable text keys among ``keys`` made "" where null (a copy)."""
+NUMBER_KEYS = {"draws": 1}
+"""Number keys that may be null, and the value a null stands for when grouping: a
+deterministic target's prediction is one pass."""
+
+
+def keyed(rows: pd.DataFrame, keys: Iterable[str] = (*TEXT_KEYS, *NUMBER_KEYS)
+          ) -> pd.DataFrame:
+    """``rows`` with the nullable text keys among ``keys`` made "" where null, and the
+    nullable number keys their :data:`NUMBER_KEYS` value (a copy)."""
     out = rows.copy()
     for key in keys:
         if key in TEXT_KEYS and key in out.columns:
             out[key] = out[key].astype(object).where(out[key].notna(), "")
+        elif key in NUMBER_KEYS and key in out.columns:
+            out[key] = out[key].fillna(NUMBER_KEYS[key]).astype("int64")
     return out
 
 

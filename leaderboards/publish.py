@@ -20,6 +20,7 @@ from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
 from leaderboards.seeds import SPREAD_CAPTION
 from leaderboards.tables import (
+    BESIDE,
     Board,
     display_spread,
     display_table,
@@ -80,10 +81,14 @@ def plot_worst_case(board: Board, path: Path) -> bool:
     for _, row in board.table.iterrows():
         label = board.row_label(row)
         values = [100 * row[c] for c in worst]
-        ax.plot(eps, values, marker="o", label=label)
+        (line,) = ax.plot(eps, values, marker="o", label=label)
         lo = [100 * row[f"{c} lo"] for c in worst]
         hi = [100 * row[f"{c} hi"] for c in worst]
         ax.fill_between(eps, lo, hi, alpha=0.15)
+        certified = certified_curve(board, row)
+        if certified:
+            ax.plot(list(certified), [100 * v for v in certified.values()], linestyle="--",
+                    marker="x", color=line.get_color(), label=f"{label} certified")
     ax.set_xlabel(f"eps ({board.norm})")
     ax.set_ylabel("worst-case robust accuracy (%)")
     ax.set_ylim(0, 100)
@@ -94,6 +99,18 @@ def plot_worst_case(board: Board, path: Path) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def certified_curve(board: Board, row: pd.Series) -> dict[float, float]:
+    """A certified defense's certified accuracy by eps for one board row (the lower bound
+    drawn beside the attacked curve), read from the board's certified columns."""
+    curve: dict[float, float] = {}
+    suffix = BESIDE["certified_acc"]
+    for col in board.table.columns:
+        if col.endswith(suffix) and pd.notna(row[col]):
+            eps = _eps_value(col.removesuffix(suffix).rsplit("@", 1)[1])
+            curve[eps] = max(curve.get(eps, 0.0), float(row[col]))
+    return dict(sorted(curve.items()))
 
 
 def _eps_value(display: str) -> float:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -74,7 +74,8 @@ class SummaryRow:
     # the failure indicators the run raised: their codes (bench.core.indicators.CATALOG),
     # ", "-joined; null when none was raised
     flags: str | None
-    # a cascade with a conditional member (``rapid``): whether it ran, and why
+    # what the run decided, in words: a cascade's conditional member (``rapid``), whether it
+    # ran and why; an attack's eot_iter that ran as 1 on a deterministic target
     decision: str | None
     black_box: bool  # the attack uses model outputs only, never gradients
     targeted: bool
@@ -88,6 +89,22 @@ class SummaryRow:
     fast_path: str | None
     clean_acc: float
     robust_acc: float
+    # a randomised target (its forward draws randomness): the forward passes each prediction
+    # was judged over (clean_acc and robust_acc count a sample only if every draw is right),
+    # and the accuracies of the first draw alone; null for a deterministic target
+    draws: int | None
+    clean_acc_one_draw: float | None
+    robust_acc_one_draw: float | None
+    # a certified defense (randomized smoothing) at an L2 eps: the share of samples certified
+    # correct at a radius >= eps (a lower bound of robust_acc's true value), the samples so
+    # certified that the attack nevertheless fooled (only Monte-Carlo error can make these),
+    # and the share of attacked inputs the smoothed classifier abstained on; null otherwise
+    certified_acc: float | None
+    certified_fooled: int | None
+    abstain_rate: float | None
+    # the certificate's cost: forward passes per sample and seconds for the evaluated samples
+    certify_n_forward: int | None
+    certify_s: float | None
     success_rate: float | None
     fooling_rate: float
     median_l2: float | None
@@ -120,7 +137,8 @@ class SummaryRow:
         if self.schema_version != SCHEMA_VERSION:
             raise SchemaError(f"summary row has schema_version {self.schema_version}")
         for name in ("clean_acc", "robust_acc", "success_rate", "fooling_rate",
-                     "member_robust_acc"):
+                     "member_robust_acc", "clean_acc_one_draw", "robust_acc_one_draw",
+                     "certified_acc", "abstain_rate"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, float) and 0.0 <= value <= 1.0):
                 raise SchemaError(f"{name} must be a float in [0, 1], got {value!r}")
@@ -150,6 +168,10 @@ class SampleRow:
     # misclassified); null when none did or the row is no cascade's
     fooled_by: str | None
     queries: Annotated[int, INT32] | None  # a query-based attack's model queries for the sample
+    # a certified defense: the L2 radius of the sample's certificate (0: abstained), and
+    # whether the certified class is its label; null for a target without certificates
+    certified_radius: Annotated[float, FLOAT32] | None
+    certified_correct: bool | None
 
 
 ADDED_IN: dict[str, int] = {
@@ -174,6 +196,16 @@ ADDED_IN: dict[str, int] = {
     "margin_grad_l2": 8,
     "base_weights_sha256": 9,
     "decision": 10,
+    "draws": 11,
+    "clean_acc_one_draw": 11,
+    "robust_acc_one_draw": 11,
+    "certified_acc": 11,
+    "certified_fooled": 11,
+    "abstain_rate": 11,
+    "certify_n_forward": 11,
+    "certify_s": 11,
+    "certified_radius": 11,
+    "certified_correct": 11,
 }
 """The schema version that added each column; older files get its migration value."""
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -206,7 +208,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
         # pivot_table(dropna=False) crosses the index levels: keep the rows that exist
         grads = _gradients(group, by_row)
         table = pd.concat([clean, *([grads] if not grads.empty else []),
-                           robust[order].reindex(clean.index)], axis=1)
+                           robust[order].reindex(clean.index),
+                           *_beside(group, order, clean.index)], axis=1)
         rank_col = "clean"
         if not worst.empty:
             mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)
@@ -243,11 +246,31 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
     return boards
 
 
+BESIDE = {"certified_acc": " certified", "robust_acc_one_draw": " one draw"}
+"""Numbers a board shows beside a cell's robust accuracy, and the suffix of their hidden
+columns: a certified defense's certified accuracy at the cell's eps (the cell reads as the
+interval [certified, attacked]) and a randomised target's first-draw robust accuracy."""
+
+
+def _beside(group: pd.DataFrame, order: list[str], index: pd.Index) -> list[pd.DataFrame]:
+    """The hidden columns of :data:`BESIDE` for the cells that have them."""
+    frames = []
+    for value, suffix in BESIDE.items():
+        if value not in group.columns or group[value].isna().all():
+            continue
+        wide = group.pivot_table(index=BOARD_ROW, columns="column", values=value,
+                                 aggfunc="first", dropna=False)
+        kept = [c for c in order if c in wide.columns]
+        frames.append(wide[kept].reindex(index).rename(columns=lambda c: f"{c}{suffix}"))
+    return frames
+
+
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
     """A board table's accuracy columns: clean, each attack@eps and each worst case."""
     rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags",
             "fast_path", "calls/sample"}
-    return [c for c in table.columns if c not in rest and not c.endswith((" lo", " hi"))]
+    return [c for c in table.columns if c not in rest
+            and not c.endswith((" lo", " hi", *BESIDE.values()))]
 
 
 def _seed_spread(table: pd.DataFrame, rank_col: str) -> pd.DataFrame:
@@ -269,7 +292,8 @@ def display_table(board: Board) -> pd.DataFrame:
     pct = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"  # noqa: E731
     keys = board.key_columns
     for col in table.columns:
-        if col.endswith((" lo", " hi")) or (col in POPULATION_COLUMNS and col not in keys):
+        if col.endswith((" lo", " hi", *BESIDE.values())) or (
+                col in POPULATION_COLUMNS and col not in keys):
             continue
         if col == "fast_path" and table[col].nunique() < 2:
             continue  # recorded in every row; shown where the board's rows took different paths
@@ -294,8 +318,22 @@ def display_table(board: Board) -> pd.DataFrame:
                           for v, lo, hi in zip(table[col], table[f"{col} lo"],
                                                table[f"{col} hi"])]
         else:
-            shown[col] = table[col].map(pct)
+            shown[col] = [_with_beside(table, col, i, pct) for i in table.index]
     return shown
+
+
+def _with_beside(table: pd.DataFrame, col: str, i: Any, pct: Callable[[Any], str]) -> str:
+    """A robust accuracy as shown: "[certified, attacked]" for a certified defense, with the
+    first draw's accuracy beside it for a randomised target."""
+    value = table.at[i, col]
+    text = pct(value)
+    certified = table.at[i, f"{col} certified"] if f"{col} certified" in table.columns else None
+    if text and certified is not None and pd.notna(certified):
+        text = f"[{pct(certified)}, {text}]"
+    one = table.at[i, f"{col} one draw"] if f"{col} one draw" in table.columns else None
+    if text and one is not None and pd.notna(one):
+        text = f"{text} (one draw {pct(one)})"
+    return text
 
 
 def display_spread(board: Board) -> pd.DataFrame:

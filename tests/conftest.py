@@ -202,7 +202,9 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "attack_run": cell_id, "n_forward": 8, "n_backward": 4, "wall_s": 0.1, "img_per_s": 40.0,
         "floor_img_per_s": None, "floor_fraction": None,
         "peak_mem_bytes": None, "device": "cpu", "torch_version": "x", "advbench_version": "y",
-        "git_sha": None,
+        "git_sha": None, "draws": None, "clean_acc_one_draw": None, "robust_acc_one_draw": None,
+        "certified_acc": None, "certified_fooled": None, "abstain_rate": None,
+        "certify_n_forward": None, "certify_s": None,
     }
     assert set(base) | {"schema_version"} == {f.name for f in dataclasses.fields(SummaryRow)}
     base.update(overrides)
@@ -217,7 +219,8 @@ def sample_values(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, Tru
             "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
             "success": ~np.array(adv), "l2": np.ones(n, np.float32),
             "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32),
-            "fooled_by": [None] * n, "queries": [None] * n}
+            "fooled_by": [None] * n, "queries": [None] * n,
+            "certified_radius": [None] * n, "certified_correct": [None] * n}
 
 
 def make_cell(attack: str, eps: float = 0.1, norm: str = "linf", params: Any = None,

@@ -108,7 +108,8 @@ class AttackResult:
     value it used (APGD's DLR loss on a two-class target runs as the margin loss): the row's
     ``attack_params`` records them. ``n_grad_unavailable`` counts the per-image gradient
     evaluations (of ``n_backward``) that came back zero or not finite (the ``zero-grad``
-    indicator, :mod:`bench.core.indicators`).
+    indicator, :mod:`bench.core.indicators`). ``notes``: what the run decided that the row
+    should say in words (its ``decision`` column).
     """
 
     def __init__(self, x_adv: torch.Tensor, success: torch.Tensor | SuccessCheck,
@@ -125,6 +126,7 @@ class AttackResult:
         self.artifacts: dict[str, torch.Tensor] = artifacts or {}
         self.effective_params: dict[str, Any] = effective_params or {}
         self.n_grad_unavailable = n_grad_unavailable
+        self.notes: list[str] = []
 
     @property
     def success(self) -> torch.Tensor:
@@ -227,24 +229,40 @@ class ModelCalls:
         warn_if_probabilities(self.target, out)
         return out
 
+    @property
+    def eot_iter(self) -> int:
+        """Draws each gradient averages: the target's ``eot_iter`` when it is randomised, else 1
+        (the draws of a deterministic target are identical)."""
+        return self.target.eot_iter if getattr(self.target, "randomised", False) else 1
+
     def loss_and_grad(
         self, x: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample loss, logits (both detached) and the gradient of the summed loss wrt ``x``.
         A row whose gradient is zero or not finite is counted (``n_grad_unavailable``); values
-        that are not finite come back as 0, so an attack steps nowhere rather than into NaN."""
+        that are not finite come back as 0, so an attack steps nowhere rather than into NaN.
+
+        On a randomised target with ``eot_iter`` = k > 1 (Expectation over Transformation,
+        Athalye et al. 2018) the loss, logits and gradient are the means over k draws, computed
+        in one forward of k × the batch."""
         x = x.detach().requires_grad_(True)
+        n, draws = x.shape[0], self.eot_iter
         with torch.enable_grad():
-            logits = self.target(x)
+            inputs = x if draws == 1 else x.expand(draws, *x.shape).reshape(-1, *x.shape[1:])
+            logits = self.target(inputs)
             if not self.checked:  # the first gradient call checks what the model returns
                 check_differentiable(logits, getattr(self.target, "name", "model"))
                 check_finite_logits(logits, getattr(self.target, "name", "model"))
                 warn_if_probabilities(self.target, logits)
                 self.checked = True
-            loss = loss_fn(logits, labels)
+            loss = loss_fn(logits, labels if draws == 1 else
+                           labels.repeat(draws, *([1] * (labels.ndim - 1))))
+            if draws > 1:
+                loss = loss.view(draws, n).mean(0)
+                logits = logits.view(draws, n, -1).mean(0)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        self.n_forward += x.shape[0]
-        self.n_backward += x.shape[0]
+        self.n_forward += n * draws
+        self.n_backward += n * draws
         self.count_gradients(grad)
         return loss.detach(), logits.detach(), torch.nan_to_num(grad.detach(), 0.0, 0.0, 0.0)
 
@@ -274,6 +292,41 @@ class ModelCalls:
         """Count the rows of ``grad`` that are zero or not finite (one gradient evaluation
         each)."""
         self.n_grad_unavailable += int(unavailable_gradients(grad).sum())
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    """What a gradient attack does on a randomised or non-differentiable defense (Athalye,
+    Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018).
+
+    ``eot_iter``: each gradient averages that many draws of a randomised target's forward
+    (Expectation over Transformation); on a deterministic target the draws are identical, so
+    it runs once and the row's ``decision`` column says so. ``bpda``: a defense's non-differentiable
+    step is differentiated as its declared stand-in (BPDA); ``false`` differentiates the step
+    itself, whose gradient is then zero (for the comparison; the ``zero-grad`` indicator fires).
+    """
+
+    eot_iter: int = 1
+    bpda: bool = True
+
+    @property
+    def expectation_draws(self) -> int:
+        """The draws of the target's randomness each gradient averages."""
+        return self.eot_iter
+
+
+def ran_once_note(eot_iter: int) -> str:
+    """What a row says when its ``eot_iter`` > 1 met a deterministic target."""
+    return f"eot_iter {eot_iter} ran as 1: the target is deterministic, its draws identical"
+
+
+def adaptive_settings(params: Any) -> tuple[int, bool]:
+    """``(eot_iter, bpda)`` of an attack's params (1, True for an attack without them);
+    :class:`BadInput` for an ``eot_iter`` below 1."""
+    eot_iter = int(getattr(params, "eot_iter", 1))
+    if eot_iter < 1:
+        raise BadInput(f"eot_iter must be >= 1, got {eot_iter}")
+    return eot_iter, bool(getattr(params, "bpda", True))
 
 
 class AttackFn(Protocol):
@@ -358,12 +411,17 @@ class AttackSpec:
     cost: CostFn | None = None
     streams: bool = False
     cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None
+    only_on: tuple[str, ...] = ()
 
     def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
                   ) -> tuple[int, int] | None:
         """Upper bound on (forward, backward) per-image model calls for ``n`` images (``n_fit``
         fitting images), from the attack's full budget; ``None`` when the attack has no rule."""
-        return None if self.cost is None else self.cost(params, n, num_classes, n_fit)
+        if self.cost is None:
+            return None
+        forward, backward = self.cost(params, n, num_classes, n_fit)
+        draws = 1 if self.cascade is not None else adaptive_settings(params)[0]
+        return forward * draws, backward * draws  # EOT: every draw is a call
 
     def make_params(self, params: Mapping[str, Any] | Any = None) -> Any:
         """Build the frozen params dataclass from a mapping; unknown keys are named in the error."""
@@ -378,6 +436,7 @@ def register_attack(
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
     cost: CostFn | None = None, streams: bool = False,
     cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None,
+    only_on: tuple[str, ...] = (),
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -390,13 +449,16 @@ def register_attack(
     time, refilling the rows that finish early; the runner then hands it a whole cell at once.
     ``cascade``: the attack runs other attacks in turn; ``cascade(params)`` lists its members,
     and its result's ``artifacts`` say which member fooled each sample and what each cost
-    (:mod:`attacks.cascade`); the runner writes a row per member.
+    (:mod:`attacks.cascade`); the runner writes a row per member. ``only_on``: the attack
+    applies only to targets behind these defenses (SmoothAdv: a smoothed classifier); a sweep
+    runs it on those and leaves the others out.
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
-                                     positive_budget, black_box, cost, streams, cascade))
+                                     positive_budget, black_box, cost, streams, cascade,
+                                     only_on))
         return fn
 
     return decorator
@@ -460,7 +522,9 @@ class Attack:
         spec = attack if isinstance(attack, AttackSpec) else ATTACKS.get(attack)
         threat = ThreatModel.parse(norm, eps)
         check_threat(spec, threat)
-        return cls(spec, threat, spec.make_params(params))
+        parsed = spec.make_params(params)
+        adaptive_settings(parsed)
+        return cls(spec, threat, parsed)
 
     def at(self, eps: float | str | None) -> Attack:
         """The same attack and params at another budget (checked as :meth:`create` does)."""
@@ -509,9 +573,16 @@ class Attack:
             raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(0)
-        with target.evaluating():
+        eot_iter, bpda = adaptive_settings(self.params)
+        with target.evaluating(), target.drawing_from(generator), \
+                target.adaptive(eot_iter, bpda):
             result = self._run(target, x, y, generator, y_target, fit_data,
                                batch_size or max(x.shape[0], 1), progress)
+            bpda_note = target.bpda_note() if result.n_backward else None
+        if eot_iter > 1 and not target.randomised:
+            result.notes.append(ran_once_note(eot_iter))
+        if bpda_note is not None:
+            result.notes.append(bpda_note)
         if self.spec.minimal and self.threat.eps is not None:
             return at_budget(result, x, self.threat, target.bounds)
         return result
@@ -578,11 +649,13 @@ def at_budget(result: AttackResult, x: torch.Tensor, threat: ThreatModel,
     does not count (the sample keeps its clean input and is not fooled by the attack)."""
     x_adv, inside = within_budget(x, result.x_adv, threat, bounds)
     delta = x_adv - x
-    return AttackResult(x_adv, result.success & inside, l2_norm(delta), linf_norm(delta),
+    seen = AttackResult(x_adv, result.success & inside, l2_norm(delta), linf_norm(delta),
                         l0_norm(delta), result.n_forward, result.n_backward,
                         y_target=result.y_target, artifacts=result.artifacts,
                         effective_params=result.effective_params,
                         n_grad_unavailable=result.n_grad_unavailable)
+    seen.notes = result.notes
+    return seen
 
 
 def _join_artifacts(results: list[AttackResult]) -> dict[str, torch.Tensor]:
@@ -612,7 +685,7 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         return torch.cat([r.success for r in results])
 
     targets = [r.y_target for r in results if r.y_target is not None]
-    return AttackResult(
+    joined = AttackResult(
         x_adv=torch.cat([r.x_adv for r in results]),
         success=success if any(callable(c) for c in checks) else success(),
         l2=torch.cat([r.l2 for r in results]), linf=torch.cat([r.linf for r in results]),
@@ -624,6 +697,8 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         effective_params={k: v for r in results for k, v in r.effective_params.items()},
         n_grad_unavailable=sum(r.n_grad_unavailable for r in results),
     )
+    joined.notes = list(dict.fromkeys(note for r in results for note in r.notes))
+    return joined
 
 
 def run_attack(

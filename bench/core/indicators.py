@@ -38,6 +38,7 @@ BLACK_BOX_WINS = "black-box-wins"
 TRANSFER_WINS = "transfer-wins"
 NEAR_CHANCE = "near-chance"
 EPS_RISES = "eps-rises"
+NO_EOT = "no-eot"
 
 ZERO_GRAD_SHARE = 0.01
 """``zero-grad``: at least this share of the per-image gradient evaluations were zero or not
@@ -71,8 +72,12 @@ CATALOG: dict[str, Indicator] = {i.code: i for i in (
               "non-differentiable layer): gradient attacks are blind there",
               "attack with a black-box member (square), or BPDA around the layer"),
     Indicator(UNSTABLE, "any sample",
-              "two clean forward passes disagree: the model is randomised",
+              "clean forward passes disagree: the model is randomised",
               "average over draws (EOT) and evaluate over several draws"),
+    Indicator(NO_EOT, "any row on a randomised target",
+              "a gradient attack followed one draw of the target's randomness per step: its "
+              "number is an upper bound from a non-adaptive attack",
+              "set eot_iter (e.g. 20, or the standard cascade's rand version)"),
     Indicator(UNCONSTRAINED, "any sample",
               "an eps spanning the whole input range left samples robust: the attack, not the "
               "model, failed",

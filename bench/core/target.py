@@ -4,6 +4,13 @@ Attacks work in pixel space ``[lo, hi]`` (default ``[0, 1]``). Normalisation (pe
 mean/std, or the GAN's ``[-1, 1]`` mapping, which is mean = std = 0.5) happens *inside* the
 target, so no attack ever knows about it. A discriminator with one logit ``d`` is exposed as the
 two logits ``[0, d]`` (class 1 = real), so every attack runs on it unchanged.
+
+A defense may put a :class:`Preprocessing` step before the model (bit-depth reduction, JPEG, a
+random resize-and-pad). A randomised step draws from the generator the target is handed
+(:meth:`Target.drawing_from`); a non-differentiable one declares a differentiable stand-in,
+which attacks use on the backward pass (BPDA, Athalye, Carlini & Wagner, ICML 2018) unless
+:meth:`Target.adaptive` switches it off; their gradient attacks average ``eot_iter`` draws
+(Expectation over Transformation, the same paper).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -19,6 +27,46 @@ from torch import nn
 from bench.core.errors import BadInput, ModelOutputError
 
 TargetKind = Literal["classifier", "discriminator"]
+
+
+class Preprocessing(nn.Module):
+    """A pixel-space step in front of a target's model: :meth:`transform` is the step itself;
+    :meth:`substitute` its differentiable stand-in for BPDA (``None``: the step is
+    differentiable, or has none), ``stand_in`` naming it; ``randomised``: it draws from the
+    generator it is handed."""
+
+    randomised: bool = False
+    summary: str = "preprocessing"
+    stand_in: str = ""  # what :meth:`substitute` is, in words ("" when it has none)
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def substitute(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator,
+                straight_through: bool = True) -> torch.Tensor:
+        """The step's output; with ``straight_through``, differentiated as its stand-in. Without
+        one, a step autograd cannot pass (a uint8 codec) passes a zero gradient: what a
+        gradient attack sees of it (the ``zero-grad`` indicator fires)."""
+        out = self.transform(x, generator)
+        if not x.requires_grad:
+            return out
+        stand_in = self.substitute(x) if straight_through else None
+        if stand_in is not None:
+            return stand_in + (out - stand_in).detach()
+        return out if out.requires_grad else out + 0.0 * x
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per input: the certified prediction (−1: abstained), the L2 radius within which it
+    provably holds (0 where abstained), and the forward passes each input cost."""
+
+    pred: torch.Tensor
+    radius: torch.Tensor
+    n_forward_per_sample: int
 
 
 class Target(nn.Module):
@@ -32,6 +80,8 @@ class Target(nn.Module):
         mean, std: per-channel normalisation applied before ``model`` (``None`` = identity).
         kind: ``"classifier"`` or ``"discriminator"`` (one logit ``d`` exposed as ``[0, d]``).
         name: human-readable name used in results.
+        preprocess: a defense's :class:`Preprocessing` step, applied to pixel-space inputs.
+        randomised: the forward draws randomness (a randomised ``preprocess`` makes it so).
     """
 
     mean: torch.Tensor
@@ -48,6 +98,8 @@ class Target(nn.Module):
         std: Sequence[float] | None = None,
         kind: TargetKind = "classifier",
         name: str = "model",
+        preprocess: Preprocessing | None = None,
+        randomised: bool = False,
     ) -> None:
         super().__init__()
         lo, hi = float(bounds[0]), float(bounds[1])
@@ -66,6 +118,11 @@ class Target(nn.Module):
         self.card: dict[str, Any] = {}  # how this target was made (params, training curve)
         self.channels_last = False  # feed the model NHWC tensors (bench.core.fastpath)
         self.__dict__["_compiled"] = None  # torch.compile(model), kept out of the submodules
+        self.preprocess = preprocess
+        self.declared_random = randomised
+        self.eot_iter = 1  # draws a gradient averages (set by adaptive())
+        self.bpda = True  # differentiate a preprocessing step as its stand-in
+        self.__dict__["_draws"] = None  # the generator the forward draws from
         channels = self.input_shape[0]
         shape = (1, channels) + (1,) * (len(self.input_shape) - 1)
         mean_t = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
@@ -112,6 +169,69 @@ class Target(nn.Module):
         check_finite_logits(out, self.name)
 
     @property
+    def randomised(self) -> bool:
+        """Whether two forward passes of one input may differ (the defense draws randomness)."""
+        return self.declared_random or bool(self.preprocess is not None
+                                            and self.preprocess.randomised)
+
+    def with_preprocess(self, preprocess: Preprocessing, name: str) -> Target:
+        """This target's model, normalisation and bounds behind ``preprocess`` (weights shared)."""
+        return Target(self.model, num_classes=self.num_classes, input_shape=self.input_shape,
+                      bounds=self.bounds, mean=self.mean.flatten().tolist(),
+                      std=self.std.flatten().tolist(), kind=self.kind, name=name,
+                      preprocess=preprocess).to(self.device)
+
+    @contextlib.contextmanager
+    def drawing_from(self, generator: torch.Generator) -> Iterator[Target]:
+        """The forward's randomness is drawn from ``generator`` inside the block."""
+        previous = self.__dict__["_draws"]
+        self.__dict__["_draws"] = generator
+        try:
+            yield self
+        finally:
+            self.__dict__["_draws"] = previous
+
+    @contextlib.contextmanager
+    def adaptive(self, eot_iter: int = 1, bpda: bool = True) -> Iterator[Target]:
+        """Inside the block, gradients average ``eot_iter`` draws of a randomised target (EOT)
+        and pass a non-differentiable step as its stand-in when ``bpda`` (BPDA)."""
+        previous = self.eot_iter, self.bpda
+        self.eot_iter, self.bpda = eot_iter, bpda
+        try:
+            yield self
+        finally:
+            self.eot_iter, self.bpda = previous
+
+    def bpda_note(self) -> str | None:
+        """What a gradient attack's row says of BPDA on this target: the step differentiated
+        as its stand-in, or as itself when ``bpda`` is off (None: no stand-in declared)."""
+        step = self.preprocess
+        if step is None or not step.stand_in:
+            return None
+        if self.bpda:
+            return f"BPDA: {step.summary} differentiated as {step.stand_in}"
+        return f"BPDA off: {step.summary} differentiated as itself"
+
+    def draws(self, device: torch.device) -> torch.Generator:
+        """The generator the forward draws from: the one handed in, else one of its own."""
+        generator = self.__dict__["_draws"]
+        if generator is None or generator.device.type != device.type:
+            generator = torch.Generator(device=device).manual_seed(0)
+            self.__dict__["_draws"] = generator
+        return generator
+
+    @torch.no_grad()
+    def decide(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The predicted class of each input (−1 where the target abstains): the argmax of
+        :meth:`predict_logits` unless the target decides otherwise (a smoothed classifier)."""
+        return self.predict_logits(x, batch_size).argmax(1)
+
+    def certify(self, x: torch.Tensor, batch_size: int = 1024) -> Certificate | None:
+        """A certified prediction and L2 radius per input; ``None``: this target has no
+        certificate (a smoothed classifier has, :mod:`bench.core.smoothing`)."""
+        return None
+
+    @property
     def device(self) -> torch.device:
         for tensor in self.parameters():
             return tensor.device
@@ -122,6 +242,8 @@ class Target(nn.Module):
         self.__dict__["_compiled"] = torch.compile(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preprocess is not None:
+            x = self.preprocess(x, self.draws(x.device), self.bpda)
         z = (x - self.mean) / self.std
         if self.channels_last and z.ndim == 4:
             z = z.contiguous(memory_format=torch.channels_last)

@@ -37,7 +37,7 @@ from torch import nn
 
 from bench.core.checkpoints import file_sha256, state_fingerprint
 from bench.core.errors import BadInput
-from bench.core.target import Target
+from bench.core.target import Preprocessing, Target
 
 KINDS = ("classifier", "discriminator", "generator")
 """A classifier and a discriminator are attacked; a generator supplies a discriminator's fake
@@ -69,6 +69,9 @@ class UserModel:
     latent_shape: tuple[int, ...] = ()  # generators: the shape of one noise sample
     output_range: tuple[float, float] = (-1.0, 1.0)  # generators: the range of their images
     generator_identity: str = ""  # discriminators: their generator's identity (fake images)
+    randomised: bool = False  # the forward (or preprocess) draws randomness
+    preprocess: str = ""  # "module:callable", a step applied to pixels before the network
+    bpda: str = ""  # "module:callable" or "identity": the preprocess's differentiable stand-in
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -94,6 +97,8 @@ class UserModel:
                if self.kind == "discriminator" else {}),
             **({"latent_shape": self.latent_shape, "output_range": self.output_range}
                if self.kind == "generator" else {}),
+            **({"randomised": self.randomised, "preprocess": self.preprocess,
+                "bpda": self.bpda} if self.randomised or self.preprocess else {}),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -117,10 +122,22 @@ class UserModel:
             network = logit_of(self.name, network)
         if self.kind == "discriminator" and self.output == "critic":
             network = Shifted(network, 0.0 if threshold is None else threshold)
-        return Target.from_module(
+        target = Target.from_module(
             network, input_shape=self.input_shape, num_classes=self.num_classes,
             bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device,
             kind="discriminator" if self.kind == "discriminator" else "classifier")
+        target.declared_random = self.randomised
+        if self.preprocess:
+            where = f"model {self.name!r}"
+            substitute = _identity if self.bpda == "identity" else (
+                load_callable(f"{where} bpda", self.bpda, self.base_dir) if self.bpda else None)
+            target.preprocess = UserPreprocessing(
+                load_callable(f"{where} preprocess", self.preprocess, self.base_dir),
+                substitute, self.randomised, self.preprocess)
+            if self.bpda:
+                target.preprocess.stand_in = self.bpda
+            target.probe()
+        return target
 
     def sampler(self, device: torch.device) -> ImageSampler:
         """A generator's images in [0, 1], checked on a probe sample."""
@@ -303,6 +320,51 @@ def _library_builder(where: str, library: str, arch: str) -> Any:
     return functools.partial(timm.create_model, arch, pretrained=False)
 
 
+def load_callable(where: str, spec: str, base_dir: Path) -> Any:
+    """The callable ``spec`` = ``"module:attr"`` names, imported from ``base_dir`` or the
+    environment; :class:`BadInput` saying ``where`` when it cannot be."""
+    library, sep, attr = spec.partition(":")
+    if not sep or not library or not attr:
+        raise BadInput(f"{where}: expected 'module:callable', got {spec!r}")
+    try:
+        with _importable_from(base_dir):
+            module = importlib.import_module(library)
+    except Exception as exc:  # noqa: BLE001 - the user's module: report any failure in one line
+        raise BadInput(f"{where}: cannot import {library!r} from {base_dir} or the "
+                       f"environment ({type(exc).__name__}: {exc})") from None
+    found: Any = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise BadInput(f"{where}: module {library!r} has no attribute {attr!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise BadInput(f"{where}: {spec!r} is not callable")
+    return found
+
+
+class UserPreprocessing(Preprocessing):
+    """A user's own preprocessing ``step(x) -> x`` in front of their network, with its
+    differentiable stand-in for BPDA (``substitute``; the identity when declared so). A
+    randomised step draws from torch's global generator, which the caller seeds."""
+
+    def __init__(self, step: Any, substitute: Any | None, randomised: bool, summary: str
+                 ) -> None:
+        super().__init__()
+        self.step, self.substitute_fn = step, substitute
+        self.randomised = randomised
+        self.summary = summary
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.step(x)
+
+    def substitute(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.substitute_fn is None else self.substitute_fn(x)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def build_module(name: str, factory: str, kwargs: Mapping[str, Any], base_dir: Path
                  ) -> nn.Module:
     """Instantiate ``factory`` (see the module doc); :class:`BadInput` naming the model on an
@@ -315,19 +377,7 @@ def build_module(name: str, factory: str, kwargs: Mapping[str, Any], base_dir: P
     if library in ("torchvision", "timm"):
         builder = _library_builder(where, library, attr)
     else:
-        try:
-            with _importable_from(base_dir):
-                module = importlib.import_module(library)
-        except Exception as exc:  # noqa: BLE001 - the user's module: report any failure in one line
-            raise BadInput(f"{where}: cannot import {library!r} from {base_dir} or the "
-                           f"environment ({type(exc).__name__}: {exc})") from None
-        builder = module
-        for part in attr.split("."):
-            if not hasattr(builder, part):
-                raise BadInput(f"{where}: module {library!r} has no attribute {attr!r}")
-            builder = getattr(builder, part)
-        if not callable(builder):
-            raise BadInput(f"{where}: {factory!r} is not callable")
+        builder = load_callable(where, factory, base_dir)
     try:
         network = builder(**kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's factory

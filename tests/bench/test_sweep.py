@@ -291,9 +291,13 @@ def test_every_attack_alone_through_a_sweep_of_more_samples_than_one_batch(
     """12 digits in batches of 5: the chunks' per-sample columns join into one cell of 12."""
     spec = ATTACKS.get(name)
     norm = spec.norms[0].value
+    # an attack of one defense (SmoothAdv) runs behind it: one epoch, a 100-draw certificate
+    defenses = [{"name": d, "label": d, "params": {"epochs": 1, "n": 100, "n_predict": 20}}
+                for d in spec.only_on]
     config = parse_config({
-        "sweep": {"name": f"alone-{name}", "n_eval": 12, "batch_size": 5},
-        "targets": [{"model": "lenet"}],
+        "sweep": {"name": f"alone-{name}", "n_eval": 12, "batch_size": 5, "draws": 2},
+        "defenses": defenses,
+        "targets": [{"model": "lenet", "defenses": [d["label"] for d in defenses] or ["none"]}],
         "attacks": [{"name": name, "norm": norm, "eps": [ALONE_EPS[norm]],
                      "params": small_params(spec)}]})
     report = run_sweep(config, RunOptions(out=tmp_path, cache_dir=cache_dir, progress=False))

@@ -27,7 +27,7 @@ OTHER: dict[str, Any] = {
     "direction": "real->fake", "defense": "fgsm_rs", "defense_params": '{"eps": 0.3}',
     "model_source": "mynets:cnn", "weights_sha256": "b" * 64, "base_weights_sha256": "c" * 64,
     "train_dataset": "idx:/data", "split": "train", "n_samples": 5, "seed": 1,
-    "precision": "bf16", "attack": "fgsm", "attack_params": '{"steps": 7}', "targeted": True,
+    "precision": "bf16", "draws": 5, "attack": "fgsm", "attack_params": '{"steps": 7}', "targeted": True,
     "norm": "l2", "eps": 0.2, "eps_display": "0.2", "source_model": "resnet",
     "cascade_member": "apgd-ce", "fast_path": "channels_last", "device": "cuda:0",
     "batch_size": 64, "torch_version": "9.9", "advbench_version": "9.9", "git_sha": "f00",

@@ -67,7 +67,7 @@ def test_boards_split_by_norm_and_render(tmp_path: Path) -> None:
     csv = render(tmp_path, "csv")
     assert csv.splitlines()[0].startswith(
         "dataset,target_kind,threat,norm,model,defense,defense_params,model_source,"
-        "weights_sha256,train_dataset,split,n,seed,precision,clean")
+        "weights_sha256,train_dataset,split,n,seed,precision,draws,clean")
     assert csv.splitlines()[0].endswith(",fast_path")  # recorded, listed, never a key
 
 
