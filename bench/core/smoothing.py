@@ -35,7 +35,8 @@ class SmoothedTarget(Target):
         super().__init__(base.model, num_classes=base.num_classes, input_shape=base.input_shape,
                          bounds=base.bounds, mean=base.mean.flatten().tolist(),
                          std=base.std.flatten().tolist(), kind=base.kind,
-                         name=f"{base.name}+smoothed{sigma:g}", randomised=True)
+                         name=f"{base.name}+smoothed{sigma:g}", randomised=True,
+                         preprocess=base.preprocess)
         self.sigma, self.n0, self.n, self.alpha, self.n_predict = sigma, n0, n, alpha, n_predict
         self.noise_draws = 1
         self.to(base.device)

@@ -175,7 +175,12 @@ class Target(nn.Module):
                                             and self.preprocess.randomised)
 
     def with_preprocess(self, preprocess: Preprocessing, name: str) -> Target:
-        """This target's model, normalisation and bounds behind ``preprocess`` (weights shared)."""
+        """This target's model, normalisation and bounds behind ``preprocess`` (weights shared);
+        :class:`BadInput` if it has a preprocessing step of its own already."""
+        if self.preprocess is not None:
+            raise BadInput(f"target {self.name!r} already has a preprocessing step "
+                           f"({self.preprocess.summary}); a defense's {preprocess.summary} "
+                           f"cannot be put in front of it")
         return Target(self.model, num_classes=self.num_classes, input_shape=self.input_shape,
                       bounds=self.bounds, mean=self.mean.flatten().tolist(),
                       std=self.std.flatten().tolist(), kind=self.kind, name=name,
