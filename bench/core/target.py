@@ -120,6 +120,7 @@ class Target(nn.Module):
         self.__dict__["_compiled"] = None  # torch.compile(model), kept out of the submodules
         self.preprocess = preprocess
         self.declared_random = randomised
+        self.global_rng = False  # its randomness is torch's global generator's (a user's code)
         self.eot_iter = 1  # draws a gradient averages (set by adaptive())
         self.bpda = True  # differentiate a preprocessing step as its stand-in
         self.__dict__["_draws"] = None  # the generator the forward draws from
@@ -247,6 +248,17 @@ class Target(nn.Module):
         self.__dict__["_compiled"] = torch.compile(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.global_rng:
+            return self._forward(x)
+        # a user's randomised code draws from torch's global generator: seed it from the
+        # handed one for this forward, so the run is reproducible, and restore it after
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.draws(x.device),
+                                 device=x.device))
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preprocess is not None:
             x = self.preprocess(x, self.draws(x.device), self.bpda)
         z = (x - self.mean) / self.std

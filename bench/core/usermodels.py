@@ -126,7 +126,7 @@ class UserModel:
             network, input_shape=self.input_shape, num_classes=self.num_classes,
             bounds=self.bounds, mean=self.mean, std=self.std, name=self.name, device=device,
             kind="discriminator" if self.kind == "discriminator" else "classifier")
-        target.declared_random = self.randomised
+        target.declared_random = target.global_rng = self.randomised
         if self.preprocess:
             where = f"model {self.name!r}"
             substitute = _identity if self.bpda == "identity" else (
@@ -345,7 +345,8 @@ def load_callable(where: str, spec: str, base_dir: Path) -> Any:
 class UserPreprocessing(Preprocessing):
     """A user's own preprocessing ``step(x) -> x`` in front of their network, with its
     differentiable stand-in for BPDA (``substitute``; the identity when declared so). A
-    randomised step draws from torch's global generator, which the caller seeds."""
+    randomised step draws from torch's global generator, which the target seeds from the
+    generator it is handed (:attr:`Target.global_rng`)."""
 
     def __init__(self, step: Any, substitute: Any | None, randomised: bool, summary: str
                  ) -> None:

@@ -349,7 +349,15 @@ def test_a_users_model_declares_its_preprocessing_stand_in_and_randomness(
         assert not input_gradient(target, x, y).any()
     assert not target.randomised
     random = user(preprocess="mynet:noisy", bpda="", randomised=True)
-    assert random.target(torch.device("cpu")).randomised
+    noisy = random.target(torch.device("cpu"))
+    assert noisy.randomised
+    # its code draws from torch's global generator, seeded from the one the target is handed
+    runs = [run_attack("pgd", noisy, x, y, eps=0.1, params={"steps": 3, "eot_iter": 2},
+                       generator=torch.Generator().manual_seed(s)).x_adv for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    state = torch.random.get_rng_state()
+    noisy(x)
+    assert torch.equal(torch.random.get_rng_state(), state)
     assert random.identity != user().identity
     with pytest.raises(ConfigError, match="stand-in of a 'preprocess' step"):
         user(preprocess="")
