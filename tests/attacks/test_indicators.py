@@ -46,7 +46,7 @@ def test_none_on_the_plain_lenet_at_the_papers_budgets(lenet: Target, tmp_path: 
                                                        cache_dir: Path) -> None:
     rows = run(lenet.model, [{"name": "pgd", "params": {"steps": 40}}, "standard",
                              {"name": "standard", "params": {"version": "rapid"}}],
-               [0.1], tmp_path, cache_dir, n_eval=50)
+               [0.1], tmp_path, cache_dir, n_eval=30)
     assert len(rows) == 3 and rows["robust_acc"].between(0.2, 0.95).all()
     assert rows["flags"].isna().all(), rows[["attack", "attack_params", "flags"]]
     rapid = rows[rows["attack_params"].str.contains("rapid")].iloc[0]

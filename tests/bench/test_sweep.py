@@ -44,6 +44,8 @@ name = "pgd"
 eps = {EPS}
 params = {{ steps = 30, step_size = 0.01, early_stop = false }}
 """
+QUICK = SLOW.replace("steps = 30", "steps = 3").replace("n_eval = 400", "n_eval = 100")
+"""The same cells, cheap: for the executors' tests, which compare results, not timings."""
 
 
 def start(config: Path, out: Path, cache: Path, *extra: str, pause_after: int | None = None
@@ -207,7 +209,7 @@ def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_d
     state = tmp_path / "state"
     state.mkdir()
     monkeypatch.setenv(FLAKY_STATE, str(state))
-    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 2")))
+    config = parse_config(tomllib.loads(QUICK))
     options = RunOptions(out=tmp_path / "results", cache_dir=cache_dir, progress=False,
                          device="cpu", retries=1)
     plan = plan_sweep(config, options)
@@ -226,7 +228,7 @@ def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_d
 
 def test_local_pool_gives_the_in_process_results(trained_lenet: Any, cache_dir: Path,
                                                  tmp_path: Path) -> None:
-    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 3")))
+    config = parse_config(tomllib.loads(QUICK))
     rows = {}
     for workers in (1, 2):
         report = run_sweep(config, RunOptions(out=tmp_path / str(workers), cache_dir=cache_dir,
@@ -253,7 +255,7 @@ def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_
                                                       tmp_path: Path) -> None:
     """A local Ray instance: one task per base model, results written by the driver alone."""
     pytest.importorskip("ray")
-    config = parse_config(tomllib.loads(SLOW.replace("steps = 30", "steps = 3")))
+    config = parse_config(tomllib.loads(QUICK))
     local = run_sweep(config, RunOptions(out=tmp_path / "local", cache_dir=cache_dir,
                                          progress=False, device="cpu"))
     remote = run_sweep(config, RunOptions(out=tmp_path / "ray", cache_dir=cache_dir,
