@@ -55,7 +55,15 @@ def start(config: Path, out: Path, cache: Path, *extra: str, pause_after: int | 
         env[PAUSE_ENV] = str(pause_after)
     return subprocess.Popen([sys.executable, "-m", "bench", "run", str(config), "--out", str(out),
                              "--no-progress", *extra], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_interrupt)
+
+
+def _default_interrupt() -> None:
+    """The sweep starts as a user's terminal starts it, with Ctrl-C's default disposition: a
+    test run launched in the background inherits SIGINT ignored, which would make the
+    interruption tests wait for a signal the sweep never sees."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_cells(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 300) -> None:
