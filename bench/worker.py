@@ -179,18 +179,18 @@ class Worker:
         randomised (else twice, the second pass telling whether it is randomised after all),
         its margin gradients, and its certificate when it has one."""
         batch = self.config.batch_size
-        draws = self.config.draws if defended.randomised else 2
-        clean = judge(defended, data.x, draws=draws, seed=cell.seed, batch_size=batch)
-        if not defended.randomised:  # judge() took one pass; a second tells it is stable
-            clean = Judgement(torch.cat([clean.preds, defended.decide(data.x, batch)[None]]))
+        randomised = defended.randomised
+        clean = judge(defended, data.x, draws=self.config.draws, seed=cell.seed,
+                      batch_size=batch) if randomised else Judgement(torch.stack(
+                          [defended.decide(data.x, batch) for _ in range(2)]))
         margin_grad = median_margin_gradient(defended, data.x, data.y, batch)
         started = time.perf_counter()
         certificate = defended.certify(data.x, batch)
         return PreparedTarget(
             base, defended, clean.first, data.y, margin_grad, state_sha256(defended),
             state_sha256(base), unstable=clean.unstable,
-            draws=draws if defended.randomised else 1,
-            correct_every_draw=clean.every(data.y) if defended.randomised else None,
+            draws=self.config.draws if randomised else 1,
+            correct_every_draw=clean.every(data.y) if randomised else None,
             certificate=certificate,
             certify_s=time.perf_counter() - started if certificate is not None else None)
 

@@ -32,9 +32,7 @@ class SmoothedTarget(Target):
 
     def __init__(self, base: Target, *, sigma: float, n0: int = 100, n: int = 10_000,
                  alpha: float = 0.001, n_predict: int = 100) -> None:
-        super().__init__(base.model, num_classes=base.num_classes, input_shape=base.input_shape,
-                         bounds=base.bounds, mean=base.mean.flatten().tolist(),
-                         std=base.std.flatten().tolist(), kind=base.kind,
+        super().__init__(base.model, **base.pixel_space(),
                          name=f"{base.name}+smoothed{sigma:g}", randomised=True,
                          preprocess=base.preprocess)
         self.sigma, self.n0, self.n, self.alpha, self.n_predict = sigma, n0, n, alpha, n_predict

@@ -182,10 +182,15 @@ class Target(nn.Module):
             raise BadInput(f"target {self.name!r} already has a preprocessing step "
                            f"({self.preprocess.summary}); a defense's {preprocess.summary} "
                            f"cannot be put in front of it")
-        return Target(self.model, num_classes=self.num_classes, input_shape=self.input_shape,
-                      bounds=self.bounds, mean=self.mean.flatten().tolist(),
-                      std=self.std.flatten().tolist(), kind=self.kind, name=name,
+        return Target(self.model, **self.pixel_space(), name=name,
                       preprocess=preprocess).to(self.device)
+
+    def pixel_space(self) -> dict[str, Any]:
+        """The keyword arguments that give another target this one's classes, input shape,
+        bounds, normalisation and kind (a defense wrapping this target's model)."""
+        return {"num_classes": self.num_classes, "input_shape": self.input_shape,
+                "bounds": self.bounds, "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(), "kind": self.kind}
 
     @contextlib.contextmanager
     def drawing_from(self, generator: torch.Generator) -> Iterator[Target]:
