@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from bench.core import resume
 from bench.core.attack import (
     ATTACKS,
     Attack,
@@ -217,53 +218,124 @@ def standard(
     calls = ModelCalls(target)
     rows = max(1, batch_size or x.shape[0])
     n = x.shape[0]
-    x_adv = x.clone()
-    fooled_by = torch.full((n,), ROBUST, dtype=torch.long, device=x.device)
-    crossed = torch.zeros(n, dtype=torch.bool, device=x.device)
-    improving = torch.zeros(n, dtype=torch.bool, device=x.device)
-    white_box_margin = torch.full((n,), -math.inf, device=x.device)
-    if n:
-        pred = torch.cat([calls.logits(c).argmax(1) for c in x.split(rows)])
-        fooled_by[pred != y] = CLEAN
     chosen = members(params)
-    stats: list[MemberStats] = []
+    started_run = time.perf_counter()
+    piece = resume.resumed()
+    state = _State.restore(piece, x, calls, generator) if piece is not None \
+        and _State.fits(piece, chosen, n) else _State.start(x, y, calls, rows, generator)
+    state.names = [m.name for m in chosen]
     for k, member in enumerate(chosen, start=1):
-        todo = torch.nonzero(fooled_by == ROBUST).flatten()
+        if k <= len(state.stats):
+            continue  # done before the run resumed
+        todo = torch.nonzero(state.fooled_by == ROBUST).flatten()
         started = time.perf_counter()
         if todo.numel() == 0:
-            stats.append(MemberStats(0, 0, 0, 0, 0.0))
-            continue
-        if member.conditional and not failure_reasons(chosen, stats):
-            stats.append(MemberStats(0, 0, 0, 0, 0.0, skipped=todo.numel()))
-            continue
-        attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
-        res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
-        inside = within_eps(res.x_adv - x[todo], norm, eps, target.bounds[1] - target.bounds[0])
-        hit = res.success & inside
-        x_adv[todo[hit]] = res.x_adv[hit]
-        fooled_by[todo[hit]] = k
-        for name, flag in (("crossed", crossed), ("improving", improving)):
-            if name in res.artifacts:
-                flag[todo] |= res.artifacts[name].to(x.device)
-        beat = 0
-        if "margin" in res.artifacts:
-            reached = res.artifacts["margin"].to(x.device)
-            if member.black_box:
-                beat = int((reached > white_box_margin[todo] + MARGIN_TOL).sum())
-            else:
-                white_box_margin[todo] = torch.maximum(white_box_margin[todo], reached)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        stats.append(MemberStats(todo.numel(), int(hit.sum()), res.n_forward, res.n_backward,
-                                 time.perf_counter() - started, res.n_grad_unavailable,
-                                 beat_white_box=beat))
+            state.stats.append(MemberStats(0, 0, 0, 0, 0.0))
+        elif member.conditional and not failure_reasons(chosen, state.stats):
+            state.stats.append(MemberStats(0, 0, 0, 0, 0.0, skipped=todo.numel()))
+        else:
+            state.stats.append(_attack_member(state, member, k, todo, target, x, y, norm, eps,
+                                              generator, rows, started))
+        resume.checkpoint(state.piece(member.name, calls, generator,
+                                      time.perf_counter() - started_run))
+    fooled_by, x_adv = state.fooled_by, state.x_adv
+    crossed, improving, stats = state.crossed, state.improving, state.stats
     result = AttackResult.build(x, x_adv, fooled_by != ROBUST, calls, artifacts={
         "fooled_by": fooled_by.cpu(), "members": MemberStats.table(stats),
         "crossed": crossed, "improving": improving & (fooled_by == ROBUST)})
     result.n_forward += sum(s.n_forward for s in stats)
     result.n_backward += sum(s.n_backward for s in stats)
     result.n_grad_unavailable += sum(s.n_grad_unavailable for s in stats)
+    result.earlier_s = state.earlier_s
+    if state.resumed:
+        result.notes.append(f"resumed from a checkpoint after {state.resumed} of "
+                            f"{len(chosen)} members ({', '.join(state.names[:state.resumed])})")
     return result
+
+
+def _attack_member(state: _State, member: CascadeMember, k: int, todo: torch.Tensor,
+                   target: Target, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float,
+                   generator: torch.Generator, rows: int, started: float) -> MemberStats:
+    """Run the k-th member on the samples ``todo`` every earlier member missed; record what
+    it fooled in ``state``."""
+    attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
+    res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
+    inside = within_eps(res.x_adv - x[todo], norm, eps, target.bounds[1] - target.bounds[0])
+    hit = res.success & inside
+    state.x_adv[todo[hit]] = res.x_adv[hit]
+    state.fooled_by[todo[hit]] = k
+    for name, flag in (("crossed", state.crossed), ("improving", state.improving)):
+        if name in res.artifacts:
+            flag[todo] |= res.artifacts[name].to(x.device)
+    beat = 0
+    if "margin" in res.artifacts:
+        reached = res.artifacts["margin"].to(x.device)
+        if member.black_box:
+            beat = int((reached > state.white_box_margin[todo] + MARGIN_TOL).sum())
+        else:
+            state.white_box_margin[todo] = torch.maximum(state.white_box_margin[todo], reached)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return MemberStats(todo.numel(), int(hit.sum()), res.n_forward, res.n_backward,
+                       time.perf_counter() - started, res.n_grad_unavailable,
+                       beat_white_box=beat)
+
+
+@dataclass
+class _State:
+    """A cascade's progress: adversarials so far, which member fooled each sample (0 the clean
+    pass, -1 none yet), the indicators' per-sample flags, the best white-box margins, and the
+    members' stats; checkpointed after each member (:mod:`bench.core.resume`)."""
+
+    x_adv: torch.Tensor
+    fooled_by: torch.Tensor
+    crossed: torch.Tensor
+    improving: torch.Tensor
+    white_box_margin: torch.Tensor
+    stats: list[MemberStats]
+    earlier_s: float = 0.0  # seconds the pieces before a resume took
+    resumed: int = 0  # members done before a resume
+    names: list[str] = field(default_factory=list)  # the cascade's members
+
+    @staticmethod
+    def start(x: torch.Tensor, y: torch.Tensor, calls: ModelCalls, rows: int,
+              generator: torch.Generator) -> _State:
+        """The clean pass: a misclassified sample needs no attack."""
+        n = x.shape[0]
+        fooled_by = torch.full((n,), ROBUST, dtype=torch.long, device=x.device)
+        if n:
+            pred = torch.cat([calls.logits(c).argmax(1) for c in x.split(rows)])
+            fooled_by[pred != y] = CLEAN
+        return _State(x.clone(), fooled_by, torch.zeros(n, dtype=torch.bool, device=x.device),
+                      torch.zeros(n, dtype=torch.bool, device=x.device),
+                      torch.full((n,), -math.inf, device=x.device), [])
+
+    @staticmethod
+    def fits(piece: resume.Piece, chosen: tuple[CascadeMember, ...], n: int) -> bool:
+        return (piece.meta.get("members") == [m.name for m in chosen]
+                and piece.tensors["fooled_by"].shape[0] == n and piece.done <= len(chosen))
+
+    @staticmethod
+    def restore(piece: resume.Piece, x: torch.Tensor, calls: ModelCalls,
+                generator: torch.Generator) -> _State:
+        t = {k: v.to(x.device) for k, v in piece.tensors.items() if k != "generator"}
+        generator.set_state(piece.tensors["generator"])
+        calls.n_forward = int(piece.meta["clean_forward"])
+        stats = MemberStats.read(t["members"].cpu())
+        return _State(t["x_adv"].to(x.dtype), t["fooled_by"].long(), t["crossed"].bool(),
+                      t["improving"].bool(), t["white_box_margin"].to(x.dtype), stats,
+                      float(piece.meta["elapsed_s"]), piece.done)
+
+    def piece(self, label: str, calls: ModelCalls, generator: torch.Generator,
+              seconds: float) -> resume.Piece:
+        """This state after the member ``label`` (the clean pass's calls and the seconds so
+        far included)."""
+        return resume.Piece(len(self.stats), label, {
+            "x_adv": self.x_adv, "fooled_by": self.fooled_by, "crossed": self.crossed,
+            "improving": self.improving, "white_box_margin": self.white_box_margin,
+            "members": MemberStats.table(self.stats), "generator": generator.get_state()},
+            {"clean_forward": calls.n_forward, "elapsed_s": self.earlier_s + seconds,
+             "members": self.names})
 
 
 __all__ = ["CLEAN", "ROBUST", "StandardParams", "decision", "failure_reasons", "members",

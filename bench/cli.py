@@ -62,6 +62,9 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--retries", type=int, default=defaults.RETRIES, help=(
         "reruns of a failed worker/Ray task before its cells are reported (default: "
         "%(default)s)"))
+    run.add_argument("--claim-ttl", type=float, default=None, metavar="SECONDS", help=(
+        "seconds an unrenewed claim on a cell lasts before any sweep may take the cell over "
+        f"(default: the config's claim_ttl, else {defaults.CLAIM_TTL_S:g})"))
     run.add_argument("--no-wait", action="store_true", help=(
         "exit once this sweep's own cells are done, leaving cells another running sweep holds "
         "to it (default: wait until they are stored)"))
@@ -191,7 +194,8 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(out=Path(args.out), cache_dir=resolve_cache_dir(args.cache_dir),
                          force=args.force, progress=not args.no_progress, device=args.device,
                          executor=args.executor, workers=args.workers, address=args.address,
-                         retries=args.retries, wait=not args.no_wait)
+                         retries=args.retries, wait=not args.no_wait,
+                         claim_ttl=args.claim_ttl)
     if args.repair and Path(args.out).is_dir():
         print(_doctor(args.out))
     if args.dry_run:
@@ -201,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
     print(summary_line(config, report, options.out) + "\n")
     if report.written or report.skipped:
         print(render(options.out, "md"))
+    for cell_id, reason in report.retried:
+        print(f"advbench: cell {cell_id} retried: {reason}", file=sys.stderr)
     if report.failed:
         for cell_id, error in report.failed:
             print(f"advbench: cell {cell_id} failed: {error}", file=sys.stderr)

@@ -48,7 +48,7 @@ THREAT_MODES = tuple(m.value for m in ThreatMode)
 CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
-               "device", "batch_size", "channels_last", "compile", "draws"}
+               "device", "batch_size", "channels_last", "compile", "draws", "claim_ttl"}
 _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
 _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
@@ -166,6 +166,8 @@ class SweepConfig:
     """The user's own models (``[[models]]``), usable wherever a zoo name is."""
     draws: int = defaults.DRAWS
     """Forward passes a randomised target's predictions are judged over."""
+    claim_ttl: float = defaults.CLAIM_TTL_S
+    """Seconds an unrenewed claim on a cell lasts before another sweep may take it over."""
 
     @property
     def user_models(self) -> dict[str, UserModel]:
@@ -358,7 +360,15 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
             "train_dataset": train_dataset, "split": split,
             "n_eval": _int(where, "n_eval", sweep.get("n_eval", defaults.N_EVAL), 1),
             "precision": precision, "device": device,
-            "draws": _int(where, "draws", sweep.get("draws", defaults.DRAWS), 1)}
+            "draws": _int(where, "draws", sweep.get("draws", defaults.DRAWS), 1),
+            "claim_ttl": _seconds(where, "claim_ttl",
+                                  sweep.get("claim_ttl", defaults.CLAIM_TTL_S))}
+
+
+def _seconds(where: str, key: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e9:
+        raise _type_error(where, key, "a number of seconds > 0", value)
+    return float(value)
 
 
 def _numbers(where: str, key: str, value: Any, length: int | None = None) -> tuple[float, ...]:

@@ -15,6 +15,11 @@ sample counts as robust only if every draw classifies it correctly."""
 BATCH_SIZE = 500
 """Images per attack call (``[sweep] batch_size``)."""
 
+CLAIM_TTL_S = 180.0
+"""Seconds a sweep's claim on a cell (a lease its holder renews every quarter of this) may go
+unrenewed before any other sweep, on any machine, takes the cell over (``[sweep] claim_ttl``,
+``--claim-ttl``)."""
+
 RETRIES = 2
 """Reruns of a failed worker or Ray task before its cells are reported as failed."""
 

@@ -23,6 +23,7 @@ from bench.core.measure import (
     device_name,
     floor_fraction,
     git_sha,
+    node_name,
 )
 from bench.core.norms import Norm, norm_of
 from bench.core.version import ADVBENCH_VERSION
@@ -134,7 +135,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
                                       attacked.precision_for(cell)) if floor else None,
-        peak_mem_bytes=run.peak_mem_bytes, device=device_name(device),
+        peak_mem_bytes=run.peak_mem_bytes, device=device_name(device), node=node_name(),
         torch_version=torch.__version__, advbench_version=ADVBENCH_VERSION, git_sha=git_sha(),
     )
 

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,11 +18,13 @@ from bench import defaults
 from bench.cascade_rows import member_run
 from bench.config import Cell
 from bench.core.attack import FitData
+from bench.core.checkpoints import state_sha256
 from bench.core.errors import BadInput
 from bench.core.measure import (
     autocast,
     measure,
 )
+from bench.core.resume import PieceStore, fingerprint, resumable
 from bench.core.target import Target
 from bench.evaluation import EvalData
 from bench.records import SAMPLE_ARTIFACTS, AttackedModel, AttackRun, CellResult, PreparedTarget
@@ -48,11 +51,14 @@ class RunOptions:
     address: str | None = None
     retries: int = defaults.RETRIES
     wait: bool = True  # wait for cells another sweep holds until they are stored
+    claim_ttl: float | None = None  # None: the config's claim_ttl
 
     def __post_init__(self) -> None:
         """Raise :class:`BadInput` for settings that cannot work (before anything starts)."""
         if self.retries < 0:
             raise BadInput(f"retries must be >= 0, got {self.retries}")
+        if self.claim_ttl is not None and not self.claim_ttl > 0:
+            raise BadInput(f"claim_ttl must be > 0 seconds, got {self.claim_ttl}")
         if self.workers is not None and self.workers < 1:
             raise BadInput(f"workers must be >= 1, got {self.workers}")
         if self.executor not in ("local", "ray"):
@@ -68,7 +74,10 @@ class RunOptions:
 class RunReport:
     """``skipped``: cells already stored; ``stored_by_others``: cells another sweep held and
     stored while this one waited; ``busy``: cells left to another running sweep (``wait``
-    off); ``failed``: (cell_id, error) of cells whose task failed after its retries."""
+    off); ``failed``: (cell_id, error) of cells whose task failed after its retries;
+    ``retried``: (cell_id, why) of cells whose task was rerun (a worker error, a lost node);
+    ``lost``: cells this sweep computed but did not store because its lease on them expired
+    and another sweep took them over."""
 
     run_id: str
     cells: int
@@ -77,30 +86,46 @@ class RunReport:
     busy: int = 0
     stored_by_others: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    retried: list[tuple[str, str]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
 
 def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torch.device,
                    batch_size: int, fit_data: FitData | None = None,
-                   progress: bool = False, precision: str = "fp32") -> AttackRun:
+                   progress: bool = False, precision: str = "fp32",
+                   pieces: PieceStore | None = None, weights: str = "") -> AttackRun:
     """Run the cell's attack on ``attacked`` over ``data`` at ``precision``, timed on the
-    device (batching, streaming and the out-of-memory back-off are the attack entry point's)."""
+    device (batching, streaming and the out-of-memory back-off are the attack entry point's).
+    A cascade checkpoints into ``pieces`` after each member and resumes from the last piece a
+    killed run left there for the same ``weights`` and samples; its time adds up over pieces."""
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    with measure(device) as timing, autocast(device, precision):
+    with measure(device) as timing, autocast(device, precision), \
+            resumable(pieces, attack_run_id(cell), fingerprint(weights, data.x, data.y)):
         result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,
                              batch_size=batch_size, progress=progress)
     return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
-                     timing.wall_s, timing.peak_mem_bytes, result.artifacts,
+                     timing.wall_s + result.earlier_s, timing.peak_mem_bytes, result.artifacts,
                      result.effective_params, result.n_grad_unavailable, result.notes)
+
+
+def _resumable(resumes: bool, pieces: PieceStore | None, attacked: AttackedModel
+               ) -> dict[str, Any]:
+    """``attack_samples``' checkpoint arguments for a run that ``resumes`` (a cascade)."""
+    if not resumes or pieces is None:
+        return {}
+    return {"pieces": pieces, "weights": state_sha256(attacked.plain)}
 
 
 def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: AttackedModel, *,
              device: torch.device, run_id: str, progress: bool = False,
              fit_data: FitData | None = None,
-             minimal_runs: dict[str, AttackRun] | None = None) -> CellResult:
+             minimal_runs: dict[str, AttackRun] | None = None,
+             pieces: PieceStore | None = None) -> CellResult:
     """Attack one cell's samples on the prepared ``attacked`` model, verify, summarise.
 
     ``minimal_runs`` caches the runs several rows are read from: a minimal-perturbation run
-    (every eps of one curve) and a cascade's (its row and each member's).
+    (every eps of one curve) and a cascade's (its row and each member's). ``pieces``: where a
+    cascade checkpoints after each member (:mod:`bench.core.resume`).
     """
     spec = cell.attack.spec
     if spec.minimal or spec.cascade is not None:
@@ -110,9 +135,10 @@ def run_cell(cell: Cell, prepared: PreparedTarget, data: EvalData, attacked: Att
             # the run itself: a minimal attack unbounded, a cascade as a whole
             whole = dataclasses.replace(cell, member="", attack=cell.attack.at(None)) \
                 if spec.minimal else dataclasses.replace(cell, member="")
-            cache[key] = attack_samples(whole, attacked.fast, data, device=device,
-                                        batch_size=attacked.batch_size, progress=progress,
-                                        precision=attacked.precision_for(cell))
+            cache[key] = attack_samples(
+                whole, attacked.fast, data, device=device, batch_size=attacked.batch_size,
+                progress=progress, precision=attacked.precision_for(cell),
+                **_resumable(spec.cascade is not None, pieces, attacked))
         run = cache[key]
         if cell.member:
             run = member_run(cell, run, data.x)

@@ -7,10 +7,16 @@
   (or creatable) and every file already in it must read as advbench results of a readable
   schema version (:meth:`leaderboards.store.ResultStore.check`).
 - **Claims.** A cell is claimed in the store (``claims/<cell_id>``) as it starts (a chunk at a
-  time on a pool or Ray); a cell a live process holds is left to it, so several sweeps on one
-  directory split the work and never compute or store a cell twice. Once it has run what it
-  could claim, a sweep waits until the cells other sweeps hold are stored (``--no-wait``: exit
-  at once), and runs any whose holder died. A killed sweep's claims are taken over.
+  time on a pool or Ray); the claim is a lease the sweep renews while it works (a thread, every
+  quarter of ``claim_ttl``). A cell whose lease is live is left to its holder, so several sweeps
+  on one directory, on any machines, split the work. Once it has run what it could claim, a
+  sweep waits until the cells other sweeps hold are stored (``--no-wait``: exit at once), and
+  runs any whose holder died (same host) or whose lease went unrenewed for ``claim_ttl``
+  (any host). A sweep stores a cell only while it still holds its lease: one that was paused
+  past its lease and taken over drops its result (``RunReport.lost``).
+- **Resumable runs.** A cascade checkpoints after each member into ``partial/``
+  (:mod:`bench.core.resume`); a rerun after a killed worker, node or driver resumes from there,
+  and the checkpoint is removed once every row of its run is stored.
 - **Executors** (:mod:`bench.executors`): ``local`` runs in this process, or with ``workers`` > 1
   in a pool of processes (one per visible GPU by default on CUDA); ``ray`` runs one task per
   group of cells sharing a base model. Workers only compute; the driver alone writes the store.
@@ -21,8 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +45,8 @@ from bench.core.datasets import load_dataset
 from bench.core.errors import BadInput
 from bench.core.files import check_writable
 from bench.core.progress import progress_bar
+from bench.executors import partial_dir
+from bench.rows import attack_run_id
 from bench.runner import RunOptions, RunReport
 from leaderboards.store import ResultStore, Scan
 
@@ -144,27 +154,49 @@ WAIT_POLL_S = 2.0
 
 
 class _Driver:
-    """Claims, writes and releases cells for one sweep run (the one writer of the store)."""
+    """Claims, renews, writes and releases cells for one sweep run (the one writer of the
+    store)."""
 
-    def __init__(self, options: RunOptions, run_id: str, report: RunReport) -> None:
+    def __init__(self, options: RunOptions, run_id: str, report: RunReport,
+                 claim_ttl: float, cells: list[Cell]) -> None:
         self.options, self.run_id, self.report = options, run_id, report
-        self.store = ResultStore(options.out)
+        self.store = ResultStore(options.out, claim_ttl)
         self.held: set[str] = set()
         self.busy: dict[str, Cell] = {}
         self.threads = torch.get_num_threads()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.renewer = threading.Thread(target=self._renew, args=(claim_ttl / 4,), daemon=True,
+                                        name="advbench-lease-renewal")
+        self.renewer.start()
+        self.unstored = Counter(attack_run_id(cell) for cell in cells)
+        self.pieces = partial_dir(options)
+
+    def _renew(self, every: float) -> None:
+        """Renew the leases of the cells this sweep holds until :meth:`close`."""
+        while not self.stop.wait(every):
+            with self.lock:
+                lost = self.store.renew(sorted(self.held))
+            for cell_id in lost:
+                log.warning("cell %s: another sweep took over its claim (this sweep's lease "
+                            "went unrenewed past claim_ttl); its result will not be stored",
+                            cell_id[:10])
 
     def claim(self, cells: list[Cell]) -> list[Cell]:
         """The cells of ``cells`` this process now holds; the others are stored or held."""
         mine = []
         for cell in cells:
-            if not self.store.claim(cell.cell_id, self.run_id):
+            with self.lock:
+                taken = self.store.claim(cell.cell_id, self.run_id)
+            if not taken:
                 self.busy[cell.cell_id] = cell
             elif not self.options.force and self.store.is_stored(cell.cell_id):
                 self.store.release(cell.cell_id)  # another sweep stored it since we looked
                 self.report.skipped += 1
             else:
                 self.busy.pop(cell.cell_id, None)
-                self.held.add(cell.cell_id)
+                with self.lock:
+                    self.held.add(cell.cell_id)
                 mine.append(cell)
         if mine:
             self.share_cores()
@@ -178,18 +210,33 @@ class _Driver:
         torch.set_num_threads(max(1, self.threads // sweeps))
 
     def run(self, executor: Executor, cells: list[Cell], bar: tqdm) -> None:
-        for cell, outcome in executor.run(Plan.groups(cells), self.run_id, self.claim):
+        for cell, outcome in executor.run(Plan.groups(cells), self.run_id, self.claim,
+                                          self.retried):
             if isinstance(outcome, BaseException):
                 self.report.failed.append((cell.cell_id, f"{type(outcome).__name__}: {outcome}"))
+            elif not self.store.holds(cell.cell_id):
+                self.report.lost.append(cell.cell_id)  # taken over: its new holder stores it
             else:
                 self.store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
                 self.report.written.append(outcome.summary)
+                self.stored(cell)
                 _pause_for_tests(len(self.report.written))
-            self.store.release(cell.cell_id)
-            self.held.discard(cell.cell_id)
+            with self.lock:
+                self.store.release(cell.cell_id)
+                self.held.discard(cell.cell_id)
             bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
                                 f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
             bar.update(1)
+
+    def retried(self, cells: list[Cell], reason: str) -> None:
+        self.report.retried += [(cell.cell_id, reason) for cell in cells]
+
+    def stored(self, cell: Cell) -> None:
+        """Remove the checkpoint of ``cell``'s attack run once every row of it is stored."""
+        run = attack_run_id(cell)
+        self.unstored[run] -= 1
+        if self.unstored[run] <= 0:
+            self.pieces.drop(run)
 
     def wait_for_others(self) -> list[Cell]:
         """Block until every cell other sweeps hold is stored; return those whose holder died
@@ -208,10 +255,14 @@ class _Driver:
                 return orphans
             time.sleep(WAIT_POLL_S)
 
-    def release_all(self) -> None:
+    def close(self) -> None:
+        """Stop renewing and release every claim this sweep still holds."""
+        self.stop.set()
+        self.renewer.join()
         for cell_id in self.held:
             self.store.release(cell_id)
         self.held.clear()
+        self.pieces.remove_if_empty()
 
 
 def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
@@ -226,7 +277,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     if not todo:
         return report  # nothing to run: no executor (and no Ray instance) is started
     executor = make_executor(config, options)  # an unreachable cluster fails before writing
-    driver = _Driver(options, run_id, report)
+    driver = _Driver(options, run_id, report, options.claim_ttl or config.claim_ttl, todo)
     bar = progress_bar(total=len(todo), desc=f"sweep {config.name}", unit="cell",
                        enabled=options.progress)
     try:
@@ -242,7 +293,7 @@ def run_sweep(config: SweepConfig, options: RunOptions) -> RunReport:
     finally:
         bar.close()
         torch.set_num_threads(driver.threads)
-        driver.release_all()
+        driver.close()
         driver.store.remove_empty(created_root)
         executor.close()
     return report
@@ -267,6 +318,10 @@ def summary_line(config: SweepConfig, report: RunReport, out: Any) -> str:
         parts.append(f"{report.stored_by_others} stored by another sweep meanwhile")
     if report.busy:
         parts.append(f"{report.busy} left to another running sweep")
+    if report.retried:
+        parts.append(f"{len({c for c, _ in report.retried})} retried")
+    if report.lost:
+        parts.append(f"{len(report.lost)} taken over by another sweep (not stored here)")
     if report.failed:
         parts.append(f"{len(report.failed)} failed")
     return f"sweep {config.name!r}: {', '.join(parts)}; results in {out}/"

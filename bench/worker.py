@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from bench.config import Cell, Origin, SweepConfig
+from bench.core import hooks
 from bench.core.attack import FitData
 from bench.core.checkpoints import CheckpointCache, state_sha256
 from bench.core.datasets import load_dataset
@@ -21,6 +22,7 @@ from bench.core.measure import (
     floors,
     resolve_device,
 )
+from bench.core.resume import PieceStore
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
@@ -65,13 +67,16 @@ class Worker:
     """Prepares targets and runs cells on one device; keeps trained models, GANs, fitted
     defenses, evaluated data and prepared attacked models across the cells it is given.
 
+    ``pieces``: where long attack runs checkpoint (:mod:`bench.core.resume`).
     :meth:`prepare` trains or loads every target and transfer source, runs the clean passes and
     prepares every attacked model (fast path, batch size, floor), so that bad models fail before
     anything is written and a cell is only attack → verify → summarise (:meth:`run_one`).
     """
 
-    def __init__(self, config: SweepConfig, options: RunOptions, run_id: str) -> None:
+    def __init__(self, config: SweepConfig, options: RunOptions, run_id: str,
+                 pieces: PieceStore | None = None) -> None:
         self.config = config
+        self.pieces = pieces
         self.options = options
         self.run_id = run_id
         self.device = resolve_device(options.device or config.device)
@@ -220,20 +225,33 @@ class Worker:
 
     def run_one(self, cell: Cell) -> CellResult:
         """Attack one prepared cell (:meth:`prepare` must have seen it)."""
+        hooks.hold(f"cell:{cell.cell_id}")
         result = run_cell(
             cell, self.prepared[_target_key(cell)], self.data[_data_key(cell)],
             self.attacked[_attacked_key(cell)], device=self.device, run_id=self.run_id,
             progress=self.options.progress, fit_data=self.fit_data(cell),
-            minimal_runs=self.minimal_runs)
+            minimal_runs=self.minimal_runs, pieces=self.pieces)
         result.artifacts = {k: v.detach().cpu() for k, v in result.artifacts.items()}
         log.info("%s %s@%s robust_acc=%.4f", cell.attack_name, cell.threat_model.norm.value,
                  cell.threat_model.eps_display, result.summary.robust_acc)
         return result
 
 
-def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list[Cell]
-              ) -> list[CellResult]:
-    """Prepare and run ``cells`` in a fresh worker (what a pool process or a Ray task runs)."""
-    worker = Worker(config, dataclasses.replace(options, progress=False), run_id)
+_reused: dict[tuple[str, str], Worker] = {}
+"""This process's worker of the sweep run it last served (a pool process or a Ray worker runs
+many tasks of one sweep: models, data and clean passes are prepared once, not per task)."""
+
+
+def run_group(config: SweepConfig, options: RunOptions, run_id: str, cells: list[Cell],
+              pieces: PieceStore | None = None) -> list[CellResult]:
+    """Prepare and run ``cells`` (what a pool process or a Ray task runs), in this process's
+    worker of the sweep run ``run_id``."""
+    key = (run_id, str(options.out))
+    if key not in _reused:
+        _reused.clear()
+        _reused[key] = Worker(config, dataclasses.replace(options, progress=False), run_id,
+                              pieces)
+    worker = _reused[key]
+    worker.pieces = pieces
     worker.prepare(cells)
     return [worker.run_one(cell) for cell in cells]

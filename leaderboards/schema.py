@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -129,6 +129,9 @@ class SummaryRow:
     floor_fraction: float | None
     peak_mem_bytes: int | None
     device: str
+    # the machine that ran the cell: its host name, and for a Ray task ":" and the Ray node's
+    # id (bench.core.measure.node_name)
+    node: str | None
     torch_version: str
     advbench_version: str
     git_sha: str | None
@@ -206,6 +209,7 @@ ADDED_IN: dict[str, int] = {
     "certify_s": 11,
     "certified_radius": 11,
     "certified_correct": 11,
+    "node": 12,
 }
 """The schema version that added each column; older files get its migration value."""
 

@@ -5,7 +5,8 @@ Layout under the results directory::
     summary/<cell_id>.parquet            one summary row per cell
     samples/<cell_id>-<run_id>.parquet   that cell's per-sample rows from run <run_id>
     artifacts/<cell_id>-<run_id>/        tensors an attack produced (a UAP's perturbation)
-    claims/<cell_id>                     a cell being computed (pid, host), while it runs
+    claims/<cell_id>                     a cell's lease (host, pid, run, renewals) while it runs
+    partial/<run key>.safetensors        a long attack run's state after each piece (resumable)
     quarantine/                          unreadable or foreign files `advbench doctor` moved aside
 
 A cell's samples file is written before its summary file, each through a hidden temporary name
@@ -14,8 +15,9 @@ its summary file and the samples file it names both read whole. Recomputing a ce
 replaces its summary file in one rename, so every reader, advbench's or a plain
 ``read_parquet('results/summary/*.parquet')``, sees one row per cell; the superseded samples and
 artifacts are removed after the swap. A killed sweep leaves at most hidden temporary files
-(ignored by readers) and the claims of the cells it had in flight; a claim whose process is gone
-(same host, dead pid) is taken over by the next sweep.
+(ignored by readers) and the claims of the cells it had in flight. A claim is a lease its holder
+renews while it works: one whose process is gone (same host, dead pid) is taken over at once, one
+whose lease has not changed for ``claim_ttl`` seconds (any host) after that.
 
 Files that do not read whole, or that are not advbench results, are never deleted: readers name
 them, and ``advbench doctor`` (or ``advbench run --repair``) moves them into ``quarantine/``.
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -156,10 +160,14 @@ class Scan:
 
 
 class ResultStore:
-    """Read and write advbench results under ``root``."""
+    """Read and write advbench results under ``root``; ``claim_ttl``: seconds after which an
+    unrenewed lease of another process may be taken over (never, by default)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], claim_ttl: float = math.inf) -> None:
         self.root = Path(root)
+        self.claim_ttl = claim_ttl
+        self._tokens: dict[str, str] = {}  # cell_id -> the token of this process's lease
+        self._seen: dict[str, tuple[str, float]] = {}  # cell_id -> (claim text, first seen)
 
     @property
     def summary_dir(self) -> Path:
@@ -264,37 +272,105 @@ class ResultStore:
         return cell_id in self._whole_cells(self._summary_files(cell_id), [])
 
     def claim(self, cell_id: str, run_id: str) -> bool:
-        """Take ``cell_id`` for this process; ``False`` if a live process holds it.
+        """Take ``cell_id``'s lease for this process; ``False`` while another holder's lease is
+        live (:meth:`_expired`).
 
         The claim file is written under a temporary name and hard-linked into place, so it
-        appears whole or not at all, and two processes cannot both create it.
+        appears whole or not at all, and two processes cannot both create it. An expired claim
+        is replaced under a takeover lock (:meth:`_take_over`), so of several sweeps racing for
+        it one wins.
         """
         self.claims_dir.mkdir(parents=True, exist_ok=True)
         path = self.claims_dir / cell_id
-        tmp = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.tmp"
+        token = uuid.uuid4().hex
+        tmp = self.claims_dir / f".{cell_id}.{token}.tmp"
         tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "run_id": run_id}))
+                                   "run_id": run_id, "token": token, "renewals": 0}))
         try:
             for _ in range(3):
                 try:
                     os.link(tmp, path)
+                    self._tokens[cell_id] = token
                     return True
                 except FileExistsError:
-                    if not _claim_is_stale(path):
-                        return False
-                    # the holder died: move its claim aside (only one taker can) and retry
-                    aside = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.stale"
-                    try:
-                        os.rename(path, aside)
-                        aside.unlink()
-                    except FileNotFoundError:
-                        pass
+                    pass
+                text = _read_text(path)
+                if text is None:
+                    continue  # released meanwhile: link ours
+                if not self._expired(cell_id, text) or not self._take_over(path, text, tmp):
+                    return False
+                self._tokens[cell_id] = token
+                return True
             return False
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _take_over(self, path: Path, expired: str, ours: Path) -> bool:
+        """Replace the expired claim ``path`` (still reading ``expired``) with ``ours``, holding
+        ``.<cell_id>.takeover`` (created exclusively) meanwhile; False when another taker holds
+        the lock or the claim changed. A lock left by a dead taker is removed (its cell is taken
+        at the next try)."""
+        lock = self.claims_dir / f".{path.name}.takeover"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            text = _read_text(lock)
+            if text is not None and self._expired(lock.name, text):
+                lock.unlink(missing_ok=True)
+            return False
+        try:
+            os.write(fd, json.dumps({"pid": os.getpid(),
+                                     "host": socket.gethostname()}).encode())
+            if _read_text(path) != expired:
+                return False  # renewed, released or taken meanwhile
+            os.replace(ours, path)
+            self._seen.pop(path.name, None)
+            return True
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+
+    def _expired(self, cell_id: str, text: str) -> bool:
+        """Whether the claim reading ``text`` may be taken over: its holder is a dead process
+        on this host, or its lease has not changed for ``claim_ttl`` seconds of this process's
+        own clock (renewal is judged by change seen here, never by comparing two machines'
+        clocks, so clock skew cannot expire a live lease)."""
+        holder = _holder(text)
+        if holder is not None and _dead_here(holder):
+            return True
+        now = time.monotonic()
+        seen = self._seen.get(cell_id)
+        if seen is None or seen[0] != text:
+            self._seen[cell_id] = (text, now)
+            return self.claim_ttl <= 0
+        return now - seen[1] >= self.claim_ttl
+
+    def holds(self, cell_id: str) -> bool:
+        """Whether this store's process still holds ``cell_id``'s lease."""
+        holder = _holder(_read_text(self.claims_dir / cell_id))
+        return holder is not None and holder.get("token") == self._tokens.get(cell_id)
+
+    def renew(self, cell_ids: Iterable[str]) -> list[str]:
+        """Renew the leases of ``cell_ids`` (a counter in the claim file changes, so watchers
+        see it live); returns those whose lease another sweep has taken over meanwhile."""
+        lost = []
+        for cell_id in cell_ids:
+            path = self.claims_dir / cell_id
+            holder = _holder(_read_text(path))
+            if holder is None or holder.get("token") != self._tokens.get(cell_id):
+                lost.append(cell_id)
+                continue
+            holder["renewals"] = int(holder.get("renewals", 0)) + 1
+            tmp = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps(holder))
+            os.replace(tmp, path)
+        return lost
+
     def release(self, cell_id: str) -> None:
-        (self.claims_dir / cell_id).unlink(missing_ok=True)
+        """Drop this process's claim of ``cell_id`` (a lease another sweep took over stays)."""
+        if self.holds(cell_id):
+            (self.claims_dir / cell_id).unlink(missing_ok=True)
+        self._tokens.pop(cell_id, None)
 
     def live_holders(self) -> set[int]:
         """The pids of this host's live processes that hold claims here."""
@@ -302,18 +378,16 @@ class ResultStore:
         for path in self.claims_dir.glob("*") if self.claims_dir.is_dir() else ():
             if path.name.startswith("."):
                 continue
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if holder.get("host") == socket.gethostname() and not _claim_is_stale(path):
+            holder = _holder(_read_text(path))
+            if holder is not None and holder.get("host") == socket.gethostname() \
+                    and not _dead_here(holder):
                 pids.add(int(holder.get("pid", -1)))
         return pids
 
     def claimed(self, cell_id: str) -> bool:
-        """Whether a live process holds ``cell_id``."""
-        path = self.claims_dir / cell_id
-        return path.exists() and not _claim_is_stale(path)
+        """Whether a live lease holds ``cell_id``."""
+        text = _read_text(self.claims_dir / cell_id)
+        return text is not None and not self._expired(cell_id, text)
 
     def remove_empty(self, created_root: bool) -> None:
         """Remove the claims folder when it holds nothing, and the results folder itself when
@@ -396,22 +470,33 @@ class ResultStore:
         return self._read(files, SAMPLES_SCHEMA).to_pandas()
 
 
-def _claim_is_stale(path: Path) -> bool:
-    """A claim is stale when its process, on this host, no longer exists. Claims of other hosts
-    are trusted (delete ``claims/`` by hand if such a machine died)."""
+def _read_text(path: Path) -> str | None:
+    """A claim file's text; None when there is none."""
     try:
-        holder = json.loads(path.read_text())
+        return path.read_text()
     except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        return False
+        return None
+    except (OSError, UnicodeDecodeError):
+        return "<unreadable>"  # watched like any other claim: it expires unless it changes
+
+
+def _holder(text: str | None) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _dead_here(holder: Mapping[str, Any]) -> bool:
+    """Whether the claim's holder is a process of this host that no longer exists."""
     if holder.get("host") != socket.gethostname():
         return False
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, KeyError, ValueError, TypeError):
+    except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
         return False
     return False
 

@@ -109,7 +109,8 @@ class AttackResult:
     ``attack_params`` records them. ``n_grad_unavailable`` counts the per-image gradient
     evaluations (of ``n_backward``) that came back zero or not finite (the ``zero-grad``
     indicator, :mod:`bench.core.indicators`). ``notes``: what the run decided that the row
-    should say in words (its ``decision`` column).
+    should say in words (its ``decision`` column). ``earlier_s``: the seconds a run resumed
+    from a checkpoint (:mod:`bench.core.resume`) spent before it resumed.
     """
 
     def __init__(self, x_adv: torch.Tensor, success: torch.Tensor | SuccessCheck,
@@ -127,6 +128,7 @@ class AttackResult:
         self.effective_params: dict[str, Any] = effective_params or {}
         self.n_grad_unavailable = n_grad_unavailable
         self.notes: list[str] = []
+        self.earlier_s = 0.0  # seconds of a resumed run's pieces before it resumed
 
     @property
     def success(self) -> torch.Tensor:
@@ -698,6 +700,7 @@ def concat_results(results: list[AttackResult]) -> AttackResult:
         n_grad_unavailable=sum(r.n_grad_unavailable for r in results),
     )
     joined.notes = list(dict.fromkeys(note for r in results for note in r.notes))
+    joined.earlier_s = sum(r.earlier_s for r in results)
     return joined
 
 

@@ -8,8 +8,10 @@ import enum
 import functools
 import os
 import platform
+import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +40,18 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def node_name() -> str:
+    """This machine's host name; inside a Ray task, ":" and the Ray node's id as well (several
+    Ray nodes can share a host)."""
+    name = socket.gethostname()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        context = ray.get_runtime_context()
+        if context.worker.mode == ray.WORKER_MODE:
+            name += ":" + context.get_node_id()[:12]
+    return name
 
 
 def synchronize(device: torch.device) -> None:

@@ -3,7 +3,6 @@ one directory, --dry-run, zero-cell sweeps, the process-pool executor's retries,
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,6 @@ from bench.runner import RunOptions
 from bench.sweep import PAUSE_ENV, estimated_calls, plan_sweep, run_sweep
 from bench.worker import run_group
 from leaderboards import ResultStore, load
-from leaderboards.store import _claim_is_stale
 from tests.conftest import small_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,23 +149,6 @@ def test_two_sweeps_into_one_directory_store_each_cell_once(trained_lenet: Any, 
     assert all(n > 0 for n in ran), outputs  # cells are claimed as they start: both worked
 
 
-def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path: Path) -> None:
-    store = ResultStore(tmp_path)
-    assert store.claim("c1", "r1")
-    assert not store.claim("c1", "r2")  # this (live) process holds it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    holder = json.loads((tmp_path / "claims" / "c1").read_text())
-    (tmp_path / "claims" / "c1").write_text(json.dumps({**holder, "pid": int(dead)}))
-    assert _claim_is_stale(tmp_path / "claims" / "c1")
-    assert store.claim("c1", "r3")
-    other_host = {**holder, "host": "elsewhere", "pid": int(dead)}
-    (tmp_path / "claims" / "c2").write_text(json.dumps(other_host))
-    assert not store.claim("c2", "r4")  # another machine's claim is trusted
-    store.release("c1")
-    assert not (tmp_path / "claims" / "c1").exists()
-
-
 def test_dry_run_lists_cells_and_calls_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "slow.toml"
@@ -201,14 +182,15 @@ def test_zero_cell_sweep_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
 FLAKY_STATE = "ADVBENCH_TEST_FLAKY_DIR"
 
 
-def flaky_group(config: Any, options: RunOptions, run_id: str, cells: list[Any]) -> list[Any]:
+def flaky_group(config: Any, options: RunOptions, run_id: str, cells: list[Any],
+                pieces: Any = None) -> list[Any]:
     """Fails the first attempt of every group (and every attempt of 'always' groups)."""
     state = Path(os.environ[FLAKY_STATE])
     marker = state / cells[0].cell_id
     if cells[0].threat_model.eps == EPS[-1] or not marker.exists():
         marker.touch()
         raise RuntimeError(f"injected failure for {cells[0].cell_id[:8]}")
-    return run_group(config, options, run_id, cells)
+    return run_group(config, options, run_id, cells, pieces)
 
 
 def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_dir: Path,
@@ -223,10 +205,14 @@ def test_pool_retries_failed_tasks_then_reports_them(trained_lenet: Any, cache_d
     plan = plan_sweep(config, options)
     # one group per cell here, so that one cell can keep failing while the others recover
     pool = LocalPool(config, options, workers=2, gpus=[], task=flaky_group)
+    retried: list[tuple[str, str]] = []
     try:
-        outcomes = list(pool.run([[c] for c in plan.todo], "run1", lambda cells: cells))
+        outcomes = list(pool.run([[c] for c in plan.todo], "run1", lambda cells: cells,
+                                 lambda cells, why: retried.extend((c.cell_id, why)
+                                                                   for c in cells)))
     finally:
         pool.close()
+    assert len(retried) == len(EPS) and all("injected failure" in why for _, why in retried)
     failed = [c for c, o in outcomes if isinstance(o, BaseException)]
     assert [c.threat_model.eps for c in failed] == [EPS[-1]]
     assert "injected failure" in str(dict((c, o) for c, o in outcomes)[failed[0]])

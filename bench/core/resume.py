@@ -1,0 +1,162 @@
+"""Checkpoints of long attack runs, so that a killed worker, node or driver loses one piece.
+
+AutoAttack saves its ``EvaluationState`` after each attack of its cascade (which attacks ran,
+which samples are still robust); advbench's ``standard`` cascade does the same through this
+module: after each member it :func:`checkpoint`\\ s a :class:`Piece` (its adversarials so far,
+which member fooled each sample, the members' costs, the generator's state, the seconds spent),
+and a rerun of the same attack run starts from the last piece (:func:`resumed`) instead of the
+first member. The run's randomness continues from the saved generator state, so a resumed run
+equals an uninterrupted one sample for sample, and its calls and seconds add up over the pieces.
+
+Where pieces live is the caller's choice (:class:`PieceStore`): :class:`PieceDir` keeps them as
+``<key>.safetensors`` in a folder (a sweep's ``partial/`` folder on the driver's machine; Ray
+workers reach it through an actor there). A piece is never a result: it is read only by a rerun
+of the attack run it was written for (the ``fingerprint`` of weights and samples must match),
+and the sweep removes it once every row of that run is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from bench.core import hooks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Piece:
+    """The state of an attack run after ``done`` of its pieces (``label``: the last one)."""
+
+    done: int
+    label: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class PieceStore(Protocol):
+    def load(self, key: str) -> Piece | None: ...
+
+    def save(self, key: str, piece: Piece) -> None: ...
+
+    def drop(self, key: str) -> None: ...
+
+
+META = "advbench_piece"
+
+
+class PieceDir:
+    """Pieces as ``<root>/<key>.safetensors`` (tensors, with the rest as JSON metadata),
+    each written through a hidden temporary name and an atomic rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def load(self, key: str) -> Piece | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {})[META])
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+            return Piece(int(meta.pop("done")), str(meta.pop("label")), tensors, meta)
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError) as exc:
+            log.warning("%s is not a readable checkpoint (%s); the run starts from its "
+                        "beginning and overwrites it", path, exc)
+            return None
+
+    def save(self, key: str, piece: Piece) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        meta = json.dumps({**piece.meta, "done": piece.done, "label": piece.label})
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in piece.tensors.items()},
+                      str(tmp), metadata={META: meta})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def drop(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def remove_if_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+
+@dataclass(frozen=True)
+class _Scope:
+    store: PieceStore
+    key: str
+    fingerprint: str
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("resume", default=None)
+
+
+@contextlib.contextmanager
+def resumable(store: PieceStore | None, key: str, fingerprint: str) -> Iterator[None]:
+    """Within this block a resumable attack run checkpoints into ``store`` under ``key`` and
+    resumes from a piece there whose ``fingerprint`` (the weights and samples it ran on)
+    matches; without a store it runs whole."""
+    token = _SCOPE.set(_Scope(store, key, fingerprint) if store is not None else None)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def resumed() -> Piece | None:
+    """The last piece checkpointed for the run in scope, if it was written for the same
+    weights and samples; None to start from the beginning."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return None
+    piece = scope.store.load(scope.key)
+    if piece is None:
+        return None
+    if piece.meta.get("fingerprint") != scope.fingerprint:
+        log.warning("checkpoint %s was written for other weights or samples; not resumed",
+                    scope.key)
+        return None
+    return piece
+
+
+def checkpoint(piece: Piece) -> None:
+    """Save ``piece`` as the run in scope's latest state (nothing without a scope)."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return
+    piece.meta["fingerprint"] = scope.fingerprint
+    scope.store.save(scope.key, piece)
+    hooks.hold(f"checkpoint:{piece.label}")
+
+
+def fingerprint(weights: str, x: torch.Tensor, y: torch.Tensor) -> str:
+    """What a piece must have been computed on to be resumed: the attacked weights' digest and
+    the samples (their count and sums, cheap and order-sensitive enough for one cell's data)."""
+    ramp = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=torch.float64)
+    weighted = float((x.flatten(1).double().sum(1) * ramp).sum()) if x.shape[0] else 0.0
+    return f"{weights}:{tuple(x.shape)}:{weighted:.6e}:{int(y.long().sum())}"
+
+
+__all__ = ["Piece", "PieceDir", "PieceStore", "checkpoint", "fingerprint", "resumable",
+           "resumed"]

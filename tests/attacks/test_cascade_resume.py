@@ -1,0 +1,95 @@
+"""A cascade killed after a member resumes from its checkpoint and ends as an uninterrupted
+run, sample for sample; its calls and seconds add up over the pieces; a checkpoint of other
+weights or samples is never resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from attacks import Attack
+from bench.core.attack import AttackResult, MemberStats
+from bench.core.resume import Piece, PieceDir, fingerprint, resumable
+from bench.core.target import Target
+
+PARAMS = {"version": "standard", "steps": 5, "target_classes": 2, "queries": 40}
+EPS = 0.15
+
+
+class Killed(Exception):
+    """The worker dies right after a checkpoint."""
+
+
+class DiesAfter(PieceDir):
+    """Pieces on disk; the run is killed right after its ``n``-th piece is saved."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        super().__init__(root)
+        self.n = n
+
+    def save(self, key: str, piece: Piece) -> None:
+        super().save(key, piece)
+        if piece.done == self.n:
+            raise Killed(piece.label)
+
+
+def cascade(target: Target, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    attack = Attack.create("standard", norm="linf", eps=EPS, params=PARAMS)
+    return attack(target, x, y, generator=torch.Generator().manual_seed(3), batch_size=64)
+
+
+@pytest.fixture
+def xy(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return digits[0][:60], digits[1][:60]
+
+
+@pytest.mark.parametrize("killed_after", [1, 3])
+def test_resumed_cascade_equals_an_uninterrupted_run(killed_after: int, lenet: Target,
+                                                     xy: Any, tmp_path: Path) -> None:
+    x, y = xy
+    print_ = fingerprint("w", x, y)
+    whole = cascade(lenet, x, y)
+    store = DiesAfter(tmp_path, killed_after)
+    with resumable(store, "run", print_), pytest.raises(Killed):
+        cascade(lenet, x, y)
+    assert store.load("run") is not None and store.load("run").done == killed_after
+    with resumable(PieceDir(tmp_path), "run", print_):
+        resumed = cascade(lenet, x, y)
+    assert torch.equal(resumed.x_adv, whole.x_adv)
+    assert torch.equal(resumed.success, whole.success)
+    assert torch.equal(resumed.artifacts["fooled_by"], whole.artifacts["fooled_by"])
+    ours = MemberStats.read(resumed.artifacts["members"])
+    theirs = MemberStats.read(whole.artifacts["members"])
+    assert [(s.given, s.fooled, s.n_forward, s.n_backward) for s in ours] == \
+        [(s.given, s.fooled, s.n_forward, s.n_backward) for s in theirs]
+    assert (resumed.n_forward, resumed.n_backward) == (whole.n_forward, whole.n_backward)
+    assert resumed.earlier_s > 0  # the first pieces' seconds are carried over
+    assert any(f"resumed from a checkpoint after {killed_after} of 4 members" in note
+               for note in resumed.notes), resumed.notes
+    assert not any("resumed" in note for note in whole.notes)
+
+
+def test_a_checkpoint_of_other_samples_or_weights_is_not_resumed(lenet: Target, xy: Any,
+                                                                 tmp_path: Path) -> None:
+    x, y = xy
+    store = DiesAfter(tmp_path, 2)
+    with resumable(store, "run", fingerprint("w", x, y)), pytest.raises(Killed):
+        cascade(lenet, x, y)
+    for other in (fingerprint("other weights", x, y), fingerprint("w", x.flip(0), y.flip(0))):
+        with resumable(PieceDir(tmp_path), "run", other):
+            result = cascade(lenet, x, y)
+        assert not any("resumed" in note for note in result.notes)
+
+
+def test_a_corrupt_checkpoint_is_reported_and_the_run_starts_over(
+        lenet: Target, xy: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x, y = xy
+    (tmp_path / "run.safetensors").write_bytes(b"not a checkpoint")
+    with resumable(PieceDir(tmp_path), "run", fingerprint("w", x, y)):
+        result = cascade(lenet, x, y)
+    assert "is not a readable checkpoint" in caplog.text
+    assert torch.equal(result.x_adv, cascade(lenet, x, y).x_adv)
+    assert PieceDir(tmp_path).load("run") is not None  # overwritten by the run's own pieces
