@@ -247,7 +247,8 @@ def missing_here(config: SweepConfig) -> list[str]:
     weights file or module (each named)."""
     missing = []
     for name in dict.fromkeys([*config.datasets, *filter(None, [config.train_dataset])]):
-        _, sep, root = name.partition(":")
+        _, sep, where = name.partition(":")
+        root = where.split("?", 1)[0]  # imagefolder:<dir>?size=32
         if sep and not Path(root).expanduser().exists():
             missing.append(f"data root {root} ({name})")
     for model in config.models:

@@ -143,7 +143,7 @@ def preflight(out: Path) -> Scan:
     """What ``out`` holds (:meth:`leaderboards.store.ResultStore.check`); :class:`BadInput`
     unless results can be written there without touching anything advbench cannot read."""
     check_writable(out, "--out")
-    for sub in ("summary", "samples", "claims"):
+    for sub in ("summary", "samples", "claims", "partial"):
         folder = Path(out) / sub
         if folder.exists() and (not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
             raise BadInput(f"cannot write results into {folder}: not a writable directory")

@@ -186,8 +186,8 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "advbench: error: bad.toml [sweep]: unknown key 'n_evals'; allowed keys: batch_size, "
-        "channels_last, compile, dataset, device, draws, n_eval, name, precision, seed, split, "
-        "train_dataset"]
+        "channels_last, claim_ttl, compile, dataset, device, draws, n_eval, name, precision, "
+        "seed, split, train_dataset"]
     assert not (tmp_path / "results").exists()
 
 

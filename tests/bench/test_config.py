@@ -67,6 +67,8 @@ def test_cells_and_ids() -> None:
     (lambda d: d["sweep"].update(precision="fp8"), "'precision' must be"),
     (lambda d: d["sweep"].update(n_eval=0), "'n_eval' must be an integer in \\[1, 2\\*\\*63 - 1\\]"),
     (lambda d: d["sweep"].update(device="tpu"), "'device' must be"),
+    (lambda d: d["sweep"].update(claim_ttl=0), "'claim_ttl' must be a number of seconds > 0"),
+    (lambda d: d["sweep"].update(claim_ttl="3m"), "'claim_ttl' must be a number of seconds > 0"),
     (lambda d: d.pop("attacks"), "missing required key 'attacks'"),
     (lambda d: d.update(attacks=[]), "at least one attack"),
 ])

@@ -3,6 +3,7 @@ one directory, --dry-run, zero-cell sweeps, the process-pool executor's retries,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from attacks import ATTACKS
 from bench.cli import main
 from bench.config import expand_cells, parse_config
-from bench.executors import LocalPool
+from bench.executors import LocalPool, missing_here
 from bench.runner import RunOptions
 from bench.sweep import PAUSE_ENV, estimated_calls, plan_sweep, run_sweep
 from bench.worker import run_group
@@ -233,6 +234,35 @@ def test_local_pool_gives_the_in_process_results(trained_lenet: Any, cache_dir: 
     assert_store_whole(tmp_path / "2")
 
 
+def test_a_worker_process_prepares_a_sweeps_models_once_across_its_tasks(
+        trained_lenet: Any, cache_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool process or Ray worker runs many tasks of one sweep: the base model is loaded
+    (and the clean pass run) by its first task only."""
+    import bench.worker
+
+    loads = []
+    real = bench.worker.trained_classifier
+    monkeypatch.setattr(bench.worker, "trained_classifier",
+                        lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    config = parse_config(tomllib.loads(QUICK))
+    options = RunOptions(out=tmp_path / "r", cache_dir=cache_dir, progress=False, device="cpu")
+    cells = plan_sweep(config, options).todo
+    first = run_group(config, options, "run-a", cells[:2])
+    second = run_group(config, options, "run-a", cells[2:4])
+    assert loads == ["lenet"] and len(first) == len(second) == 2
+    run_group(config, options, "run-b", cells[:1])  # another sweep run: a fresh worker
+    assert loads == ["lenet", "lenet"]
+
+
+def test_a_node_reports_what_it_lacks(tmp_path: Path) -> None:
+    config = parse_config(tomllib.loads(QUICK))
+    assert missing_here(config) == []
+    elsewhere = dataclasses.replace(config, datasets=(f"idx:{tmp_path / 'nowhere'}",))
+    assert missing_here(elsewhere) == [f"data root {tmp_path / 'nowhere'} "
+                                       f"(idx:{tmp_path / 'nowhere'})"]
+
+
 def test_unreachable_ray_address_is_a_clear_error(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("ray")
@@ -264,6 +294,7 @@ def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_
 @pytest.mark.parametrize("flags,message", [
     (["--workers", "0"], "workers must be >= 1"),
     (["--retries", "-1"], "retries must be >= 0"),
+    (["--claim-ttl", "0"], "claim_ttl must be > 0 seconds"),
     (["--address", "auto"], "--address applies to --executor ray"),
     (["--executor", "ray", "--workers", "2"], "--workers applies to --executor local"),
 ])
