@@ -95,11 +95,15 @@ def _add_readers(sub: Any) -> None:
     comp.add_argument("--format", choices=("md", "csv"), default="md")
 
     pub = sub.add_parser("publish", help=(
-        "write leaderboards as Markdown, CSV, LaTeX and a static HTML site (sortable tables, "
-        "robust accuracy vs eps plots)"))
+        "write leaderboards as Markdown, CSV, LaTeX and a static HTML site (ranked, "
+        "searchable boards; one page per entry with its robust accuracy vs eps)"))
     pub.add_argument("results", nargs="?", default="results", help="results directory")
     pub.add_argument("--out", default="site", help="site folder (default: ./site)")
-    pub.add_argument("--rank-by", metavar="COLUMN", help=RANK_HELP)
+    pub.add_argument("--rank-by", metavar="ATTACK", help=(
+        "the attack boards rank by, e.g. 'standard' or 'standard@0.3' (its column; the site "
+        "ranks by that attack at each eps) (default: the worst case over every attack)"))
+    pub.add_argument("--eps", nargs="+", metavar="EPS", default=None, help=(
+        "the eps of record: one ranked table (a tab) per listed eps (default: every eps)"))
 
     doc = sub.add_parser("doctor", help=(
         "check a results directory; move unreadable or foreign files, and samples no summary "
@@ -271,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "publish":
             from leaderboards import publish_site
 
-            files = publish_site(args.results, args.out, args.rank_by)
+            files = publish_site(args.results, args.out, args.rank_by, args.eps)
             print(f"published {len(files)} file(s) to {args.out}/ (open {args.out}/index.html)")
             return 0
         if args.command == "doctor":

@@ -54,7 +54,7 @@ _ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
 _DEFENSE_KEYS = {"name", "label", "params"}
 _MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
                "mean", "std", "kind", "output", "generator", "latent_shape", "output_range",
-               "randomised", "preprocess", "bpda"}
+               "randomised", "preprocess", "bpda", "description", "paper"}
 _KIND_KEYS = {"classifier": ({"num_classes"}, set()),
               "discriminator": ({"generator"}, {"output", "generator"}),
               "generator": ({"latent_shape"}, {"latent_shape", "output_range"})}
@@ -380,6 +380,18 @@ def _numbers(where: str, key: str, value: Any, length: int | None = None) -> tup
     return tuple(float(v) for v in value)
 
 
+def _about(where: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    """A user model's optional ``description`` and ``paper`` (a link), shown on its published
+    page; not part of its identity."""
+    out = {}
+    for key in ("description", "paper"):
+        value = m.get(key, "")
+        if not isinstance(value, str):
+            raise _type_error(where, key, "a string", value)
+        out[key] = value
+    return out
+
+
 def _defense_keys(where: str, m: Mapping[str, Any]) -> dict[str, Any]:
     """A user model's own defense: ``randomised`` (its forward draws randomness),
     ``preprocess`` (a ``module:callable`` step on pixels before the network) and ``bpda``
@@ -466,7 +478,8 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
             mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
             module=modules.get(name), output=output, generator=m.get("generator", ""),
             latent_shape=latent if kind == "generator" else (),
-            output_range=(out_range[0], out_range[1]), **_defense_keys(mw, m))
+            output_range=(out_range[0], out_range[1]), **_defense_keys(mw, m),
+            **_about(mw, m))
     for label, model in out.items():
         if model.kind != "discriminator":
             continue

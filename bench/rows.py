@@ -27,6 +27,7 @@ from bench.core.measure import (
 )
 from bench.core.norms import Norm, norm_of
 from bench.core.version import ADVBENCH_VERSION
+from bench.core.zoo import ZOO
 from bench.evaluation import EvalData
 from bench.failures import row_flags
 from bench.records import AttackedModel, AttackRun, PreparedTarget
@@ -36,6 +37,18 @@ from leaderboards.schema import SummaryRow
 
 def _median(values: torch.Tensor) -> float | None:
     return float(values.float().median()) if values.numel() else None
+
+
+def model_about(cell: Cell) -> dict[str, Any]:
+    """The row's model description, paper and (a user model's) [[models]] table."""
+    user = cell.user_model
+    if user is not None:
+        return {"model_description": user.description or None,
+                "model_paper": user.paper or None,
+                "model_entry": json.dumps(user.entry(), sort_keys=True)}
+    spec = ZOO.get(cell.model)
+    return {"model_description": spec.summary or None,
+            "model_paper": getattr(spec, "paper", "") or None, "model_entry": None}
 
 
 def row_params(cell: Cell, run: AttackRun) -> str:
@@ -110,6 +123,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         target_kind=prepared.defended.kind, direction=cell.direction or None, model=cell.model,
         critic_threshold=prepared.base.card.get("critic_threshold"),
         model_source=cell.user_model.factory if cell.user_model else "zoo",
+        **model_about(cell),
         weights_sha256=prepared.weights_sha256, base_weights_sha256=prepared.base_weights_sha256,
         defense=cell.defense, defense_params=cell.defense_params or None, threat=cell.threat,
         source_model=cell.source or None, attack=cell.attack_name,

@@ -197,6 +197,7 @@ class GANSpec:
     kind: Literal["discriminator"] = "discriminator"
     shapes: str = "28x28, 32x32, 64x64..."
     batch_norm: bool | None = None  # D's batch norm; None: only without spectral norm
+    paper: str = ""  # the GAN's paper (a link)
 
     def discriminator(self, image_shape: Sequence[int], width: int) -> Discriminator:
         return Discriminator(image_shape, width, spectral=self.spectral,
@@ -230,11 +231,14 @@ def gans() -> list[str]:
 
 
 register_model(GANSpec("dcgan", False, GANRecipe(),
-                       "DCGAN (Radford et al. 2016); its discriminator is the target"))
+                       "DCGAN (Radford et al. 2016); its discriminator is the target",
+                       paper="https://arxiv.org/abs/1511.06434"))
 register_model(GANSpec("sndcgan", True, GANRecipe(),
-                       "SN-DCGAN: spectral norm on every D layer (Miyato et al. 2018)"))
+                       "SN-DCGAN: spectral norm on every D layer (Miyato et al. 2018)",
+                       paper="https://arxiv.org/abs/1802.05957"))
 register_model(GANSpec("wgan", False, WGAN_RECIPE,
-                       "WGAN critic with weight clipping (Arjovsky et al. 2017)"))
+                       "WGAN critic with weight clipping (Arjovsky et al. 2017)",
+                       paper="https://arxiv.org/abs/1701.07875"))
 register_model(GANSpec("wgan_gp", False, WGAN_GP_RECIPE,
                        "WGAN-GP critic, gradient penalty, no batch norm (Gulrajani et al. 2017)",
-                       batch_norm=False))
+                       batch_norm=False, paper="https://arxiv.org/abs/1704.00028"))

@@ -51,16 +51,18 @@ def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
 
 
 def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str],
-                 rank_by: str | None = None) -> list[Path]:
+                 rank_by: str | None = None, eps: list[str] | None = None) -> list[Path]:
     """``advbench publish``: Markdown, CSV, LaTeX and the static HTML site of a results
-    directory (see :mod:`leaderboards.publish`), boards ranked by ``rank_by``."""
+    directory (see :mod:`leaderboards.publish`), boards ranked by ``rank_by`` at each eps of
+    record (``eps``; default every eps)."""
     from leaderboards.compare import compare
     from leaderboards.publish import publish
 
     store = _stored(results)
     summary = store.summary()
     samples = store.samples(summary)
-    return publish(summary, samples, Path(out), compare(summary, samples), rank_by=rank_by)
+    return publish(summary, samples, Path(out), compare(summary, samples), rank_by=rank_by,
+                   eps=eps)
 
 
 __all__ = ["publish_site", "SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",

@@ -1,26 +1,44 @@
 """``advbench publish``: a results directory as Markdown, CSV, LaTeX and a static HTML site.
 
-The site has an index and one page per leaderboard (dataset × target kind × threat model ×
-norm), linked both ways. Each page holds the table (click a header to sort; numbers sort as
-numbers) and a plot of worst-case robust accuracy against eps per (model, defense), drawn with
-matplotlib. Pages are self-contained static files: open them from disk or any web server.
+The site (:mod:`leaderboards.site` computes its content): an index saying when and by which
+advbench it was generated; one page per board (dataset × target kind × threat model × norm) with
+a ranked table per eps of record as tabs, a search box that filters rows as one types, sortable
+columns and a stable anchor per row; and one page per entry (a model × defense population) with
+its robust accuracy against eps for every attack from eps 0, the per-attack table, what was
+measured, its flags and how to reproduce it. Plain files, no network fetch: styles and scripts
+are inline, plots are SVG files beside the pages; open them from disk or any web server.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pandas as pd
 
+from bench.core import indicators
 from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
-from leaderboards.seeds import SPREAD_CAPTION
+from bench.core.version import ADVBENCH_VERSION
+from leaderboards.site import (
+    WORST,
+    Entry,
+    Ranking,
+    board_slug,
+    curve_svg,
+    detail_table,
+    entries,
+    eps_of_record,
+    measured,
+    ranked,
+    reproduce,
+    slugify,
+)
 from leaderboards.tables import (
-    BESIDE,
     Board,
     display_spread,
     display_table,
@@ -31,93 +49,79 @@ from leaderboards.tables import (
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
                                autoescape=True, undefined=jinja2.StrictUndefined)
-"""The site's pages: ``base.html.j2`` (style, navigation, the sorting script), ``board.html.j2``
-and ``index.html.j2``."""
+"""The site's pages: ``base.html.j2`` (style, navigation, sorting, search and tabs),
+``board.html.j2``, ``entry.html.j2`` and ``index.html.j2``."""
 
 
 MARKER = ".advbench-site"
 
 
 def slug(board: Board) -> str:
-    text = f"{board.dataset}-{board.target_kind}-{board.threat}-{board.norm}".lower()
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    return board_slug((board.dataset, board.target_kind, board.threat, board.norm))
 
 
-def board_page(board: Board, links: list[tuple[str, str]], plot: str | None) -> str:
-    """A leaderboard's page: its display table, sortable (worst-case cells sort by value), and
-    the plot when there is one."""
-    shown = display_table(board)
-    keys = set(board.key_columns)
-    columns = [{"name": c, "css": "key" if c in keys else "num"} for c in shown.columns]
-    rows = []
-    for i, row in shown.iterrows():
-        rows.append([{"text": str(row[col]), "css": "key" if col in keys else "num",
-                      "sort": None if col in keys or pd.isna(board.table.loc[i, col])
-                      else str(board.table.loc[i, col])} for col in shown.columns])
-    spread = display_spread(board) if not board.spread.empty else pd.DataFrame()
-    spread_columns = [{"name": c, "css": "key" if c in keys or c == "seeds" else "num"}
-                      for c in spread.columns]
-    spread_rows = [[{"text": str(row[col]), "css": "num", "sort": None} for col in spread.columns]
-                   for _, row in spread.iterrows()]
+def _badges(codes: list[str]) -> list[dict[str, str]]:
+    return [{"code": c, "title": indicators.CATALOG[c].explanation
+             if c in indicators.CATALOG else c} for c in codes]
+
+
+def board_page(key: tuple[str, ...], board_entries: list[Entry], ranking: Ranking,
+               wanted_eps: list[str] | None, nav: dict[str, Any]) -> str:
+    """A board's page: one ranked table per eps of record (the largest shown first)."""
+    tabs = []
+    for value, display in eps_of_record(board_entries, wanted_eps):
+        rows = ranked(board_entries, value, ranking)
+        certified = any(r["certified"] is not None for r in rows)
+        tabs.append({"id": "eps-" + slugify(display), "display": display, "certified": certified,
+                     "rows": [_board_row(r, display) for r in rows]})
     return TEMPLATES.get_template("board.html.j2").render(
-        title=board.title, ranking=board.ranking, links=links, columns=columns, rows=rows, plot=plot,
-        spread_columns=spread_columns, spread_rows=spread_rows, spread_caption=SPREAD_CAPTION)
+        **nav, title=" · ".join(key), ranking=ranking.title, attack=ranking.attack, tabs=tabs)
 
 
-def plot_worst_case(board: Board, path: Path) -> bool:
-    """Worst-case robust accuracy vs eps per (model, defense[, direction]); False if the board
-    has no worst-case columns."""
-    worst = [c for c in board.table.columns if c.startswith("worst@") and
-             not c.endswith((" lo", " hi"))]
-    if not worst:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    eps = [_eps_value(c.removeprefix("worst@")) for c in worst]
-    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
-    for _, row in board.table.iterrows():
-        label = board.row_label(row)
-        values = [100 * row[c] for c in worst]
-        (line,) = ax.plot(eps, values, marker="o", label=label)
-        lo = [100 * row[f"{c} lo"] for c in worst]
-        hi = [100 * row[f"{c} hi"] for c in worst]
-        ax.fill_between(eps, lo, hi, alpha=0.15)
-        certified = certified_curve(board, row)
-        if certified:
-            ax.plot(list(certified), [100 * v for v in certified.values()], linestyle="--",
-                    marker="x", color=line.get_color(), label=f"{label} certified")
-    ax.set_xlabel(f"eps ({board.norm})")
-    ax.set_ylabel("worst-case robust accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(board.title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+def _board_row(r: dict[str, Any], display: str) -> dict[str, Any]:
+    e: Entry = r["entry"]
+    robust, cert = r["robust"], r["certified"]
+    return {
+        "anchor": f"{e.slug}-eps-{slugify(display)}", "rank": r["rank"] or "",
+        "label": e.label, "href": f"{e.slug}.html", "clean": r["clean"].text(),
+        "clean_sort": r["clean"].mean, "robust": robust.text(),
+        "robust_sort": robust.mean if robust.values else "",
+        "robust_title": robust.spread_kind,
+        "certified": cert.text() if cert is not None else "",
+        "certified_sort": cert.mean if cert is not None else "",
+        "cost": f"{r['cost']:,.0f}" if r["cost"] is not None else "",
+        "cost_sort": r["cost"] if r["cost"] is not None else "",
+        "n": e.n, "seeds": len(e.seeds), "badges": _badges(r["codes"])}
 
 
-def certified_curve(board: Board, row: pd.Series) -> dict[float, float]:
-    """A certified defense's certified accuracy by eps for one board row (the lower bound
-    drawn beside the attacked curve), read from the board's certified columns."""
-    curve: dict[float, float] = {}
-    suffix = BESIDE["certified_acc"]
-    for col in board.table.columns:
-        if col.endswith(suffix) and pd.notna(row[col]):
-            eps = _eps_value(col.removesuffix(suffix).rsplit("@", 1)[1])
-            curve[eps] = max(curve.get(eps, 0.0), float(row[col]))
-    return dict(sorted(curve.items()))
-
-
-def _eps_value(display: str) -> float:
-    if "/" in display:
-        num, den = display.split("/", 1)
-        return float(num) / float(den)
-    return float(display)
+def entry_page(e: Entry, board_href: str, plot: str, nav: dict[str, Any]) -> str:
+    header, body = detail_table(e)
+    language, snippet = reproduce(e)
+    about = e.rows[["model_description", "model_paper"]].dropna(how="all")
+    codes = e.codes(e.rows["cell_id"])
+    seeds = []
+    if len(e.seeds) > 1:
+        for g in e.seed_rows():
+            worst = e.worst[(e.worst["seed"] == g["seed"].iloc[0])
+                            & (e.worst["weights_sha256"] == g["weights_sha256"].iloc[0])]
+            by_eps = dict(zip(worst["eps"], worst["worst_case"]))
+            seeds.append({"seed": int(g["seed"].iloc[0]),
+                          "weights": str(g["weights_sha256"].iloc[0])[:12],
+                          "clean": f"{100 * g['clean_acc'].iloc[0]:.1f}",
+                          "worst": [f"{100 * by_eps[v]:.1f}" if pd.notna(by_eps.get(v))
+                                    else "" for v, _ in e.eps_values()]})
+    return TEMPLATES.get_template("entry.html.j2").render(
+        **nav, title=e.label, board_title=" · ".join(e.board), board_href=board_href,
+        description=about["model_description"].iloc[0] if len(about) else None,
+        paper=about["model_paper"].iloc[0] if len(about) else None,
+        plot=plot, plot_alt=f"robust accuracy of {e.label} against eps ({e.board[3]}) for "
+                            f"{', '.join([*e.attacks(), WORST])}, from eps 0 (clean)",
+        header=header, body=body, measured=measured(e), seeds=seeds,
+        seed_eps=[d for _, d in e.eps_values()],
+        flags=[{"code": c, "explanation": indicators.CATALOG[c].explanation,
+                "remedy": indicators.CATALOG[c].remedy} for c in codes
+               if c in indicators.CATALOG],
+        language=language, snippet=snippet)
 
 
 def to_latex(board: Board) -> str:
@@ -133,15 +137,27 @@ def to_latex(board: Board) -> str:
 
 
 def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
-            comparison: pd.DataFrame | None = None, rank_by: str | None = None) -> list[Path]:
-    """Write every format into ``out`` (built in a temporary folder, then moved into place);
-    boards ranked by ``rank_by`` (:func:`leaderboards.tables.leaderboards`)."""
-    boards = leaderboards(summary, samples, rank_by)
+            comparison: pd.DataFrame | None = None, rank_by: str | None = None,
+            eps: list[str] | None = None) -> list[Path]:
+    """Write every format into ``out`` (built in a temporary folder, then moved into place,
+    replacing an earlier site whole). Boards are ranked by ``rank_by`` (an attack label or an
+    ``attack@eps`` column; default the worst case) at each eps of record (``eps``: those
+    listed; default every eps); the Markdown, CSV and LaTeX tables rank by the same attack at
+    the largest of them."""
+    found = entries(summary, samples)
+    ranking = Ranking.parse(rank_by, found)
+    boards = leaderboards(summary, samples, _table_rank(found, ranking, eps))
     out = Path(out)
     check_writable(out, "--out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise BadInput(f"{out} exists and is not a site advbench published; pick a new --out "
                        f"folder (advbench replaces only its own sites)")
+    by_board: dict[tuple[str, ...], list[Entry]] = {}
+    for e in found:
+        by_board.setdefault(e.board, []).append(e)
+    if eps and not any(eps_of_record(b, eps) for b in by_board.values()):
+        shown = sorted({d for e in found for _, d in e.eps_values()})
+        raise BadInput(f"no board has eps {', '.join(eps)}; eps there are: {', '.join(shown)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out.parent, f".{out.name}.")
     try:
@@ -154,14 +170,22 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
 
             (tmp / "comparison.md").write_text(compare_markdown(comparison))
             comparison.to_csv(tmp / "comparison.csv", index=False)
-        links = [(f"{slug(b)}.html", b.title) for b in boards]
-        for board, (href, _) in zip(boards, links):
-            plot = f"{slug(board)}.png"
-            (tmp / href).write_text(board_page(
-                board, links, plot if plot_worst_case(board, tmp / plot) else None))
+        links = [(f"{board_slug(k)}.html", " · ".join(k)) for k in by_board]
+        generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        nav = {"links": links, "generated": generated, "version": ADVBENCH_VERSION}
+        for key, board_entries in by_board.items():
+            href = f"{board_slug(key)}.html"
+            (tmp / href).write_text(board_page(key, board_entries, ranking, eps, nav))
+            for e in board_entries:
+                curve_svg(e, tmp / f"{e.slug}.svg")
+                (tmp / f"{e.slug}.html").write_text(entry_page(e, href, f"{e.slug}.svg", nav))
         files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex"))
+        boards_index = [{"href": href, "title": title,
+                         "entries": len(by_board[key]),
+                         "eps": ", ".join(d for _, d in eps_of_record(by_board[key], eps))}
+                        for (href, title), key in zip(links, by_board)]
         (tmp / "index.html").write_text(TEMPLATES.get_template("index.html.j2").render(
-            title="advbench leaderboards", links=links, files=files,
+            **nav, title="advbench leaderboards", boards=boards_index, files=files,
             n_cells=summary["cell_id"].nunique()))
         if out.exists():
             shutil.rmtree(out)
@@ -172,4 +196,19 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
     return sorted(out.iterdir())
 
 
-__all__ = ["publish", "board_page", "plot_worst_case", "to_latex", "slug"]
+def _table_rank(found: list[Entry], ranking: Ranking, eps: list[str] | None) -> str | None:
+    """The column the Markdown, CSV and LaTeX tables rank by: the site's ranking attack at the
+    largest eps of record (None: their default, the worst case at the largest eps)."""
+    if ranking.attack == WORST and not eps:
+        return None
+    chosen = eps_of_record(found, eps)
+    if not chosen:
+        return None
+    display = chosen[-1][1]
+    column = f"worst@{display}" if ranking.attack == WORST else f"{ranking.attack}@{display}"
+    tables = {c for e in found for c in (f"{a}@{d}" for a in e.attacks()
+                                         for _, d in e.eps_values())}
+    return column if column in tables or ranking.attack == WORST else None
+
+
+__all__ = ["publish", "board_page", "entry_page", "to_latex", "slug"]

@@ -53,6 +53,12 @@ class SummaryRow:
     model: str
     # where the model comes from: "zoo" (trained by advbench), or a user model's factory
     model_source: str
+    # what the model is and its paper (a link): the zoo's, or a user model's own
+    # ``description`` / ``paper``; and a user model's [[models]] table as JSON (null for zoo
+    # models), from which a published page writes its reproduction snippet
+    model_description: str | None
+    model_paper: str | None
+    model_entry: str | None
     # the SHA-256 of the evaluated target's weights (parameters and buffers; a defended
     # target's own), bench.core.checkpoints.state_sha256; before v9 a user model's weights file
     weights_sha256: str | None
@@ -210,6 +216,9 @@ ADDED_IN: dict[str, int] = {
     "certified_radius": 11,
     "certified_correct": 11,
     "node": 12,
+    "model_description": 12,
+    "model_paper": 12,
+    "model_entry": 12,
 }
 """The schema version that added each column; older files get its migration value."""
 

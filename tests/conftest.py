@@ -189,6 +189,7 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "cell_id": cell_id, "run_id": run_id,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dataset": "mnist5k",
         "train_dataset": "mnist5k", "split": "test", "n_samples": 4, "target_kind": "classifier", "model": "lenet",
+        "model_description": None, "model_paper": None, "model_entry": None,
         "model_source": "zoo", "weights_sha256": None,
         "base_weights_sha256": None, "critic_threshold": None,
         "defense": "none", "defense_params": None, "direction": None, "threat": "adaptive",

@@ -72,6 +72,8 @@ class UserModel:
     randomised: bool = False  # the forward (or preprocess) draws randomness
     preprocess: str = ""  # "module:callable", a step applied to pixels before the network
     bpda: str = ""  # "module:callable" or "identity": the preprocess's differentiable stand-in
+    description: str = field(default="", compare=False)  # shown on its published page
+    paper: str = field(default="", compare=False)  # a link, shown on its published page
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -85,6 +87,29 @@ class UserModel:
         if self.weights is None:
             return "none"
         return _cached_sha256(self.weights, *_stamp(self.weights))
+
+    def entry(self) -> dict[str, Any]:
+        """The ``[[models]]`` table that gives this model (weights as an absolute path): what a
+        published page's reproduction snippet holds."""
+        table: dict[str, Any] = {
+            "name": self.name, "factory": self.factory, "input_shape": list(self.input_shape),
+            "kwargs": json.loads(self.kwargs_json), "bounds": list(self.bounds),
+            "kind": self.kind}
+        if self.kind == "classifier":
+            table["num_classes"] = self.num_classes
+        if self.weights is not None:
+            table["weights"] = str(Path(self.weights).resolve())
+        table.update({k: list(v) for k, v in (("mean", self.mean), ("std", self.std))
+                      if v is not None})
+        if self.kind == "discriminator":
+            table.update(output=self.output, generator=self.generator)
+        if self.kind == "generator":
+            table.update(latent_shape=list(self.latent_shape),
+                         output_range=list(self.output_range))
+        if self.randomised or self.preprocess:
+            table.update(randomised=self.randomised, preprocess=self.preprocess,
+                         bpda=self.bpda)
+        return table
 
     @property
     def identity(self) -> str:

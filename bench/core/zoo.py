@@ -90,6 +90,7 @@ class ModelSpec:
     recipe: TrainRecipe
     summary: str
     kind: Literal["classifier"] = "classifier"
+    paper: str = ""  # the architecture's paper (a link)
 
     @property
     def shapes(self) -> str:
@@ -154,10 +155,12 @@ register_model(ModelSpec(
     "lenet", lambda n: LeNet(n), (1, 28, 28),
     TrainRecipe(epochs=12, batch_size=64, lr=1e-3, optimizer="adam", max_shift=2),
     "LeNet-style CNN, 28x28x1 (MNIST-like)",
+    paper="https://doi.org/10.1109/5.726791",
 ))
 register_model(ModelSpec(
     "resnet18_cifar", resnet18_cifar, (3, 32, 32),
     TrainRecipe(epochs=30, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4,
                 max_shift=4, hflip=True),
     "ResNet-18 with a 3x3 stem, 32x32x3 (CIFAR-like)",
+    paper="https://arxiv.org/abs/1512.03385",
 ))
