@@ -28,7 +28,8 @@ def member_index(cell: Cell) -> int:
 
 def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
     """A cascade member's view of the cascade's run: the adversarials of the members up to and
-    including it (the clean input elsewhere), and its own model calls and time."""
+    including it (the clean input elsewhere), its own model calls and time, and the run's notes
+    (an ``eot_iter`` that ran as 1, a resume from a checkpoint)."""
     k = member_index(cell)
     fooled_by = run.artifacts["fooled_by"].to(x.device)
     upto = (fooled_by >= 1) & (fooled_by <= k)
@@ -37,12 +38,13 @@ def member_run(cell: Cell, run: AttackRun, x: torch.Tensor) -> AttackRun:
     return AttackRun(x_adv, None, own.n_forward, own.n_backward, own.wall_s, run.peak_mem_bytes,
                      {"fooled_by": torch.where(fooled_by <= k, fooled_by, -1),
                       "members": run.artifacts["members"][:k]}, run.effective_params,
-                     own.n_grad_unavailable)
+                     own.n_grad_unavailable, list(run.notes))
 
 
 def row_decision(cell: Cell, run: AttackRun) -> str | None:
     """What the run decided, in words: a cascade's conditional member, what it did and why
-    (the cascade's row only), and the run's own notes (an ``eot_iter`` that ran as 1)."""
+    (the cascade's row only), and the run's own notes (an ``eot_iter`` that ran as 1, a resume
+    from a checkpoint: on every row read from the run)."""
     spec = cell.attack.spec
     said = list(run.notes)
     if not cell.member and spec.cascade is not None and "members" in run.artifacts:

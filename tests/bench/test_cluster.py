@@ -96,13 +96,17 @@ def wait_held(hold: Path, proc: subprocess.Popen[str], timeout: float = 240) -> 
     return dict(json.loads((hold / "held").read_text()))
 
 
-def in_process(out: Path, cache: Path) -> pd.DataFrame:
-    """The same sweep in this process, on one thread as each one-CPU Ray worker runs."""
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path,
+               trained_lenet: Any) -> pd.DataFrame:
+    """The same sweep's samples in this process, on one thread as each one-CPU Ray worker
+    runs (computed once for the module's tests)."""
+    out = tmp_path_factory.mktemp("in-process")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run_sweep(parse_config(tomllib.loads(CONFIG)),
-                  RunOptions(out=out, cache_dir=cache, progress=False, device="cpu"))
+                  RunOptions(out=out, cache_dir=cache_dir, progress=False, device="cpu"))
     finally:
         torch.set_num_threads(threads)
     return ResultStore(out).samples()
@@ -115,7 +119,7 @@ def same_samples(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_a_node_lost_mid_cascade_costs_one_member_and_nothing_else(
-        cluster: Any, config_path: Path, trained_lenet: Any, cache_dir: Path,
+        cluster: Any, config_path: Path, in_process: pd.DataFrame, cache_dir: Path,
         tmp_path: Path) -> None:
     """The cascade's task is held on its node right after APGD-CE's checkpoint; that node is
     removed. The driver reruns the task on the other node, which resumes after APGD-CE: every
@@ -149,16 +153,16 @@ def test_a_node_lost_mid_cascade_costs_one_member_and_nothing_else(
     cascade = summary[summary["attack"] == "standard"]
     assert nodes.str.rsplit(":", n=1).str[1].nunique() == 2  # the cells spread over both nodes
     assert not cascade["node"].str.endswith(node_id).any()  # none stored from the lost node
-    decision = cascade.loc[cascade["cascade_member"].isna(), "decision"].item()
-    assert "resumed from a checkpoint after 1 of 4 members (apgd-ce)" in decision
+    assert cascade["decision"].str.contains(
+        "resumed from a checkpoint after 1 of 4 members", regex=False).all()  # members' too
     per_node = nodes.str.rsplit(":", n=1).str[1].value_counts().tolist()
     print(f"\ncluster: {CELLS} cells stored once, per node {per_node}, 5 retried after the node "
           f"was removed {held_s:.0f} s in; driver wall {wall:.0f} s")
-    same_samples(ResultStore(out).samples(), in_process(tmp_path / "local", cache_dir))
+    same_samples(ResultStore(out).samples(), in_process)
 
 
 def test_a_killed_driver_resumes_from_what_it_stored_and_checkpointed(
-        cluster: Any, config_path: Path, trained_lenet: Any, cache_dir: Path,
+        cluster: Any, config_path: Path, in_process: pd.DataFrame, cache_dir: Path,
         tmp_path: Path) -> None:
     """The driver is killed (SIGKILL) while the cascade's task waits after APGD-T's checkpoint;
     a new driver skips the stored cells, resumes the cascade after its second member, and ends
@@ -179,9 +183,9 @@ def test_a_killed_driver_resumes_from_what_it_stored_and_checkpointed(
     assert f"{CELLS - stored} cell(s) run, {stored} already stored" in stdout, stdout
     assert len(assert_store_whole(out)) == CELLS
     cascade = ResultStore(out).summary().query("attack == 'standard'")
-    decision = cascade.loc[cascade["cascade_member"].isna(), "decision"].item()
-    assert "resumed from a checkpoint after 2 of 4 members (apgd-ce, apgd-t)" in decision
-    same_samples(ResultStore(out).samples(), in_process(tmp_path / "local", cache_dir))
+    assert cascade["decision"].str.contains(
+        "resumed from a checkpoint after 2 of 4 members (apgd-ce, apgd-t)", regex=False).all()
+    same_samples(ResultStore(out).samples(), in_process)
 
 
 def test_nodes_that_cannot_run_the_sweep_are_refused_before_any_cell(
