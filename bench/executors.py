@@ -203,25 +203,9 @@ def _check_reachable(address: str) -> None:
                        f"'ray start --head' or pass the head node's address") from None
 
 
-class _PieceServer:
-    """A Ray actor on the driver's node: the :class:`PieceDir` of the sweep's ``partial/``
-    folder, for workers on any node."""
-
-    def __init__(self, root: str) -> None:
-        self.pieces = PieceDir(root)
-
-    def load(self, key: str) -> Piece | None:
-        return self.pieces.load(key)
-
-    def save(self, key: str, piece: Piece) -> None:
-        self.pieces.save(key, piece)
-
-    def drop(self, key: str) -> None:
-        self.pieces.drop(key)
-
-
 class RayPieces:
-    """:class:`bench.core.resume.PieceStore` through a :class:`_PieceServer` actor."""
+    """:class:`bench.core.resume.PieceStore` through a Ray actor of the :class:`PieceDir` of
+    the sweep's ``partial/`` folder, placed on the driver's node, for workers on any node."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -304,15 +288,15 @@ class RayExecutor:
             device = options.device or config.device
             gpus = device.startswith("cuda") or (
                 device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-            self.resource = "GPU" if gpus else "CPU"
-            check_nodes(ray, config, self.resource)
+            resource = "GPU" if gpus else "CPU"
+            check_nodes(ray, config, resource)
             self.remote = ray.remote(num_gpus=1 if gpus else 0, max_retries=0)(task)
             self.config, self.options = config, options
             resources = ray.cluster_resources()
-            self.slots = max(1, int(resources.get(self.resource, 1)))
+            self.slots = max(1, int(resources.get(resource, 1)))
             here = ray.get_runtime_context().get_node_id()
-            server = ray.remote(num_cpus=0)(_PieceServer).options(
-                scheduling_strategy=_on_node(here)).remote(str(partial_dir(options).root))
+            server = ray.remote(num_cpus=0)(PieceDir).options(
+                scheduling_strategy=_on_node(here)).remote(partial_dir(options).root)
             self.pieces = RayPieces(server)
         except BaseException:
             self.close()

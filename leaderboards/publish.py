@@ -56,10 +56,6 @@ TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "temp
 MARKER = ".advbench-site"
 
 
-def slug(board: Board) -> str:
-    return board_slug((board.dataset, board.target_kind, board.threat, board.norm))
-
-
 def _badges(codes: list[str]) -> list[dict[str, str]]:
     return [{"code": c, "title": indicators.CATALOG[c].explanation
              if c in indicators.CATALOG else c} for c in codes]
@@ -211,4 +207,4 @@ def _table_rank(found: list[Entry], ranking: Ranking, eps: list[str] | None) -> 
     return column if column in tables or ranking.attack == WORST else None
 
 
-__all__ = ["publish", "board_page", "entry_page", "to_latex", "slug"]
+__all__ = ["publish", "board_page", "entry_page", "to_latex"]

@@ -66,13 +66,21 @@ class Measure:
     def mean(self) -> float:
         return sum(self.values) / len(self.values) if self.values else math.nan
 
+    @property
+    def band(self) -> tuple[float, float]:
+        """[min, max] over several seeds; one seed's Wilson 95% interval."""
+        if len(self.values) > 1:
+            return min(self.values), max(self.values)
+        return wilson(round(self.values[0] * self.n), self.n) if self.values else (math.nan,
+                                                                                   math.nan)
+
     def text(self) -> str:
         if not self.values:
             return ""
         pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+        lo, hi = self.band
         if len(self.values) > 1:
-            return f"{pct(self.mean)} [{pct(min(self.values))}–{pct(max(self.values))}]"
-        lo, hi = wilson(round(self.values[0] * self.n), self.n)
+            return f"{pct(self.mean)} [{pct(lo)}–{pct(hi)}]"
         return f"{pct(self.values[0])} [{pct(lo)}, {pct(hi)}]"
 
     @property
@@ -387,15 +395,14 @@ def curve_svg(e: Entry, path: Path) -> None:
     clean = e.clean()
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
     for attack in [*e.attacks(), WORST]:
-        xs, mean, lo, hi = [0.0], [clean.mean], [_band(clean)[0]], [_band(clean)[1]]
+        xs, mean, lo, hi = [0.0], [clean.mean], [clean.band[0]], [clean.band[1]]
         for v in eps:
             m = e.robust(attack, v)
             if m.values:
                 xs.append(v)
                 mean.append(m.mean)
-                band = _band(m)
-                lo.append(band[0])
-                hi.append(band[1])
+                lo.append(m.band[0])
+                hi.append(m.band[1])
         if len(xs) < 2:
             continue
         worst = attack == WORST
@@ -416,12 +423,6 @@ def curve_svg(e: Entry, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="svg", metadata={"Date": None})
     plt.close(fig)
-
-
-def _band(m: Measure) -> tuple[float, float]:
-    if len(m.values) > 1:
-        return min(m.values), max(m.values)
-    return wilson(round(m.values[0] * m.n), m.n) if m.values else (math.nan, math.nan)
 
 
 def detail_table(e: Entry) -> tuple[list[str], list[list[str]]]:
