@@ -138,27 +138,14 @@ def trained_wgan_gp(mnist5k: Dataset, cache_dir: Path) -> Any:
                        cache=CheckpointCache(cache_dir), progress=False)
 
 
-AUTOATTACK_REF = Path(__file__).resolve().parents[2] / "shared" / "refs" / "autoattack"
-"""The original AutoAttack (Croce & Hein, ICML 2020; MIT), unmodified, beside the repository:
-a reference for tests and benchmarks, never imported by advbench itself."""
-
-
 @pytest.fixture(scope="session")
 def original_autoattack() -> Any:
-    """The original AutoAttack's package (``autoattack``); a skip that says so when it is not
-    at ../shared/refs/autoattack, a failure instead where ``$ADVBENCH_REQUIRE_REFS`` is set
-    (CI has it)."""
-    if not (AUTOATTACK_REF / "autoattack" / "__init__.py").is_file():
-        message = (f"the original AutoAttack is not at {AUTOATTACK_REF} "
-                   f"(../shared/refs/autoattack): the comparison with it did not run")
-        if os.environ.get("ADVBENCH_REQUIRE_REFS"):
-            pytest.fail(message)
-        pytest.skip(message)
-    if str(AUTOATTACK_REF) not in sys.path:
-        sys.path.insert(0, str(AUTOATTACK_REF))
-    import autoattack
+    """The original AutoAttack (Croce & Hein, ICML 2020) as its authors package it:
+    ``pyautoattack`` 0.2.0, a pinned test extra. Missing, the tests that compare with it fail
+    (an ImportError), they never skip. advbench itself never imports it."""
+    import pyautoattack
 
-    return autoattack
+    return pyautoattack
 
 
 Register = Callable[[Registry[Any], str, Any], None]

@@ -1,4 +1,4 @@
-"""The original AutoAttack (``../shared/refs/autoattack``, the ``original_autoattack`` fixture)
+"""The original AutoAttack (``pyautoattack`` 0.2.0, the ``original_autoattack`` fixture)
 run the way advbench counts its own model calls: every image's forward or backward pass
 through the model counts one (a batch of 200 counts 200), with the passes of its sanity checks
 (randomness, output range, dynamic layers) counted apart from the attack's.
@@ -16,6 +16,9 @@ import torch
 
 from bench.core.target import Target
 from bench.peers import CountingModel
+
+ORIGINAL_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+"""advbench's norm names in the original's spelling."""
 
 CHECKS = ("check_randomized", "check_range_output", "check_dynamic", "check_n_classes")
 
@@ -41,13 +44,13 @@ def run_original(autoattack: Any, target: Target, x: torch.Tensor, y: torch.Tens
                  queries: int = 5000, seed: int = 0, batch_size: int = 500) -> OriginalRun:
     """``AutoAttack(version="standard")``, unmodified, at the given budgets (its defaults:
     100 steps, 9 target classes, 5000 queries), on ``target`` wrapped to count its calls."""
-    from autoattack import checks
-    from autoattack.autoattack import AutoAttack
+    from pyautoattack import checks
+    from pyautoattack.autoattack import AutoAttack
 
     model = CountingModel(target).eval()
-    adversary = AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=eps,
-                           version="standard", seed=seed, verbose=False,
-                           device=str(x.device))
+    adversary = AutoAttack(model, norm=ORIGINAL_NORMS[norm], eps=eps, version="standard",
+                           seed=seed, device=str(x.device))
+    adversary.verbose = False
     adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = steps
     adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = target_classes
     adversary.square.n_queries = queries
@@ -64,7 +67,7 @@ def run_original(autoattack: Any, target: Target, x: torch.Tensor, y: torch.Tens
             setattr(checks, name, counted(check))
         with target.evaluating():
             started = time.perf_counter()
-            x_adv = adversary.run_standard_evaluation(x, y, bs=batch_size)
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
             seconds = time.perf_counter() - started
     finally:
         for name, check in originals.items():

@@ -1,5 +1,5 @@
 """APGD, APGD-T, FAB-T, Square and the ``standard`` cascade, checked per sample against the
-original AutoAttack (../shared/refs/autoattack) from the same starting point, against torchattacks
+original AutoAttack (``pyautoattack``) from the same starting point, against torchattacks
 (an independent implementation of each), against the papers' definitions, and against the
 cascade's own bookkeeping. Budgets are small here; tests/benchmarks runs AutoAttack's."""
 
@@ -123,7 +123,7 @@ def original_run(original_autoattack: Any, target: Target, x: torch.Tensor, y: t
                  targeted: bool = False) -> torch.Tensor:
     """Per sample, robust after one run of the original AutoAttack's APGD (or APGD-T against
     the highest-scoring other class) from ``start``, on the clean-correct samples."""
-    from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
     kind = APGDAttack_targeted if targeted else APGDAttack
     kwargs = {} if targeted else {"loss": loss}

@@ -1,5 +1,5 @@
 """advbench's ``standard`` and ``rapid`` cascades against the original AutoAttack
-(``../shared/refs/autoattack``, Croce & Hein, ICML 2020, ``version="standard"``, unmodified)
+(``pyautoattack`` 0.2.0, Croce & Hein, ICML 2020, ``version="standard"``, unmodified)
 on the same model, digits and eps, where most digits are robust, since that is where the cost
 lies: the zoo LeNet at Linf 0.1, the PGD-AT LeNet at Linf 0.3, the LeNet at L2 1.5.
 

@@ -5,7 +5,7 @@
   0.3 beside the undefended LeNet.
 - ``random_resize_pad``: PGD and EOT-PGD over an eps curve; EOT-PGD against torchattacks'
   ``EOTPGD`` at the same budget; ``standard``'s ``rand`` against the original AutoAttack's
-  ``rand`` (``../shared/refs/autoattack``), both judged on one draw, as the original evaluates.
+  ``rand`` (``pyautoattack``), both judged on one draw, as the original evaluates.
 - ``randomized_smoothing`` at sigma 0.25 and 0.5: CERTIFY (n = 10,000) beside SmoothAdv over
   L2 eps 0.25–1.5, counting the samples certified at radius ≥ eps that SmoothAdv fooled.
 
@@ -126,7 +126,7 @@ def test_rand_against_the_original_rand(lenet: Target, mnist5k: Any, original_au
                                         benchmark: Any) -> None:
     """Both at 20 APGD steps (AutoAttack: 100) with 20 EOT draws, Linf 0.1, judged on one draw
     of the same seed, as the original evaluates, and over 10 draws beside it."""
-    from autoattack.autoattack import AutoAttack
+    from pyautoattack.autoattack import AutoAttack
 
     full = full_run(benchmark)
     n, steps, eot = (100, 20, 20) if full else (8, 2, 2)
@@ -136,11 +136,11 @@ def test_rand_against_the_original_rand(lenet: Target, mnist5k: Any, original_au
     x, y = spread_over_classes(mnist5k.test, n)
     ours = run_attack("standard", target, x, y, eps=eps, params={
         "version": "rand", "steps": steps, "eot_iter": eot}, batch_size=500).x_adv
-    adversary = AutoAttack(target, norm="Linf", eps=eps, version="rand", seed=0, verbose=False,
-                           device="cpu")
+    adversary = AutoAttack(target, norm="Linf", eps=eps, version="rand", seed=0, device="cpu")
+    adversary.verbose = False
     adversary.apgd.n_iter, adversary.apgd.eot_iter = steps, eot
     with target.drawing_from(torch.Generator().manual_seed(3)):
-        theirs = adversary.run_standard_evaluation(x, y, bs=500)
+        theirs, _ = adversary.run_standard_evaluation(x, y, batch_size=500)
 
     def left(x_adv: torch.Tensor, draws: int) -> int:
         return int(judge(target, x_adv, draws=draws, seed=5, batch_size=500).every(y).sum())
