@@ -159,15 +159,25 @@ def test_guard_keeps_the_best_epoch_without_a_collapse(
 
 
 def test_guard_catches_a_real_collapse(lenet: Target, mnist5k: Dataset, digits: Any,
-                                       tmp_path: Path) -> None:
-    """Real training that collapses: fine-tuning the LeNet with a cyclic learning rate peaking at
-    ten times the recipe's (0.05) lifts robust accuracy in the first epoch and then destroys the
-    model. Without the
-    guard training runs on to a collapsed model; with it (same seed, so the same epochs up to
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real training made to collapse on every CPU: fine-tuning the LeNet adversarially at eps
+    0.1, whose batches from the second epoch on carry the wrong labels (each digit labelled as
+    the next), so the monitor's robust accuracy on the true labels falls to about nothing
+    whatever the rounding (a chaotic learning rate collapses on some CPUs only). Without the
+    guard training runs on to the poisoned model; with it (same seed, so the same epochs up to
     the stop) training stops at the collapse and the best epoch's weights come back: held-out
     digits are classified as well as after that epoch, far better than the collapsed model."""
     x, y = digits
-    params = {"eps": 0.1, "eps_warmup": 0.0, "epochs": 4, "lr": 0.05, "init": "base",
+    real_fit = advtrain.fit
+
+    def poisoned_fit(*args: Any, perturb: Any, **kwargs: Any) -> Any:
+        def poison(xb: torch.Tensor, yb: torch.Tensor, epoch: int) -> Any:
+            xb, yb = perturb(xb, yb, epoch)
+            return xb, (yb + 1) % 10 if epoch >= 1 else yb
+        return real_fit(*args, perturb=poison, **kwargs)
+
+    monkeypatch.setattr(advtrain, "fit", poisoned_fit)
+    params = {"eps": 0.1, "eps_warmup": 0.0, "epochs": 3, "init": "base",
               "monitor_samples": 200, "monitor_steps": 5}
     train = train_subset(mnist5k, 1000)
 
@@ -177,14 +187,13 @@ def test_guard_catches_a_real_collapse(lenet: Target, mnist5k: Dataset, digits: 
 
     unguarded, guarded = fit(False), fit(True)
     free = [h["monitor_robust_acc"] for h in unguarded.card["history"]]
-    assert len(free) == 4 and max(free) >= 0.3 and free[-1] <= max(free) - 0.2, free
+    assert len(free) == 3 and free[0] >= 0.3 and free[-1] <= free[0] - 0.25, free
     card = guarded.card
     stop = card["collapsed_at_epoch"]
-    assert stop is not None and stop < 4
+    assert stop == 2, (stop, free)
     assert [h["monitor_robust_acc"] for h in card["history"]] == free[:stop]  # same run
-    best = max(range(stop), key=lambda i: free[i])
-    assert card["kept_epoch"] == best + 1
-    assert card["metrics"]["monitor_robust_acc"] == free[best]
+    assert card["kept_epoch"] == 1
+    assert card["metrics"]["monitor_robust_acc"] == free[0]
     assert clean_acc(guarded, x, y) >= clean_acc(unguarded, x, y) + 0.3
     assert robust_acc(guarded, x, y, 0.1) >= robust_acc(unguarded, x, y, 0.1) + 0.2
 
