@@ -47,6 +47,7 @@ from bench.core.attack import (
 from bench.core.errors import BadInput
 from bench.core.indicators import (
     BEAT_SHARE,
+    BLACK_BOX_CLOSER,
     BLACK_BOX_SHARE,
     BLACK_BOX_WINS,
     ZERO_GRAD,
@@ -60,6 +61,8 @@ TARGET_CLASSES = {"standard": 9, "fast": 9, "rapid": 3, "rand": 9}
 """Target classes of APGD-T (and FAB-T) when ``target_classes`` is not given."""
 RAND_EOT_ITER = 20
 """AutoAttack's EOT draws per gradient in its ``rand`` version."""
+PROBE_SHARE_DIVISOR = 10
+"""``rapid``'s probe is, by default, the first tenth of Square's queries (500 of 5000)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class StandardParams:
     steps: int = 100
     target_classes: int | None = None
     queries: int = 5000
-    probe_queries: int = 500
+    probe_queries: int | None = None
     eot_iter: int | None = None
     bpda: bool = True
 
@@ -96,10 +99,20 @@ class StandardParams:
             object.__setattr__(self, "target_classes", TARGET_CLASSES[self.version])
         if self.eot_iter is None:
             object.__setattr__(self, "eot_iter", RAND_EOT_ITER if self.version == "rand" else 1)
+        if self.version != "rapid" and self.probe_queries is not None:
+            raise BadInput(f"probe_queries applies to the rapid version only, not "
+                           f"{self.version!r}")
+        if self.version == "rapid" and self.probe_queries is None:
+            object.__setattr__(self, "probe_queries",
+                               max(1, self.queries // PROBE_SHARE_DIVISOR))
         for name in ("steps", "target_classes", "queries", "probe_queries", "eot_iter"):
             value = getattr(self, name)
-            if value < 1:
+            if value is not None and value < 1:
                 raise BadInput(f"{name} must be >= 1, got {value}")
+        if self.probe_queries is not None and self.probe_queries >= self.queries:
+            raise BadInput(f"probe_queries ({self.probe_queries}) must be below queries "
+                           f"({self.queries}): the probe is the first queries of Square's "
+                           f"budget, and Square's run continues from it")
 
 
 
@@ -116,10 +129,12 @@ def members(params: StandardParams) -> tuple[CascadeMember, ...]:
             CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
                                                "target_classes": params.target_classes,
                                                "target_order": "malt", **adaptive}),
-            CascadeMember("square-probe", "square", {"queries": params.probe_queries},
+            CascadeMember("square-probe", "square", {"queries": params.queries,
+                                                     "stop_query": params.probe_queries},
                           black_box=True, probe=True),
-            CascadeMember("square", "square", {"queries": params.queries}, black_box=True,
-                          conditional=True),
+            CascadeMember("square", "square", {"queries": params.queries,
+                                               "start_query": params.probe_queries},
+                          black_box=True, conditional=True, continues=True),
         )
     chosen = (
         ce,
@@ -137,7 +152,8 @@ CLEAN = 0
 ROBUST = -1
 MARGIN_TOL = 1e-4
 """A black-box member beats the white-box members on a sample when its margin loss is higher
-than all of theirs by more than this (logit units)."""
+than all of theirs by more than this share of the sample's clean logit spread (largest minus
+smallest logit): multiplying the logits by any positive factor leaves the decision as it is."""
 
 
 def failure_reasons(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]
@@ -147,10 +163,11 @@ def failure_reasons(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]
     :data:`bench.core.indicators.ZERO_GRAD_SHARE` of their gradient evaluations came back zero
     or not finite, ``black-box-wins`` when a black-box member fooled at least
     :data:`bench.core.indicators.BLACK_BOX_SHARE` (and at least one) of the samples it was
-    given, all of which every white-box member before it missed, or, a short probe, reached a
-    higher margin loss than all of them on at least :data:`bench.core.indicators.BEAT_SHARE` of
-    those (a full black-box budget is expected to: a probe's few queries are not). ``rapid`` runs its
-    conditional member (Square's full budget) exactly when this is not empty."""
+    given, all of which every white-box member before it missed, and ``black-box-closer`` when a
+    short probe that fooled none of them reached a higher margin loss than all of them on at
+    least :data:`bench.core.indicators.BEAT_SHARE` of those (a full black-box budget is expected
+    to: a probe's few queries are not). ``rapid`` runs its conditional member (the rest of
+    Square's budget) exactly when this is not empty."""
     reasons = []
     grads = sum(s.n_backward for s in stats)
     unavailable = sum(s.n_grad_unavailable for s in stats)
@@ -164,7 +181,7 @@ def failure_reasons(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]
             reasons.append((BLACK_BOX_WINS, f"{member.name} fooled {s.fooled} of {s.given} "
                                             f"that white-box members missed"))
         elif member.probe and s.beat_white_box >= max(1.0, BEAT_SHARE * s.given):
-            reasons.append((BLACK_BOX_WINS, f"{member.name} got closer to the boundary than "
+            reasons.append((BLACK_BOX_CLOSER, f"{member.name} got closer to the boundary than "
                                             f"every white-box member on {s.beat_white_box} "
                                             f"of {s.given}"))
     return reasons
@@ -259,11 +276,14 @@ def _attack_member(state: _State, member: CascadeMember, k: int, todo: torch.Ten
     """Run the k-th member on the samples ``todo`` every earlier member missed; record what
     it fooled in ``state``."""
     attack = Attack.create(member.attack, norm=norm, eps=eps, params=member.params)
-    res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows)
+    res = attack(target, x[todo], y[todo], generator=generator, batch_size=rows,
+                 x_init=state.search[todo] if member.continues else None)
     inside = within_eps(res.x_adv - x[todo], norm, eps, target.bounds[1] - target.bounds[0])
     hit = res.success & inside
     state.x_adv[todo[hit]] = res.x_adv[hit]
     state.fooled_by[todo[hit]] = k
+    if "search" in res.artifacts:  # where a search continued by a later member stands
+        state.search[todo] = res.artifacts["search"].to(x.device, x.dtype)
     for name, flag in (("crossed", state.crossed), ("improving", state.improving)):
         if name in res.artifacts:
             flag[todo] |= res.artifacts[name].to(x.device)
@@ -271,7 +291,8 @@ def _attack_member(state: _State, member: CascadeMember, k: int, todo: torch.Ten
     if "margin" in res.artifacts:
         reached = res.artifacts["margin"].to(x.device)
         if member.black_box:
-            beat = int((reached > state.white_box_margin[todo] + MARGIN_TOL).sum())
+            ahead = reached - state.white_box_margin[todo]
+            beat = int((ahead > MARGIN_TOL * state.spread[todo]).sum())
         else:
             state.white_box_margin[todo] = torch.maximum(state.white_box_margin[todo], reached)
     if x.is_cuda:
@@ -284,18 +305,26 @@ def _attack_member(state: _State, member: CascadeMember, k: int, todo: torch.Ten
 @dataclass
 class _State:
     """A cascade's progress: adversarials so far, which member fooled each sample (0 the clean
-    pass, -1 none yet), the indicators' per-sample flags, the best white-box margins, and the
-    members' stats; checkpointed after each member (:mod:`bench.core.resume`)."""
+    pass, -1 none yet), the indicators' per-sample flags, the best white-box margins, each
+    sample's clean logit spread (the margins' scale), where a black-box search stands (for a
+    member that continues it), and the members' stats; checkpointed after each member
+    (:mod:`bench.core.resume`)."""
 
     x_adv: torch.Tensor
     fooled_by: torch.Tensor
     crossed: torch.Tensor
     improving: torch.Tensor
     white_box_margin: torch.Tensor
+    spread: torch.Tensor
+    search: torch.Tensor
     stats: list[MemberStats]
     earlier_s: float = 0.0  # seconds the pieces before a resume took
     resumed: int = 0  # members done before a resume
     names: list[str] = field(default_factory=list)  # the cascade's members
+
+    TENSORS = ("x_adv", "fooled_by", "crossed", "improving", "white_box_margin", "spread",
+               "search")
+    """The per-sample tensors a checkpoint holds, by name."""
 
     @staticmethod
     def start(x: torch.Tensor, y: torch.Tensor, calls: ModelCalls, rows: int,
@@ -303,16 +332,19 @@ class _State:
         """The clean pass: a misclassified sample needs no attack."""
         n = x.shape[0]
         fooled_by = torch.full((n,), ROBUST, dtype=torch.long, device=x.device)
+        spread = torch.zeros(n, device=x.device)
         if n:
-            pred = torch.cat([calls.logits(c).argmax(1) for c in x.split(rows)])
-            fooled_by[pred != y] = CLEAN
+            logits = torch.cat([calls.logits(c) for c in x.split(rows)]).float()
+            fooled_by[logits.argmax(1) != y] = CLEAN
+            spread = logits.amax(1) - logits.amin(1)
         return _State(x.clone(), fooled_by, torch.zeros(n, dtype=torch.bool, device=x.device),
                       torch.zeros(n, dtype=torch.bool, device=x.device),
-                      torch.full((n,), -math.inf, device=x.device), [])
+                      torch.full((n,), -math.inf, device=x.device), spread, x.clone(), [])
 
     @staticmethod
     def fits(piece: resume.Piece, chosen: tuple[CascadeMember, ...], n: int) -> bool:
         return (piece.meta.get("members") == [m.name for m in chosen]
+                and set(piece.tensors) == set(_State.TENSORS) | {"members", "generator"}
                 and piece.tensors["fooled_by"].shape[0] == n and piece.done <= len(chosen))
 
     @staticmethod
@@ -323,7 +355,8 @@ class _State:
         calls.n_forward = int(piece.meta["clean_forward"])
         stats = MemberStats.read(t["members"].cpu())
         return _State(t["x_adv"].to(x.dtype), t["fooled_by"].long(), t["crossed"].bool(),
-                      t["improving"].bool(), t["white_box_margin"].to(x.dtype), stats,
+                      t["improving"].bool(), t["white_box_margin"].to(x.dtype),
+                      t["spread"].float(), t["search"].to(x.dtype), stats,
                       float(piece.meta["elapsed_s"]), piece.done)
 
     def piece(self, label: str, calls: ModelCalls, generator: torch.Generator,
@@ -331,8 +364,7 @@ class _State:
         """This state after the member ``label`` (the clean pass's calls and the seconds so
         far included)."""
         return resume.Piece(len(self.stats), label, {
-            "x_adv": self.x_adv, "fooled_by": self.fooled_by, "crossed": self.crossed,
-            "improving": self.improving, "white_box_margin": self.white_box_margin,
+            **{name: getattr(self, name) for name in self.TENSORS},
             "members": MemberStats.table(self.stats), "generator": generator.get_state()},
             {"clean_forward": calls.n_forward, "elapsed_s": self.earlier_s + seconds,
              "members": self.names})

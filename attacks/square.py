@@ -10,6 +10,12 @@ budget. It never reads a gradient, which makes it the check for gradient masking
 a model whose gradients are useless. A sample stops costing queries once it is fooled; its
 query count is returned (``artifacts["queries"]``; 0 for a sample misclassified before the
 search, which is returned unchanged).
+
+One search can run in parts: ``stop_query`` pauses it after that many of its ``queries`` (the
+schedule stays the whole budget's), and a later run with ``start_query`` and ``x_init`` (the
+points the first part reached, ``artifacts["search"]``) picks it up there with the same
+generator: the parts take exactly the steps of one uninterrupted run, and the continued part
+spends one query more per sample, evaluating its starting points again.
 """
 
 from __future__ import annotations
@@ -33,15 +39,31 @@ SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000,
 class SquareParams:
     """``queries``: model queries per sample (the paper and AutoAttack: 5000). ``p_init``: the
     initial share of pixels a window covers (0.8; AutoAttack's Linf value; 0.1 is common for L2
-    on large images). ``restarts``: independent runs on the samples still robust."""
+    on large images). ``restarts``: independent runs on the samples still robust.
+    ``start_query``: the queries an earlier part of this search spent reaching ``x_init``;
+    ``stop_query``: pause after this many of the ``queries`` (default: all of them)."""
 
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
+    start_query: int = 0
+    stop_query: int | None = None
+
+    @property
+    def last_query(self) -> int:
+        """The query after which this part of the search stops."""
+        return self.queries if self.stop_query is None else self.stop_query
 
     def __post_init__(self) -> None:
         if self.queries < 1:
             raise BadInput(f"queries must be >= 1, got {self.queries}")
+        if not 0 <= self.start_query < self.last_query <= self.queries:
+            raise BadInput(f"square needs 0 <= start_query < stop_query <= queries; got "
+                           f"start_query {self.start_query}, stop_query {self.stop_query}, "
+                           f"queries {self.queries}")
+        if self.restarts > 1 and (self.start_query or self.stop_query is not None):
+            raise BadInput("a square search run in parts (start_query, stop_query) has one "
+                           "restart")
         if not 0 < self.p_init <= 1:
             raise BadInput(f"p_init must lie in (0, 1], got {self.p_init}")
         if self.restarts < 1:
@@ -97,23 +119,29 @@ class _Search:
     """One restart of the random search over a batch of images."""
 
     def __init__(self, calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                 norm: Norm, params: SquareParams, generator: torch.Generator) -> None:
+                 norm: Norm, params: SquareParams, generator: torch.Generator,
+                 start: torch.Tensor | None = None) -> None:
         self.calls, self.x, self.y, self.eps, self.norm = calls, x, y, eps, norm
-        self.params, self.generator = params, generator
+        self.params, self.generator, self.start = params, generator, start
         self.lo, self.hi = calls.target.bounds
         self.c, self.h, self.w = x.shape[1:]
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (best images, fooled, queries spent per sample, best margin loss)."""
-        x, y = self.x, self.y
-        best = self._init()
+        """Returns (best images, fooled, queries spent per sample, best margin loss).
+
+        Query 1 of the budget evaluates the starting point; query k ≥ 2 takes the search step
+        of schedule index k − 2. A part continued after ``start_query`` evaluates its starting
+        points once more and then takes steps ``start_query + 1`` on, so the parts together
+        take the steps of one uninterrupted run."""
+        x, y, params = self.x, self.y, self.params
+        best = self._init() if self.start is None else self._project(self.start)
         margin = _margin(self.calls.logits(best), y)
         queries = torch.ones(x.shape[0], device=x.device)
-        for q in range(self.params.queries - 1):
+        for k in range(max(params.start_query + 1, 2), params.last_query + 1):
             active = torch.nonzero(margin >= 0).flatten()
             if active.numel() == 0:
                 break
-            s = self._side(q)
+            s = self._side(k - 2)
             candidate = self._linf_step(x[active], best[active], s) if self.norm is Norm.LINF \
                 else self._l2_step(x[active], best[active], s)
             new = _margin(self.calls.logits(candidate), y[active])
@@ -130,6 +158,16 @@ class _Search:
             side = max(side, 3)
             side += 1 - side % 2  # odd, as the paper's eta pattern wants
         return max(1, min(side, self.h, self.w))
+
+    def _project(self, points: torch.Tensor) -> torch.Tensor:
+        """``points`` moved into the eps ball around the inputs and the bounds."""
+        delta = points - self.x
+        if self.norm is Norm.LINF:
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            length = l2_norm(delta).view(-1, 1, 1, 1).to(delta.dtype)
+            delta = delta * torch.clamp(self.eps / (length + 1e-12), max=1.0)
+        return (self.x + delta).clamp(self.lo, self.hi)
 
     def _init(self) -> torch.Tensor:
         x, g = self.x, self.generator
@@ -188,14 +226,16 @@ class _Search:
 
 def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
                  ) -> tuple[int, int]:
-    return n * (params.queries * params.restarts + 1), 0  # + the clean check
+    part = params.last_query - params.start_query + (1 if params.start_query else 0)
+    return n * (part * params.restarts + 1), 0  # + the clean check
 
 
 @register_attack("square", params=SquareParams, norms=(Norm.LINF, Norm.L2), black_box=True,
-                 cost=_square_cost)
+                 cost=_square_cost, starts=True)
 def square(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: SquareParams, y_target: torch.Tensor | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> AttackResult:
     """Square Attack, score-based black-box random search (Andriushchenko et al. 2020)."""
     assert eps is not None
@@ -206,26 +246,30 @@ def square(
     best, success = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     queries = torch.zeros(x.shape[0], device=x.device)
     reached = torch.full((x.shape[0],), -math.inf, device=x.device)
+    search = x.clone() if x_init is None else x_init.clone()
     if x.shape[0]:
         # misclassified clean inputs are returned as they are, as AutoAttack only attacks the
         # correctly classified ones: the search starts from a perturbed point and could lose
         # them. This check is a model call (n_forward), not one of a sample's search queries.
         success = calls.logits(x).argmax(1) != y
     if eps == 0 or x.shape[0] == 0:
-        return AttackResult.build(x, best, success, calls,
-                                  artifacts={"queries": queries, "margin": reached})
-    for _ in range(params.restarts):
+        return AttackResult.build(x, best, success, calls, artifacts={
+            "queries": queries, "margin": reached, "search": search})
+    for restart in range(params.restarts):
         todo = torch.nonzero(~success).flatten()
         if todo.numel() == 0:
             break
+        start = x_init[todo] if x_init is not None and restart == 0 else None
         adv, fooled, spent, margin = _Search(calls, x[todo], y[todo], eps=eps, norm=norm,
-                                             params=params, generator=generator).run()
+                                             params=params, generator=generator,
+                                             start=start).run()
         best[todo] = torch.where(fooled.view(-1, 1, 1, 1), adv, best[todo])
+        search[todo] = adv
         success[todo] = fooled
         queries[todo] += spent
         reached[todo] = torch.maximum(reached[todo], margin)
-    return AttackResult.build(x, best, success, calls,
-                              artifacts={"queries": queries, "margin": reached})
+    return AttackResult.build(x, best, success, calls, artifacts={
+        "queries": queries, "margin": reached, "search": search})
 
 
 __all__ = ["SquareParams", "eta", "p_at", "square"]

@@ -42,3 +42,29 @@ class Noisy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x + 0.3 * torch.randn_like(x))
+
+
+class _Reverse(torch.autograd.Function):
+    """The identity forward; its backward pass hands back the negated gradient."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class Reversed(nn.Module):
+    """A classifier whose input gradient points the wrong way (a layer that is the identity
+    forward and negates the gradient backward): gradients are finite, non-zero and exactly
+    misleading. Held out: no test and no threshold of ``rapid`` was set on it; only the
+    benchmark against the original AutoAttack uses it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_Reverse.apply(x))

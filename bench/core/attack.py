@@ -352,7 +352,8 @@ class CascadeMember:
     ``conditional``: the member runs only when a failure indicator of the earlier members
     asks for it (:func:`attacks.cascade.failure_reasons`); otherwise it is skipped. ``probe``:
     a short black-box run whose margins, set against the white-box members', feed that
-    decision."""
+    decision. ``continues``: the member starts each sample from the point where the member
+    before it left that sample's search (its ``x_init``), continuing one search in two parts."""
 
     name: str
     attack: str
@@ -360,6 +361,7 @@ class CascadeMember:
     black_box: bool = False
     conditional: bool = False
     probe: bool = False
+    continues: bool = False
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,7 @@ class AttackSpec:
     streams: bool = False
     cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None
     only_on: tuple[str, ...] = ()
+    starts: bool = False
 
     def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
                   ) -> tuple[int, int] | None:
@@ -438,7 +441,7 @@ def register_attack(
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
     cost: CostFn | None = None, streams: bool = False,
     cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None,
-    only_on: tuple[str, ...] = (),
+    only_on: tuple[str, ...] = (), starts: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -453,14 +456,15 @@ def register_attack(
     and its result's ``artifacts`` say which member fooled each sample and what each cost
     (:mod:`attacks.cascade`); the runner writes a row per member. ``only_on``: the attack
     applies only to targets behind these defenses (SmoothAdv: a smoothed classifier); a sweep
-    runs it on those and leaves the others out.
+    runs it on those and leaves the others out. ``starts``: the attack takes ``x_init=``, a
+    starting point per image (a search continued from where an earlier run left it).
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
                                      positive_budget, black_box, cost, streams, cascade,
-                                     only_on))
+                                     only_on, starts))
         return fn
 
     return decorator
@@ -563,22 +567,38 @@ class Attack:
         check_labels(target, fit_x, fit_y, "fit_data labels")
 
 
+    def check_start(self, target: Target, x: torch.Tensor, x_init: torch.Tensor | None) -> None:
+        """Raise :class:`BadInput` unless ``x_init`` is None or starting points, one per image
+        of ``x`` inside the bounds, for an attack that takes them."""
+        if x_init is None:
+            return
+        if not self.spec.starts:
+            raise BadInput(f"attack {self.name!r} takes no starting points (x_init)")
+        if x_init.shape != x.shape:
+            raise BadInput(f"x_init must have the inputs' shape {tuple(x.shape)}, got "
+                           f"{tuple(x_init.shape)}")
+        target.check_inputs(x_init)
+
     def __call__(self, target: Target, x: torch.Tensor, y: torch.Tensor, *,
                  generator: torch.Generator | None = None, y_target: torch.Tensor | None = None,
                  fit_data: FitData | None = None, batch_size: int | None = None,
-                 progress: bool = False) -> AttackResult:
+                 progress: bool = False, x_init: torch.Tensor | None = None) -> AttackResult:
         """Attack ``(x, y)`` on ``target``; ``fit_data = (x, y)`` for an attack that fits on
-        training data, ``y_target`` the target classes of a targeted attack (else its own)."""
+        training data, ``y_target`` the target classes of a targeted attack (else its own),
+        ``x_init`` the points an attack that takes them starts from (one per image)."""
         self.check_inputs(target, x, y)
         self.check_fit_data(target, fit_data)
+        self.check_start(target, x, x_init)
         if batch_size is not None and batch_size < 1:
             raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(0)
+        per_sample = {k: v for k, v in (("y_target", y_target), ("x_init", x_init))
+                      if v is not None}
         eot_iter, bpda = adaptive_settings(self.params)
         with target.evaluating(), target.drawing_from(generator), \
                 target.adaptive(eot_iter, bpda):
-            result = self._run(target, x, y, generator, y_target, fit_data,
+            result = self._run(target, x, y, generator, per_sample, fit_data,
                                batch_size or max(x.shape[0], 1), progress)
             bpda_note = target.bpda_note() if result.n_backward else None
         if eot_iter > 1 and not target.randomised:
@@ -590,13 +610,14 @@ class Attack:
         return result
 
     def _run(self, target: Target, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, y_target: torch.Tensor | None,
+             generator: torch.Generator, per_sample: dict[str, torch.Tensor],
              fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
         """Chunks of ``rows`` (or all of ``x`` at once), with the out-of-memory back-off."""
         start_state = generator.get_state()
         while True:
             try:
-                return self._chunks(target, x, y, generator, y_target, fit_data, rows, progress)
+                return self._chunks(target, x, y, generator, per_sample, fit_data, rows,
+                                    progress)
             except torch.cuda.OutOfMemoryError:
                 if rows == 1 or self.spec.needs_fit_data:
                     raise
@@ -607,8 +628,10 @@ class Attack:
                 torch.cuda.empty_cache()
 
     def _chunks(self, target: Target, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator, y_target: torch.Tensor | None,
+                generator: torch.Generator, per_sample: dict[str, torch.Tensor],
                 fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
+        """Run the attack function on chunks of ``rows`` images; ``per_sample`` (``y_target``,
+        ``x_init``) is cut like the images."""
         n = x.shape[0]
         whole = self.spec.needs_fit_data or self.spec.streams
         chunk = max(n, 1) if whole else rows
@@ -623,7 +646,7 @@ class Attack:
                 results.append(self.spec.fn(
                     target, x[part], y[part], eps=self.threat.eps, norm=self.threat.norm,
                     generator=generator, params=self.params,
-                    y_target=None if y_target is None else y_target[part], **extra))
+                    **{k: v[part] for k, v in per_sample.items()}, **extra))
                 bar.update(x[part].shape[0])
         return concat_results(results)
 
@@ -717,10 +740,11 @@ def run_attack(
     y_target: torch.Tensor | None = None,
     fit_data: FitData | None = None,
     batch_size: int | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> AttackResult:
     """``Attack.create(attack, norm=norm, eps=eps, params=params)(target, x, y, ...)``: one
     call from Python (``eps`` None: a minimal-perturbation attack such as DeepFool, unbounded). Raises :class:`BadInput` for unknown names, bad eps, unknown params,
     inputs of the wrong shape or outside the target's bounds, and labels that do not match."""
     return Attack.create(attack, norm=norm, eps=eps, params=params)(
         target, x, y, generator=generator, y_target=y_target, fit_data=fit_data,
-        batch_size=batch_size)
+        batch_size=batch_size, x_init=x_init)

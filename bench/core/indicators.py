@@ -35,6 +35,7 @@ ZERO_GRAD = "zero-grad"
 UNSTABLE = "unstable"
 UNCONSTRAINED = "unconstrained"
 BLACK_BOX_WINS = "black-box-wins"
+BLACK_BOX_CLOSER = "black-box-closer"
 TRANSFER_WINS = "transfer-wins"
 NEAR_CHANCE = "near-chance"
 EPS_RISES = "eps-rises"
@@ -54,8 +55,9 @@ BLACK_BOX_SHARE = 0.01
 """``black-box-wins`` (in a cascade): the black-box member fooled at least this share (and at
 least one) of the samples every white-box member missed."""
 BEAT_SHARE = 0.1
-"""``black-box-wins`` (in a cascade): or its short black-box probe got closer to the boundary
-(a higher margin loss) than every white-box member on at least this share of those samples."""
+"""``black-box-closer`` (in a cascade): its short black-box probe fooled none of them but got
+closer to the boundary (a higher margin loss, by more than a scale-free tolerance) than every
+white-box member on at least this share of those samples."""
 CHANCE_MARGIN = 0.1
 """``near-chance``: clean accuracy below chance + this share of the way from chance to 1."""
 
@@ -83,12 +85,17 @@ CATALOG: dict[str, Indicator] = {i.code: i for i in (
               "model, failed",
               "fix the attack (loss, step size, gradients) before reading smaller budgets"),
     Indicator(BLACK_BOX_WINS, f"in a cascade, its black-box member fooled "
-              f"{BLACK_BOX_SHARE:.0%} of the samples its white-box members left robust, or its probe got "
-              f"closer to the boundary than all of them on {BEAT_SHARE:.0%}; across rows of one "
-              "population, any sample inside the white-box ball",
+              f"{BLACK_BOX_SHARE:.0%} of the samples its white-box members left robust; across "
+              "rows of one population, any sample inside the white-box ball",
               "a black-box attack fooled samples every white-box attack missed: gradients "
               "are masked",
               "report the black-box number; attack adaptively (BPDA, EOT, another loss)"),
+    Indicator(BLACK_BOX_CLOSER, f"in a cascade, its black-box probe fooled none but got closer "
+              f"to the boundary than every white-box member on {BEAT_SHARE:.0%} of the samples "
+              "they left robust",
+              "a few black-box queries out-climbed every gradient attack: gradients may be "
+              "masked (rapid then runs the rest of Square's budget)",
+              "read the row's decision; attack adaptively (BPDA, EOT, another loss)"),
     Indicator(TRANSFER_WINS, "any row",
               "a transfer attack crafted on another model beat the white-box attack through "
               "the defense: its gradients mislead",

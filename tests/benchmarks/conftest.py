@@ -83,16 +83,17 @@ def record(benchmark: Any) -> Any:
 def _original_table(tr: Any) -> None:
     tr.section("advbench standard / rapid vs the original AutoAttack (same model, digits, eps)")
     tr.write_line("| case | attack | robust acc | calls / sample | seconds | "
-                  "robust to it only / to the original only |")
-    tr.write_line("|---|---|---|---|---|---|")
+                  "robust to it only / to the original only | Square's budget ran |")
+    tr.write_line("|---|---|---|---|---|---|---|")
     for key, runs in ORIGINAL_RUNS.items():
         reference = runs.get("original")
         for who, r in runs.items():
             versus = "" if who == "original" or reference is None else (
                 f"{int((r['left'] & ~reference['left']).sum())} / "
                 f"{int((~r['left'] & reference['left']).sum())}")
+            square = {True: "yes", False: "no"}.get(r.get("square"), "yes")
             tr.write_line(f"| {key} | {who} | {100 * r['robust']:.1f} | {r['calls']:,.0f} | "
-                          f"{r['seconds']:.0f} | {versus} |")
+                          f"{r['seconds']:.0f} | {versus} | {square} |")
         if reference is not None and reference.get("checks"):
             tr.write_line(f"(the original's sanity checks on {key}: {reference['checks']})")
 
