@@ -48,10 +48,12 @@ from bench.core.progress import progress_bar
 from bench.executors import partial_dir
 from bench.rows import attack_run_id
 from bench.runner import RunOptions, RunReport
+from leaderboards.leases import LeaseLost
 from leaderboards.store import ResultStore, Scan
 
 if TYPE_CHECKING:
     from bench.executors import Executor
+    from bench.records import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ class _Driver:
         """Renew the leases of the cells this sweep holds until :meth:`close`."""
         while not self.stop.wait(every):
             with self.lock:
-                lost = self.store.renew(sorted(self.held))
+                lost = self.store.leases.renew(sorted(self.held))
             for cell_id in lost:
                 log.warning("cell %s: another sweep took over its claim (this sweep's lease "
                             "went unrenewed past claim_ttl); its result will not be stored",
@@ -187,11 +189,11 @@ class _Driver:
         mine = []
         for cell in cells:
             with self.lock:
-                taken = self.store.claim(cell.cell_id, self.run_id)
+                taken = self.store.leases.claim(cell.cell_id, self.run_id)
             if not taken:
                 self.busy[cell.cell_id] = cell
             elif not self.options.force and self.store.is_stored(cell.cell_id):
-                self.store.release(cell.cell_id)  # another sweep stored it since we looked
+                self.store.leases.release(cell.cell_id)  # another sweep stored it since we looked
                 self.report.skipped += 1
             else:
                 self.busy.pop(cell.cell_id, None)
@@ -206,7 +208,7 @@ class _Driver:
         """Split this machine's intra-op threads evenly among the sweeps running cells in this
         directory right now (two sweeps on 2 cores: one thread each, instead of four threads
         fighting over two cores); a sweep running alone takes them all back."""
-        sweeps = len(self.store.live_holders() | {os.getpid()})
+        sweeps = len(self.store.leases.live_holders() | {os.getpid()})
         torch.set_num_threads(max(1, self.threads // sweeps))
 
     def run(self, executor: Executor, cells: list[Cell], bar: tqdm) -> None:
@@ -214,19 +216,27 @@ class _Driver:
                                           self.retried):
             if isinstance(outcome, BaseException):
                 self.report.failed.append((cell.cell_id, f"{type(outcome).__name__}: {outcome}"))
-            elif not self.store.holds(cell.cell_id):
+            elif not self.store_fenced(cell, outcome):
                 self.report.lost.append(cell.cell_id)  # taken over: its new holder stores it
-            else:
-                self.store.write_cell(outcome.summary, outcome.samples, outcome.artifacts)
-                self.report.written.append(outcome.summary)
-                self.stored(cell)
-                _pause_for_tests(len(self.report.written))
             with self.lock:
-                self.store.release(cell.cell_id)
+                self.store.leases.release(cell.cell_id)
                 self.held.discard(cell.cell_id)
             bar.set_postfix_str(f"{cell.model}/{cell.defense} {cell.attack_name} "
                                 f"{cell.threat_model.norm.value}@{cell.threat_model.eps_display}")
             bar.update(1)
+
+    def store_fenced(self, cell: Cell, outcome: CellResult) -> bool:
+        """Store ``cell``'s outcome while this sweep's lease of it is current; False (nothing
+        stored) when another sweep took the lease over."""
+        try:
+            self.store.write_cell(outcome.summary, outcome.samples, outcome.artifacts,
+                                  fenced=True)
+        except LeaseLost:
+            return False
+        self.report.written.append(outcome.summary)
+        self.stored(cell)
+        _pause_for_tests(len(self.report.written))
+        return True
 
     def retried(self, cells: list[Cell], reason: str) -> None:
         self.report.retried += [(cell.cell_id, reason) for cell in cells]
@@ -249,7 +259,7 @@ class _Driver:
                 if self.store.is_stored(cell_id):
                     del self.busy[cell_id]
                     self.report.stored_by_others += 1
-                elif not self.store.claimed(cell_id):
+                elif not self.store.leases.claimed(cell_id):
                     orphans.append(cell)
             if orphans or not self.busy:
                 return orphans
@@ -260,7 +270,7 @@ class _Driver:
         self.stop.set()
         self.renewer.join()
         for cell_id in self.held:
-            self.store.release(cell_id)
+            self.store.leases.release(cell_id)
         self.held.clear()
         self.pieces.remove_if_empty()
 

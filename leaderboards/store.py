@@ -16,8 +16,8 @@ replaces its summary file in one rename, so every reader, advbench's or a plain
 ``read_parquet('results/summary/*.parquet')``, sees one row per cell; the superseded samples and
 artifacts are removed after the swap. A killed sweep leaves at most hidden temporary files
 (ignored by readers) and the claims of the cells it had in flight. A claim is a lease its holder
-renews while it works: one whose process is gone (same host, dead pid) is taken over at once, one
-whose lease has not changed for ``claim_ttl`` seconds (any host) after that.
+renews while it works, fenced: a sweep whose lease was taken over cannot store the cell
+(:mod:`leaderboards.leases`).
 
 Files that do not read whole, or that are not advbench results, are never deleted: readers name
 them, and ``advbench doctor`` (or ``advbench run --repair``) moves them into ``quarantine/``.
@@ -26,12 +26,9 @@ them, and ``advbench doctor`` (or ``advbench run --repair``) moves them into ``q
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import shutil
-import socket
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +43,7 @@ from safetensors.torch import save_file
 
 from bench.core.errors import BadInput
 from bench.core.files import temp_dir
+from leaderboards.leases import LeaseLost, Leases
 from leaderboards.schema import (
     SAMPLES_SCHEMA,
     SCHEMA_VERSION,
@@ -124,6 +122,8 @@ class Problem:
 
 
 QUARANTINE = "quarantine"
+FENCE_KEY = b"advbench_lease_fence"
+"""Summary-file metadata: the fence of the lease the cell's result was written under."""
 
 
 def _inspect(path: Path, table: str, whole: bool) -> tuple[pa.Table | None, int, Problem | None]:
@@ -160,14 +160,13 @@ class Scan:
 
 
 class ResultStore:
-    """Read and write advbench results under ``root``; ``claim_ttl``: seconds after which an
-    unrenewed lease of another process may be taken over (never, by default)."""
+    """Read and write advbench results under ``root``. ``leases``: who computes which cell
+    (:mod:`leaderboards.leases`); ``claim_ttl``: seconds after which an unrenewed lease of
+    another process may be taken over (never, by default)."""
 
     def __init__(self, root: str | os.PathLike[str], claim_ttl: float = math.inf) -> None:
         self.root = Path(root)
-        self.claim_ttl = claim_ttl
-        self._tokens: dict[str, str] = {}  # cell_id -> the token of this process's lease
-        self._seen: dict[str, tuple[str, float]] = {}  # cell_id -> (claim text, first seen)
+        self.leases = Leases(self.root / "claims", claim_ttl, self.stored_fence)
 
     @property
     def summary_dir(self) -> Path:
@@ -183,7 +182,17 @@ class ResultStore:
 
     @property
     def claims_dir(self) -> Path:
-        return self.root / "claims"
+        return self.leases.folder
+
+    def stored_fence(self, cell_id: str) -> int:
+        """The lease fence the stored result of ``cell_id`` was written with (0: none, or
+        written without a lease)."""
+        try:
+            meta = pq.read_schema(self.summary_dir / f"{cell_id}.parquet").metadata or {}
+        except (pa.ArrowException, OSError):
+            return 0
+        text = meta.get(FENCE_KEY, b"0").decode(errors="replace")
+        return int(text) if text.isdigit() else 0
 
     def _files(self, folder: Path) -> list[Path]:
         if not folder.is_dir():
@@ -271,124 +280,6 @@ class ResultStore:
         """Whether ``cell_id``'s summary and samples files read whole."""
         return cell_id in self._whole_cells(self._summary_files(cell_id), [])
 
-    def claim(self, cell_id: str, run_id: str) -> bool:
-        """Take ``cell_id``'s lease for this process; ``False`` while another holder's lease is
-        live (:meth:`_expired`).
-
-        The claim file is written under a temporary name and hard-linked into place, so it
-        appears whole or not at all, and two processes cannot both create it. An expired claim
-        is replaced under a takeover lock (:meth:`_take_over`), so of several sweeps racing for
-        it one wins.
-        """
-        self.claims_dir.mkdir(parents=True, exist_ok=True)
-        path = self.claims_dir / cell_id
-        token = uuid.uuid4().hex
-        tmp = self.claims_dir / f".{cell_id}.{token}.tmp"
-        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "run_id": run_id, "token": token, "renewals": 0}))
-        try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, path)
-                    self._tokens[cell_id] = token
-                    return True
-                except FileExistsError:
-                    pass
-                text = _read_text(path)
-                if text is None:
-                    continue  # released meanwhile: link ours
-                if not self._expired(cell_id, text) or not self._take_over(path, text, tmp):
-                    return False
-                self._tokens[cell_id] = token
-                return True
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _take_over(self, path: Path, expired: str, ours: Path) -> bool:
-        """Replace the expired claim ``path`` (still reading ``expired``) with ``ours``, holding
-        ``.<cell_id>.takeover`` (created exclusively) meanwhile; False when another taker holds
-        the lock or the claim changed. A lock left by a dead taker is removed (its cell is taken
-        at the next try)."""
-        lock = self.claims_dir / f".{path.name}.takeover"
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            text = _read_text(lock)
-            if text is not None and self._expired(lock.name, text):
-                lock.unlink(missing_ok=True)
-            return False
-        try:
-            os.write(fd, json.dumps({"pid": os.getpid(),
-                                     "host": socket.gethostname()}).encode())
-            if _read_text(path) != expired:
-                return False  # renewed, released or taken meanwhile
-            os.replace(ours, path)
-            self._seen.pop(path.name, None)
-            return True
-        finally:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
-
-    def _expired(self, cell_id: str, text: str) -> bool:
-        """Whether the claim reading ``text`` may be taken over: its holder is a dead process
-        on this host, or its lease has not changed for ``claim_ttl`` seconds of this process's
-        own clock (renewal is judged by change seen here, never by comparing two machines'
-        clocks, so clock skew cannot expire a live lease)."""
-        holder = _holder(text)
-        if holder is not None and _dead_here(holder):
-            return True
-        now = time.monotonic()
-        seen = self._seen.get(cell_id)
-        if seen is None or seen[0] != text:
-            self._seen[cell_id] = (text, now)
-            return self.claim_ttl <= 0
-        return now - seen[1] >= self.claim_ttl
-
-    def holds(self, cell_id: str) -> bool:
-        """Whether this store's process still holds ``cell_id``'s lease."""
-        holder = _holder(_read_text(self.claims_dir / cell_id))
-        return holder is not None and holder.get("token") == self._tokens.get(cell_id)
-
-    def renew(self, cell_ids: Iterable[str]) -> list[str]:
-        """Renew the leases of ``cell_ids`` (a counter in the claim file changes, so watchers
-        see it live); returns those whose lease another sweep has taken over meanwhile."""
-        lost = []
-        for cell_id in cell_ids:
-            path = self.claims_dir / cell_id
-            holder = _holder(_read_text(path))
-            if holder is None or holder.get("token") != self._tokens.get(cell_id):
-                lost.append(cell_id)
-                continue
-            holder["renewals"] = int(holder.get("renewals", 0)) + 1
-            tmp = self.claims_dir / f".{cell_id}.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps(holder))
-            os.replace(tmp, path)
-        return lost
-
-    def release(self, cell_id: str) -> None:
-        """Drop this process's claim of ``cell_id`` (a lease another sweep took over stays)."""
-        if self.holds(cell_id):
-            (self.claims_dir / cell_id).unlink(missing_ok=True)
-        self._tokens.pop(cell_id, None)
-
-    def live_holders(self) -> set[int]:
-        """The pids of this host's live processes that hold claims here."""
-        pids = set()
-        for path in self.claims_dir.glob("*") if self.claims_dir.is_dir() else ():
-            if path.name.startswith("."):
-                continue
-            holder = _holder(_read_text(path))
-            if holder is not None and holder.get("host") == socket.gethostname() \
-                    and not _dead_here(holder):
-                pids.add(int(holder.get("pid", -1)))
-        return pids
-
-    def claimed(self, cell_id: str) -> bool:
-        """Whether a live lease holds ``cell_id``."""
-        text = _read_text(self.claims_dir / cell_id)
-        return text is not None and not self._expired(cell_id, text)
-
     def remove_empty(self, created_root: bool) -> None:
         """Remove the claims folder when it holds nothing, and the results folder itself when
         this process created it and it holds nothing (a sweep that failed before writing leaves
@@ -400,9 +291,13 @@ class ResultStore:
                 pass  # not empty, or not there
 
     def write_cell(self, summary: SummaryRow | Mapping[str, Any], samples: Mapping[str, Any],
-                   artifacts: Mapping[str, torch.Tensor] | None = None) -> None:
+                   artifacts: Mapping[str, torch.Tensor] | None = None, *,
+                   fenced: bool = False) -> None:
         """Store one finished cell: artifacts, then samples, then its summary row (replacing
-        the cell's previous summary in one rename), then remove what that run superseded."""
+        the cell's previous summary in one rename), then remove what that run superseded.
+        ``fenced``: commit only while this process's lease of the cell is the current one
+        (:meth:`leaderboards.leases.Leases.fenced`); otherwise its own files are removed and
+        :class:`leaderboards.leases.LeaseLost` raised."""
         row = summary_row(summary)
         summary_t = summary_table([row])
         samples_t = samples_table(samples)
@@ -410,8 +305,24 @@ class ResultStore:
         if artifacts:
             _atomic_artifacts(artifacts, self.artifacts_dir / stem)
         atomic_write(samples_t, self.samples_dir / f"{stem}.parquet")
-        atomic_write(summary_t, self.summary_dir / f"{row.cell_id}.parquet")
-        self._remove_superseded(row.cell_id, stem)
+        if not fenced:
+            self._commit(summary_t, row.cell_id, stem, 0)
+            return
+        try:
+            with self.leases.fenced(row.cell_id) as fence:
+                self._commit(summary_t, row.cell_id, stem, fence)
+        except LeaseLost:
+            (self.samples_dir / f"{stem}.parquet").unlink(missing_ok=True)
+            shutil.rmtree(self.artifacts_dir / stem, ignore_errors=True)
+            raise
+
+    def _commit(self, summary_t: pa.Table, cell_id: str, stem: str, fence: int) -> None:
+        """Put the summary in place (with the lease fence it was written under) and remove
+        what it superseded."""
+        meta = {**(summary_t.schema.metadata or {}), FENCE_KEY: str(fence).encode()}
+        atomic_write(summary_t.replace_schema_metadata(meta),
+                     self.summary_dir / f"{cell_id}.parquet")
+        self._remove_superseded(cell_id, stem)
 
     def _remove_superseded(self, cell_id: str, stem: str) -> None:
         """Earlier runs' files of ``cell_id`` (unreadable ones are moved aside, not deleted)."""
@@ -468,37 +379,6 @@ class ResultStore:
                 f"{self.samples_dir / missing[0]} is missing (its summary row is stored); run "
                 f"`advbench doctor {self.root}` or rerun the sweep to recompute the cell")
         return self._read(files, SAMPLES_SCHEMA).to_pandas()
-
-
-def _read_text(path: Path) -> str | None:
-    """A claim file's text; None when there is none."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError):
-        return "<unreadable>"  # watched like any other claim: it expires unless it changes
-
-
-def _holder(text: str | None) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(text) if text is not None else None
-    except ValueError:
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _dead_here(holder: Mapping[str, Any]) -> bool:
-    """Whether the claim's holder is a process of this host that no longer exists."""
-    if holder.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
-        return False
-    return False
 
 
 def load(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -22,7 +22,9 @@ from bench.core.hooks import HOLD_ENV
 from bench.runner import RunOptions
 from bench.sweep import run_sweep
 from leaderboards import ResultStore
+from leaderboards.leases import LeaseLost
 from tests.bench.test_sweep import EPS, QUICK, assert_store_whole, start
+from tests.conftest import sample_values, summary_values
 
 TTL = 0.4
 
@@ -37,59 +39,60 @@ def foreign_claim(root: Path, cell_id: str, **holder: Any) -> Path:
 
 def test_a_dead_local_holders_claim_is_taken_at_once(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)  # no ttl: only a dead process's claim can be taken
-    assert store.claim("c1", "r1") and store.holds("c1")
-    assert not ResultStore(tmp_path).claim("c1", "r2")  # this live process holds it
+    assert store.leases.claim("c1", "r1") and store.leases.holds("c1")
+    assert not ResultStore(tmp_path).leases.claim("c1", "r2")  # this live process holds it
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout)
     holder = json.loads((tmp_path / "claims" / "c1").read_text())
     (tmp_path / "claims" / "c1").write_text(json.dumps({**holder, "pid": dead}))
     other = ResultStore(tmp_path)
-    assert other.claim("c1", "r3") and other.holds("c1") and not store.holds("c1")
-    store.release("c1")  # a lost lease is not released by its old holder
+    assert other.leases.claim("c1", "r3") and other.leases.holds("c1")
+    assert not store.leases.holds("c1")
+    store.leases.release("c1")  # a lost lease is not released by its old holder
     assert (tmp_path / "claims" / "c1").exists()
-    other.release("c1")
+    other.leases.release("c1")
     assert not (tmp_path / "claims" / "c1").exists()
 
 
 def test_another_hosts_claim_is_taken_once_its_lease_went_unrenewed(tmp_path: Path) -> None:
     foreign_claim(tmp_path, "c1")
     store = ResultStore(tmp_path, claim_ttl=TTL)
-    assert not store.claim("c1", "r1")  # first sight: the lease may be live
-    assert store.claimed("c1")
+    assert not store.leases.claim("c1", "r1")  # first sight: the lease may be live
+    assert store.leases.claimed("c1")
     time.sleep(TTL * 1.2)
-    assert not store.claimed("c1")
-    assert store.claim("c1", "r1") and store.holds("c1")
+    assert not store.leases.claimed("c1")
+    assert store.leases.claim("c1", "r1") and store.leases.holds("c1")
     assert json.loads((tmp_path / "claims" / "c1").read_text())["run_id"] == "r1"
 
 
 def test_a_renewed_lease_is_never_taken_whatever_the_clocks_say(tmp_path: Path) -> None:
     holder = ResultStore(tmp_path, claim_ttl=TTL)
-    assert holder.claim("c1", "r1")
+    assert holder.leases.claim("c1", "r1")
     path = tmp_path / "claims" / "c1"
     watcher = ResultStore(tmp_path, claim_ttl=TTL)
     deadline = time.monotonic() + 4 * TTL
     while time.monotonic() < deadline:
-        assert holder.renew(["c1"]) == []
+        assert holder.leases.renew(["c1"]) == []
         os.utime(path, (0, 0))  # a holder whose clock says 1970: its file times mean nothing
-        assert not watcher.claim("c1", "r2")
+        assert not watcher.leases.claim("c1", "r2")
         time.sleep(TTL / 4)
     time.sleep(TTL * 1.2)  # the holder stops renewing (paused): now the lease expires
-    assert watcher.claim("c1", "r2")
-    assert holder.renew(["c1"]) == ["c1"] and not holder.holds("c1")
+    assert watcher.leases.claim("c1", "r2")
+    assert holder.leases.renew(["c1"]) == ["c1"] and not holder.leases.holds("c1")
 
 
 @pytest.mark.parametrize("round_", range(5))
 def test_takers_racing_for_one_expired_claim_get_it_once(tmp_path: Path, round_: int) -> None:
     foreign_claim(tmp_path, "c1")
     stores = [ResultStore(tmp_path, claim_ttl=TTL) for _ in range(8)]
-    assert not any(s.claim("c1", f"r{i}") for i, s in enumerate(stores))
+    assert not any(s.leases.claim("c1", f"r{i}") for i, s in enumerate(stores))
     time.sleep(TTL * 1.2)
     barrier = threading.Barrier(len(stores))
     won: list[int] = []
 
     def take(i: int) -> None:
         barrier.wait()
-        if stores[i].claim("c1", f"r{i}"):
+        if stores[i].leases.claim("c1", f"r{i}"):
             won.append(i)
 
     threads = [threading.Thread(target=take, args=(i,)) for i in range(len(stores))]
@@ -98,7 +101,7 @@ def test_takers_racing_for_one_expired_claim_get_it_once(tmp_path: Path, round_:
     for t in threads:
         t.join()
     assert len(won) == 1, won
-    assert [s.holds("c1") for s in stores].count(True) == 1
+    assert [s.leases.holds("c1") for s in stores].count(True) == 1
     assert not [p for p in (tmp_path / "claims").iterdir() if p.name != "c1"]
 
 
@@ -137,3 +140,64 @@ def test_a_paused_sweep_whose_lease_expired_stores_nothing_twice(
     assert len(assert_store_whole(out)) == len(EPS)
     row = pq.read_table(out / "summary" / f"{first.cell_id}.parquet")
     assert row["run_id"][0].as_py() == report.run_id
+
+
+def _cell(store: ResultStore, cell_id: str, run_id: str) -> None:
+    """Store a one-sample result of ``cell_id`` from run ``run_id`` under this store's lease."""
+    store.write_cell(summary_values(cell_id, run_id), sample_values(cell_id), fenced=True)
+
+
+def test_a_takeover_during_a_renewal_is_not_undone(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder checks its lease, then stalls before it writes the renewal (as a pause
+    would); a watcher that judged the lease expired tries to take it over meanwhile. Whoever
+    ends up holding the lease holds it alone: a renewal never overwrites a takeover."""
+    holder, watcher = (ResultStore(tmp_path, claim_ttl=TTL) for _ in range(2))
+    assert holder.leases.claim("c1", "r1")
+    assert not watcher.leases.claim("c1", "r2")  # first sight
+    time.sleep(TTL * 1.2)  # unrenewed: expired as the watcher sees it
+    write = holder.leases._write
+
+    def stalled(path: Path, record: Any) -> None:
+        time.sleep(TTL * 1.5)
+        write(path, record)
+
+    monkeypatch.setattr(holder.leases, "_write", stalled)
+    renewal = threading.Thread(target=holder.leases.renew, args=(["c1"],))
+    renewal.start()
+    time.sleep(TTL / 4)
+    took = watcher.leases.claim("c1", "r2")
+    renewal.join()
+    assert watcher.leases.holds("c1") == took and holder.leases.holds("c1") != took
+
+
+def test_a_sweep_whose_lease_was_taken_over_cannot_store(tmp_path: Path) -> None:
+    """A's lease expires (no renewals) and B takes it over and stores the cell. A then tries
+    to store: refused, its own samples file removed, B's cell untouched."""
+    a, b = (ResultStore(tmp_path, claim_ttl=TTL) for _ in range(2))
+    assert a.leases.claim("c1", "ra") and not b.leases.claim("c1", "rb")
+    time.sleep(TTL * 1.2)
+    assert b.leases.claim("c1", "rb")
+    assert b.leases.fence("c1") == a.leases.fence("c1") + 1  # type: ignore[operator]
+    _cell(b, "c1", "rb")
+    with pytest.raises(LeaseLost):
+        _cell(a, "c1", "ra")
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["c1-rb.parquet"]
+    assert ResultStore(tmp_path).scan().cells == {"c1": "rb"}
+    assert b.stored_fence("c1") == b.leases.fence("c1")
+
+
+def test_fences_only_grow_even_after_a_lease_is_released(tmp_path: Path) -> None:
+    """A stores the cell under fence 1 and releases its lease (the claim file is gone); the
+    next lease of the cell gets fence 2, from the stored result, and a result stored under an
+    older fence can never replace it."""
+    a, b = ResultStore(tmp_path), ResultStore(tmp_path)
+    assert a.leases.claim("c1", "ra") and a.leases.fence("c1") == 1
+    _cell(a, "c1", "ra")
+    a.leases.release("c1")
+    assert not (tmp_path / "claims" / "c1").exists()
+    assert b.leases.claim("c1", "rb") and b.leases.fence("c1") == 2
+    _cell(b, "c1", "rb")
+    assert b.stored_fence("c1") == 2
+    b.leases.release("c1")
+    assert a.leases.claim("c1", "ra2") and a.leases.fence("c1") == 3
