@@ -107,6 +107,16 @@ def certificate_columns(cell: Cell, prepared: PreparedTarget, outcome: Outcome
     }
 
 
+def runner_calls(prepared: PreparedTarget, n: int) -> int:
+    """The runner's own model passes on ``n`` samples (the ``runner_calls`` column): clean
+    pass, margin gradients, the adversarials' fp32 re-check, the certificate."""
+    per_decision = prepared.defended.decide_passes
+    clean = prepared.draws if prepared.correct_every_draw is not None else 2
+    gradients = 2 if prepared.margin_grad.l2 is not None else 0  # a forward and a backward
+    certify = prepared.certificate.n_forward_per_sample if prepared.certificate else 0
+    return n * ((clean + prepared.draws) * per_decision + gradients + certify)
+
+
 def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
               outcome: Outcome, attacked: AttackedModel, *, device: torch.device,
               run_id: str) -> SummaryRow:
@@ -144,7 +154,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         rho_adv=float(rho.mean()) if rho.numel() else None,
         margin_grad_l1=prepared.margin_grad.l1, margin_grad_l2=prepared.margin_grad.l2,
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
-        wall_s=run.wall_s,
+        runner_calls=runner_calls(prepared, n), wall_s=run.wall_s,
         img_per_s=attacked_count(cell, run, n) / run.wall_s if run.wall_s > 0 else 0.0,
         floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,

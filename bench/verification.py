@@ -102,6 +102,8 @@ class Outcome:
 
 ADVERSARIAL_DRAWS_SEED = 1
 """Offset of the seed an adversarial's draws are judged with from the clean pass's."""
+CERTIFY_DRAWS_SEED = 2
+"""Offset of the seed a certificate's noise is drawn with from the clean pass's."""
 
 
 def verify(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,

@@ -29,7 +29,7 @@ from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_th
 from bench.evaluation import EvalData, discriminator_data, discriminator_fit_data, eval_subset
 from bench.records import AttackedModel, AttackRun, CellResult, PreparedTarget
 from bench.runner import RunOptions, run_cell
-from bench.verification import Judgement, judge
+from bench.verification import CERTIFY_DRAWS_SEED, Judgement, judge
 from defenses import DEFENSES, fitted_defense
 from generative.discriminator import (
     calibration_noise_seed,
@@ -190,7 +190,10 @@ class Worker:
                           [defended.decide(data.x, batch) for _ in range(2)]))
         margin_grad = median_margin_gradient(defended, data.x, data.y, batch)
         started = time.perf_counter()
-        certificate = defended.certify(data.x, batch)
+        certify_draws = torch.Generator(device=data.x.device).manual_seed(
+            cell.seed + CERTIFY_DRAWS_SEED)
+        with defended.drawing_from(certify_draws):
+            certificate = defended.certify(data.x, batch)
         return PreparedTarget(
             base, defended, clean.first, data.y, margin_grad, state_sha256(defended),
             state_sha256(base), unstable=clean.unstable,

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -125,8 +125,16 @@ class SummaryRow:
     # the attack run whose model calls and time the row reports: the cell itself, or, for the
     # per-eps rows derived from one minimal-perturbation run, that run (they share its cost)
     attack_run: str
+    # the attack run's own model calls: forward and backward passes through the attacked
+    # model, one per image (a batch of 128 counts 128); EOT draws each count
     n_forward: int
     n_backward: int
+    # the runner's own model passes on the cell's samples, apart from the attack's: the clean
+    # pass (twice on a deterministic target, once per draw on a randomised one) and its margin
+    # gradients (both shared by a population's cells, counted in each), the fp32 re-check of
+    # the adversarials (once per draw), and a certificate's n0 + n; a smoothed classifier's
+    # prediction counts its n_predict noisy passes
+    runner_calls: int | None
     wall_s: float
     img_per_s: float
     # the attacked model's forward+backward (or, for gradient-free attacks, forward) images/s
@@ -219,6 +227,7 @@ ADDED_IN: dict[str, int] = {
     "model_description": 12,
     "model_paper": 12,
     "model_entry": 12,
+    "runner_calls": 13,
 }
 """The schema version that added each column; older files get its migration value."""
 

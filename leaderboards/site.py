@@ -8,8 +8,9 @@ number: the board shows their mean and [min–max]; the entry's page lists each 
 A *board* is one ranked table per dataset × target kind × threat model × norm × eps of record:
 rank, entry, clean accuracy, robust accuracy under the ranking attack (default the worst case
 over every attack at that eps: a sample counts only if no attack fooled it) with its Wilson 95%
-interval, certified accuracy where the defense certifies (the lower end of [certified,
-attacked]), cost (model calls per sample of the runs behind the number), n and the failure
+interval, certified accuracy where the defense certifies (CERTIFY of the smoothed classifier:
+a column of its own, since the attacked number is PREDICT's, which may abstain, and neither
+bounds the other), cost (model calls per sample of the runs behind the number), n and the failure
 indicators' codes. The per-attack × per-eps detail is on the entry's page.
 """
 

@@ -145,15 +145,20 @@ def worst_case(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def _throughput(group: pd.DataFrame) -> pd.DataFrame:
-    """Per row: median img/s, summed wall time and summed model calls (forward + backward)
-    per sample over distinct attack runs, median floor share, and the execution paths its runs
-    took (``fast_path``, recorded, never split on)."""
+    """Per row: median img/s, summed wall time and summed attack model calls (forward +
+    backward) per sample over distinct attack runs, median floor share, and the execution
+    paths its runs took (``fast_path``, recorded, never split on). Where a row's target is
+    randomised or certified, the runner's own passes per sample beside (``runner_calls``:
+    judging draws, a smoothed classifier's PREDICT, CERTIFY), summed over its cells."""
     runs = group.drop_duplicates([*BOARD_ROW, "attack_run"])
-    by_row = runs.groupby(BOARD_ROW, dropna=False)
     runs = runs.assign(calls=(runs["n_forward"] + runs["n_backward"]) / runs["n_samples"])
     by_row = runs.groupby(BOARD_ROW, dropna=False)
     out = pd.DataFrame({"img/s": by_row["img_per_s"].median(), "attack s": by_row["wall_s"].sum(),
                         "calls/sample": by_row["calls"].sum()})
+    if (group["draws"].fillna(1) > 1).any() or group["certify_n_forward"].notna().any():
+        cells = group.assign(runner=group["runner_calls"] / group["n_samples"])
+        out["runner calls/sample"] = cells.groupby(BOARD_ROW, dropna=False)["runner"].sum(
+            min_count=1)
     if group["floor_fraction"].notna().any():
         out["floor %"] = by_row["floor_fraction"].median()
     out["fast_path"] = by_row["fast_path"].agg(lambda v: ", ".join(sorted(set(v) - {""})))
@@ -247,9 +252,11 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
 
 
 BESIDE = {"certified_acc": " certified", "robust_acc_one_draw": " one draw"}
-"""Numbers a board shows beside a cell's robust accuracy, and the suffix of their hidden
-columns: a certified defense's certified accuracy at the cell's eps (the cell reads as the
-interval [certified, attacked]) and a randomised target's first-draw robust accuracy."""
+"""Numbers a board shows beside a cell's robust accuracy, and the suffix of their columns: a
+certified defense's certified accuracy at the cell's eps (a column of its own: CERTIFY of the
+smoothed classifier, Cohen et al. 2019, while the attacked accuracy is PREDICT's, which may
+abstain, right on every judged draw; neither bounds the other) and a randomised target's
+first-draw robust accuracy (beside the number, in brackets)."""
 
 
 def _beside(group: pd.DataFrame, order: list[str], index: pd.Index) -> list[pd.DataFrame]:
@@ -268,7 +275,7 @@ def _beside(group: pd.DataFrame, order: list[str], index: pd.Index) -> list[pd.D
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
     """A board table's accuracy columns: clean, each attack@eps and each worst case."""
     rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags",
-            "fast_path", "calls/sample"}
+            "fast_path", "calls/sample", "runner calls/sample"}
     return [c for c in table.columns if c not in rest
             and not c.endswith((" lo", " hi", *BESIDE.values()))]
 
@@ -311,7 +318,7 @@ def display_table(board: Board) -> pd.DataFrame:
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
         elif col == "attack s":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
-        elif col == "calls/sample":
+        elif col in ("calls/sample", "runner calls/sample"):
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
         elif f"{col} lo" in table.columns:
             shown[col] = [f"{pct(v)} [{pct(lo)}, {pct(hi)}]" if pd.notna(v) else ""
@@ -319,17 +326,16 @@ def display_table(board: Board) -> pd.DataFrame:
                                                table[f"{col} hi"])]
         else:
             shown[col] = [_with_beside(table, col, i, pct) for i in table.index]
+            certified = f"{col} certified"
+            if certified in table.columns and table[certified].notna().any():
+                shown[certified] = table[certified].map(pct)
     return shown
 
 
 def _with_beside(table: pd.DataFrame, col: str, i: Any, pct: Callable[[Any], str]) -> str:
-    """A robust accuracy as shown: "[certified, attacked]" for a certified defense, with the
-    first draw's accuracy beside it for a randomised target."""
-    value = table.at[i, col]
-    text = pct(value)
-    certified = table.at[i, f"{col} certified"] if f"{col} certified" in table.columns else None
-    if text and certified is not None and pd.notna(certified):
-        text = f"[{pct(certified)}, {text}]"
+    """A robust accuracy as shown, with the first draw's accuracy beside it for a randomised
+    target."""
+    text = pct(table.at[i, col])
     one = table.at[i, f"{col} one draw"] if f"{col} one draw" in table.columns else None
     if text and one is not None and pd.notna(one):
         text = f"{text} (one draw {pct(one)})"

@@ -95,6 +95,11 @@ class SmoothedTarget(Target):
         pred[(p_value > self.alpha).to(pred.device)] = -1
         return pred
 
+    @property
+    def decide_passes(self) -> int:
+        """PREDICT's ``n_predict`` noisy copies per input."""
+        return self.n_predict
+
     @torch.no_grad()
     def certify(self, x: torch.Tensor, batch_size: int = 1024) -> Certificate:
         """CERTIFY: the top class of ``n0`` draws, and the radius ``σ Φ⁻¹(p_A)`` from the

@@ -237,6 +237,11 @@ class Target(nn.Module):
         :meth:`predict_logits` unless the target decides otherwise (a smoothed classifier)."""
         return self.predict_logits(x, batch_size).argmax(1)
 
+    @property
+    def decide_passes(self) -> int:
+        """Forward passes of the model one :meth:`decide` spends per input."""
+        return 1
+
     def certify(self, x: torch.Tensor, batch_size: int = 1024) -> Certificate | None:
         """A certified prediction and L2 radius per input; ``None``: this target has no
         certificate (a smoothed classifier has, :mod:`bench.core.smoothing`)."""
