@@ -28,6 +28,7 @@ Members run through the one attack entry point, so each streams and stops early 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ from bench.core.indicators import (
 )
 from bench.core.norms import Norm, within_eps
 from bench.core.target import Target
+
+log = logging.getLogger(__name__)
 
 VERSIONS = ("standard", "fast", "rapid", "rand")
 TARGET_CLASSES = {"standard": 9, "fast": 9, "rapid": 3, "rand": 9}
@@ -343,8 +346,15 @@ class _State:
 
     @staticmethod
     def fits(piece: resume.Piece, chosen: tuple[CascadeMember, ...], n: int) -> bool:
+        """Whether ``piece`` is this cascade's state on these ``n`` samples; a checkpoint
+        another version of advbench wrote (other tensors) is refused in one log line."""
+        wanted = {*_State.TENSORS, *MemberStats.named([]), "generator"}
+        if set(piece.tensors) != wanted:
+            log.warning("checkpoint after %s holds %s, not this advbench's %s: the cascade "
+                        "starts over", piece.label, ", ".join(sorted(piece.tensors)),
+                        ", ".join(sorted(wanted)))
+            return False
         return (piece.meta.get("members") == [m.name for m in chosen]
-                and set(piece.tensors) == set(_State.TENSORS) | {"members", "generator"}
                 and piece.tensors["fooled_by"].shape[0] == n and piece.done <= len(chosen))
 
     @staticmethod
@@ -353,7 +363,7 @@ class _State:
         t = {k: v.to(x.device) for k, v in piece.tensors.items() if k != "generator"}
         generator.set_state(piece.tensors["generator"])
         calls.n_forward = int(piece.meta["clean_forward"])
-        stats = MemberStats.read(t["members"].cpu())
+        stats = MemberStats.from_named(piece.tensors)
         return _State(t["x_adv"].to(x.dtype), t["fooled_by"].long(), t["crossed"].bool(),
                       t["improving"].bool(), t["white_box_margin"].to(x.dtype),
                       t["spread"].float(), t["search"].to(x.dtype), stats,
@@ -365,7 +375,7 @@ class _State:
         far included)."""
         return resume.Piece(len(self.stats), label, {
             **{name: getattr(self, name) for name in self.TENSORS},
-            "members": MemberStats.table(self.stats), "generator": generator.get_state()},
+            **MemberStats.named(self.stats), "generator": generator.get_state()},
             {"clean_forward": calls.n_forward, "elapsed_s": self.earlier_s + seconds,
              "members": self.names})
 

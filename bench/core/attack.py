@@ -13,6 +13,7 @@ attack in the target's eval mode with batching, streaming and the out-of-memory 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -371,8 +372,9 @@ class MemberStats:
     came back zero or not finite, the samples it skipped (a conditional member no indicator
     asked for), and, for a black-box member, the samples on which it reached a higher margin
     loss than every white-box member before it. A cascade returns one per member as
-    ``artifacts["members"]`` (a ``[members, 8]`` tensor, as artifacts are tensors):
-    :meth:`table` writes it, :meth:`read` reads it back."""
+    ``artifacts["members"]`` (a ``[members, fields]`` tensor, as artifacts are tensors):
+    :meth:`table` writes it, :meth:`read` reads it back; a checkpoint stores them by field name
+    (:meth:`named`)."""
 
     given: int
     fooled: int
@@ -385,14 +387,39 @@ class MemberStats:
 
     @staticmethod
     def table(stats: Sequence[MemberStats]) -> torch.Tensor:
-        return torch.tensor([[s.given, s.fooled, s.n_forward, s.n_backward, s.wall_s,
-                              s.n_grad_unavailable, s.skipped, s.beat_white_box]
-                             for s in stats], dtype=torch.float64).view(-1, 8)
+        """``[members, fields]``, the fields in :meth:`names` order (in memory, one run's)."""
+        return torch.tensor([[getattr(s, name) for name in MemberStats.names()] for s in stats],
+                            dtype=torch.float64).view(-1, len(MemberStats.names()))
 
     @staticmethod
     def read(table: torch.Tensor) -> list[MemberStats]:
-        return [MemberStats(int(g), int(f), int(fw), int(bw), float(s), int(u), int(k), int(b))
-                for g, f, fw, bw, s, u, k, b in table.tolist()]
+        return [MemberStats(**MemberStats._typed(dict(zip(MemberStats.names(), row,
+                                                          strict=True))))
+                for row in table.tolist()]
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(MemberStats))
+
+    @staticmethod
+    def named(stats: Sequence[MemberStats]) -> dict[str, torch.Tensor]:
+        """One tensor per field, ``member.<field>`` (how a checkpoint stores them: by name,
+        so a checkpoint of another field set is told apart, never misread)."""
+        table = MemberStats.table(stats)
+        return {f"member.{name}": table[:, k].clone()
+                for k, name in enumerate(MemberStats.names())}
+
+    @staticmethod
+    def from_named(tensors: Mapping[str, torch.Tensor]) -> list[MemberStats]:
+        """The stats :meth:`named` wrote; :class:`KeyError` naming a field it lacks."""
+        columns = {name: tensors[f"member.{name}"].tolist() for name in MemberStats.names()}
+        count = len(next(iter(columns.values())))
+        return [MemberStats(**MemberStats._typed({n: columns[n][i] for n in columns}))
+                for i in range(count)]
+
+    @staticmethod
+    def _typed(values: dict[str, float]) -> dict[str, Any]:
+        return {n: float(v) if n == "wall_s" else int(v) for n, v in values.items()}
 
 
 CostFn = Callable[[Any, int, int, int], tuple[int, int]]

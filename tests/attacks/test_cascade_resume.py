@@ -93,3 +93,25 @@ def test_a_corrupt_checkpoint_is_reported_and_the_run_starts_over(
     assert "is not a readable checkpoint" in caplog.text
     assert torch.equal(result.x_adv, cascade(lenet, x, y).x_adv)
     assert PieceDir(tmp_path).load("run") is not None  # overwritten by the run's own pieces
+
+
+def test_a_checkpoint_of_another_member_stats_layout_is_refused_in_one_line(
+        lenet: Target, xy: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint whose member stats are one positional table (or lack a field this advbench
+    stores) is not read by position: the log says so and the run starts over."""
+    x, y = xy
+    print_ = fingerprint("w", x, y)
+    with resumable(DiesAfter(tmp_path, 1), "run", print_), pytest.raises(Killed):
+        cascade(lenet, x, y)
+    piece = PieceDir(tmp_path).load("run")
+    assert piece is not None
+    stats = MemberStats.from_named(piece.tensors)
+    piece.tensors = {k: v for k, v in piece.tensors.items() if not k.startswith("member.")}
+    piece.tensors["members"] = MemberStats.table(stats)[:, :7]  # an older layout, by position
+    PieceDir(tmp_path).save("run", piece)
+    with resumable(PieceDir(tmp_path), "run", print_):
+        result = cascade(lenet, x, y)
+    refused = [r for r in caplog.records if "starts over" in r.getMessage()]
+    assert len(refused) == 1 and "members" in caplog.text
+    assert not any("resumed" in note for note in result.notes)
+    assert torch.equal(result.x_adv, cascade(lenet, x, y).x_adv)
