@@ -94,10 +94,19 @@ def _normalised(summary: pd.DataFrame) -> pd.DataFrame:
     return keyed(summary[summary["eps"].notna() & summary["cascade_member"].isna()])
 
 
+def _version(params: str) -> str:
+    """``-<version>`` for a cascade run in a version other than its standard one (``rapid``,
+    ``rand``, ``fast``), else empty."""
+    version = json.loads(params).get("version") if params else None
+    return f"-{version}" if isinstance(version, str) and version != "standard" else ""
+
+
 def column_labels(summary: pd.DataFrame) -> pd.Series:
-    """Each row's board column: ``attack[-ll][ (from source)][ (differing params)]@eps``. The
-    params are named only when one attack was run with more than one set on the board."""
-    base = summary["attack"] + summary["targeted"].map({True: "-ll", False: ""}) \
+    """Each row's board column: ``attack[-version][-ll][ (from source)][ (differing
+    params)]@eps`` (``standard-rapid@0.3``). The params are named only when one attack was
+    run with more than one set on the board."""
+    base = summary["attack"] + summary["attack_params"].map(_version) \
+        + summary["targeted"].map({True: "-ll", False: ""}) \
         + summary["source_model"].map(lambda s: f" (from {s})" if s else "")
     labels = base.copy()
     for _, rows in summary.groupby(base):

@@ -230,3 +230,15 @@ def test_no_spread_without_two_seeds(tmp_path: Path) -> None:
     (board,) = leaderboards(store.summary(), store.samples())
     assert board.spread.empty and "Over seeds" not in to_markdown(board)
     assert "statistic" not in render(tmp_path, "csv").splitlines()[0]
+
+
+def test_a_cascade_in_another_version_says_so_in_its_column(tmp_path: Path) -> None:
+    """``standard`` in its ``rapid`` or ``rand`` version is another attack on the board: its
+    column names the version, beside the standard version's own."""
+    store = ResultStore(tmp_path)
+    for cell, version in (("a", "standard"), ("b", "rapid"), ("c", "rand")):
+        store.write_cell(row(cell, attack="standard",
+                             attack_params=f'{{"steps": 100, "version": "{version}"}}'),
+                         samples(cell))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert {"standard@0.1", "standard-rapid@0.1", "standard-rand@0.1"} <= set(board.table)
