@@ -84,7 +84,7 @@ class ThreatModel:
             return
         lo, hi = bounds
         limit = self.largest(bounds, input_shape)
-        if self.eps > limit:
+        if self.eps > limit * (1 + 1e-9):  # a budget of the whole range, up to float rounding
             raise BadInput(
                 f"eps {self.eps_display} exceeds the largest meaningful {self.norm.value} budget "
                 f"{limit:g} for bounds [{lo:g}, {hi:g}] and inputs "
