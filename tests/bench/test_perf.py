@@ -19,8 +19,8 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "perf"
     code = main(["perf", "--model", "lenet", "--device", "cpu", "--batch-size", "24",
-                 "--repeats", "1", "--uap-fit", "6", "--out", str(out), "--no-progress",
-                 "--cache-dir", str(cache_dir)])
+                 "--repeats", "1", "--uap-fit", "6", "--eps", "0.3", "--out", str(out),
+                 "--no-progress", "--cache-dir", str(cache_dir)])
     printed = capsys.readouterr().out
     assert code == 0
     files = list(out.glob("perf-*.parquet"))
@@ -44,7 +44,7 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
     peer = cascade.loc[("standard", "torchattacks")]
     assert peer["n_forward"] > 0 and peer["n_backward"] > 0
     rapid = cascade.loc[("rapid", "advbench")]
-    assert rapid["speedup_vs_fastest_peer"] > 0  # over standard's peer
+    assert rapid["calls_per_sample"] <= peer["calls_per_sample"]  # compared with standard's peer
     assert rapid["score"] <= peer["score"] + 1 / 24
     assert "calls/sample" in printed
     # the default: channels_last where measured faster, so either path may have been taken
