@@ -1,7 +1,9 @@
 """advbench attacks: one module per family, each registering its attacks in :data:`ATTACKS`.
 
-The contract (:class:`Attack`, :class:`AttackResult`, the registry) lives in
-:mod:`bench.core.attack`; it is re-exported here for the Python API.
+The contract lives in the foundation, one module per concept: the entry point :class:`Attack`
+(:mod:`bench.core.attack`), :class:`AttackResult` (:mod:`bench.core.result`), the registry
+(:mod:`bench.core.attack_registry`) and :class:`ThreatModel` (:mod:`bench.core.threat`); they
+are re-exported here for the Python API.
 """
 
 from attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd_t)
@@ -13,17 +15,12 @@ from attacks import onepixel as _onepixel  # noqa: F401  (registers onepixel)
 from attacks import smoothadv as _smoothadv  # noqa: F401  (registers smoothadv)
 from attacks import square as _square  # noqa: F401  (registers square)
 from attacks import universal as _universal  # noqa: F401  (registers uap)
-from bench.core.attack import (
-    ATTACKS,
-    Attack,
-    AttackResult,
-    AttackSpec,
-    ModelCalls,
-    ThreatModel,
-    register_attack,
-    run_attack,
-)
+from bench.core.attack import Attack, run_attack
+from bench.core.attack_registry import ATTACKS, AttackSpec, register_attack
+from bench.core.calls import ModelCalls
 from bench.core.norms import Norm
+from bench.core.result import AttackResult
+from bench.core.threat import ThreatModel
 
 __all__ = [
     "ATTACKS",

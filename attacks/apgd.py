@@ -31,18 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import (
-    AdaptiveParams,
-    AttackResult,
-    ModelCalls,
-    cross_entropy_loss,
-    margin_loss,
-    other_classes_by_score,
-    register_attack,
-)
+from bench.core.attack_registry import register_attack
+from bench.core.calls import AdaptiveParams, ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import still_improving, tail_start
+from bench.core.losses import cross_entropy_loss, margin_loss, other_classes_by_score
 from bench.core.norms import Norm, l2_norm
+from bench.core.result import AttackResult
 from bench.core.target import Target
 
 APGD_LOSSES = ("ce", "dlr")
@@ -98,7 +93,7 @@ class APGDParams(AdaptiveParams):
     """``steps``: iterations per restart (AutoAttack: 100). ``restarts``: independent runs, each
     on the samples no earlier run fooled. ``loss``: ``"ce"`` or ``"dlr"``. ``rho``: the
     oscillation threshold of the step-size rule. ``early_stop``: a fooled sample leaves at once.
-    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams` (AutoAttack's ``rand``
+    ``eot_iter`` / ``bpda``: :class:`bench.core.calls.AdaptiveParams` (AutoAttack's ``rand``
     version runs 20 EOT draws)."""
 
     steps: int = 100
@@ -120,7 +115,7 @@ class APGDTParams(AdaptiveParams):
     highest clean logits, AutoAttack's) or ``"malt"`` (the nearest linearised boundary,
     :func:`malt_order`). ``restarts``: runs per target class. ``loss``: ``"dlr"`` (targeted
     DLR, the paper's) or ``"ce"`` (targeted cross-entropy). ``eot_iter`` / ``bpda``:
-    :class:`bench.core.attack.AdaptiveParams`."""
+    :class:`bench.core.calls.AdaptiveParams`."""
 
     steps: int = 100
     target_classes: int = 9

@@ -6,7 +6,7 @@ attack); each member then attacks only the samples that every earlier member fai
 cascade's budget, and a sample counts as fooled when a member's adversarial leaves its label
 within eps. The result says which member fooled each sample (``artifacts["fooled_by"]``: 0 the
 clean pass, k the k-th member, −1 none) and what each member cost (``artifacts["members"]``,
-one :class:`bench.core.attack.MemberStats` per member: samples given, samples fooled, forward
+one :class:`bench.core.members.MemberStats` per member: samples given, samples fooled, forward
 calls, backward calls, seconds, unavailable gradients, samples skipped).
 The runner turns these into one row per member and one for the cascade.
 
@@ -36,15 +36,9 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core import resume
-from bench.core.attack import (
-    ATTACKS,
-    Attack,
-    AttackResult,
-    CascadeMember,
-    MemberStats,
-    ModelCalls,
-    register_attack,
-)
+from bench.core.attack import Attack
+from bench.core.attack_registry import ATTACKS, register_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import (
     BEAT_SHARE,
@@ -54,7 +48,9 @@ from bench.core.indicators import (
     ZERO_GRAD,
     ZERO_GRAD_SHARE,
 )
+from bench.core.members import CascadeMember, MemberStats
 from bench.core.norms import Norm, within_eps
+from bench.core.result import AttackResult
 from bench.core.target import Target
 
 log = logging.getLogger(__name__)
@@ -79,7 +75,7 @@ class StandardParams:
     APGD-DLR with EOT) is AutoAttack's version for randomised defenses. ``eot_iter``: the draws
     each gradient of the white-box members averages (default 20 for ``rand``, else 1).
     ``bpda``: members differentiate a defense's non-differentiable step as its stand-in
-    (:class:`bench.core.attack.AdaptiveParams`)."""
+    (:class:`bench.core.calls.AdaptiveParams`)."""
 
     version: str = "standard"
     steps: int = 100

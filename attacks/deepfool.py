@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, register_attack
+from bench.core.attack_registry import register_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
 from bench.core.norms import Norm
+from bench.core.result import AttackResult
 from bench.core.target import Target
 
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, other_classes_by_score, register_attack
+from bench.core.attack_registry import register_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
+from bench.core.losses import other_classes_by_score
 from bench.core.norms import Norm, norm_of
+from bench.core.result import AttackResult
 from bench.core.target import Target, check_differentiable
 
 

@@ -18,18 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import (
-    AdaptiveParams,
-    AttackResult,
-    LossFn,
-    ModelCalls,
-    deferred_success,
-    loss_by_name,
-    register_attack,
-)
+from bench.core.attack_registry import register_attack
+from bench.core.calls import AdaptiveParams, ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import still_improving, tail_start
+from bench.core.losses import LossFn, loss_by_name
 from bench.core.norms import Norm, project, random_start, steepest_direction
+from bench.core.result import AttackResult, deferred_success
 from bench.core.target import Target
 
 
@@ -41,7 +36,7 @@ def _check_loss(loss: str) -> None:
 class FGSMParams(AdaptiveParams):
     """``targeted``: aim at the least-likely class (Kurakin et al.) instead of away from ``y``.
     ``loss``: ``"ce"`` (cross-entropy, the paper's) or ``"margin"`` (Carlini–Wagner margin).
-    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams`."""
+    ``eot_iter`` / ``bpda``: :class:`bench.core.calls.AdaptiveParams`."""
 
     targeted: bool = False
     loss: str = "ce"
@@ -60,7 +55,7 @@ class IterativeParams(AdaptiveParams):
     successful adversarial, else the one with the highest loss. ``targeted``: least-likely class.
     ``early_stop``: a sample leaves the loop at the first iterate that fools the model (it stops
     costing steps, and keeps that iterate); ``false`` spends the full budget on every sample.
-    ``eot_iter`` / ``bpda``: :class:`bench.core.attack.AdaptiveParams` (PGD with ``eot_iter`` > 1
+    ``eot_iter`` / ``bpda``: :class:`bench.core.calls.AdaptiveParams` (PGD with ``eot_iter`` > 1
     is EOT-PGD, torchattacks' ``EOTPGD``).
     """
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from attacks.gradient import gradient_attack
-from bench.core.attack import AttackResult, register_attack
+from bench.core.attack_registry import register_attack
 from bench.core.errors import BadInput
 from bench.core.norms import Norm
+from bench.core.result import AttackResult
 from bench.core.smoothing import SmoothedTarget
 from bench.core.target import Target
 

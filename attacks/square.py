@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import AttackResult, ModelCalls, margin_loss, register_attack
+from bench.core.attack_registry import register_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
+from bench.core.losses import margin_loss
 from bench.core.norms import Norm, l2_norm
+from bench.core.result import AttackResult
 from bench.core.target import Target
 
 SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),

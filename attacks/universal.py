@@ -23,9 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from attacks.deepfool import deepfool_core, resolve_candidates
-from bench.core.attack import AttackResult, ModelCalls, cross_entropy_loss, register_attack
+from bench.core.attack_registry import register_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
+from bench.core.losses import cross_entropy_loss
 from bench.core.norms import Norm, project, steepest_direction
+from bench.core.result import AttackResult
 from bench.core.target import Target, check_differentiable
 
 

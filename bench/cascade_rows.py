@@ -1,5 +1,5 @@
 """A cascade's bookkeeping: each member's row read from the cascade's one run (its
-adversarials, calls and time, from the :class:`bench.core.attack.MemberStats` the cascade
+adversarials, calls and time, from the :class:`bench.core.members.MemberStats` the cascade
 returns), which member fooled each sample, and what a conditional member decided."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from attacks.cascade import decision
 from bench.config import Cell
-from bench.core.attack import MemberStats
+from bench.core.members import MemberStats
 from bench.records import AttackRun
 
 

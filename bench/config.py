@@ -22,7 +22,7 @@ from torch import nn
 
 from attacks import ATTACKS, Attack, AttackSpec, ThreatModel
 from bench import defaults
-from bench.core.attack import check_threat
+from bench.core.attack_registry import check_threat
 from bench.core.checkpoints import config_hash
 from bench.core.errors import BadInput, ConfigError, UnknownName
 from bench.core.fastpath import FastPathOptions

@@ -19,7 +19,7 @@ from bench.verification import Outcome
 
 def spans_input_range(cell: Cell, data: EvalData, bounds: tuple[float, float]) -> bool:
     """The cell's Linf or L2 eps reaches every point of the input box
-    (:meth:`bench.core.attack.ThreatModel.largest`), so an attack that works fools every
+    (:meth:`bench.core.threat.ThreatModel.largest`), so an attack that works fools every
     sample."""
     threat = cell.threat_model
     return threat.eps is not None and threat.norm in (Norm.LINF, Norm.L2) and \

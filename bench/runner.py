@@ -17,7 +17,7 @@ import torch
 from bench import defaults
 from bench.cascade_rows import member_run
 from bench.config import Cell
-from bench.core.attack import FitData
+from bench.core.attack_registry import FitData
 from bench.core.checkpoints import state_sha256
 from bench.core.errors import BadInput
 from bench.core.measure import (

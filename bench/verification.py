@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from bench.config import Cell
-from bench.core.attack import within_budget
 from bench.core.errors import AttackContractError
 from bench.core.norms import Norm, eps_limit, norm_of
+from bench.core.result import within_budget
 from bench.core.target import Target
 from bench.evaluation import EvalData
 from bench.records import AttackRun, PreparedTarget

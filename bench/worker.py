@@ -13,7 +13,7 @@ import torch
 
 from bench.config import Cell, Origin, SweepConfig
 from bench.core import hooks
-from bench.core.attack import FitData
+from bench.core.attack_registry import FitData
 from bench.core.checkpoints import CheckpointCache, state_sha256
 from bench.core.datasets import load_dataset
 from bench.core.fastpath import resolve_precision, tune

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.attack import margin_loss
+from bench.core.losses import margin_loss
 from bench.core.target import Target
 
 

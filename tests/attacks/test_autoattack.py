@@ -18,9 +18,9 @@ from attacks.apgd import apgd_start, checkpoints, dlr_loss, targeted_dlr_loss
 from attacks.cascade import CLEAN, ROBUST, StandardParams, decision, members
 from attacks.fab import project_l2, project_linf
 from bench import peers
-from bench.core.attack import MemberStats
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split
+from bench.core.members import MemberStats
 from bench.core.norms import Norm
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense

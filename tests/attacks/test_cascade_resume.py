@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from attacks import Attack
-from bench.core.attack import AttackResult, MemberStats
+from bench.core.members import MemberStats
+from bench.core.result import AttackResult
 from bench.core.resume import Piece, PieceDir, fingerprint, resumable
 from bench.core.target import Target
 

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from bench.api import benchmark
-from bench.core.attack import ATTACKS, AttackResult, AttackSpec
+from bench.core.attack_registry import ATTACKS, AttackSpec
 from bench.core.indicators import CATALOG, split
 from bench.core.norms import Norm
+from bench.core.result import AttackResult
 from bench.core.target import Target
 from bench.evaluation import EvalData
 from bench.records import AttackedModel, PreparedTarget

@@ -14,9 +14,11 @@ from torch import nn
 from attacks import run_attack
 from attacks.apgd import malt_order
 from attacks.cascade import StandardParams, decision, members
-from bench.core.attack import Attack, MemberStats, ModelCalls
+from bench.core.attack import Attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import BLACK_BOX_CLOSER, BLACK_BOX_WINS
+from bench.core.members import MemberStats
 from bench.core.norms import Norm
 from bench.core.target import Target
 from tests.masking import Quantised

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.core.attack import margin_loss
 from bench.core.lipschitz import margin_gradient_norms, median_margin_gradient
+from bench.core.losses import margin_loss
 from bench.core.target import Target
 
 

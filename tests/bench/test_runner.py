@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from attacks.gradient import FGSMParams
-from bench.core.attack import ATTACKS, AttackResult, AttackSpec
+from bench.core.attack_registry import ATTACKS, AttackSpec
 from bench.core.errors import AttackContractError
 from bench.core.norms import Norm
+from bench.core.result import AttackResult
 from bench.core.target import Target
 from bench.evaluation import EvalData
 from bench.records import AttackedModel, PreparedTarget

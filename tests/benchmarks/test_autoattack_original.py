@@ -34,7 +34,7 @@ import torch
 
 from attacks import run_attack
 from attacks.cascade import StandardParams, members
-from bench.core.attack import MemberStats
+from bench.core.members import MemberStats
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
 from tests.benchmarks.conftest import ORIGINAL_RUNS as RUNS

@@ -15,8 +15,10 @@ from scipy.stats import norm as gaussian
 from torch import nn
 
 from bench.config import parse_config
-from bench.core.attack import Attack, ModelCalls, cross_entropy_loss, run_attack
+from bench.core.attack import Attack, run_attack
+from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
+from bench.core.losses import cross_entropy_loss
 from bench.core.smoothing import SmoothedTarget
 from bench.core.target import Target
 from bench.runner import RunOptions
