@@ -25,6 +25,7 @@ logits) the Carlini–Wagner margin takes its place, and the result says so
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,20 +219,46 @@ def _project(z: torch.Tensor, x0: torch.Tensor, norm: Norm, eps: float,
     return (x0 + d / (length + 1e-12) * torch.clamp(length, max=eps)).clamp(lo, hi)
 
 
+@dataclass
 class _Rows:
-    """The rows in flight: a dict of per-row tensors kept in step (select, append)."""
+    """The rows in flight, one entry per row of every field, kept in step (:meth:`keep`,
+    :meth:`append`): which sample (``idx``) at which queue position (``pos``), its label and
+    target class (``labels``), its clean input, iterate, previous iterate, best and fooling
+    points, gradients, step size and steps done, and the loss bookkeeping of APGD's
+    step-size rule and of the ``incomplete`` indicator."""
 
-    def __init__(self, **columns: torch.Tensor) -> None:
-        self.c = columns
+    idx: torch.Tensor
+    pos: torch.Tensor
+    labels: torch.Tensor
+    x0: torch.Tensor
+    x: torch.Tensor
+    x_prev: torch.Tensor
+    x_best: torch.Tensor
+    x_found: torch.Tensor
+    grad: torch.Tensor
+    grad_best: torch.Tensor
+    step: torch.Tensor
+    done: torch.Tensor
+    loss_best: torch.Tensor
+    last_loss: torch.Tensor
+    rises: torch.Tensor
+    loss_first: torch.Tensor
+    loss_tail: torch.Tensor
+    margin_best: torch.Tensor
+    best_at_check: torch.Tensor
+    reduced: torch.Tensor
+    found: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.c["idx"].shape[0])
+        return int(self.idx.shape[0])
 
     def keep(self, mask: torch.Tensor) -> None:
-        self.c = {k: v[mask] for k, v in self.c.items()}
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name)[mask])
 
     def append(self, other: _Rows) -> None:
-        self.c = {k: torch.cat([v, other.c[k]]) for k, v in self.c.items()}
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, torch.cat([getattr(self, f.name), getattr(other, f.name)]))
 
 
 class _APGDLoop:
@@ -273,16 +300,16 @@ class _APGDLoop:
                 break
             finished = self._step(rows)
             if finished.any():
-                c = rows.c
-                pos = c["pos"][finished]
-                hit = c["found"][finished]
+                r = rows
+                pos = r.pos[finished]
+                hit = r.found[finished]
                 out_hit[pos] = hit
                 out_x[pos] = torch.where(hit.view((-1,) + (1,) * (starts.ndim - 1)),
-                                         c["x_found"][finished], c["x_best"][finished])
+                                         r.x_found[finished], r.x_best[finished])
                 out_improving[pos] = ~hit & still_improving(
-                    c["loss_first"][finished], c["loss_best"][finished],
-                    c["loss_tail"][finished])
-                out_margin[pos] = c["margin_best"][finished]
+                    r.loss_first[finished], r.loss_best[finished],
+                    r.loss_tail[finished])
+                out_margin[pos] = r.margin_best[finished]
                 rows.keep(~finished)
         return out_hit, out_x, out_improving, out_margin
 
@@ -310,70 +337,70 @@ class _APGDLoop:
     def _step(self, rows: _Rows) -> torch.Tensor:
         """Evaluate every row at its iterate, apply the step-size rule, take the next step.
         Returns the rows that are finished (fooled with early stop, or out of steps)."""
-        c = rows.c
-        loss, logits, grad = self.calls.loss_and_grad(c["x"], c["labels"], self.loss)
-        hit = logits.argmax(1) != c["labels"][:, 0]
-        c["margin_best"] = torch.maximum(c["margin_best"], margin_loss(logits, c["labels"][:, 0]))
-        view = (-1,) + (1,) * (c["x"].ndim - 1)
-        new_hit = hit & ~c["found"]
-        c["x_found"] = torch.where(new_hit.view(view), c["x"], c["x_found"])
-        c["found"] = c["found"] | hit
-        first = c["done"] == 0
-        c["rises"] = c["rises"] + (~first & (loss > c["last_loss"])).float()
+        r = rows
+        loss, logits, grad = self.calls.loss_and_grad(r.x, r.labels, self.loss)
+        hit = logits.argmax(1) != r.labels[:, 0]
+        r.margin_best = torch.maximum(r.margin_best, margin_loss(logits, r.labels[:, 0]))
+        view = (-1,) + (1,) * (r.x.ndim - 1)
+        new_hit = hit & ~r.found
+        r.x_found = torch.where(new_hit.view(view), r.x, r.x_found)
+        r.found = r.found | hit
+        first = r.done == 0
+        r.rises = r.rises + (~first & (loss > r.last_loss)).float()
         # AutoAttack compares the first step's loss with 0, not with the starting point's
-        c["last_loss"] = torch.where(first, torch.zeros_like(loss), loss)
-        c["loss_tail"] = torch.where(c["done"] == self.tail, c["loss_best"], c["loss_tail"])
-        better = loss > c["loss_best"]
-        c["x_best"] = torch.where(better.view(view), c["x"], c["x_best"])
-        c["grad_best"] = torch.where(better.view(view), grad, c["grad_best"])
-        c["loss_best"] = torch.where(better, loss, c["loss_best"])
-        c["best_at_check"] = torch.where(first, loss, c["best_at_check"])
-        c["loss_first"] = torch.where(first, loss, c["loss_first"])
-        c["grad"] = grad
-        self._checkpoint(c, view)
-        finished = c["done"] >= self.steps
+        r.last_loss = torch.where(first, torch.zeros_like(loss), loss)
+        r.loss_tail = torch.where(r.done == self.tail, r.loss_best, r.loss_tail)
+        better = loss > r.loss_best
+        r.x_best = torch.where(better.view(view), r.x, r.x_best)
+        r.grad_best = torch.where(better.view(view), grad, r.grad_best)
+        r.loss_best = torch.where(better, loss, r.loss_best)
+        r.best_at_check = torch.where(first, loss, r.best_at_check)
+        r.loss_first = torch.where(first, loss, r.loss_first)
+        r.grad = grad
+        self._checkpoint(r, view)
+        finished = r.done >= self.steps
         if self.early_stop:
-            finished = finished | c["found"]
+            finished = finished | r.found
         moving = ~finished
         if moving.any():
-            self._move(c, moving, view)
+            self._move(r, moving, view)
         return finished
 
-    def _checkpoint(self, c: dict[str, torch.Tensor], view: tuple[int, ...]) -> None:
+    def _checkpoint(self, r: _Rows, view: tuple[int, ...]) -> None:
         """Halve the step and go back to the best point where the paper's conditions hold."""
-        window = torch.zeros_like(c["rises"])
+        window = torch.zeros_like(r.rises)
         for at, length in self.checks.items():
-            window = torch.where(c["done"] == at, float(length), window)
+            window = torch.where(r.done == at, float(length), window)
         due = window > 0
         if not bool(due.any()):
             return
-        oscillating = c["rises"] <= window * self.rho
-        stalled = ~c["reduced"] & (c["best_at_check"] >= c["loss_best"])
+        oscillating = r.rises <= window * self.rho
+        stalled = ~r.reduced & (r.best_at_check >= r.loss_best)
         halve = due & (oscillating | stalled)
-        c["reduced"] = torch.where(due, halve, c["reduced"])
-        c["best_at_check"] = torch.where(due, c["loss_best"], c["best_at_check"])
-        c["rises"] = torch.where(due, 0.0, c["rises"])
-        c["step"] = torch.where(halve, c["step"] / 2, c["step"])
-        c["x"] = torch.where(halve.view(view), c["x_best"], c["x"])
-        c["grad"] = torch.where(halve.view(view), c["grad_best"], c["grad"])
+        r.reduced = torch.where(due, halve, r.reduced)
+        r.best_at_check = torch.where(due, r.loss_best, r.best_at_check)
+        r.rises = torch.where(due, 0.0, r.rises)
+        r.step = torch.where(halve, r.step / 2, r.step)
+        r.x = torch.where(halve.view(view), r.x_best, r.x)
+        r.grad = torch.where(halve.view(view), r.grad_best, r.grad)
 
-    def _move(self, c: dict[str, torch.Tensor], moving: torch.Tensor,
+    def _move(self, r: _Rows, moving: torch.Tensor,
               view: tuple[int, ...]) -> None:
         """One APGD step with momentum (momentum 1 on a row's first step, else 0.75)."""
-        x, x0, bounds = c["x"], c["x0"], self.calls.target.bounds
-        a = torch.where(c["done"] == 0, 1.0, 0.75).view(view).to(x.dtype)
-        step = c["step"].view(view).to(x.dtype)
-        grad = c["grad"]
+        x, x0, bounds = r.x, r.x0, self.calls.target.bounds
+        a = torch.where(r.done == 0, 1.0, 0.75).view(view).to(x.dtype)
+        step = r.step.view(view).to(x.dtype)
+        grad = r.grad
         if self.norm is Norm.LINF:
             z = _project(x + step * grad.sign(), x0, self.norm, self.eps, bounds)
         else:
             unit = grad / (l2_norm(grad) + 1e-12).view(view).to(grad.dtype)
             z = _project(x + step * unit, x0, self.norm, self.eps, bounds)
-        z = _project(x + (z - x) * a + (x - c["x_prev"]) * (1 - a), x0, self.norm, self.eps,
+        z = _project(x + (z - x) * a + (x - r.x_prev) * (1 - a), x0, self.norm, self.eps,
                      bounds)
-        c["x_prev"] = torch.where(moving.view(view), x, c["x_prev"])
-        c["x"] = torch.where(moving.view(view), z, x)
-        c["done"] = c["done"] + moving.long()
+        r.x_prev = torch.where(moving.view(view), x, r.x_prev)
+        r.x = torch.where(moving.view(view), z, x)
+        r.done = r.done + moving.long()
 
 
 def _run_apgd(target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm,
