@@ -13,8 +13,9 @@ All three are :func:`gradient_attack` with different defaults (FGSM is one step 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -183,76 +184,114 @@ class _Loop:
         iterate fooled on the way (early stop) with that iterate, and the others with their
         final iterate."""
         lo, hi = self.calls.target.bounds
-        x = self.x
-        starts = (x[queue] + delta).clamp(lo, hi)
-        fooled: list[torch.Tensor] = []
-        ended: list[torch.Tensor] = []
-        fooled_x: list[torch.Tensor] = []
-        ended_x: list[torch.Tensor] = []
-        idx = queue[:0]
-        x_adv, x0, lab = starts[:0], starts[:0], self.labels[:0]
-        done_steps = torch.zeros(0, dtype=torch.long, device=x.device)
-        trace = torch.zeros(0, 3, device=x.device)  # per row: first, best, at-tail loss
-        crossed = torch.zeros(0, dtype=torch.bool, device=x.device)
-        improving: list[torch.Tensor] = []
-        ended_crossed: list[torch.Tensor] = []
+        starts = (self.x[queue] + delta).clamp(lo, hi)
+        rows = self._fresh(queue, starts, 0, 0)
+        out = _Ended()
         tail = tail_start(self.steps)
         taken, wave = 0, 0  # wave: steps left to the rows in flight, without early stop
         while True:
-            free = min(self.rows - idx.numel(), queue.numel() - taken)
+            free = min(self.rows - len(rows), queue.numel() - taken)
             if free > 0:  # refill from the queue so the batch stays full
-                new = queue[taken:taken + free]
-                idx = torch.cat([idx, new])
-                x_adv = torch.cat([x_adv, starts[taken:taken + free]])
-                x0, lab = torch.cat([x0, x[new]]), torch.cat([lab, self.labels[new]])
-                done_steps = torch.cat([done_steps, done_steps.new_zeros(free)])
-                trace = torch.cat([trace, trace.new_full((free, 3), -math.inf)])
-                crossed = torch.cat([crossed, crossed.new_zeros(free)])
+                rows.append(self._fresh(queue, starts, taken, free))
                 taken += free
-            if idx.numel() == 0:
+            if len(rows) == 0:
                 break
-            loss, logits, grad = self.calls.loss_and_grad(x_adv, lab, self.loss_fn)
-            trace = _traced(trace, self.direction * loss, done_steps, tail)
-            pred = logits.argmax(1)
-            hit = pred == lab if self.targeted else pred != lab
-            crossed = crossed | hit
+            hit, grad = self._evaluate(rows, tail)
             if self.early_stop:
-                fooled.append(idx[hit])
-                fooled_x.append(x_adv[hit])
-            x_adv = x_adv + self.direction * self.step_size * steepest_direction(grad, self.norm)
-            x_adv = (x0 + project(x_adv - x0, self.norm, self.eps)).clamp(lo, hi)
+                out.fooled.append(rows.idx[hit])
+                out.fooled_x.append(rows.x_adv[hit])
+            self._move(rows, grad, lo, hi)
+            rows.done += 1
             if not self.early_stop:
                 # Every row started together (rows are refilled only once all have ended), so
                 # the step count is known on the host: no device sync per step.
+                wave = (wave or self.steps) - 1
                 if wave == 0:
-                    wave = self.steps
-                wave -= 1
-                done_steps += 1
-                if wave == 0:
-                    ended.append(idx)
-                    ended_x.append(x_adv)
-                    improving.append(still_improving(*trace.unbind(1)))
-                    ended_crossed.append(crossed)
-                    idx, x_adv, x0, lab = idx[:0], x_adv[:0], x0[:0], lab[:0]
-                    done_steps, trace, crossed = done_steps[:0], trace[:0], crossed[:0]
+                    out.end(rows, torch.ones(len(rows), dtype=torch.bool, device=hit.device))
+                    rows.keep(torch.zeros(len(rows), dtype=torch.bool, device=hit.device))
                 continue
-            done_steps += 1  # early stop: each row has its own count
-            last = ~hit & (done_steps >= self.steps)
-            ended.append(idx[last])
-            ended_x.append(x_adv[last])
-            improving.append(still_improving(*trace[last].unbind(1)))
-            ended_crossed.append(crossed[last])
+            last = ~hit & (rows.done >= self.steps)  # early stop: each row has its own count
+            out.end(rows, last)
             keep = ~hit & ~last
             if not bool(keep.all()):
-                idx, x_adv, x0, lab = idx[keep], x_adv[keep], x0[keep], lab[keep]
-                done_steps, trace, crossed = done_steps[keep], trace[keep], crossed[keep]
+                rows.keep(keep)
         # per ended row: its loss still rose at the end; an iterate of it fooled the model
-        self.improving = torch.cat(improving) if improving else queue[:0].bool()
-        self.crossed = torch.cat(ended_crossed) if ended_crossed else queue[:0].bool()
-        return (torch.cat(fooled) if fooled else queue[:0],
-                torch.cat(fooled_x) if fooled_x else starts[:0],
-                torch.cat(ended) if ended else queue[:0],
-                torch.cat(ended_x) if ended_x else starts[:0])
+        self.improving = torch.cat(out.improving) if out.improving else queue[:0].bool()
+        self.crossed = torch.cat(out.crossed) if out.crossed else queue[:0].bool()
+        return (torch.cat(out.fooled) if out.fooled else queue[:0],
+                torch.cat(out.fooled_x) if out.fooled_x else starts[:0],
+                torch.cat(out.ended) if out.ended else queue[:0],
+                torch.cat(out.ended_x) if out.ended_x else starts[:0])
+
+    def _fresh(self, queue: torch.Tensor, starts: torch.Tensor, taken: int, free: int
+               ) -> _Flight:
+        """The queue's samples ``taken .. taken + free`` at their starting points."""
+        new = queue[taken:taken + free]
+        return _Flight(new, starts[taken:taken + free], self.x[new], self.labels[new],
+                       new.new_zeros(free),
+                       torch.full((free, 3), -math.inf, device=starts.device),
+                       new.new_zeros(free, dtype=torch.bool))
+
+    def _evaluate(self, rows: _Flight, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient at every row's iterate: which rows it fools, and the gradient;
+        the loss trace and the crossed flags follow."""
+        loss, logits, grad = self.calls.loss_and_grad(rows.x_adv, rows.lab, self.loss_fn)
+        rows.trace = _traced(rows.trace, self.direction * loss, rows.done, tail)
+        pred = logits.argmax(1)
+        hit = pred == rows.lab if self.targeted else pred != rows.lab
+        rows.crossed = rows.crossed | hit
+        return hit, grad
+
+    def _move(self, rows: _Flight, grad: torch.Tensor, lo: float, hi: float) -> None:
+        """One step of the steepest ascent (descent when targeted), projected."""
+        x_adv = rows.x_adv + self.direction * self.step_size * steepest_direction(grad,
+                                                                                 self.norm)
+        rows.x_adv = (rows.x0 + project(x_adv - rows.x0, self.norm, self.eps)).clamp(lo, hi)
+
+
+@dataclass
+class _Flight:
+    """The rows in flight, kept in step: sample index, iterate, clean input, label (or target
+    class), steps done, loss trace (first, best, at-tail) and whether an iterate fooled."""
+
+    idx: torch.Tensor
+    x_adv: torch.Tensor
+    x0: torch.Tensor
+    lab: torch.Tensor
+    done: torch.Tensor
+    trace: torch.Tensor
+    crossed: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.idx.numel())
+
+    def keep(self, mask: torch.Tensor) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name)[mask])
+
+    def append(self, other: _Flight) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, torch.cat([getattr(self, f.name), getattr(other, f.name)]))
+
+
+@dataclass
+class _Ended:
+    """What a restart returns, gathered as rows leave the flight: the samples fooled on the
+    way and their fooling iterates; the samples that ran out of steps, their final iterates,
+    whether their loss still rose at the end and whether an iterate of theirs fooled."""
+
+    fooled: list[torch.Tensor] = field(default_factory=list)
+    fooled_x: list[torch.Tensor] = field(default_factory=list)
+    ended: list[torch.Tensor] = field(default_factory=list)
+    ended_x: list[torch.Tensor] = field(default_factory=list)
+    improving: list[torch.Tensor] = field(default_factory=list)
+    crossed: list[torch.Tensor] = field(default_factory=list)
+
+    def end(self, rows: _Flight, which: torch.Tensor) -> None:
+        self.ended.append(rows.idx[which])
+        self.ended_x.append(rows.x_adv[which])
+        self.improving.append(still_improving(*rows.trace[which].unbind(1)))
+        self.crossed.append(rows.crossed[which])
 
 
 def _traced(trace: torch.Tensor, score: torch.Tensor, done: torch.Tensor, tail: int

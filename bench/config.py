@@ -422,64 +422,86 @@ def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, n
     for i, m in enumerate(raw):
         mw = f"{source} [[models]] #{i + 1}"
         _check_keys(mw, m, _MODEL_KEYS, {"name", "factory", "input_shape"})
-        name, factory = m["name"], m["factory"]
-        if not isinstance(name, str) or not name or not name.replace("-", "_").replace(
-                ".", "_").isidentifier():
-            raise _type_error(mw, "name", "a label of letters, digits, '_', '-', '.'", name)
-        if name in out:
-            raise ConfigError(f"{mw}: two models are labelled {name!r}; give each its own")
-        if name in ZOO:
-            raise ConfigError(f"{mw}: {name!r} is a zoo model's name; label yours differently")
-        if not isinstance(factory, str) or (factory == "python") != (name in modules):
-            raise _type_error(mw, "factory", "'module:callable', 'torchvision:<name>' or "
-                              "'timm:<name>'", factory)
-        kind = m.get("kind", "classifier")
-        if kind not in KINDS:
-            raise ConfigError(f"{mw}: kind {kind!r} is not supported for your own models; use "
-                              f"{', '.join(map(repr, KINDS))}")
-        required, own = _KIND_KEYS[kind]
-        foreign = sorted(k for k in set(m) - own for other, (_, keys) in _KIND_KEYS.items()
-                         if other != kind and k in keys)
-        if foreign:
-            raise ConfigError(f"{mw}: {foreign[0]!r} does not apply to a {kind}")
-        missing = sorted(required - set(m))
-        if missing:
-            raise ConfigError(f"{mw}: a {kind} needs {missing[0]!r}")
-        output = m.get("output", "logit")
-        if output not in OUTPUTS:
-            raise _type_error(mw, "output", " or ".join(map(repr, OUTPUTS)), output)
-        shape = tuple(int(v) for v in _numbers(mw, "input_shape", m["input_shape"]))
-        if len(shape) != 3 or min(shape) < 1:
-            raise _type_error(mw, "input_shape", "[channels, height, width]", m["input_shape"])
-        kwargs = m.get("kwargs", {})
-        if not isinstance(kwargs, Mapping):
-            raise _type_error(mw, "kwargs", "a table of keyword arguments", kwargs)
-        weights = m.get("weights")
-        if weights is not None and not isinstance(weights, str):
-            raise _type_error(mw, "weights", "a file path", weights)
-        bounds = _numbers(mw, "bounds", m.get("bounds", [0.0, 1.0]), 2)
-        if not bounds[0] < bounds[1]:
-            raise _type_error(mw, "bounds", "[lo, hi] with lo < hi", m["bounds"])
-        norm = {k: _numbers(mw, k, m[k], shape[0]) if k in m else None for k in ("mean", "std")}
-        if norm["std"] is not None and min(norm["std"]) <= 0:
-            raise _type_error(mw, "std", "positive numbers", m["std"])
-        latent = tuple(int(v) for v in _numbers(mw, "latent_shape", m.get("latent_shape", [1])))
-        out_range = _numbers(mw, "output_range", m.get("output_range", [-1.0, 1.0]), 2)
-        if min(latent) < 1 or not out_range[0] < out_range[1]:
-            raise _type_error(mw, "latent_shape / output_range",
-                              "positive sizes / [lo, hi] with lo < hi",
-                              [m.get("latent_shape"), m.get("output_range")])
-        out[name] = UserModel(
-            name=name, factory=factory, input_shape=shape,
-            num_classes=2 if kind != "classifier" else _int(mw, "num_classes",
-                                                            m["num_classes"], 2),
-            kwargs_json=json.dumps(dict(kwargs), sort_keys=True),
-            weights=(base_dir / weights) if weights else None, bounds=(bounds[0], bounds[1]),
-            mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
-            module=modules.get(name), output=output, generator=m.get("generator", ""),
-            latent_shape=latent if kind == "generator" else (),
-            output_range=(out_range[0], out_range[1]), **_defense_keys(mw, m),
-            **_about(mw, m))
+        _check_model_label(mw, m["name"], m["factory"], out, modules)
+        out[m["name"]] = _parse_model(mw, m, base_dir, modules)
+    return _pair_discriminators(source, out)
+
+
+def _check_model_label(mw: str, name: Any, factory: Any, out: Mapping[str, UserModel],
+                       modules: Mapping[str, nn.Module]) -> None:
+    """A model's label is an identifier of its own, no zoo name; its factory a spec string
+    (``python`` exactly for a module passed in from Python)."""
+    if not isinstance(name, str) or not name or not name.replace("-", "_").replace(
+            ".", "_").isidentifier():
+        raise _type_error(mw, "name", "a label of letters, digits, '_', '-', '.'", name)
+    if name in out:
+        raise ConfigError(f"{mw}: two models are labelled {name!r}; give each its own")
+    if name in ZOO:
+        raise ConfigError(f"{mw}: {name!r} is a zoo model's name; label yours differently")
+    if not isinstance(factory, str) or (factory == "python") != (name in modules):
+        raise _type_error(mw, "factory", "'module:callable', 'torchvision:<name>' or "
+                          "'timm:<name>'", factory)
+
+
+def _model_kind(mw: str, m: Mapping[str, Any]) -> str:
+    """The entry's kind, its keys checked against what that kind needs and allows."""
+    kind = m.get("kind", "classifier")
+    if kind not in KINDS:
+        raise ConfigError(f"{mw}: kind {kind!r} is not supported for your own models; use "
+                          f"{', '.join(map(repr, KINDS))}")
+    required, own = _KIND_KEYS[kind]
+    foreign = sorted(k for k in set(m) - own for other, (_, keys) in _KIND_KEYS.items()
+                     if other != kind and k in keys)
+    if foreign:
+        raise ConfigError(f"{mw}: {foreign[0]!r} does not apply to a {kind}")
+    missing = sorted(required - set(m))
+    if missing:
+        raise ConfigError(f"{mw}: a {kind} needs {missing[0]!r}")
+    return str(kind)
+
+
+def _parse_model(mw: str, m: Mapping[str, Any], base_dir: Path,
+                 modules: Mapping[str, nn.Module]) -> UserModel:
+    """One ``[[models]]`` entry, every field checked."""
+    name, kind = m["name"], _model_kind(mw, m)
+    output = m.get("output", "logit")
+    if output not in OUTPUTS:
+        raise _type_error(mw, "output", " or ".join(map(repr, OUTPUTS)), output)
+    shape = tuple(int(v) for v in _numbers(mw, "input_shape", m["input_shape"]))
+    if len(shape) != 3 or min(shape) < 1:
+        raise _type_error(mw, "input_shape", "[channels, height, width]", m["input_shape"])
+    kwargs = m.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise _type_error(mw, "kwargs", "a table of keyword arguments", kwargs)
+    weights = m.get("weights")
+    if weights is not None and not isinstance(weights, str):
+        raise _type_error(mw, "weights", "a file path", weights)
+    bounds = _numbers(mw, "bounds", m.get("bounds", [0.0, 1.0]), 2)
+    if not bounds[0] < bounds[1]:
+        raise _type_error(mw, "bounds", "[lo, hi] with lo < hi", m["bounds"])
+    norm = {k: _numbers(mw, k, m[k], shape[0]) if k in m else None for k in ("mean", "std")}
+    if norm["std"] is not None and min(norm["std"]) <= 0:
+        raise _type_error(mw, "std", "positive numbers", m["std"])
+    latent = tuple(int(v) for v in _numbers(mw, "latent_shape", m.get("latent_shape", [1])))
+    out_range = _numbers(mw, "output_range", m.get("output_range", [-1.0, 1.0]), 2)
+    if min(latent) < 1 or not out_range[0] < out_range[1]:
+        raise _type_error(mw, "latent_shape / output_range",
+                          "positive sizes / [lo, hi] with lo < hi",
+                          [m.get("latent_shape"), m.get("output_range")])
+    return UserModel(
+        name=name, factory=m["factory"], input_shape=shape,
+        num_classes=2 if kind != "classifier" else _int(mw, "num_classes", m["num_classes"], 2),
+        kwargs_json=json.dumps(dict(kwargs), sort_keys=True),
+        weights=(base_dir / weights) if weights else None, bounds=(bounds[0], bounds[1]),
+        mean=norm["mean"], std=norm["std"], kind=kind, base_dir=base_dir,
+        module=modules.get(name), output=output, generator=m.get("generator", ""),
+        latent_shape=latent if kind == "generator" else (),
+        output_range=(out_range[0], out_range[1]), **_defense_keys(mw, m), **_about(mw, m))
+
+
+def _pair_discriminators(source: str, out: dict[str, UserModel]) -> dict[str, UserModel]:
+    """Each user discriminator with the identity of its generator (a ``[[models]]`` entry of
+    kind generator making images of the discriminator's shape)."""
     for label, model in out.items():
         if model.kind != "discriminator":
             continue
