@@ -103,13 +103,27 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
     peers on ``target``. The PGD-40 evaluation attacks ``eval_batches`` batches' worth of
     images with ``x``'s batch size, so that early stop can refill the rows fooled images free.
     """
-    n = x.shape[0]
     ours = _ours(target if fast is None else fast)
-    shape = tuple(target.input_shape)
-    accuracy = _accuracy(target, y)
-    cases: list[Case] = []
+    xd, yd = x[:deepfool_n], y[:deepfool_n]
+    xo, yo = x[:onepixel_n], y[:onepixel_n]
+    # torchattacks' default one-pixel budget: 10 generations of its popsize-10 population
+    population = peer_attacks.onepixel_population(target.input_shape[0])
+    cases = _gradient_cases(ours, target, x, y, eps, precisions, groups, eval_batches)
+    cases += _search_cases(ours, target, x, y, fit_x, eps, groups, (xd, yd), (xo, yo),
+                           population)
+    cases += _autoattack_cases(ours, target, x, y, eps, groups, (xo, yo))
+    if peers:
+        cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
+                            yo=yo, population=population)
+    return cases
 
-    step = eps / 4
+
+def _gradient_cases(ours: Callable[..., Run], target: Target, x: torch.Tensor,
+                    y: torch.Tensor, eps: float, precisions: tuple[str, ...], groups: set[str],
+                    eval_batches: int) -> list[Case]:
+    """FGSM and PGD-10 at each precision; the PGD-40 evaluation with and without early stop."""
+    n, step, accuracy = x.shape[0], eps / 4, _accuracy(target, y)
+    cases: list[Case] = []
     if "fgsm" in groups:
         for precision in precisions:
             cases.append(Case("fgsm", "advbench", f"linf {eps:g}", n,
@@ -129,14 +143,21 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
                               ours("pgd", xe, ye, eps=eps, batch_size=n, params={
                                   "steps": 40, "step_size": eps / 10, "early_stop": early}),
                               _accuracy(target, ye), "robust_acc"))
-    xd, yd = x[:deepfool_n], y[:deepfool_n]
+    return cases
+
+
+def _search_cases(ours: Callable[..., Run], target: Target, x: torch.Tensor, y: torch.Tensor,
+                  fit_x: torch.Tensor, eps: float, groups: set[str],
+                  deepfool_xy: tuple[torch.Tensor, torch.Tensor],
+                  onepixel_xy: tuple[torch.Tensor, torch.Tensor], population: int
+                  ) -> list[Case]:
+    """DeepFool's minimal L2 perturbations, the one-pixel search and the UAP's fit."""
+    (xd, yd), (xo, yo) = deepfool_xy, onepixel_xy
+    cases: list[Case] = []
     if "deepfool" in groups:
         cases.append(Case("deepfool", "advbench", "l2 minimal, 50 steps", len(xd),
                           ours("deepfool", xd, yd, norm="l2", eps=None),
                           _median_l2(target, xd, yd), "median_l2"))
-    xo, yo = x[:onepixel_n], y[:onepixel_n]
-    # torchattacks' default one-pixel budget: 10 generations of its popsize-10 population
-    population = peer_attacks.onepixel_population(shape[0])
     if "onepixel" in groups:
         cases.append(Case("onepixel", "advbench", f"1 pixel, {population} x 10 generations",
                           len(xo), ours("onepixel", xo, yo, norm="l0", eps=1, params={
@@ -148,10 +169,19 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
                               len(fit_x))), params={"max_passes": 1,
                                                     "target_fooling_rate": 0.8}),
                           _fooling(target, x), "heldout_fooling"))
+    return cases
+
+
+def _autoattack_cases(ours: Callable[..., Run], target: Target, x: torch.Tensor,
+                      y: torch.Tensor, eps: float, groups: set[str],
+                      cascade_xy: tuple[torch.Tensor, torch.Tensor]) -> list[Case]:
+    """APGD-CE, and the standard and rapid cascades on the cascade's images."""
+    xo, yo = cascade_xy
+    cases: list[Case] = []
     if "apgd" in groups:
-        cases.append(Case("apgd", "advbench", f"linf {eps:g}, APGD-CE {APGD_STEPS} steps", n,
-                          ours("apgd", x, y, eps=eps, params={"steps": APGD_STEPS}), accuracy,
-                          "robust_acc"))
+        cases.append(Case("apgd", "advbench", f"linf {eps:g}, APGD-CE {APGD_STEPS} steps",
+                          x.shape[0], ours("apgd", x, y, eps=eps, params={"steps": APGD_STEPS}),
+                          _accuracy(target, y), "robust_acc"))
     if "standard" in groups:
         cases.append(Case("standard", "advbench", STANDARD_BUDGET.format(eps=eps), len(xo),
                           ours("standard", xo, yo, eps=eps), _accuracy(target, yo),
@@ -160,9 +190,6 @@ def build_cases(target: Target, x: torch.Tensor, y: torch.Tensor, fit_x: torch.T
         cases.append(Case("rapid", "advbench", RAPID_BUDGET.format(eps=eps), len(xo),
                           ours("standard", xo, yo, eps=eps, params={"version": "rapid"}),
                           _accuracy(target, yo), "robust_acc"))
-    if peers:
-        cases += peer_cases(target, x, y, fit_x, eps=eps, groups=groups, xd=xd, yd=yd, xo=xo,
-                            yo=yo, population=population)
     return cases
 
 
@@ -257,8 +284,8 @@ STANDARD_BUDGET = ("linf {eps:g}, AutoAttack standard (100 steps, 9 target class
                    "Square 5000 queries)")
 PEER_GROUP = {"rapid": "standard"}
 """A group whose peers are another group's (run once, compared with both)."""
-RAPID_BUDGET = ("linf {eps:g}, rapid (100 steps, 3 MALT targets, Square probe 500, "
-                "Square 5000 if an indicator fires)")
+RAPID_BUDGET = ("linf {eps:g}, rapid (100 steps, 3 MALT targets, Square's first 500 queries, "
+                "its other 4500 if an indicator fires)")
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,26 @@ def _flags(group: pd.DataFrame, sanity: dict[str, list[str]]) -> pd.DataFrame:
         "flags").to_frame()
 
 
+def _with_worst_case(table: pd.DataFrame, worst: pd.DataFrame, key: Any
+                     ) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` with the board's per-sample worst case at each eps (``worst@eps``, from
+    :func:`worst_case`) and its Wilson 95% interval; and those columns, by eps."""
+    if worst.empty:
+        return table, []
+    mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)
+    wide = worst[mask].sort_values("eps").pivot_table(
+        index=BOARD_ROW, columns="eps_display", values="worst_case", sort=False, dropna=False)
+    wide.columns = [f"worst@{c}" for c in wide.columns]
+    table = table.join(wide)
+    n = table.index.get_level_values("n_samples")
+    for col in wide.columns:
+        bounds = [wilson(round(v * n_), int(n_)) if pd.notna(v) else (None, None)
+                  for v, n_ in zip(table[col], n)]
+        table[f"{col} lo"] = [b[0] for b in bounds]
+        table[f"{col} hi"] = [b[1] for b in bounds]
+    return table, list(wide.columns)
+
+
 def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
                  rank_by: str | None = None) -> list[Board]:
     """Build every leaderboard table from summary and per-sample rows. Rows are ranked by
@@ -224,22 +244,8 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
         table = pd.concat([clean, *([grads] if not grads.empty else []),
                            robust[order].reindex(clean.index),
                            *_beside(group, order, clean.index)], axis=1)
-        rank_col = "clean"
-        if not worst.empty:
-            mask = (worst[GROUP_KEYS] == pd.Series(key, index=GROUP_KEYS)).all(axis=1)
-            w = worst[mask].sort_values("eps")
-            wide = w.pivot_table(index=BOARD_ROW, columns="eps_display", values="worst_case",
-                                 sort=False, dropna=False)
-            wide.columns = [f"worst@{c}" for c in wide.columns]
-            table = table.join(wide)
-            n = table.index.get_level_values("n_samples")
-            for col in wide.columns:
-                bounds = [wilson(round(v * n_), int(n_)) if pd.notna(v) else (None, None)
-                          for v, n_ in zip(table[col], n)]
-                table[f"{col} lo"] = [b[0] for b in bounds]
-                table[f"{col} hi"] = [b[1] for b in bounds]
-            if len(wide.columns):
-                rank_col = wide.columns[-1]
+        table, worst_cols = _with_worst_case(table, worst, key)
+        rank_col = worst_cols[-1] if worst_cols else "clean"
         table = table.join(_throughput(group))
         flags = _flags(group, sanity)
         if not flags.empty:
