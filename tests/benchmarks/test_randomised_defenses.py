@@ -23,7 +23,6 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from scipy.stats import norm as gaussian
 
 from attacks import run_attack
 from bench.config import parse_config
@@ -34,6 +33,7 @@ from bench.verification import judge
 from defenses import DEFENSES, fitted_defense
 from leaderboards.store import ResultStore
 from tests.benchmarks.conftest import spread_over_classes
+from tests.defenses.test_randomised import largest_radius
 
 
 def full_run(benchmark: Any) -> bool:
@@ -174,7 +174,7 @@ def test_smoothadv_never_beats_the_certificate(sigma: float, cache_dir: Path, tm
         "certified samples/s": rs["n_samples"] / rs["certify_s"]}).round(2))
     certified = rs["certified_acc"].tolist()
     assert certified == sorted(certified, reverse=True)
-    largest = sigma * gaussian.ppf(0.001 ** (1 / n))
+    largest = largest_radius(sigma, n, 0.001)
     assert (rs[rs["eps"] > largest]["certified_acc"] == 0).all()
     for _, row in rs.iterrows():
         # only Monte-Carlo error (alpha, and abstentions at the attacked points) allows these

@@ -191,6 +191,16 @@ class Linear(nn.Module):
         return torch.stack([-s, s], 1)
 
 
+def largest_radius(sigma: float, n: int, alpha: float) -> float:
+    """The radius Cohen et al.'s theorem gives when all ``n`` draws vote for one class: sigma
+    times the normal quantile of the exact (Clopper-Pearson) one-sided lower confidence bound
+    of n successes in n, as scipy's binomial test computes it."""
+    from scipy.stats import binomtest
+
+    low = binomtest(n, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+    return float(sigma * gaussian.ppf(low))
+
+
 def test_certify_agrees_with_the_closed_form_of_a_linear_base_classifier() -> None:
     torch.manual_seed(0)
     w = torch.randn(1, 1, 6, 6)
@@ -216,7 +226,7 @@ def test_certify_agrees_with_the_closed_form_of_a_linear_base_classifier() -> No
     assert bool(far.any())
     assert torch.allclose(cert.radius[far], torch.full_like(cert.radius[far],
                                                             smoothed.max_radius()), atol=1e-5)
-    assert smoothed.max_radius() == pytest.approx(0.5 * gaussian.ppf(0.001 ** (1 / 20_000)))
+    assert smoothed.max_radius() == pytest.approx(largest_radius(0.5, 20_000, 0.001), rel=1e-6)
     # PREDICT abstains on the plane and decides far from it
     on_plane = x[:5] - ((s[:5] / w.norm() ** 2).view(-1, 1, 1, 1) * w)
     with smoothed.drawing_from(torch.Generator().manual_seed(6)):
@@ -273,7 +283,7 @@ def test_smoothing_rows_carry_a_certificate_that_smoothadv_cannot_beat(
     """SmoothAdv fools no sample certified at its eps beyond Monte-Carlo error; the certified
     accuracy falls with eps and is 0 beyond the largest radius n draws can certify."""
     n = 400
-    largest = 0.25 * gaussian.ppf(0.001 ** (1 / n))
+    largest = largest_radius(0.25, n, 0.001)
     eps = [0.25, 0.5, round(largest + 0.05, 2)]
     rows = sweep(cache_dir, tmp_path / "s", {
         "name": "randomized_smoothing", "label": "rs",

@@ -79,8 +79,6 @@ def _chromium(tmp_path: Path) -> Any:
 
 def test_the_site_in_a_browser_fits_sorts_searches_and_links(rich: Path, tmp_path: Path) -> None:
     _browser_or_skip()
-    from selenium.webdriver.common.by import By
-
     site = tmp_path / "site"
     assert main(["publish", str(rich), "--out", str(site)]) == 0
     pages = sorted(site.glob("*.html"))
@@ -91,77 +89,89 @@ def test_the_site_in_a_browser_fits_sorts_searches_and_links(rich: Path, tmp_pat
     driver = _chromium(tmp_path)
     try:
         driver.set_window_size(1280, 800)
-        width = driver.execute_script("return window.innerWidth")
         for page in pages:
-            driver.get(page.as_uri())
-            overflow = driver.execute_script(
-                "const d = document.documentElement; return [d.scrollWidth, d.clientWidth]")
-            assert overflow[0] <= overflow[1], (page.name, overflow, width)
-            for image in driver.find_elements(By.TAG_NAME, "img"):
-                size = driver.execute_script(
-                    "const r = arguments[0].getBoundingClientRect(); return [arguments[0]"
-                    ".complete && arguments[0].naturalWidth, r.width, r.height]", image)
-                assert size[0] and size[1] > 0 and size[2] > 0, (page.name, size)
-            for link in driver.find_elements(By.CSS_SELECTOR, "a[href]"):
-                href = link.get_attribute("href")
-                if href.startswith(("http://", "https://")):
-                    assert "doi.org" in href or "arxiv.org" in href, (page.name, href)
-                    continue  # a paper's link: never fetched by the site itself
-                target = Path(href.removeprefix("file://").split("#", 1)[0])
-                assert target.is_file() and site in target.parents, (page.name, href)
-            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-            assert not errors, (page.name, errors)
-
-        board = site / "mnist5k-classifier-adaptive-linf.html"
-        driver.get(board.as_uri())
-        SCREENSHOTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOTS / "site-board.png"))
-        panel = driver.find_element(By.CSS_SELECTOR, ".tab-panel:not([hidden])")
-        assert panel.get_attribute("id") == "eps-0-3"  # the largest eps first
-
-        def entries_shown() -> list[str]:
-            return [r.find_elements(By.TAG_NAME, "td")[1].text
-                    for r in panel.find_elements(By.CSS_SELECTOR, "tbody tr")
-                    if r.is_displayed()]
-
-        def robust_shown() -> list[float]:
-            return [float(r.find_elements(By.TAG_NAME, "td")[3].get_attribute("data-sort"))
-                    for r in panel.find_elements(By.CSS_SELECTOR, "tbody tr")
-                    if r.is_displayed()]
-
-        assert entries_shown()[0].startswith("lenet / bit_depth")  # ranked: 100% robust
-        assert robust_shown() == sorted(robust_shown(), reverse=True)
-        robust = panel.find_elements(By.CSS_SELECTOR, "th")[3]
-        assert robust.text.startswith("robust (worst case)")
-        robust.click()
-        assert robust_shown() == sorted(robust_shown())
-        assert robust.get_attribute("aria-sort") == "ascending"
-        badge = panel.find_element(By.CSS_SELECTOR, ".badge")
-        assert badge.text == "zero-grad" and "gradient" in badge.get_attribute("title")
-        assert any("(2 seeds)" in text for text in entries_shown())
-        search = driver.find_element(By.ID, "search")
-        search.send_keys("fgsm_rs")
-        assert entries_shown() == ["lenet / fgsm_rs"]
-        search.clear()
-        search.send_keys("x")  # clear() fires no input event: type, then erase
-        search.send_keys("\b")
-        assert len(entries_shown()) == 3
-        driver.find_element(By.LINK_TEXT, "eps 0.1").click()
-        panel = driver.find_element(By.CSS_SELECTOR, ".tab-panel:not([hidden])")
-        assert panel.get_attribute("id") == "eps-0-1" and len(entries_shown()) == 3
-        anchor = panel.find_element(By.CSS_SELECTOR, "tbody tr").get_attribute("id")
-        driver.get(board.as_uri() + "#" + anchor)  # a row's anchor opens its tab
-        assert driver.find_element(By.ID, anchor).is_displayed()
-
-        driver.find_element(By.PARTIAL_LINK_TEXT, "lenet / none").click()
-        assert driver.title == "lenet / none"
-        driver.save_screenshot(str(SCREENSHOTS / "site-entry.png"))
-        text = driver.find_element(By.TAG_NAME, "body").text
-        assert "Each seed's own row" in text and "[advbench run entry.toml]" not in text
-        assert "worst case" in text and "eps 0.3" in text
+            _check_page(driver, page, site)
+        _use_the_board(driver, site / "mnist5k-classifier-adaptive-linf.html")
     finally:
         driver.quit()
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def _check_page(driver: Any, page: Path, site: Path) -> None:
+    """The page fits 1280 px, its images load, its links stay on the site (or name a paper)
+    and the browser logs no error."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(page.as_uri())
+    overflow = driver.execute_script(
+        "const d = document.documentElement; return [d.scrollWidth, d.clientWidth]")
+    assert overflow[0] <= overflow[1], (page.name, overflow)
+    for image in driver.find_elements(By.TAG_NAME, "img"):
+        size = driver.execute_script(
+            "const r = arguments[0].getBoundingClientRect(); return [arguments[0]"
+            ".complete && arguments[0].naturalWidth, r.width, r.height]", image)
+        assert size[0] and size[1] > 0 and size[2] > 0, (page.name, size)
+    for link in driver.find_elements(By.CSS_SELECTOR, "a[href]"):
+        href = link.get_attribute("href")
+        if href.startswith(("http://", "https://")):
+            assert "doi.org" in href or "arxiv.org" in href, (page.name, href)
+            continue  # a paper's link: never fetched by the site itself
+        target = Path(href.removeprefix("file://").split("#", 1)[0])
+        assert target.is_file() and site in target.parents, (page.name, href)
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, (page.name, errors)
+
+
+def _use_the_board(driver: Any, board: Path) -> None:
+    """On the board: the largest eps first, ranked; a click sorts; a flag explains itself;
+    the search filters; tabs and row anchors work; an entry's link opens its page."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(board.as_uri())
+    SCREENSHOTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / "site-board.png"))
+    panel = driver.find_element(By.CSS_SELECTOR, ".tab-panel:not([hidden])")
+    assert panel.get_attribute("id") == "eps-0-3"  # the largest eps first
+
+    def shown(column: int) -> list[Any]:
+        return [r.find_elements(By.TAG_NAME, "td")[column]
+                for r in panel.find_elements(By.CSS_SELECTOR, "tbody tr") if r.is_displayed()]
+
+    def entries_shown() -> list[str]:
+        return [cell.text for cell in shown(1)]
+
+    def robust_shown() -> list[float]:
+        return [float(cell.get_attribute("data-sort")) for cell in shown(3)]
+
+    assert entries_shown()[0].startswith("lenet / bit_depth")  # ranked: 100% robust
+    assert robust_shown() == sorted(robust_shown(), reverse=True)
+    robust = panel.find_elements(By.CSS_SELECTOR, "th")[3]
+    assert robust.text.startswith("robust (worst case)")
+    robust.click()
+    assert robust_shown() == sorted(robust_shown())
+    assert robust.get_attribute("aria-sort") == "ascending"
+    badge = panel.find_element(By.CSS_SELECTOR, ".badge")
+    assert badge.text == "zero-grad" and "gradient" in badge.get_attribute("title")
+    assert any("(2 seeds)" in text for text in entries_shown())
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("fgsm_rs")
+    assert entries_shown() == ["lenet / fgsm_rs"]
+    search.clear()
+    search.send_keys("x")  # clear() fires no input event: type, then erase
+    search.send_keys("\b")
+    assert len(entries_shown()) == 3
+    driver.find_element(By.LINK_TEXT, "eps 0.1").click()
+    panel = driver.find_element(By.CSS_SELECTOR, ".tab-panel:not([hidden])")
+    assert panel.get_attribute("id") == "eps-0-1" and len(entries_shown()) == 3
+    anchor = panel.find_element(By.CSS_SELECTOR, "tbody tr").get_attribute("id")
+    driver.get(board.as_uri() + "#" + anchor)  # a row's anchor opens its tab
+    assert driver.find_element(By.ID, anchor).is_displayed()
+    driver.find_element(By.PARTIAL_LINK_TEXT, "lenet / none").click()
+    assert driver.title == "lenet / none"
+    driver.save_screenshot(str(SCREENSHOTS / "site-entry.png"))
+    text = driver.find_element(By.TAG_NAME, "body").text
+    assert "Each seed's own row" in text and "[advbench run entry.toml]" not in text
+    assert "worst case" in text and "eps 0.3" in text
 
 
 def test_the_certified_interval_and_the_discriminator_board(rich: Path, tmp_path: Path) -> None:
