@@ -1,4 +1,4 @@
-"""The runner: a cell is attack → verify → summarise (DESIGN.md, "Data flow"), with the
+"""The runner: a cell is attack → verify → summarise, with the
 options a sweep runs under and the report it ends with. Preparing targets is the worker's
 (:mod:`bench.worker`), choosing samples :mod:`bench.evaluation`'s, the last word on each
 adversarial :mod:`bench.verification`'s, the rows :mod:`bench.rows`'.

@@ -1,4 +1,4 @@
-"""The runner's last word on an attack (DESIGN.md, "The runner re-checks"): every ``x_adv``
+"""The runner's last word on an attack: every ``x_adv``
 must lie within the bounds and the eps ball (a violation raises :class:`AttackContractError`),
 and success is recomputed with a fresh fp32 forward pass of the evaluated target."""
 

@@ -1,4 +1,4 @@
-"""The defense contract and registry: each defense turns a base Target into a defended Target (DESIGN.md, "Defense").
+"""The defense contract and registry: each defense turns a base Target into a defended Target.
 
 A defense is registered by name with a frozen params dataclass (the paper's defaults)::
 

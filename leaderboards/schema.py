@@ -1,4 +1,4 @@
-"""The versioned Parquet schema of advbench results (DESIGN.md, "Results schema").
+"""The versioned Parquet schema of advbench results.
 
 Two tables: one *summary* row per cell (:class:`SummaryRow`) and one *samples* row per (cell,
 evaluated sample) (:class:`SampleRow`), so that worst cases over attacks are computed per sample.

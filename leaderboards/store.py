@@ -1,4 +1,4 @@
-"""The Parquet result store (DESIGN.md, "The store is append-only").
+"""The Parquet result store.
 
 Layout under the results directory::
 

@@ -1,4 +1,4 @@
-"""The one entry point that runs every attack (DESIGN.md, "One entry point runs every attack").
+"""The one entry point that runs every attack.
 
 :class:`Attack` parses the params and checks the threat model once, then validates inputs (data
 bounds, labels, starting points) and runs the attack in the target's eval mode with batching,

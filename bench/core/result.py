@@ -1,4 +1,4 @@
-"""What every attack returns (DESIGN.md, "AttackResult"): adversarials, success, norms and
+"""What every attack returns: adversarials, success, norms and
 model calls; chunks of one run joined, and a minimal attack's result seen at a budget."""
 
 from __future__ import annotations

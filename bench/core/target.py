@@ -1,4 +1,4 @@
-"""The Target: a model wrapped with everything an attack needs to know (DESIGN.md, "Target").
+"""The Target: a model wrapped with everything an attack needs to know.
 
 Attacks work in pixel space ``[lo, hi]`` (default ``[0, 1]``). Normalisation (per-channel
 mean/std, or the GAN's ``[-1, 1]`` mapping, which is mean = std = 0.5) happens *inside* the

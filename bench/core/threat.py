@@ -1,4 +1,4 @@
-"""The threat model an attack runs under: a norm and a budget (DESIGN.md, "Threat model")."""
+"""The threat model an attack runs under: a norm and a budget."""
 
 from __future__ import annotations
 

@@ -469,6 +469,28 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
     assert "my-cnn" in proc.stdout
 
 
+def test_the_readmes_first_example_runs_on_a_users_npz(tmp_path: Path, mnist5k: Any) -> None:
+    """The five lines on the README's first screen, run as written in a fresh process, with
+    ``my_net`` a user's network and ``test.npz`` a user's test arrays (uint8 images, labels)."""
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 5
+    images = (mnist5k.test.x[:500] * 255).round().byte().numpy()
+    np.savez(tmp_path / "test.npz", x=images, y=mnist5k.test.y[:500].numpy())
+    setup = ("import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+             "my_net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    proc = subprocess.run([sys.executable, "-c", setup + code], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "ADVBENCH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    rows = load(tmp_path / "results")
+    assert len(rows) == 4 and set(rows["model"]) == {"my-net"}
+    assert (rows["n_samples"] == 500).all()
+    assert "robust_acc" in proc.stdout
+
+
 def _png_tree(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
     from PIL import Image
 
