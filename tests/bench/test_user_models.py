@@ -477,8 +477,9 @@ def test_the_readmes_first_example_runs_on_a_users_npz(tmp_path: Path, mnist5k: 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(code.strip().splitlines()) == 5
-    images = (mnist5k.test.x[:500] * 255).round().byte().numpy()
-    np.savez(tmp_path / "test.npz", x=images, y=mnist5k.test.y[:500].numpy())
+    idx = torch.linspace(0, len(mnist5k.test) - 1, 500).round().long()  # every class
+    images = (mnist5k.test.x[idx] * 255).round().byte().numpy()
+    np.savez(tmp_path / "test.npz", x=images, y=mnist5k.test.y[idx].numpy())
     setup = ("import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
              "my_net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
     proc = subprocess.run([sys.executable, "-c", setup + code], cwd=tmp_path,
