@@ -128,11 +128,7 @@ def test_rapid_refuses_a_probe_as_large_as_squares_budget(probe: int, queries: i
         StandardParams(version="rapid", probe_queries=probe, queries=queries)
 
 
-def test_rapids_probe_is_the_first_tenth_of_squares_budget_and_only_rapids() -> None:
-    assert StandardParams(version="rapid", queries=200).probe_queries == 20
-    chosen = members(StandardParams(version="rapid", queries=200))
-    assert chosen[2].params == {"queries": 200, "stop_query": 20}
-    assert chosen[3].params == {"queries": 200, "start_query": 20} and chosen[3].continues
+def test_only_rapid_takes_a_probe() -> None:
     with pytest.raises(BadInput, match="rapid version only"):
         StandardParams(version="standard", probe_queries=20)
 
@@ -155,7 +151,7 @@ def test_rapids_decision_does_not_depend_on_the_logit_scale(lenet: Target, mnist
     closer to the boundary than the white-box members, and so the decision are the same."""
     x, y = mnist5k.test.x[:30], mnist5k.test.y[:30]
     params = {"version": "rapid", "steps": 5, "queries": 200, "probe_queries": 40}
-    said = {}
+    said, spent = {}, []
     for scale in (1.0, 100.0, 0.01):
         target = Target.from_module(Scaled(Quantised(lenet.model), scale),
                                     input_shape=(1, 28, 28), num_classes=10)
@@ -164,7 +160,14 @@ def test_rapids_decision_does_not_depend_on_the_logit_scale(lenet: Target, mnist
         stats = MemberStats.read(res.artifacts["members"])
         said[scale] = ([(s.given, s.fooled, s.beat_white_box, s.skipped) for s in stats],
                        decision(members(StandardParams(**params)), stats))
+        spent.append(stats)
     assert said[1.0] == said[100.0] == said[0.01]
+    # zero gradients: Square's budget ran, probe and continuation one search of 200 queries
+    # (each part's clean check and the continuation's re-evaluation of its start aside)
+    probe, rest = spent[0][2], spent[0][3]
+    assert rest.given > 0 and rest.skipped == 0
+    assert probe.n_forward <= probe.given * (40 + 1)
+    assert rest.n_forward <= rest.given * (200 - 40 + 2)
     assert said[1.0][0][2][2] > 0  # the probe got closer on some samples: the test compares
 
 
