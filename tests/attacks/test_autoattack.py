@@ -378,7 +378,7 @@ def test_a_sweep_writes_the_cascade_and_a_row_per_member(tmp_path: Path, cache_d
         assert set(fooled["fooled_by"]) <= {"apgd-ce", "apgd-t"} and fooled["fooled_by"].notna().all()
     board = leaderboards(summary, samples)[0].table
     assert [c for c in board.columns if "@" in c and "worst" not in c] == [
-        "standard@0.1", "standard@0.3"]  # members stay off the board
+        "standard-fast@0.1", "standard-fast@0.3"]  # the version named; members off the board
     assert {"standard/apgd-ce", "standard/apgd-t", "standard"} <= set(compare(summary, samples)[
         "attack"])
 
