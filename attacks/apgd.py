@@ -25,7 +25,6 @@ logits) the Carlini–Wagner margin takes its place, and the result says so
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bench.core.attack_registry import register_attack
 from bench.core.calls import AdaptiveParams, ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import still_improving, tail_start
+from bench.core.inflight import InFlight
 from bench.core.losses import cross_entropy_loss, margin_loss, other_classes_by_score
 from bench.core.norms import Norm, l2_norm
 from bench.core.result import AttackResult
@@ -220,7 +220,7 @@ def _project(z: torch.Tensor, x0: torch.Tensor, norm: Norm, eps: float,
 
 
 @dataclass
-class _Rows:
+class _Rows(InFlight):
     """The rows in flight, one entry per row of every field, kept in step (:meth:`keep`,
     :meth:`append`): which sample (``idx``) at which queue position (``pos``), its label and
     target class (``labels``), its clean input, iterate, previous iterate, best and fooling
@@ -249,16 +249,6 @@ class _Rows:
     reduced: torch.Tensor
     found: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.idx.shape[0])
-
-    def keep(self, mask: torch.Tensor) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name)[mask])
-
-    def append(self, other: _Rows) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, torch.cat([getattr(self, f.name), getattr(other, f.name)]))
 
 
 class _APGDLoop:

@@ -13,7 +13,6 @@ All three are :func:`gradient_attack` with different defaults (FGSM is one step 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from bench.core.attack_registry import register_attack
 from bench.core.calls import AdaptiveParams, ModelCalls
 from bench.core.errors import BadInput
 from bench.core.indicators import still_improving, tail_start
+from bench.core.inflight import InFlight
 from bench.core.losses import LossFn, loss_by_name
 from bench.core.norms import Norm, project, random_start, steepest_direction
 from bench.core.result import AttackResult, deferred_success
@@ -250,7 +250,7 @@ class _Loop:
 
 
 @dataclass
-class _Flight:
+class _Flight(InFlight):
     """The rows in flight, kept in step: sample index, iterate, clean input, label (or target
     class), steps done, loss trace (first, best, at-tail) and whether an iterate fooled."""
 
@@ -262,16 +262,6 @@ class _Flight:
     trace: torch.Tensor
     crossed: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.idx.numel())
-
-    def keep(self, mask: torch.Tensor) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name)[mask])
-
-    def append(self, other: _Flight) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, torch.cat([getattr(self, f.name), getattr(other, f.name)]))
 
 
 @dataclass
