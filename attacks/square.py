@@ -29,7 +29,7 @@ from bench.core.attack_registry import register_attack
 from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
 from bench.core.losses import margin_loss
-from bench.core.norms import Norm, l2_norm
+from bench.core.norms import Norm, l2_norm, project
 from bench.core.result import AttackResult
 from bench.core.target import Target
 
@@ -164,13 +164,7 @@ class _Search:
 
     def _project(self, points: torch.Tensor) -> torch.Tensor:
         """``points`` moved into the eps ball around the inputs and the bounds."""
-        delta = points - self.x
-        if self.norm is Norm.LINF:
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            length = l2_norm(delta).view(-1, 1, 1, 1).to(delta.dtype)
-            delta = delta * torch.clamp(self.eps / (length + 1e-12), max=1.0)
-        return (self.x + delta).clamp(self.lo, self.hi)
+        return (self.x + project(points - self.x, self.norm, self.eps)).clamp(self.lo, self.hi)
 
     def _init(self) -> torch.Tensor:
         x, g = self.x, self.generator
