@@ -8,8 +8,10 @@ are re-exported here for the Python API.
 
 from attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd_t)
 from attacks import cascade as _cascade  # noqa: F401  (registers standard)
+from attacks import ddn as _ddn  # noqa: F401  (registers ddn)
 from attacks import deepfool as _deepfool  # noqa: F401  (registers deepfool)
 from attacks import fab as _fab  # noqa: F401  (registers fab_t)
+from attacks import fmn as _fmn  # noqa: F401  (registers fmn)
 from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, pgd)
 from attacks import onepixel as _onepixel  # noqa: F401  (registers onepixel)
 from attacks import smoothadv as _smoothadv  # noqa: F401  (registers smoothadv)

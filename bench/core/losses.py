@@ -26,6 +26,19 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
+def cross_entropy_direction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``Σ_{j≠y} q_j z_j − z_y`` with q the softmax of the other classes' logits,
+    held constant: its input gradient is the cross-entropy's divided by 1 − p_y, the same
+    direction without the underflow of a saturated softmax (where p_y rounds to 1 in fp32
+    the cross-entropy's gradient is zero or denormal). For attacks that only use the
+    gradient's direction (DDN)."""
+    logits = logits.float()
+    true = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    weights = others.detach().softmax(dim=1)
+    return (weights * others.masked_fill(weights == 0, 0.0)).sum(dim=1) - true
+
+
 def other_classes_by_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Every class but ``y``, most likely first, ``[N, C-1]``: the order in which targeted
     attacks (APGD-T, FAB-T; Croce & Hein 2020) take their target classes."""

@@ -17,6 +17,7 @@ class Norm(str, Enum):
 
     LINF = "linf"
     L2 = "l2"
+    L1 = "l1"
     L0 = "l0"
 
     @classmethod
@@ -39,6 +40,10 @@ def l2_norm(delta: torch.Tensor) -> torch.Tensor:
     return _flat(delta).float().norm(p=2, dim=1)
 
 
+def l1_norm(delta: torch.Tensor) -> torch.Tensor:
+    return _flat(delta).float().abs().sum(dim=1)
+
+
 def linf_norm(delta: torch.Tensor) -> torch.Tensor:
     flat = _flat(delta)
     if flat.shape[1] == 0:
@@ -55,7 +60,19 @@ def l0_norm(delta: torch.Tensor) -> torch.Tensor:
 
 
 def norm_of(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
-    return {Norm.LINF: linf_norm, Norm.L2: l2_norm, Norm.L0: l0_norm}[norm](delta)
+    return {Norm.LINF: linf_norm, Norm.L2: l2_norm, Norm.L1: l1_norm, Norm.L0: l0_norm}[norm](delta)
+
+
+DUAL_EXPONENT = {Norm.LINF: 1.0, Norm.L2: 2.0, Norm.L1: float("inf")}
+"""The exponent q of each norm's dual (1/p + 1/q = 1): the distance of a point to a linear
+boundary ``w·x = b`` in the p-norm is ``|w·x - b| / ||w||_q``."""
+
+
+def dual_norm(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """``[N]``: the dual norm of each sample of ``grad`` (L0 has none; it is refused)."""
+    if norm not in DUAL_EXPONENT:
+        raise ValueError(f"the {norm.value} norm has no dual norm")
+    return _flat(grad).float().norm(p=DUAL_EXPONENT[norm], dim=1)
 
 
 EPS_RTOL, EPS_ATOL = 1e-5, 1e-6
@@ -78,14 +95,56 @@ def within_eps(delta: torch.Tensor, norm: Norm, eps: float, span: float = 1.0) -
     return norm_of(delta, norm) <= eps_limit(norm, eps, span)
 
 
-def project(delta: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-    """Project each sample of ``delta`` onto the ``norm`` ball of radius ``eps``."""
-    if norm is Norm.LINF:
+def _per_sample(eps: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``eps`` as an ``[N]`` float tensor on ``like``'s device."""
+    out = torch.as_tensor(eps, dtype=torch.float32, device=like.device)
+    return out.expand(like.shape[0]) if out.ndim == 0 else out.float()
+
+
+def project(delta: torch.Tensor, norm: Norm, eps: float | torch.Tensor) -> torch.Tensor:
+    """Project each sample of ``delta`` onto the ``norm`` ball of radius ``eps`` (a number, or
+    one radius per sample): the closest point in L2 for Linf, L2 and L1 (Duchi et al., ICML
+    2008, for L1); for L0, the ``eps`` pixel positions of largest change kept (the closest
+    point in every Lp)."""
+    if norm is Norm.LINF and not isinstance(eps, torch.Tensor):
         return delta.clamp(-eps, eps)
+    radius = _per_sample(eps, delta)
+    view = (-1, *([1] * (delta.ndim - 1)))
+    if norm is Norm.LINF:
+        bound = radius.view(view).to(delta.dtype)
+        return torch.maximum(torch.minimum(delta, bound), -bound)
     if norm is Norm.L2:
-        scale = (eps / l2_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
-        return delta * scale.view(-1, *([1] * (delta.ndim - 1))).to(delta.dtype)
-    raise ValueError(f"projection onto the {norm.value} ball is not defined here")
+        scale = (radius / l2_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return delta * scale.view(view).to(delta.dtype)
+    if norm is Norm.L1:
+        return _project_l1(delta, radius)
+    return _project_l0(delta, radius)
+
+
+def _project_l1(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto the L1 ball by sorting (Duchi et al. 2008, Fig. 1): soft
+    thresholding at the θ that makes the L1 norm equal the radius."""
+    flat = _flat(delta).float()
+    magnitude = flat.abs()
+    ranked = magnitude.sort(dim=1, descending=True).values
+    excess = ranked.cumsum(dim=1) - radius[:, None]
+    index = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    support = (ranked - excess / index > 0) * index
+    rho = support.amax(dim=1).clamp_min(1).long()
+    theta = (excess.gather(1, rho[:, None] - 1) / rho[:, None]).clamp_min(0)
+    shrunk = (magnitude - theta).clamp_min(0).copysign(flat)
+    inside = (magnitude.sum(dim=1) <= radius)[:, None]
+    return torch.where(inside, flat, shrunk).to(delta.dtype).view_as(delta)
+
+
+def _project_l0(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Keep each sample's ``radius`` pixel positions of largest change (a position's largest
+    channel), zero the rest; ties broken by position."""
+    changed = delta.abs().amax(dim=1) if delta.ndim == 4 else delta.abs()
+    scores = _flat(changed)
+    rank = scores.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    keep = (rank < radius.floor()[:, None]).view(changed.shape)
+    return delta * (keep.unsqueeze(1) if delta.ndim == 4 else keep).to(delta.dtype)
 
 
 def steepest_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:

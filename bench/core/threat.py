@@ -38,13 +38,15 @@ class ThreatModel:
         return cls(norm_, value, display)
 
     def largest(self, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> float:
-        """The largest meaningful budget of this norm: Linf the input range, L2 the box's
+        """The largest meaningful budget of this norm: Linf the input range, L2 and L1 the box's
         diagonal (any point of the box is within it), L0 the pixel count."""
         span = bounds[1] - bounds[0]
         if self.norm is Norm.LINF:
             return span
         if self.norm is Norm.L2:
             return span * math.sqrt(math.prod(input_shape))
+        if self.norm is Norm.L1:
+            return span * math.prod(input_shape)
         return float(math.prod(input_shape[1:]) if len(input_shape) == 3
                      else math.prod(input_shape))
 

@@ -16,7 +16,7 @@ from bench.core.target import Target
 from defenses import DEFENSES
 from tests.conftest import make_tiny_target, small_params
 
-EPS = {Norm.LINF: 0.2, Norm.L2: 2.0, Norm.L0: 3.0}
+EPS = {Norm.LINF: 0.2, Norm.L2: 2.0, Norm.L1: 10.0, Norm.L0: 3.0}
 CASES = [(name, norm) for name in ATTACKS.names() for norm in ATTACKS.get(name).norms]
 FIT = torch.Generator().manual_seed(5)
 

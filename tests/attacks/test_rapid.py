@@ -21,19 +21,8 @@ from bench.core.indicators import BLACK_BOX_CLOSER, BLACK_BOX_WINS
 from bench.core.members import MemberStats
 from bench.core.norms import Norm
 from bench.core.target import Target
+from tests.linear import linear_target
 from tests.masking import Quantised
-
-
-def linear_target(classes: int = 6, features: int = 20, seed: int = 0) -> Target:
-    """A linear classifier whose class weights differ in length by up to 20×, so that the
-    nearest boundary is often not the runner-up logit's."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, classes))
-    with torch.no_grad():
-        scale = torch.logspace(0, 1.3, classes)[torch.randperm(classes, generator=g)]
-        model[1].weight.copy_(torch.randn(classes, features, generator=g) * scale[:, None])
-        model[1].bias.copy_(torch.randn(classes, generator=g))
-    return Target(model, num_classes=classes, input_shape=(1, 4, 5), bounds=(0.0, 1.0))
 
 
 @pytest.mark.parametrize("norm,dual", [(Norm.LINF, 1.0), (Norm.L2, 2.0)])
