@@ -94,6 +94,12 @@ def _add_readers(sub: Any) -> None:
     comp.add_argument("results", nargs="?", default="results", help="results directory")
     comp.add_argument("--format", choices=("md", "csv"), default="md")
 
+    atk = sub.add_parser("attacks", help=(
+        "rank the attacks run on each model and norm by optimality against the best known "
+        "per-sample distances (AttackBench), with success, median distance, calls and time"))
+    atk.add_argument("results", nargs="?", default="results", help="results directory")
+    atk.add_argument("--format", choices=("md", "csv"), default="md")
+
     pub = sub.add_parser("publish", help=(
         "write leaderboards as Markdown, CSV, LaTeX and a static HTML site (ranked, "
         "searchable boards; one page per entry with its robust accuracy vs eps)"))
@@ -285,6 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from leaderboards import render_comparison
 
             print(render_comparison(args.results, args.format))
+            return 0
+        if args.command == "attacks":
+            from leaderboards import render_attack_board
+
+            print(render_attack_board(args.results, args.format))
             return 0
     except BadInput as exc:
         print(f"advbench: error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from bench.cascade_rows import (
@@ -178,11 +179,32 @@ def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
         "l2": outcome.l2.cpu().numpy().astype(np.float32),
         "linf": outcome.linf.cpu().numpy().astype(np.float32),
         "l0": outcome.l0.cpu().numpy().astype(np.float32),
+        "distance": sample_distances(cell, prepared, data, outcome, run),
         "fooled_by": fooled_by_names(cell, run, n),
         "queries": run.artifacts["queries"].cpu().numpy().astype(np.int32)
         if "queries" in run.artifacts else [None] * n,
         **certificate_samples(prepared, n),
     }
+
+
+def sample_distances(cell: Cell, prepared: PreparedTarget, data: EvalData, outcome: Outcome,
+                     run: AttackRun) -> pa.Array:
+    """Per sample, the distance in the cell's norm of the adversarial the attack reached (null
+    where it fooled nothing; 0 where the clean input is already wrong). A
+    minimal attack's is its unbounded run's, the same in every row of its curve; an eps-bounded
+    attack's is the verified adversarial's."""
+    if cell.attack.spec.minimal:
+        delta = run.x_adv - data.x
+        reached = (delta != 0).flatten(1).any(dim=1)
+        distance = norm_of(delta, cell.threat_model.norm)
+    else:
+        reached = outcome.success
+        distance = outcome.distance if outcome.distance is not None else \
+            torch.full_like(outcome.l2, float("nan"))
+    out = distance.cpu().numpy().astype(np.float32)
+    out[~reached.cpu().numpy()] = np.nan
+    out[~prepared.clean_correct.cpu().numpy()] = 0.0
+    return pa.array(out, type=pa.float32(), mask=np.isnan(out))
 
 
 def certificate_samples(prepared: PreparedTarget, n: int) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Outcome:
     l0: torch.Tensor
     adv_correct_one_draw: torch.Tensor | None = None
     abstained: torch.Tensor | None = None
+    distance: torch.Tensor | None = None  # in the cell's norm
 
 
 ADVERSARIAL_DRAWS_SEED = 1
@@ -132,4 +133,4 @@ def verify(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
         adv_pred, success, prepared.clean_correct & verdict.every(data.y), l2, linf, l0,
         adv_correct_one_draw=prepared.clean_correct_one_draw & (adv_pred == data.y)
         if randomised else None,
-        abstained=adv_pred == -1)
+        abstained=adv_pred == -1, distance=norm_of(delta, cell.threat_model.norm))

@@ -50,6 +50,21 @@ def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
     raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
 
 
+def render_attack_board(results: str | os.PathLike[str], fmt: str = "md") -> str:
+    """The attacks of a results directory ranked by optimality against the best known
+    distances, per population and norm (see :mod:`leaderboards.security`)."""
+    from leaderboards.security import attack_board, to_markdown
+
+    store = _stored(results)
+    summary = store.summary()
+    table = attack_board(summary, store.samples(summary))
+    if fmt == "md":
+        return to_markdown(table)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
+
+
 def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str],
                  rank_by: str | None = None, eps: list[str] | None = None) -> list[Path]:
     """``advbench publish``: Markdown, CSV, LaTeX and the static HTML site of a results

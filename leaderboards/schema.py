@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -181,6 +181,11 @@ class SampleRow:
     l2: Annotated[float, FLOAT32]
     linf: Annotated[float, FLOAT32]
     l0: Annotated[float, FLOAT32]
+    # the distance, in the row's norm, of the adversarial the attack reached for the sample:
+    # a minimal attack's unbounded run's (the same in every eps row of its curve), an
+    # eps-bounded attack's verified adversarial's; 0 where the clean input is already
+    # misclassified; null where the attack fooled nothing (bench.rows.sample_distances)
+    distance: Annotated[float, FLOAT32] | None
     # a cascade's rows: the member that fooled the sample ("clean" when the clean input is
     # misclassified); null when none did or the row is no cascade's
     fooled_by: str | None
@@ -228,6 +233,7 @@ ADDED_IN: dict[str, int] = {
     "model_paper": 12,
     "model_entry": 12,
     "runner_calls": 13,
+    "distance": 14,
 }
 """The schema version that added each column; older files get its migration value."""
 

@@ -209,6 +209,7 @@ def sample_values(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, Tru
             "clean_correct": np.ones(n, bool), "adv_correct": np.array(adv),
             "success": ~np.array(adv), "l2": np.ones(n, np.float32),
             "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32),
+            "distance": [None if a else 1.0 for a in adv],
             "fooled_by": [None] * n, "queries": [None] * n,
             "certified_radius": [None] * n, "certified_correct": [None] * n}
 
