@@ -115,8 +115,36 @@ class StandardParams:
 
 
 
-def members(params: StandardParams) -> tuple[CascadeMember, ...]:
-    """The cascade's members in order, with AutoAttack's settings at ``params``' budgets."""
+L1_RESTARTS = 5
+"""APGD-CE's restarts in AutoAttack's L1 version (its APGD-T runs 5 target classes)."""
+
+
+def l1_members(params: StandardParams) -> tuple[CascadeMember, ...]:
+    """AutoAttack's L1 version (Croce & Hein, ICML 2021): APGD-CE with 5 restarts and APGD-T,
+    both on the 3·eps, 2·eps, eps schedule, then FMN's minimal L1 attack (stopping at eps) in
+    the place of FAB-T, which advbench has in Linf and L2 only; no Square (its L1 version is
+    not implemented). ``fast``: the two APGD members."""
+    if params.version not in ("standard", "fast"):
+        raise BadInput(f"the {params.version!r} version has no L1 members; in L1 use "
+                       f"'standard' or 'fast'")
+    adaptive = {"eot_iter": params.eot_iter, "bpda": params.bpda}
+    chosen = (
+        CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce",
+                                          "restarts": L1_RESTARTS, "large_reps": True,
+                                          **adaptive}),
+        CascadeMember("apgd-t", "apgd_t", {"steps": params.steps,
+                                           "target_classes": params.target_classes,
+                                           "large_reps": True, **adaptive}),
+        CascadeMember("fmn", "fmn", {"steps": params.steps}),
+    )
+    return chosen if params.version == "standard" else chosen[:2]
+
+
+def members(params: StandardParams, norm: Norm = Norm.LINF) -> tuple[CascadeMember, ...]:
+    """The cascade's members in order, with AutoAttack's settings at ``params``' budgets
+    (its L1 version's in L1, :func:`l1_members`)."""
+    if norm is Norm.L1:
+        return l1_members(params)
     adaptive = {"eot_iter": params.eot_iter, "bpda": params.bpda}
     ce = CascadeMember("apgd-ce", "apgd", {"steps": params.steps, "loss": "ce", **adaptive})
     if params.version == "rand":
@@ -214,7 +242,7 @@ def decision(chosen: tuple[CascadeMember, ...], stats: list[MemberStats]) -> str
 def _standard_cost(params: StandardParams, n: int, num_classes: int, n_fit: int
                    ) -> tuple[int, int]:
     forward, backward = n, 0
-    for m in members(params):
+    for m in members(params):  # the Linf / L2 members: at least the L1 ones' cost
         spec = ATTACKS.get(m.attack)
         cost = spec.max_calls(spec.make_params(m.params), n, num_classes, n_fit)
         if cost is not None:
@@ -222,7 +250,7 @@ def _standard_cost(params: StandardParams, n: int, num_classes: int, n_fit: int
     return forward, backward
 
 
-@register_attack("standard", params=StandardParams, norms=(Norm.LINF, Norm.L2),
+@register_attack("standard", params=StandardParams, norms=(Norm.LINF, Norm.L2, Norm.L1),
                  cost=_standard_cost, streams=True, cascade=members)
 def standard(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
@@ -234,7 +262,7 @@ def standard(
     calls = ModelCalls(target)
     rows = max(1, batch_size or x.shape[0])
     n = x.shape[0]
-    chosen = members(params)
+    chosen = members(params, norm)
     started_run = time.perf_counter()
     piece = resume.resumed()
     state = _State.restore(piece, x, calls, generator) if piece is not None \

@@ -22,7 +22,7 @@ def member_stats(run: AttackRun) -> list[MemberStats]:
 def member_index(cell: Cell) -> int:
     """The 1-based position of a cascade member cell's member."""
     assert cell.attack.spec.cascade is not None
-    names = [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    names = [m.name for m in cell.attack.spec.cascade(cell.attack.params, cell.threat_model.norm)]
     return names.index(cell.member) + 1
 
 
@@ -48,7 +48,7 @@ def row_decision(cell: Cell, run: AttackRun) -> str | None:
     spec = cell.attack.spec
     said = list(run.notes)
     if not cell.member and spec.cascade is not None and "members" in run.artifacts:
-        said.insert(0, decision(spec.cascade(cell.attack.params), member_stats(run)) or "")
+        said.insert(0, decision(spec.cascade(cell.attack.params, cell.threat_model.norm), member_stats(run)) or "")
     return "; ".join(s for s in said if s) or None
 
 
@@ -69,7 +69,7 @@ def attacked_count(cell: Cell, run: AttackRun, n: int) -> int:
 def black_box_row(cell: Cell) -> bool:
     """A member row is as black-box as its member; any other row as its attack."""
     if cell.member and cell.attack.spec.cascade is not None:
-        return next(m.black_box for m in cell.attack.spec.cascade(cell.attack.params)
+        return next(m.black_box for m in cell.attack.spec.cascade(cell.attack.params, cell.threat_model.norm)
                     if m.name == cell.member)
     return cell.attack.spec.black_box
 
@@ -79,5 +79,5 @@ def fooled_by_names(cell: Cell, run: AttackRun, n: int) -> list[str | None]:
     misclassified; None when none did or the row is no cascade's)."""
     if "fooled_by" not in run.artifacts or cell.attack.spec.cascade is None:
         return [None] * n
-    names = ["clean"] + [m.name for m in cell.attack.spec.cascade(cell.attack.params)]
+    names = ["clean"] + [m.name for m in cell.attack.spec.cascade(cell.attack.params, cell.threat_model.norm)]
     return [names[k] if k >= 0 else None for k in run.artifacts["fooled_by"].tolist()]

@@ -701,5 +701,5 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                     cascade = attack.spec.cascade
                     if cascade is not None:  # one row per member, after the cascade's own
                         cells += [dataclasses.replace(cell, member=m.name)
-                                  for m in cascade(attack.params)]
+                                  for m in cascade(attack.params, cell.threat_model.norm)]
     return cells

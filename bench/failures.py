@@ -31,7 +31,7 @@ def not_adaptive(cell: Cell, run: AttackRun) -> bool:
     ``expectation_draws``: ``eot_iter``, SmoothAdv's noise draws)."""
     spec = cell.attack.spec
     if spec.black_box or (spec.cascade is not None and cell.member and any(
-            m.black_box for m in spec.cascade(cell.attack.params) if m.name == cell.member)):
+            m.black_box for m in spec.cascade(cell.attack.params, cell.threat_model.norm) if m.name == cell.member)):
         return False
     return int(getattr(cell.attack.params, "expectation_draws", 1)) <= 1
 
@@ -68,6 +68,6 @@ def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         codes.append(ind.UNCONSTRAINED)
     spec = cell.attack.spec
     if spec.cascade is not None and "members" in run.artifacts:
-        reasons = failure_reasons(spec.cascade(cell.attack.params), member_stats(run))
+        reasons = failure_reasons(spec.cascade(cell.attack.params, cell.threat_model.norm), member_stats(run))
         codes += [code for code, _ in reasons]
     return ind.join(codes)

@@ -62,7 +62,7 @@ class AttackSpec:
     black_box: bool = False
     cost: CostFn | None = None
     streams: bool = False
-    cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None
+    cascade: Callable[[Any, Norm], tuple[CascadeMember, ...]] | None = None
     only_on: tuple[str, ...] = ()
     starts: bool = False
 
@@ -88,7 +88,7 @@ def register_attack(
     name: str, *, params: type, norms: tuple[Norm, ...], minimal: bool = False,
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
     cost: CostFn | None = None, streams: bool = False,
-    cascade: Callable[[Any], tuple[CascadeMember, ...]] | None = None,
+    cascade: Callable[[Any, Norm], tuple[CascadeMember, ...]] | None = None,
     only_on: tuple[str, ...] = (), starts: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).

@@ -311,6 +311,90 @@ def test_standard_and_rapid_at_most_one_digit_more_robust_than_the_original(
                                                      int(reference.sum()))
 
 
+# --- L1 (Croce & Hein, ICML 2021) ----------------------------------------------------------
+
+def test_l1_box_projection_equals_the_originals() -> None:
+    """advbench's projection onto the L1 ball and the box is the original AutoAttack's (its
+    sort-based solver; ours bisects the same threshold), and never exceeds the ball."""
+    from pyautoattack.autopgd_base import L1_projection
+
+    from bench.core.norms import project_l1_box
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 1, 28, 28, generator=g)
+    t = torch.randn(64, 1, 28, 28, generator=g) * 0.3
+    for eps in (0.5, 5.0, 20.0, 1e4):
+        ours = project_l1_box(t, x, eps, (0.0, 1.0))
+        torch.testing.assert_close(ours, t + L1_projection(x, t, eps), atol=2e-5, rtol=0)
+        assert float(ours.abs().flatten(1).sum(1).max()) <= eps * (1 + 1e-6)
+        assert 0 <= float((x + ours).min()) and float((x + ours).max()) <= 1
+
+
+@pytest.mark.parametrize("name,large_reps", [("apgd", False), ("apgd", True),
+                                             ("apgd_t", True)])
+def test_l1_apgd_matches_the_original_from_the_same_noise(
+        name: str, large_reps: bool, lenet: Target, held_out: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """L1-APGD (sparse steps, adaptive sparsity; with ``large_reps`` AutoAttack's 3·eps, 2·eps,
+    eps schedule) against the original's ``APGDAttack(norm="L1")``, its random starts drawn
+    from the noise ours drew (the original's ``torch.randn`` calls answered from our
+    generator's stream; both attack the same clean-correct digits): per sample, at most one of
+    120 digits robust to ours and fooled by the original."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    x, y = held_out
+    correct = torch.nonzero(lenet.predict_logits(x).argmax(1) == y).flatten()[:120]
+    x, y = x[correct], y[correct]
+    eps, steps = 10.0, 20
+    params: dict[str, Any] = {"steps": steps, "large_reps": large_reps}
+    if name == "apgd_t":
+        params["target_classes"] = 2
+        original: Any = APGDAttack_targeted(lenet, n_iter=steps, norm="L1", eps=eps,
+                                            device="cpu", seed=SEED, use_largereps=True,
+                                            n_target_classes=2)
+    else:
+        original = APGDAttack(lenet, n_iter=steps, norm="L1", eps=eps, device="cpu",
+                              seed=SEED, loss="ce", use_largereps=large_reps)
+    res = run_attack(name, lenet, x, y, norm="l1", eps=eps, params=params,
+                     generator=torch.Generator().manual_seed(SEED))
+    assert float(res.x_adv.sub(x).abs().flatten(1).sum(1).max()) <= eps * (1 + 1e-5)
+    stream, randn = torch.Generator().manual_seed(SEED), torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, **_: randn(
+        *shape, generator=stream))
+    monkeypatch.setattr(torch, "randn_like", lambda t, **_: randn(
+        t.shape, generator=stream).to(t))
+    with lenet.evaluating():
+        x_ref = original.perturb(x, y)
+    monkeypatch.undo()
+    clean = lenet.predict_logits(x).argmax(1) == y
+    reference = clean & (lenet.predict_logits(x_ref).argmax(1) == y)
+    mine = clean & (lenet.predict_logits(res.x_adv).argmax(1) == y)
+    assert 0 < int(reference.sum()) < 0.9 * len(x)
+    assert int((mine & ~reference).sum()) <= 1, (int(mine.sum()), int(reference.sum()))
+
+
+def test_l1_standard_at_most_one_digit_more_robust_than_the_original(
+        lenet: Target, mnist5k: Dataset, original_autoattack: Any) -> None:
+    """The L1 cascade (APGD-CE ×5, APGD-T, FMN) against the original's L1 ``standard``
+    (APGD-CE, APGD-T, FAB-T, Square) at the same small budget: 8 steps, 2 target classes,
+    30 queries, 30 digits."""
+    from tests.original import robust as robust_digits
+    from tests.original import run_original
+
+    idx = torch.linspace(0, len(mnist5k.test) - 1, 30).round().long()
+    x, y = mnist5k.test.x[idx], mnist5k.test.y[idx]
+    original = run_original(original_autoattack, lenet, x, y, eps=10.0, norm="l1", steps=8,
+                            target_classes=2, queries=30)
+    reference = robust_digits(lenet, x, y, original.x_adv)
+    res = run_attack("standard", lenet, x, y, eps=10.0, norm="l1",
+                     params={"steps": 8, "target_classes": 2},
+                     generator=torch.Generator().manual_seed(SEED))
+    mine = robust_digits(lenet, x, y, res.x_adv)
+    assert 0 < int(reference.sum()) < len(x)
+    assert int((mine & ~reference).sum()) <= 1, (int(mine.sum()), int(reference.sum()))
+    assert [m.name for m in members(StandardParams(), Norm.L1)] == ["apgd-ce", "apgd-t", "fmn"]
+
+
 # --- the cascade ----------------------------------------------------------------------------
 
 def test_members_only_attack_what_every_earlier_member_missed(lenet: Target,
