@@ -100,6 +100,23 @@ def _add_readers(sub: Any) -> None:
     atk.add_argument("results", nargs="?", default="results", help="results directory")
     atk.add_argument("--format", choices=("md", "csv"), default="md")
 
+    ab = sub.add_parser("attackbench", help=(
+        "run every minimum-norm attack implementation (advbench's and the installed peers') "
+        "on a model under the same per-sample call budget and rank them by optimality "
+        "(AttackBench); per-sample distances to Parquet"))
+    ab.add_argument("--model", default="lenet", help="a zoo model, trained if not cached")
+    ab.add_argument("--dataset", default="mnist5k")
+    ab.add_argument("--norm", default="l2", choices=("l0", "l1", "l2", "linf"))
+    ab.add_argument("--n", type=int, default=100, help="test samples (default 100)")
+    ab.add_argument("--budget", type=int, default=2000,
+                    help="forward + backward passes per sample (default 2000, AttackBench's)")
+    ab.add_argument("--libraries", nargs="+", default=None,
+                    help="advbench, adv-lib, foolbox (default: every installed one)")
+    ab.add_argument("--attacks", nargs="+", default=None,
+                    help="fmn, ddn, fab_t, deepfool, alma (default: every one of the norm)")
+    ab.add_argument("--out", default=None, help="Parquet file of the per-sample distances")
+    ab.add_argument("--cache-dir", default=None)
+
     pub = sub.add_parser("publish", help=(
         "write leaderboards as Markdown, CSV, LaTeX and a static HTML site (ranked, "
         "searchable boards; one page per entry with its robust accuracy vs eps)"))
@@ -292,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(render_comparison(args.results, args.format))
             return 0
+        if args.command == "attackbench":
+            return _attackbench(args)
         if args.command == "attacks":
             from leaderboards import render_attack_board
 
@@ -304,6 +323,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("advbench: interrupted", file=sys.stderr)
         return 130
     return 1
+
+
+def _attackbench(args: argparse.Namespace) -> int:
+    """``advbench attackbench``: train or load the zoo model, run every implementation under
+    the budget, print the board, write the distances."""
+    import torch
+
+    from bench.attackbench import attack_bench, write
+    from bench.core.checkpoints import CheckpointCache, resolve_cache_dir
+    from bench.core.datasets import load_dataset
+    from bench.core.norms import Norm
+    from bench.core.training import trained_classifier
+    from leaderboards.security import board_from_distances
+
+    if args.n < 1:
+        raise BadInput(f"--n must be >= 1, got {args.n}")
+    if args.budget < 2:
+        raise BadInput(f"budget must be >= 2 calls per sample, got {args.budget}")
+    data = load_dataset(args.dataset)
+    target, _ = trained_classifier(args.model, data, seed=0, device=torch.device("cpu"),
+                                   cache=CheckpointCache(resolve_cache_dir(args.cache_dir)),
+                                   progress=True)
+    x, y = data.test.x[:args.n], data.test.y[:args.n]
+    table = attack_bench(target, x, y, norm=Norm.parse(args.norm), budget=args.budget,
+                         libraries=tuple(args.libraries) if args.libraries else None,
+                         attacks=tuple(args.attacks) if args.attacks else None,
+                         progress=lambda name: print(f"running {name}", file=sys.stderr))
+    board = board_from_distances(table)
+    print(f"{args.model} on {len(x)} {args.dataset} test samples, {args.norm}, "
+          f"{args.budget} calls per sample")
+    print(board.to_markdown(index=False, floatfmt=".4g"))
+    if args.out:
+        write(table, Path(args.out))
+        print(f"per-sample distances: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

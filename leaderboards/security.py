@@ -134,6 +134,31 @@ def attack_board(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
                              na_position="last").reset_index(drop=True)
 
 
+def board_from_distances(table: pd.DataFrame) -> pd.DataFrame:
+    """The attack board of one population and norm from per-(entry, sample) distances
+    (``attack``, ``library``, ``sample_idx``, ``distance`` (null or inf: not found),
+    ``clean_correct``, ``calls``, ``seconds_per_sample``; ``advbench attackbench`` writes
+    them): one row per entry and a ``best known`` row, ranked by optimality."""
+    table = table.assign(distance=table["distance"].astype(float).fillna(math.inf))
+    wide = table.pivot_table(index="sample_idx", columns=["attack", "library"],
+                             values="distance", aggfunc="min")
+    best = wide.min(axis=1).to_numpy()
+    clean = table.groupby("sample_idx")["clean_correct"].first().loc[wide.index]
+    clean_acc = float(clean.mean())
+    out = []
+    for attack, library in wide.columns:
+        rows = table[(table["attack"] == attack) & (table["library"] == library)]
+        cost = (float(rows["calls"].mean()), float(rows["seconds_per_sample"].iloc[0]))
+        row = _board_row({}, attack, "", "", "", wide[(attack, library)].to_numpy(), best,
+                         clean, clean_acc, cost)
+        out.append({"library": library, **row})
+    out.append({"library": "", **_board_row({}, "best known", "", "", "", best, best, clean,
+                                            clean_acc, None)})
+    board = pd.DataFrame(out).drop(columns=["budget", "attack_params", "attack_run"])
+    return board.sort_values("optimality", ascending=False, na_position="last"
+                             ).reset_index(drop=True)
+
+
 def _board_row(base: dict[str, object], attack: str, budget: str, params: str, run: str,
                d: np.ndarray,
                best: np.ndarray, clean: pd.Series, clean_acc: float,
@@ -206,4 +231,5 @@ def security_curves(summary: pd.DataFrame, samples: pd.DataFrame,
 
 
 __all__ = ["CURVE_KEY", "attack_board", "aurec", "best_known", "median_interval", "optimality",
-           "robust_curve", "run_distances", "security_curves", "to_markdown"]
+           "board_from_distances", "robust_curve", "run_distances", "security_curves",
+           "to_markdown"]
