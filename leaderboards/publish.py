@@ -5,7 +5,9 @@ advbench it was generated; one page per board (dataset × target kind × threat 
 a ranked table per eps of record as tabs, a search box that filters rows as one types, sortable
 columns and a stable anchor per row; and one page per entry (a model × defense population) with
 its robust accuracy against eps for every attack from eps 0, the per-attack table, what was
-measured, its flags and how to reproduce it. Plain files, no network fetch: styles and scripts
+measured, its flags and how to reproduce it; and a page of the attacks themselves, ranked by
+optimality against the best known distances per population (:mod:`leaderboards.security`),
+with their security curves. Plain files, no network fetch: styles and scripts
 are inline, plots are SVG files beside the pages; open them from disk or any web server.
 """
 
@@ -18,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 
 from bench.core import indicators
 from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
 from bench.core.version import ADVBENCH_VERSION
+from leaderboards.security import attack_board, curves_svg, groups
+from leaderboards.security import to_markdown as attacks_markdown
 from leaderboards.site import (
     WORST,
     Entry,
@@ -68,7 +73,9 @@ def board_page(key: tuple[str, ...], board_entries: list[Entry], ranking: Rankin
     for value, display in eps_of_record(board_entries, wanted_eps):
         rows = ranked(board_entries, value, ranking)
         certified = any(r["certified"] is not None for r in rows)
+        best = any(r["best"] is not None for r in rows)
         tabs.append({"id": "eps-" + slugify(display), "display": display, "certified": certified,
+                     "best": best,
                      "rows": [_board_row(r, display) for r in rows]})
     return TEMPLATES.get_template("board.html.j2").render(
         **nav, title=" · ".join(key), ranking=ranking.title, attack=ranking.attack, tabs=tabs)
@@ -84,6 +91,8 @@ def _board_row(r: dict[str, Any], display: str) -> dict[str, Any]:
         "robust_sort": robust.mean if robust.values else "",
         "robust_title": robust.spread_kind,
         "certified": cert.text() if cert is not None else "",
+        "best": r["best"].text() if r["best"] is not None else "",
+        "best_sort": r["best"].mean if r["best"] is not None else "",
         "certified_sort": cert.mean if cert is not None else "",
         "cost": f"{r['cost']:,.0f}" if r["cost"] is not None else "",
         "cost_sort": r["cost"] if r["cost"] is not None else "",
@@ -118,6 +127,41 @@ def entry_page(e: Entry, board_href: str, plot: str, nav: dict[str, Any]) -> str
                 "remedy": indicators.CATALOG[c].remedy} for c in codes
                if c in indicators.CATALOG],
         language=language, snippet=snippet)
+
+
+def _cell(value: float, fmt: str) -> tuple[str, float | str]:
+    """A number as shown and as sorted ("" for NaN)."""
+    if pd.isna(value):
+        return "", ""
+    return format(value, fmt), float(value)
+
+
+def attacks_page(summary: pd.DataFrame, samples: pd.DataFrame, board: pd.DataFrame, out: Path,
+                 nav: dict[str, Any]) -> str:
+    """The attack boards (:func:`leaderboards.security.attack_board`), one section per
+    population and norm, each with its security curves as an SVG beside the page."""
+    sections = []
+    for number, (title, group) in enumerate(groups(board)):
+        plot = f"attacks-{number}.svg"
+        curves_svg(summary, samples, group[group["attack"] != "best known"], out / plot)
+        rows = []
+        for _, r in group.iterrows():
+            success, success_sort = _cell(100 * r["success_rate"], ".1f")
+            optimality, optimality_sort = _cell(r["optimality"], ".3f")
+            calls, _ = _cell(r["calls_per_sample"], ",.0f")
+            seconds, _ = _cell(r["s_per_sample"], ".3g")
+            median = r["median_distance"]
+            rows.append({"attack": r["attack"], "budget": r["budget"], "n": int(r["n"]),
+                         "success": success, "success_sort": success_sort,
+                         "median": f"{median:.4g} [{r['median_lo']:.4g}, {r['median_hi']:.4g}]",
+                         "median_sort": median if np.isfinite(median) else 1e308,
+                         "optimality": optimality, "optimality_sort": optimality_sort,
+                         "calls": calls, "seconds": seconds})
+        sections.append({"anchor": f"population-{number}", "title": title, "rows": rows,
+                         "plot": plot, "plot_alt": f"robust accuracy against eps under each "
+                                                   f"attack and the best known, {title}"})
+    return TEMPLATES.get_template("attacks.html.j2").render(
+        **nav, title="attacks, ranked by optimality", groups=sections)
 
 
 def to_latex(board: Board) -> str:
@@ -166,7 +210,12 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
 
             (tmp / "comparison.md").write_text(compare_markdown(comparison))
             comparison.to_csv(tmp / "comparison.csv", index=False)
+        attack_rows = attack_board(summary, samples)
         links = [(f"{board_slug(k)}.html", " · ".join(k)) for k in by_board]
+        if not attack_rows.empty:
+            links.append(("attacks.html", "attacks"))
+            (tmp / "attacks.md").write_text(attacks_markdown(attack_rows))
+            attack_rows.to_csv(tmp / "attacks.csv", index=False)
         generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         nav = {"links": links, "generated": generated, "version": ADVBENCH_VERSION}
         for key, board_entries in by_board.items():
@@ -175,6 +224,9 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
             for e in board_entries:
                 curve_svg(e, tmp / f"{e.slug}.svg")
                 (tmp / f"{e.slug}.html").write_text(entry_page(e, href, f"{e.slug}.svg", nav))
+        if not attack_rows.empty:
+            (tmp / "attacks.html").write_text(attacks_page(summary, samples, attack_rows, tmp,
+                                                           nav))
         files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex"))
         boards_index = [{"href": href, "title": title,
                          "entries": len(by_board[key]),
@@ -207,4 +259,4 @@ def _table_rank(found: list[Entry], ranking: Ranking, eps: list[str] | None) -> 
     return column if column in tables or ranking.attack == WORST else None
 
 
-__all__ = ["publish", "board_page", "entry_page", "to_latex"]
+__all__ = ["attacks_page", "publish", "board_page", "entry_page", "to_latex"]

@@ -17,6 +17,7 @@ every sample, 0 for one that fools nothing.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,6 +187,52 @@ def _run_costs(summary: pd.DataFrame) -> dict[str, tuple[float, float]]:
             zip(first["attack_run"], calls, first["wall_s"] / n, strict=True)}
 
 
+TITLE_KEYS = ("dataset", "model", "defense", "norm", "n_samples", "seed", "precision")
+"""The population keys a board's title names (the others are recorded in the rows)."""
+
+
+def groups(board: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The board's (title, rows) per population and norm, in the board's order."""
+    keys = [k for k in TITLE_KEYS if k in board.columns]
+    return [(", ".join(f"{k} {v}" for k, v in zip(keys, key, strict=True)), group)
+            for key, group in board.groupby(keys, dropna=False, sort=False)]
+
+
+def curves_svg(summary: pd.DataFrame, samples: pd.DataFrame, group: pd.DataFrame,
+               path: Path) -> None:
+    """Robust accuracy against eps (0 to the largest finite distance) under each attack run of
+    ``group`` (one board group) and under the best known attack, as an SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = summary[summary["attack_run"].isin(group["attack_run"])]
+    dist = run_distances(runs, samples)
+    wide = dist.pivot_table(index="sample_idx", columns="attack_run", values="distance",
+                            aggfunc="min").dropna()
+    finite = wide.to_numpy()[np.isfinite(wide.to_numpy())]
+    top = float(finite.max()) * 1.05 if finite.size and finite.max() > 0 else 1.0
+    eps = np.linspace(0, top, 200)
+    labels = dict(zip(group["attack_run"], group["attack"] + "@" + group["budget"],
+                      strict=False))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
+    for run in wide.columns:
+        ax.step(eps, 100 * robust_curve(wide[run].to_numpy(), eps), where="post",
+                label=labels.get(run, run), linewidth=1.2)
+    ax.step(eps, 100 * robust_curve(wide.min(axis=1).to_numpy(), eps), where="post",
+            label="best known", color="black", linewidth=2.5)
+    ax.set_xlabel(f"eps ({group['norm'].iloc[0]})")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(0, top)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
 BOARD_COLUMNS = {"attack": "attack", "budget": "eps", "n": "n", "success_rate": "success",
                  "median_distance": "median distance", "optimality": "optimality",
                  "calls_per_sample": "calls/sample", "s_per_sample": "s/sample"}
@@ -196,11 +243,8 @@ def to_markdown(board: pd.DataFrame) -> str:
     samples, seed), the median distance with its 95 % interval."""
     if board.empty:
         return "no attack runs with per-sample distances in these results"
-    keys = [k for k in ("dataset", "model", "defense", "norm", "n_samples", "seed", "precision")
-            if k in board.columns]
     parts = []
-    for key, group in board.groupby(keys, dropna=False, sort=False):
-        title = ", ".join(f"{k} {v}" for k, v in zip(keys, key, strict=True))
+    for title, group in groups(board):
         table = group[list(BOARD_COLUMNS)].rename(columns=BOARD_COLUMNS).copy()
         table["median distance"] = [
             f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in
@@ -231,5 +275,5 @@ def security_curves(summary: pd.DataFrame, samples: pd.DataFrame,
 
 
 __all__ = ["CURVE_KEY", "attack_board", "aurec", "best_known", "median_interval", "optimality",
-           "board_from_distances", "robust_curve", "run_distances", "security_curves",
+           "board_from_distances", "curves_svg", "groups", "robust_curve", "run_distances", "security_curves",
            "to_markdown"]

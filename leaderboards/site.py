@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.core import indicators
 from bench.core.errors import BadInput
 from leaderboards.compare import eps_flags, wilson
 from leaderboards.population import SEED_VARYING
+from leaderboards.security import robust_curve, run_distances
 from leaderboards.tables import (
     BOARD_ROW,
     GROUP_KEYS,
@@ -100,6 +102,9 @@ class Entry:
     label: str = ""
     slug: str = ""
     flags: dict[str, list[str]] = field(default_factory=dict)  # cell_id -> codes
+    # per (seed, weights, sample): the best known distance, the smallest any of its attack
+    # runs reached (leaderboards.security); empty where no sample rows were read
+    best: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def seeds(self) -> list[int]:
@@ -137,6 +142,15 @@ class Entry:
             else:
                 cell = g[(g["label"] == attack) & (g["eps"] == eps)]
                 values += [float(cell["robust_acc"].iloc[0])] if len(cell) else []
+        return Measure(values, self.n)
+
+    def best_known(self, eps: float) -> Measure | None:
+        """Robust accuracy at ``eps`` under the best known attack: the share of samples whose
+        best known distance exceeds it, per seed (None without per-sample distances)."""
+        if self.best.empty:
+            return None
+        values = [float(robust_curve(g["best"].to_numpy(), np.array([eps]))[0])
+                  for _, g in self.best.groupby(["seed", "weights_sha256"], sort=True)]
         return Measure(values, self.n)
 
     def cells_at(self, attack: str, eps: float) -> pd.DataFrame:
@@ -180,9 +194,24 @@ def entries(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Entry]:
         for key, cells in group.groupby(ENTRY_KEYS, sort=True, dropna=False):
             mask = (wb[ENTRY_KEYS] == pd.Series(key, index=ENTRY_KEYS)).all(axis=1)
             out.append(Entry(tuple(str(b) for b in board),  # type: ignore[arg-type]
-                             dict(zip(ENTRY_KEYS, key)), cells, wb[mask], flags=flags))
+                             dict(zip(ENTRY_KEYS, key)), cells, wb[mask], flags=flags,
+                             best=_best_distances(summary, cells, samples)))
     _name(out)
     return out
+
+
+def _best_distances(summary: pd.DataFrame, cells: pd.DataFrame, samples: pd.DataFrame
+                    ) -> pd.DataFrame:
+    """Per (seed, weights, sample) of an entry: the best known distance over its attack runs
+    (a minimal attack's own run row included; cascade members are their cascade's run)."""
+    if samples.empty or "distance" not in samples.columns:
+        return pd.DataFrame()
+    runs = summary[summary["attack_run"].isin(cells["attack_run"])]
+    dist = run_distances(runs, samples[samples["cell_id"].isin(runs["cell_id"])])
+    if dist.empty:
+        return pd.DataFrame()
+    return dist.groupby(["seed", "weights_sha256", "sample_idx"], dropna=False).agg(
+        best=("distance", "min")).reset_index()
 
 
 def _name(found: list[Entry]) -> None:
@@ -243,7 +272,8 @@ def ranked(board_entries: list[Entry], eps: float, ranking: Ranking) -> list[dic
         certified = e.certified(eps)
         codes = e.codes(e.cells_at(ranking.attack, eps)["cell_id"])
         rows.append({"entry": e, "clean": clean, "robust": robust, "certified": certified,
-                     "cost": e.cost(ranking.attack, eps), "codes": codes})
+                     "best": e.best_known(eps), "cost": e.cost(ranking.attack, eps),
+                     "codes": codes})
     rows.sort(key=lambda r: (-r["robust"].mean if r["robust"].values else math.inf,
                              -r["clean"].mean))
     for i, r in enumerate(rows, start=1):
@@ -411,6 +441,12 @@ def curve_svg(e: Entry, path: Path) -> None:
                           linewidth=2.5 if worst else 1.2, color="black" if worst else None)
         ax.fill_between(xs, [100 * v for v in lo], [100 * v for v in hi],
                         color=line.get_color(), alpha=0.12)
+    if not e.best.empty and eps:
+        grid = np.linspace(0.0, max(eps), 200)
+        curves = [robust_curve(g["best"].to_numpy(), grid)
+                  for _, g in e.best.groupby(["seed", "weights_sha256"], sort=True)]
+        ax.step(grid, 100 * np.mean(curves, axis=0), where="post", color="dimgray",
+                linestyle=":", linewidth=2, label="best known")
     cert = [(v, c) for v in eps if (c := e.certified(v)) is not None]
     if cert:
         ax.plot([v for v, _ in cert], [100 * c.mean for _, c in cert], linestyle="--",

@@ -153,3 +153,23 @@ def test_robust_curve_counts_distances_above_eps() -> None:
     d = np.array([0.0, 0.5, 1.0, math.inf])
     assert robust_curve(d, np.array([0.0, 0.5, 0.99, 1.0, 10.0])).tolist() == \
         [0.75, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_published_site_has_the_attack_board_and_best_known_curves(
+        minimal_sweep: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path) -> None:
+    """``publish`` writes the attack board (a row per run, the security curves' SVG) and the
+    boards' best-known column, which is at most every attack's robust accuracy."""
+    from leaderboards.publish import publish
+    from leaderboards.site import entries
+
+    summary, samples = minimal_sweep
+    publish(summary, samples, tmp_path / "site")
+    page = (tmp_path / "site" / "attacks.html").read_text()
+    assert page.count("<tr><td class=\"key\">") == 5  # fmn, ddn, pgd@1, pgd@2, best known
+    assert (tmp_path / "site" / "attacks-0.svg").is_file()
+    (entry,) = entries(summary, samples)
+    for eps, _ in entry.eps_values():
+        best = entry.best_known(eps)
+        assert best is not None
+        for attack in entry.attacks():
+            assert best.mean <= entry.robust(attack, eps).mean + 1e-12
