@@ -30,6 +30,7 @@ import pandas as pd
 from bench.core import indicators
 from bench.core.norms import eps_limit
 from leaderboards.population import ATTACK, CURVE, PAIRING, POPULATION, SPREAD, keyed, present
+from leaderboards.security import median_interval
 from leaderboards.seeds import SPREAD_CAPTION, over_seeds, spread_text
 
 Z95 = 1.959963984540054
@@ -141,7 +142,7 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
                    robust=r["robust_acc"], robust_lo=lo, robust_hi=hi, delta=math.nan,
                    delta_lo=math.nan, delta_hi=math.nan,
                    calls_per_sample=(r["n_forward"] + r["n_backward"]) / n if n else math.nan,
-                   flags="")
+                   flags="", **_median_distance(per_cell.get(r["cell_id"])))
         key = tuple(r[k] for k in pairing)
         if r["defense"] != "none" and key in baseline.index:
             base = baseline.loc[[key]].iloc[0]
@@ -163,6 +164,18 @@ def compare(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["dataset", "model", "direction", "seed", "attack", "norm", "eps",
                               "defense",
                               "threat"]).reset_index(drop=True)
+
+
+def _median_distance(samples: pd.DataFrame | None) -> dict[str, float]:
+    """The median distance of a cell's clean-correct samples (inf where the attack fooled
+    fewer than half) and its 95 % interval (:func:`leaderboards.security.median_interval`);
+    NaN without per-sample distances."""
+    keys = ("median_distance", "median_lo", "median_hi")
+    if samples is None or "distance" not in samples.columns:
+        return dict.fromkeys(keys, math.nan)
+    correct = samples[samples["clean_correct"].astype(bool)]
+    d = correct["distance"].astype(float).fillna(math.inf).to_numpy()
+    return dict(zip(keys, median_interval(d), strict=True))
 
 
 def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
@@ -253,6 +266,9 @@ def to_markdown(table: pd.DataFrame) -> str:
                                 for r, lo, hi in zip(g["robust"], g["robust_lo"], g["robust_hi"])],
             "Δ vs none [95% CI]": [_delta(d, lo, hi) for d, lo, hi in
                                    zip(g["delta"], g["delta_lo"], g["delta_hi"])],
+            "median distance [95% CI]": [
+                "" if pd.isna(m) else f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in
+                zip(g["median_distance"], g["median_lo"], g["median_hi"], strict=True)],
             "calls/sample": g["calls_per_sample"].map(
                 lambda v: "" if pd.isna(v) else f"{v:,.0f}"),
             "flags": g["flags"],

@@ -173,3 +173,20 @@ def test_published_site_has_the_attack_board_and_best_known_curves(
         assert best is not None
         for attack in entry.attacks():
             assert best.mean <= entry.robust(attack, eps).mean + 1e-12
+
+
+def test_compare_gives_each_rows_median_distance(
+        minimal_sweep: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """``compare``'s median distance of a row is the median of its clean-correct samples'
+    distances (not fooled: inf), inside its interval."""
+    from leaderboards.compare import compare
+
+    summary, samples = minimal_sweep
+    table = compare(summary, samples)
+    for _, row in table.iterrows():
+        cell = summary[(summary["attack"] == row["attack"]) & (summary["eps"] == row["eps"])]
+        mine = samples[(samples["cell_id"] == cell["cell_id"].iloc[0])
+                       & samples["clean_correct"]]
+        d = mine["distance"].astype(float).fillna(math.inf).to_numpy()
+        assert row["median_distance"] == pytest.approx(float(np.median(d)))
+        assert row["median_lo"] <= row["median_distance"] <= row["median_hi"]
