@@ -84,12 +84,24 @@ def _adv_lib_alma(norm: Norm) -> Runner:
     return run
 
 
-def _foolbox(cls_name: str, **kwargs: Any) -> Callable[[Norm], Runner]:
+def _adv_lib_cw(norm: Norm) -> Runner:
+    def run(target: Target, x: torch.Tensor, y: torch.Tensor, budget: int) -> Any:
+        from adv_lib.attacks import carlini_wagner_l2
+        return carlini_wagner_l2(target, x, y, binary_search_steps=CW_SEARCH,
+                                 max_iterations=budget // (2 * CW_SEARCH))
+    return run
+
+
+CW_SEARCH = 9
+"""Binary-search steps of every CW entry; each gets an equal share of the budget."""
+
+
+def _foolbox(cls_name: str, per_step: int = 2, **kwargs: Any) -> Callable[[Norm], Runner]:
     def for_norm(norm: Norm) -> Runner:
         def run(target: Target, x: torch.Tensor, y: torch.Tensor, budget: int) -> Any:
             import foolbox as fb
             model = fb.PyTorchModel(target, bounds=target.bounds)
-            attack = getattr(fb.attacks, cls_name)(steps=budget // 2, **kwargs)
+            attack = getattr(fb.attacks, cls_name)(steps=budget // per_step, **kwargs)
             return attack(model, x, y, epsilons=None)[0]
         return run
     return for_norm
@@ -100,13 +112,19 @@ def _entries() -> list[tuple[str, str, tuple[Norm, ...], Callable[[Norm], Runner
     return [
         ("fmn", "advbench", every, _ours("fmn", lambda b: {"steps": b // 2}), ""),
         ("ddn", "advbench", (Norm.L2,), _ours("ddn", lambda b: {"steps": b // 2}), ""),
+        ("cw", "advbench", (Norm.L2,),
+         _ours("cw", lambda b: {"steps": b // (2 * CW_SEARCH), "search_steps": CW_SEARCH}), ""),
         ("fab_t", "advbench", (Norm.L2, Norm.LINF),
-         _ours("fab_t", lambda b: {"steps": 100}), ""),
+         _ours("fab_t", lambda b: {"steps": max(1, b // 27)}), ""),
         ("deepfool", "advbench", (Norm.L2, Norm.LINF),
          _ours("deepfool", lambda b: {"steps": 50}), ""),
         ("fmn", "adv-lib", every, _adv_lib_fmn, "adv_lib"),
         ("ddn", "adv-lib", (Norm.L2,), _adv_lib_ddn, "adv_lib"),
         ("alma", "adv-lib", (Norm.L1, Norm.L2), _adv_lib_alma, "adv_lib"),
+        ("cw", "adv-lib", (Norm.L2,), _adv_lib_cw, "adv_lib"),
+        ("cw", "foolbox", (Norm.L2,),
+         _foolbox("L2CarliniWagnerAttack", per_step=2 * CW_SEARCH,
+                  binary_search_steps=CW_SEARCH), "foolbox"),
         ("ddn", "foolbox", (Norm.L2,), _foolbox("DDNAttack"), "foolbox"),
         ("fmn", "foolbox", (Norm.L2,), _foolbox("L2FMNAttack"), "foolbox"),
         ("fmn", "foolbox", (Norm.LINF,), _foolbox("LInfFMNAttack"), "foolbox"),

@@ -15,8 +15,9 @@ from bench.core.target import Target
 from tests.linear import exact_distances, linear_target
 
 CASES = [("fmn", Norm.LINF, 1.03), ("fmn", Norm.L2, 1.01), ("fmn", Norm.L1, 1.01),
-         ("fmn", Norm.L0, 1.0), ("ddn", Norm.L2, 1.01)]
-"""(attack, norm, the largest median ratio of found to exact distance allowed at 300 steps)."""
+         ("fmn", Norm.L0, 1.0), ("ddn", Norm.L2, 1.01), ("cw", Norm.L2, 1.03)]
+"""(attack, norm, the largest median ratio of found to exact distance allowed at 300 steps;
+CW: 6 binary-search steps of 100)."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_minimal_distance_matches_the_linear_closed_form(
     misclassified samples keep their input."""
     target, x, y = linear_case
     exact = exact_distances(target, x, y, norm)
-    result = run_attack(name, target, x, y, norm=norm.value, params={"steps": 300})
+    params = {"steps": 300} if name != "cw" else {"steps": 100, "search_steps": 6, "lr": 0.05}
+    result = run_attack(name, target, x, y, norm=norm.value, params=params)
     found = norm_of(result.x_adv - x, norm).double().numpy()
     assert bool(result.success.all())
     assert bool((target.predict_logits(result.x_adv).argmax(1) != y).all())
@@ -90,7 +92,7 @@ def test_l0_projection_keeps_the_largest_pixel_positions() -> None:
 
 
 PEERS = [("fmn", Norm.L2, 2), ("fmn", Norm.LINF, float("inf")), ("fmn", Norm.L1, 1),
-         ("fmn", Norm.L0, 0), ("ddn", Norm.L2, None)]
+         ("fmn", Norm.L0, 0), ("ddn", Norm.L2, None), ("cw", Norm.L2, None)]
 
 
 @pytest.mark.slow
@@ -99,19 +101,24 @@ def test_as_strong_as_adv_lib_on_the_lenet(name: str, norm: Norm, p: float | Non
                                           lenet: Target,
                                           digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     """The same attack and steps in adv-lib (Rony's library, which AttackBench uses as the
-    reference implementation of FMN and DDN) on 24 LeNet digits: advbench fools at least as
+    reference implementation of FMN, DDN and CW) on 24 LeNet digits: advbench fools at least as
     many and its median distance over the digits both fooled is at most 2 % larger."""
-    from adv_lib.attacks import ddn, fmn
+    from adv_lib.attacks import carlini_wagner_l2, ddn, fmn
 
     x, y = digits[0][:24], digits[1][:24]
     steps = 60
+    params: dict[str, float] = {"steps": steps}
     with lenet.evaluating():
-        if name == "ddn":
+        if name == "cw":
+            params = {"steps": 30, "search_steps": 5, "initial_const": 1.0, "lr": 0.1}
+            peer = carlini_wagner_l2(lenet, x, y, binary_search_steps=5, max_iterations=30,
+                                     initial_const=1.0, learning_rate=0.1)
+        elif name == "ddn":
             peer = ddn(lenet, x, y, steps=steps)
         else:
             peer = fmn(lenet, x, y, norm=p, steps=steps,
                        α_init=10.0 if norm is Norm.LINF else 1.0)
-    ours = run_attack(name, lenet, x, y, norm=norm.value, params={"steps": steps})
+    ours = run_attack(name, lenet, x, y, norm=norm.value, params=params)
     peer_fooled = lenet.predict_logits(peer).argmax(1) != y
     ours_fooled = lenet.predict_logits(ours.x_adv).argmax(1) != y
     assert int(ours_fooled.sum()) >= int(peer_fooled.sum())
