@@ -12,6 +12,7 @@ once it has an adversarial within it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,27 +106,36 @@ def _search_step(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, const: tor
     return found
 
 
-def cw_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, params: CWParams,
-            stop_at: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Untargeted CW-L2; returns (x_adv, its L2 distance to x, inf where none was found).
-    Samples misclassified from the start keep ``x`` (distance 0)."""
+SearchStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(samples, their constants, their best points, their best norms) -> found``: one
+optimisation at fixed constants that updates the best points and norms in place."""
+
+
+def binary_search(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, step: SearchStep, *,
+                  norm: Norm, search_steps: int, initial_const: float,
+                  stop_at: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carlini & Wagner's binary search over each sample's constant c around ``step``: c
+    halves towards the last failure where an adversarial was found, and grows tenfold until a
+    first success. Returns (x_adv, its ``norm`` distance, inf where none was found); samples
+    misclassified from the start keep ``x`` (distance 0), and with ``stop_at`` a sample leaves
+    once it has an adversarial within it."""
     n = x.shape[0]
     best = x.clone()
     best_norm = torch.full((n,), float("inf"), device=x.device)
     if n == 0:
         return best, best_norm
     best_norm[calls.logits(x).argmax(1) != y] = 0.0
-    const = torch.full((n,), params.initial_const, device=x.device)
+    const = torch.full((n,), initial_const, device=x.device)
     lower = torch.zeros(n, device=x.device)
     upper = torch.full((n,), float("inf"), device=x.device)
     lo, hi = calls.target.bounds
-    leave_at = 0.0 if stop_at is None else eps_limit(Norm.L2, stop_at, hi - lo)
-    for _ in range(params.search_steps):
+    leave_at = 0.0 if stop_at is None else eps_limit(norm, stop_at, hi - lo)
+    for _ in range(search_steps):
         todo = torch.nonzero(best_norm > leave_at).flatten()
         if todo.numel() == 0:
             break
         sub_best, sub_norm = best[todo], best_norm[todo]
-        found = _search_step(calls, x[todo], y[todo], const[todo], params, sub_best, sub_norm)
+        found = step(todo, const[todo], sub_best, sub_norm)
         best[todo], best_norm[todo] = sub_best, sub_norm
         c = const[todo]
         upper[todo] = torch.where(found, torch.minimum(upper[todo], c), upper[todo])
@@ -133,6 +143,18 @@ def cw_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, params: CWPa
         bounded = torch.isfinite(upper[todo])
         const[todo] = torch.where(bounded, (lower[todo] + upper[todo]) / 2, c * 10)
     return best, best_norm
+
+
+def cw_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, params: CWParams,
+            stop_at: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Untargeted CW-L2; returns (x_adv, its L2 distance to x, inf where none was found).
+    Samples misclassified from the start keep ``x`` (distance 0)."""
+    def step(todo: torch.Tensor, const: torch.Tensor, best: torch.Tensor,
+             best_norm: torch.Tensor) -> torch.Tensor:
+        return _search_step(calls, x[todo], y[todo], const, params, best, best_norm)
+
+    return binary_search(calls, x, y, step, norm=Norm.L2, search_steps=params.search_steps,
+                         initial_const=params.initial_const, stop_at=stop_at)
 
 
 def _cw_cost(params: CWParams, n: int, num_classes: int, n_fit: int) -> tuple[int, int]:
@@ -151,4 +173,4 @@ def cw(
     return AttackResult.build(x, best, torch.isfinite(best_norm), calls)
 
 
-__all__ = ["CWParams", "cw", "cw_core"]
+__all__ = ["CWParams", "binary_search", "cw", "cw_core"]

@@ -93,7 +93,8 @@ def _adv_lib_cw(norm: Norm) -> Runner:
 
 
 CW_SEARCH = 9
-"""Binary-search steps of every CW entry; each gets an equal share of the budget."""
+"""Binary-search steps of every CW and EAD entry; each gets an equal share of the budget (a CW
+step is a forward and a backward pass, an EAD step one more forward)."""
 
 
 def _foolbox(cls_name: str, per_step: int = 2, **kwargs: Any) -> Callable[[Norm], Runner]:
@@ -114,6 +115,9 @@ def _entries() -> list[tuple[str, str, tuple[Norm, ...], Callable[[Norm], Runner
         ("ddn", "advbench", (Norm.L2,), _ours("ddn", lambda b: {"steps": b // 2}), ""),
         ("cw", "advbench", (Norm.L2,),
          _ours("cw", lambda b: {"steps": b // (2 * CW_SEARCH), "search_steps": CW_SEARCH}), ""),
+        ("ead", "advbench", (Norm.L1,),
+         _ours("ead", lambda b: {"steps": b // (3 * CW_SEARCH), "search_steps": CW_SEARCH}),
+         ""),
         ("fab_t", "advbench", (Norm.L2, Norm.LINF),
          _ours("fab_t", lambda b: {"steps": max(1, b // 27)}), ""),
         ("deepfool", "advbench", (Norm.L2, Norm.LINF),
@@ -127,6 +131,9 @@ def _entries() -> list[tuple[str, str, tuple[Norm, ...], Callable[[Norm], Runner
                   binary_search_steps=CW_SEARCH), "foolbox"),
         ("ddn", "foolbox", (Norm.L2,), _foolbox("DDNAttack"), "foolbox"),
         ("fmn", "foolbox", (Norm.L2,), _foolbox("L2FMNAttack"), "foolbox"),
+        ("ead", "foolbox", (Norm.L1,),
+         _foolbox("EADAttack", per_step=3 * CW_SEARCH, binary_search_steps=CW_SEARCH,
+                  decision_rule="L1"), "foolbox"),
         ("fmn", "foolbox", (Norm.LINF,), _foolbox("LInfFMNAttack"), "foolbox"),
         ("fmn", "foolbox", (Norm.L1,), _foolbox("L1FMNAttack"), "foolbox"),
         ("fmn", "foolbox", (Norm.L0,), _foolbox("L0FMNAttack"), "foolbox"),

@@ -113,7 +113,7 @@ def _add_readers(sub: Any) -> None:
     ab.add_argument("--libraries", nargs="+", default=None,
                     help="advbench, adv-lib, foolbox (default: every installed one)")
     ab.add_argument("--attacks", nargs="+", default=None,
-                    help="fmn, ddn, cw, fab_t, deepfool, alma (default: every one of the norm)")
+                    help="fmn, ddn, cw, ead, fab_t, deepfool, alma (default: every one of the norm)")
     ab.add_argument("--out", default=None, help="Parquet file of the per-sample distances")
     ab.add_argument("--cache-dir", default=None)
 
