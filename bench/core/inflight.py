@@ -17,6 +17,8 @@ class InFlight:
         return int(getattr(self, first.name).shape[0])
 
     def keep(self, mask: torch.Tensor) -> None:
+        if bool(mask.all()):
+            return
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             setattr(self, f.name, getattr(self, f.name)[mask])
 

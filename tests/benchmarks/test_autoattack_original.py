@@ -35,6 +35,7 @@ import torch
 from attacks import run_attack
 from attacks.cascade import StandardParams, members
 from bench.core.members import MemberStats
+from bench.core.norms import Norm
 from bench.core.target import Target
 from defenses import DEFENSES, fitted_defense
 from tests.benchmarks.conftest import ORIGINAL_RUNS as RUNS
@@ -45,8 +46,12 @@ from tests.original import robust, run_original
 GRADIENTS_WORK = [("lenet", "linf", 0.1), ("pgd_at", "linf", 0.3), ("lenet", "l2", 1.5)]
 SQUARE_MATTERS = [("fgsm_rs", "linf", 0.2), ("fgsm_rs", "linf", 0.3),
                   ("bit_depth1", "linf", 0.3), ("reversed", "linf", 0.1)]
+L1 = [("lenet", "l1", 10.0)]
+"""AutoAttack's L1 version (its APGD-CE, APGD-T, FAB-T, Square) against advbench's L1
+``standard`` (APGD-CE, APGD-T, FMN); ``rapid`` has no L1 version."""
 RUNNERS = [(c, w) for c in GRADIENTS_WORK for w in ("original", "standard", "rapid")] + [
-    (c, w) for c in SQUARE_MATTERS for w in ("original", "rapid")]
+    (c, w) for c in SQUARE_MATTERS for w in ("original", "rapid")] + [
+    (c, w) for c in L1 for w in ("original", "standard")]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +117,8 @@ def _ours(version: str, target: Target, x: torch.Tensor, y: torch.Tensor, norm: 
     left = robust(target, x, y, res.x_adv)
     stats = MemberStats.read(res.artifacts["members"])
     ran_square = any(m.black_box and not m.probe and s.given and not s.skipped
-                     for m, s in zip(members(StandardParams(**params)), stats, strict=True))
+                     for m, s in zip(members(StandardParams(**params), Norm(norm)), stats,
+                                     strict=True))
     return {"robust": float(left.float().mean()), "calls": (res.n_forward + res.n_backward)
             / len(x), "seconds": seconds, "left": left, "checks": None,
             "square": ran_square}
