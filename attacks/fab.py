@@ -4,7 +4,7 @@ boundary attack", ICML 2020 — the minimal-perturbation member of AutoAttack's 
 For each target class t (the top ``k`` other classes of the clean prediction, each run on the
 samples no earlier class fooled) FAB linearises ``z_y − z_t`` at its iterate, projects both the
 iterate and the clean image onto that hyperplane inside the box of valid images (the smallest
-Linf or L2 step that reaches it), and steps to a convex combination of the two projections
+Linf, L2 or L1 step that reaches it), and steps to a convex combination of the two projections
 (extrapolated by η = 1.05, the weight of the clean image's at most α_max = 0.1). Whenever the
 iterate is adversarial it records it if it is the closest so far, then moves back towards the
 clean image by β = 0.9. Like DeepFool it reports per-sample norms (``eps = None``), from which
@@ -81,6 +81,29 @@ def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: float, h
     return direction * torch.minimum(delta, room)
 
 
+def project_l1(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: float, hi: float
+               ) -> torch.Tensor:
+    """Per row, the smallest-L1 step ``d`` with ``w·(t + d) = b`` and ``t + d`` in ``[lo, hi]``:
+    a fractional knapsack — coordinates by ``|w_i|`` descending, each moved up to its room in
+    the direction that helps, the last one partly; where no such step exists, the box corner
+    that gets closest. ``[M, D]``."""
+    need = b - (w * t).sum(1)
+    direction = torch.sign(need)[:, None] * torch.sign(w)
+    room = torch.where(direction > 0, hi - t, t - lo).clamp_min(0)
+    room = torch.where(direction == 0, torch.zeros_like(room), room)
+    weight = w.abs()
+    order = weight.argsort(dim=1, descending=True)
+    a, r = weight.gather(1, order), room.gather(1, order)
+    reach = (a * r).cumsum(1)
+    goal = need.abs()[:, None]
+    before = reach - a * r  # what the coordinates ahead of each one reach in full
+    share = ((goal - before) / a.clamp_min(1e-20)).clamp(min=0)
+    moved = torch.minimum(share, r)
+    moved = torch.where(before >= goal, torch.zeros_like(moved), moved)
+    out = torch.zeros_like(t).scatter(1, order, moved)
+    return out * direction
+
+
 def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: float, hi: float,
                iterations: int = 40) -> torch.Tensor:
     """Per row, the smallest-L2 step ``d`` with ``w·(t + d) = b`` and ``t + d`` in ``[lo, hi]``
@@ -127,13 +150,14 @@ def _fab_step(x1: torch.Tensor, x0: torch.Tensor, diff: torch.Tensor, grad: torc
     """The next iterate: both projections onto the linearised boundary, combined."""
     lo, hi = bounds
     view = (-1,) + (1,) * (x1.ndim - 1)
-    project = project_linf if norm is Norm.LINF else project_l2
+    project = {Norm.LINF: project_linf, Norm.L2: project_l2, Norm.L1: project_l1}[norm]
     n = x1.shape[0]
     w = grad.flatten(1).float()
     b = -diff + (w * x1.flatten(1).float()).sum(1)
     d = project(torch.cat([x1.flatten(1).float(), x0.flatten(1).float()]),
                 torch.cat([w, w]), torch.cat([b, b]), lo, hi)
-    size = (d.abs().amax(1) if norm is Norm.LINF else d.norm(dim=1)).clamp_min(1e-8)
+    size = (d.abs().amax(1) if norm is Norm.LINF else d.abs().sum(1) if norm is Norm.L1
+            else d.norm(dim=1)).clamp_min(1e-8)
     a1, a2 = size[:n], size[n:]
     alpha = (a1 / (a1 + a2)).clamp(0, params.alpha_max).view(view).to(x1.dtype)
     d1, d2 = d[:n].view_as(x1).to(x1.dtype), d[n:].view_as(x1).to(x1.dtype)
@@ -194,16 +218,16 @@ def _fab_cost(params: FABTParams, n: int, num_classes: int, n_fit: int) -> tuple
     return n * (1 + 2 * runs * params.steps), n * runs * params.steps
 
 
-@register_attack("fab_t", params=FABTParams, norms=(Norm.LINF, Norm.L2), minimal=True,
+@register_attack("fab_t", params=FABTParams, norms=(Norm.LINF, Norm.L2, Norm.L1), minimal=True,
                  cost=_fab_cost)
 def fab_t(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: FABTParams, y_target: torch.Tensor | None = None,
 ) -> AttackResult:
-    """Targeted FAB, minimal Linf / L2 perturbation (Croce & Hein 2020)."""
+    """Targeted FAB, minimal Linf / L2 / L1 perturbation (Croce & Hein 2020)."""
     calls = ModelCalls(target)
     best, best_norm = fab_t_core(calls, x, y, norm=norm, params=params, stop_at=eps)
     return AttackResult.build(x, best, torch.isfinite(best_norm), calls)
 
 
-__all__ = ["FABTParams", "fab_t", "fab_t_core", "project_l2", "project_linf"]
+__all__ = ["FABTParams", "fab_t", "fab_t_core", "project_l1", "project_l2", "project_linf"]

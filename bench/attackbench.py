@@ -118,7 +118,7 @@ def _entries() -> list[tuple[str, str, tuple[Norm, ...], Callable[[Norm], Runner
         ("ead", "advbench", (Norm.L1,),
          _ours("ead", lambda b: {"steps": b // (3 * CW_SEARCH), "search_steps": CW_SEARCH}),
          ""),
-        ("fab_t", "advbench", (Norm.L2, Norm.LINF),
+        ("fab_t", "advbench", (Norm.L1, Norm.L2, Norm.LINF),
          _ours("fab_t", lambda b: {"steps": max(1, b // 27)}), ""),
         ("deepfool", "advbench", (Norm.L2, Norm.LINF),
          _ours("deepfool", lambda b: {"steps": 50}), ""),

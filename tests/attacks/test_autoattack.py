@@ -16,7 +16,7 @@ from torch import nn
 from attacks import run_attack
 from attacks.apgd import apgd_start, checkpoints, dlr_loss, targeted_dlr_loss
 from attacks.cascade import CLEAN, ROBUST, StandardParams, decision, members
-from attacks.fab import project_l2, project_linf
+from attacks.fab import project_l1, project_l2, project_linf
 from bench import peers
 from bench.core.checkpoints import CheckpointCache
 from bench.core.datasets import Dataset, Split
@@ -89,7 +89,8 @@ def test_dlr_losses_match_their_definitions() -> None:
                                torch.tensor([-(3 - 2) / (3 - 0.5), -(0 - 4) / (4 - 0.5)]))
 
 
-@pytest.mark.parametrize("project,norm", [(project_linf, math.inf), (project_l2, 2)])
+@pytest.mark.parametrize("project,norm", [(project_linf, math.inf), (project_l2, 2),
+                                          (project_l1, 1)])
 def test_fab_projections_reach_the_hyperplane_inside_the_box(project: Any, norm: float) -> None:
     """The step lands on w·z = b inside [0, 1] and no shorter step of the same direction set
     does: compared with a dense search along the solution's own ray."""
@@ -103,6 +104,23 @@ def test_fab_projections_reach_the_hyperplane_inside_the_box(project: Any, norm:
     for s in (0.9, 0.97):  # a shorter step of the same shape falls short of the plane
         short = (w * (t + s * d)).sum(1)
         assert bool(((short - b).abs() > 1e-4).all())
+
+
+def test_fab_l1_projection_is_the_exact_minimal_l1_step() -> None:
+    """Its L1 length equals the closed form of tests/linear.py (the fractional knapsack,
+    computed there independently in float64)."""
+    from tests.linear import half_space_distance
+
+    g = torch.Generator().manual_seed(4)
+    t, w = torch.rand(32, 30, generator=g), torch.randn(32, 30, generator=g)
+    b = (w * torch.rand(32, 30, generator=g)).sum(1)
+    d = project_l1(t, w, b, 0.0, 1.0)
+    for i in range(32):
+        need = float(b[i] - (w[i] * t[i]).sum())
+        a = (w[i] * math.copysign(1.0, need)).double().numpy()
+        room = torch.where(torch.from_numpy(a) > 0, 1 - t[i].double(), t[i].double()).numpy()
+        exact = half_space_distance(a, room, abs(need), Norm.L1)
+        assert float(d[i].abs().sum()) == pytest.approx(exact, rel=1e-4)
 
 
 def test_dlr_on_two_classes_runs_as_the_margin_loss_and_says_so(
@@ -375,24 +393,24 @@ def test_l1_apgd_matches_the_original_from_the_same_noise(
 
 def test_l1_standard_at_most_one_digit_more_robust_than_the_original(
         lenet: Target, mnist5k: Dataset, original_autoattack: Any) -> None:
-    """The L1 cascade (APGD-CE ×5, APGD-T, FMN) against the original's L1 ``standard``
-    (APGD-CE, APGD-T, FAB-T, Square) at the same small budget: 8 steps, 2 target classes,
+    """The L1 cascade (APGD-CE ×5, APGD-T, FAB-T) against the original's L1 ``standard``
+    (APGD-CE, APGD-T, FAB-T, Square) at the same small budget: 20 steps, 2 target classes,
     30 queries, 30 digits."""
     from tests.original import robust as robust_digits
     from tests.original import run_original
 
     idx = torch.linspace(0, len(mnist5k.test) - 1, 30).round().long()
     x, y = mnist5k.test.x[idx], mnist5k.test.y[idx]
-    original = run_original(original_autoattack, lenet, x, y, eps=10.0, norm="l1", steps=8,
+    original = run_original(original_autoattack, lenet, x, y, eps=10.0, norm="l1", steps=20,
                             target_classes=2, queries=30)
     reference = robust_digits(lenet, x, y, original.x_adv)
     res = run_attack("standard", lenet, x, y, eps=10.0, norm="l1",
-                     params={"steps": 8, "target_classes": 2},
+                     params={"steps": 20, "target_classes": 2},
                      generator=torch.Generator().manual_seed(SEED))
     mine = robust_digits(lenet, x, y, res.x_adv)
     assert 0 < int(reference.sum()) < len(x)
     assert int((mine & ~reference).sum()) <= 1, (int(mine.sum()), int(reference.sum()))
-    assert [m.name for m in members(StandardParams(), Norm.L1)] == ["apgd-ce", "apgd-t", "fmn"]
+    assert [m.name for m in members(StandardParams(), Norm.L1)] == ["apgd-ce", "apgd-t", "fab-t"]
 
 
 # --- the cascade ----------------------------------------------------------------------------

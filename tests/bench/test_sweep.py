@@ -275,6 +275,7 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path: Path,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.xdist_group("ray")
 def test_ray_executor_runs_a_sweep_like_the_local_one(trained_lenet: Any, cache_dir: Path,
                                                       tmp_path: Path) -> None:
     """A local Ray instance: one task per base model, results written by the driver alone."""
