@@ -85,10 +85,12 @@ def _adv_lib_alma(norm: Norm) -> Runner:
 
 
 def _adv_lib_cw(norm: Norm) -> Runner:
+    """adv-lib's CW at an equal share of the budget per search step (at least 10 iterations:
+    its early-abort check divides by a tenth of them; the budget caps the calls either way)."""
     def run(target: Target, x: torch.Tensor, y: torch.Tensor, budget: int) -> Any:
         from adv_lib.attacks import carlini_wagner_l2
         return carlini_wagner_l2(target, x, y, binary_search_steps=CW_SEARCH,
-                                 max_iterations=budget // (2 * CW_SEARCH))
+                                 max_iterations=max(10, budget // (2 * CW_SEARCH)))
     return run
 
 

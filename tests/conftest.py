@@ -28,9 +28,6 @@ from bench.core.registry import Registry
 from bench.core.target import Target
 from bench.core.training import trained_classifier
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: one thread each
-    torch.set_num_threads(1)
-
 TEST_CHECKPOINTS = Path(__file__).resolve().parent / "data" / "checkpoints"
 """Cache entries advbench trained with its own recipes, kept as test data so that CI does not
 train them anew (the DCGAN and the full 60-epoch WGAN-GP of the gan preset);

@@ -104,12 +104,12 @@ def test_as_strong_as_adv_lib_on_the_lenet(name: str, norm: Norm, p: float | Non
                                           lenet: Target,
                                           digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     """The same attack and steps in adv-lib (Rony's library, which AttackBench uses as the
-    reference implementation of FMN, DDN and CW) on 24 LeNet digits: advbench fools at least as
+    reference implementation of FMN, DDN and CW) on 16 LeNet digits: advbench fools at least as
     many and its median distance over the digits both fooled is at most 2 % larger."""
     from adv_lib.attacks import carlini_wagner_l2, ddn, fmn
 
-    x, y = digits[0][:24], digits[1][:24]
-    steps = 60
+    x, y = digits[0][::12][:16], digits[1][::12][:16]
+    steps = 40
     params: dict[str, float] = {"steps": steps}
     with lenet.evaluating():
         if name == "cw":
@@ -126,7 +126,7 @@ def test_as_strong_as_adv_lib_on_the_lenet(name: str, norm: Norm, p: float | Non
     ours_fooled = lenet.predict_logits(ours.x_adv).argmax(1) != y
     assert int(ours_fooled.sum()) >= int(peer_fooled.sum())
     both = peer_fooled & ours_fooled
-    assert int(both.sum()) >= 18
+    assert int(both.sum()) >= 12
     ours_d = norm_of(ours.x_adv - x, norm)[both].median()
     peer_d = norm_of(peer - x, norm)[both].median()
     assert float(ours_d) <= 1.02 * float(peer_d)

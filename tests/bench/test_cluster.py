@@ -28,7 +28,6 @@ from bench.sweep import run_sweep
 from leaderboards import ResultStore
 from tests.bench.test_sweep import ROOT, _default_interrupt, assert_store_whole
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time under pytest -n
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
