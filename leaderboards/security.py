@@ -40,8 +40,13 @@ def run_distances(summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["cascade_member"].fillna("") == ""].copy()
     rows["budget"] = np.where(rows["attack_run"] == rows["cell_id"], rows["eps_display"], "min")
     keys = [*present(CURVE_KEY, rows), *RUN_KEY]
-    merged = samples[["cell_id", "sample_idx", "distance", "clean_correct"]].merge(
+    merged = samples[["cell_id", "sample_idx", "distance", "clean_correct", "success"]].merge(
         rows[["cell_id", *keys]], on="cell_id")
+    # a cell stored before distances were recorded (schema < 14) has fooled samples without
+    # one: it has no distances to give, and is left out rather than read as "not fooled"
+    unrecorded = merged["success"].astype(bool) & merged["clean_correct"].astype(bool) & \
+        merged["distance"].isna()
+    merged = merged[~merged["cell_id"].isin(merged.loc[unrecorded, "cell_id"])]
     merged["distance"] = merged["distance"].astype(float).fillna(math.inf)
     return merged.groupby([*keys, "sample_idx"], dropna=False).agg(
         distance=("distance", "min"), clean_correct=("clean_correct", "first"),

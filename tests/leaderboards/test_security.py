@@ -190,3 +190,16 @@ def test_compare_gives_each_rows_median_distance(
         d = mine["distance"].astype(float).fillna(math.inf).to_numpy()
         assert row["median_distance"] == pytest.approx(float(np.median(d)))
         assert row["median_lo"] <= row["median_distance"] <= row["median_hi"]
+
+
+def test_cells_stored_without_distances_are_left_out(
+        minimal_sweep: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """A cell written before distances were recorded (its fooled samples' distances null, as a
+    migrated schema-13 file reads) gives no distances: no attack-board row, and it does not
+    raise the best known curve above the attacks'."""
+    summary, samples = minimal_sweep
+    pgd = summary[summary["attack"] == "pgd"]["cell_id"]
+    old = samples.copy()
+    old.loc[old["cell_id"].isin(pgd), "distance"] = None
+    board = attack_board(summary, old)
+    assert "pgd" not in set(board["attack"]) and {"fmn", "ddn"} <= set(board["attack"])
