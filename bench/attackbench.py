@@ -104,7 +104,7 @@ def _foolbox(cls_name: str, per_step: int = 2, **kwargs: Any) -> Callable[[Norm]
         def run(target: Target, x: torch.Tensor, y: torch.Tensor, budget: int) -> Any:
             import foolbox as fb
             model = fb.PyTorchModel(target, bounds=target.bounds)
-            attack = getattr(fb.attacks, cls_name)(steps=budget // per_step, **kwargs)
+            attack = getattr(fb.attacks, cls_name)(steps=max(1, budget // per_step), **kwargs)
             return attack(model, x, y, epsilons=None)[0]
         return run
     return for_norm
@@ -116,9 +116,11 @@ def _entries() -> list[tuple[str, str, tuple[Norm, ...], Callable[[Norm], Runner
         ("fmn", "advbench", every, _ours("fmn", lambda b: {"steps": b // 2}), ""),
         ("ddn", "advbench", (Norm.L2,), _ours("ddn", lambda b: {"steps": b // 2}), ""),
         ("cw", "advbench", (Norm.L2,),
-         _ours("cw", lambda b: {"steps": b // (2 * CW_SEARCH), "search_steps": CW_SEARCH}), ""),
+         _ours("cw", lambda b: {"steps": max(1, b // (2 * CW_SEARCH)),
+                                "search_steps": CW_SEARCH}), ""),
         ("ead", "advbench", (Norm.L1,),
-         _ours("ead", lambda b: {"steps": b // (3 * CW_SEARCH), "search_steps": CW_SEARCH}),
+         _ours("ead", lambda b: {"steps": max(1, b // (3 * CW_SEARCH)),
+                                 "search_steps": CW_SEARCH}),
          ""),
         ("fab_t", "advbench", (Norm.L1, Norm.L2, Norm.LINF),
          _ours("fab_t", lambda b: {"steps": max(1, b // 27)}), ""),
