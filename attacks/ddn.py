@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.fmn import cosine_anneal
+from attacks.fmn import RadiusRows, cosine_anneal
 from bench.core.attack_registry import register_attack
 from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
-from bench.core.inflight import InFlight
 from bench.core.losses import cross_entropy_direction_loss
 from bench.core.norms import Norm, eps_limit, l2_norm
 from bench.core.result import AttackResult
@@ -50,13 +49,6 @@ class DDNParams:
             raise BadInput(f"levels must be >= 2, got {self.levels}")
 
 
-@dataclass
-class _Rows(InFlight):
-    index: torch.Tensor
-    delta: torch.Tensor
-    radius: torch.Tensor
-
-
 def _direction(grad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The unit-L2 gradient; a random unit direction where the gradient is zero."""
     size = l2_norm(grad)
@@ -79,7 +71,7 @@ def ddn_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, params: DDN
     best = x.clone()
     best_norm = torch.full((n,), float("inf"), device=x.device)
     worst = l2_norm(torch.maximum(x - lo, hi - x))
-    rows = _Rows(torch.arange(n, device=x.device), torch.zeros_like(x),
+    rows = RadiusRows(torch.arange(n, device=x.device), torch.zeros_like(x),
                  torch.full((n,), params.init_norm, device=x.device))
     leave_at = 0.0 if stop_at is None else eps_limit(Norm.L2, stop_at, hi - lo)
     for step in range(params.steps):

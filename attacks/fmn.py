@@ -59,15 +59,16 @@ def cosine_anneal(start: float, end: float, step: int, steps: int) -> float:
 
 
 @dataclass
-class _Rows(InFlight):
-    """The samples still being attacked: their index, perturbation and radius."""
+class RadiusRows(InFlight):
+    """The samples a minimum-norm attack still works on: their index, perturbation and radius
+    (FMN's and DDN's)."""
 
     index: torch.Tensor
     delta: torch.Tensor
     radius: torch.Tensor
 
 
-def _next_radius(rows: _Rows, norm: Norm, *, fooled: torch.Tensor, found: torch.Tensor,
+def _next_radius(rows: RadiusRows, norm: Norm, *, fooled: torch.Tensor, found: torch.Tensor,
                  best: torch.Tensor, size: torch.Tensor, margin: torch.Tensor,
                  grad: torch.Tensor, gamma: float) -> torch.Tensor:
     """Algorithm 1's radius update: shrink where adversarial, grow elsewhere (towards the
@@ -98,7 +99,7 @@ def fmn_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *, norm: Norm,
     alpha_init = params.alpha_init or DEFAULT_ALPHA_INIT.get(norm, 1.0)
     start = torch.ones(n, device=x.device) if norm is Norm.L0 else \
         torch.full((n,), float("inf"), device=x.device)
-    rows = _Rows(torch.arange(n, device=x.device), torch.zeros_like(x), start)
+    rows = RadiusRows(torch.arange(n, device=x.device), torch.zeros_like(x), start)
     leave_at = 0.0 if stop_at is None else eps_limit(norm, stop_at, hi - lo)
     for step in range(params.steps):
         if len(rows) == 0:
@@ -139,4 +140,4 @@ def fmn(
     return AttackResult.build(x, best, torch.isfinite(best_norm), calls)
 
 
-__all__ = ["FMNParams", "cosine_anneal", "fmn", "fmn_core"]
+__all__ = ["FMNParams", "RadiusRows", "cosine_anneal", "fmn", "fmn_core"]

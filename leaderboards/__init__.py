@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import pandas as pd
 
 from bench.core.errors import BadInput
 from leaderboards.schema import SAMPLES_SCHEMA, SCHEMA_VERSION, SUMMARY_SCHEMA
@@ -42,12 +45,7 @@ def render_comparison(results: str | os.PathLike[str], fmt: str = "md") -> str:
 
     store = _stored(results)
     summary = store.summary()
-    table = compare(summary, store.samples(summary))
-    if fmt == "md":
-        return compare_markdown(table)
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
+    return _formatted(compare(summary, store.samples(summary)), fmt, compare_markdown)
 
 
 def render_attack_board(results: str | os.PathLike[str], fmt: str = "md") -> str:
@@ -57,9 +55,13 @@ def render_attack_board(results: str | os.PathLike[str], fmt: str = "md") -> str
 
     store = _stored(results)
     summary = store.summary()
-    table = attack_board(summary, store.samples(summary))
+    return _formatted(attack_board(summary, store.samples(summary)), fmt, to_markdown)
+
+
+def _formatted(table: pd.DataFrame, fmt: str, markdown: Callable[[pd.DataFrame], str]) -> str:
+    """``table`` as Markdown (by ``markdown``) or CSV; :class:`BadInput` for another format."""
     if fmt == "md":
-        return to_markdown(table)
+        return markdown(table)
     if fmt == "csv":
         return table.to_csv(index=False)
     raise BadInput(f"unknown format {fmt!r}; use 'md' or 'csv'")
