@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -61,12 +61,24 @@ class Preprocessing(nn.Module):
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per input: the certified prediction (−1: abstained), the L2 radius within which it
-    provably holds (0 where abstained), and the forward passes each input cost."""
+    """Per input: the certified prediction (−1: abstained or nothing certified), the radius
+    in ``norm`` within which it provably holds (0 where abstained), and the passes each input
+    cost (forward passes of a smoothed classifier's draws; bound computations of IBP/CROWN).
+    ``method`` names how it was obtained; ``certified`` holds, per eps, the inputs certified
+    at exactly that eps where it was computed there (else a radius of at least eps decides)."""
 
     pred: torch.Tensor
     radius: torch.Tensor
     n_forward_per_sample: int
+    norm: str = "l2"
+    method: str = "smoothing"
+    certified: dict[float, torch.Tensor] = field(default_factory=dict)
+
+    def holds_at(self, eps: float) -> torch.Tensor:
+        """``[N]``: the prediction provably holds within ``eps``."""
+        if eps in self.certified:
+            return self.certified[eps]
+        return (self.pred >= 0) & (self.radius >= eps)
 
 
 class Target(nn.Module):

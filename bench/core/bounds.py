@@ -1,0 +1,369 @@
+"""Certified lower bounds of a deterministic network's margins over an Lp ball intersected with
+the input box, and the certificates built on them.
+
+- **IBP**, interval bound propagation (Gowal et al., "On the Effectiveness of Interval Bound
+  Propagation for Training Verifiably Robust Models", 2018): an interval per neuron, pushed
+  through each layer; the margin ``z_y − z_j`` is folded into the last linear layer; an L2 ball's
+  first linear layer is bounded through its rows' L2 norms (the dual norm), as the paper does
+  for other norms.
+- **CROWN** (Zhang, Weng, Chen, Hsieh & Daniel, "Efficient Neural Network Robustness
+  Certification with General Activation Functions", NeurIPS 2018): each margin bounded by a
+  backward pass of linear relaxations — ReLU's upper chord and its adaptive lower line (slope 1
+  where ``u ≥ −l``, else 0) — concretised over the ball (``A x − eps ‖A‖_dual``) and over the
+  box, the larger taken. ``crown`` computes every hidden ReLU's pre-activation bounds by
+  CROWN too (only for the neurons IBP leaves unstable: a stable neuron's relaxation is exact
+  whatever its bounds), intersected with IBP's; ``crown-ibp`` takes them from IBP (Zhang et al.,
+  "Towards Stable and Efficient Training of Verifiably Robust Neural Networks", ICLR 2020),
+  which is what certified training uses.
+- Max pooling: the output is at least the window's input with the largest lower bound, and at
+  most that input where its lower bound dominates every other upper bound, else the window's
+  largest upper bound (DeepPoly's relaxation, Singh et al., POPL 2019).
+
+Certification computes in float64 and certifies a margin only above
+:data:`MARGIN_TOLERANCE` (relative to the logits' scale), which covers float32 evaluation's
+rounding. Every bound is the network's (:mod:`bench.core.network`), whose chain is checked
+against the target's forward before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+
+from bench.core.errors import BadInput
+from bench.core.network import (
+    Affine,
+    Conv,
+    Linear,
+    MaxPool,
+    Network,
+    ReLU,
+    Reshape,
+    Scale,
+    check_network,
+    network_of,
+)
+from bench.core.norms import Norm
+from bench.core.target import Certificate, Target
+
+Method = Literal["ibp", "crown-ibp", "crown"]
+METHODS: tuple[str, ...] = get_args(Method)
+NORMS = (Norm.LINF, Norm.L2)
+MARGIN_TOLERANCE = 1e-4
+"""A margin is certified when its lower bound exceeds this share of ``1 + max_j |z_j(x)|``:
+float32 evaluation of the same network rounds by ~1e-6 of that scale."""
+RADIUS_STEPS = 12
+"""Bisection steps of a certified radius: its precision is ``eps_max / 2**12`` (eps_max: the
+box's side in Linf, its diagonal in L2)."""
+CHUNK_ELEMENTS = 2 ** 24
+"""The largest backward-pass tensor (elements) one CROWN chunk of intermediate bounds builds."""
+
+
+def check_method(method: str, norm: Norm) -> Method:
+    """``method`` as a :data:`Method`; :class:`BadInput` for another method or norm."""
+    if method not in METHODS:
+        raise BadInput(f"unknown certify method {method!r}; use one of {', '.join(METHODS)}")
+    if norm not in NORMS:
+        raise BadInput(f"bounds certify Linf and L2 balls, not {norm.value}")
+    return method  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Region:
+    """The ``norm`` ball of radius ``eps`` (``[N]``) around ``x``, intersected with the box
+    ``[lo, hi]``."""
+
+    x: torch.Tensor
+    eps: torch.Tensor
+    norm: Norm
+    lo: float
+    hi: float
+
+    def _eps(self) -> torch.Tensor:
+        return self.eps.view(-1, *([1] * (self.x.ndim - 1)))
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The smallest box holding the region (the ball's bounding box, clipped)."""
+        e = self._eps()
+        return (self.x - e).clamp_min(self.lo), (self.x + e).clamp_max(self.hi)
+
+    def lower(self, a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``[N, S]``: a lower bound of ``a·x' + bias`` over ``x'`` in the region, the larger
+        of the box's and (L2) the ball's."""
+        lo, hi = self.box()
+        flat = a.flatten(2)
+        mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+        bound = torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
+                                                                     rad)
+        if self.norm is Norm.L2:
+            ball = torch.einsum("nsd,nd->ns", flat, self.x.flatten(1)) \
+                - self.eps[:, None] * flat.norm(dim=2)
+            bound = torch.maximum(bound, ball)
+        return bound + bias
+
+
+Bounds = dict[int, tuple[torch.Tensor, torch.Tensor]]
+"""The input interval of each ReLU and MaxPool op, by its index in the chain."""
+
+
+def _relu_back(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ReLU of CROWN's backward pass for a lower bound of ``a·relu(z)``, ``z ∈ [lo, hi]``."""
+    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
+    unstable = (lo < 0) & (hi > 0)
+    width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    up_slope = torch.where(unstable, hi / width, (lo >= 0).to(a.dtype))
+    up_int = torch.where(unstable, -lo * hi / width, torch.zeros_like(hi))
+    low_slope = torch.where(unstable, (hi >= -lo).to(a.dtype), (lo >= 0).to(a.dtype))
+    neg = a.clamp(max=0)
+    slope = torch.where(a >= 0, low_slope, up_slope)
+    return a * slope, (neg.flatten(2) * up_int.flatten(2)).sum(2)
+
+
+def _maxpool_back(op: MaxPool, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One max-pooling of CROWN's backward pass (lower bound of ``a·maxpool(z)``)."""
+    wl, wu = op.windows(lo), op.windows(hi)  # [N, C, L, k·k]
+    j = wl.argmax(3, keepdim=True)
+    lj = wl.gather(3, j).squeeze(3)
+    others = wu.scatter(3, j, torch.full_like(lj.unsqueeze(3), -torch.inf)).amax(3)
+    dominant = (lj >= others).unsqueeze(1)  # max = the j-th input exactly
+    top = wu.amax(3).unsqueeze(1)
+    flat = a.flatten(3)  # [N, S, C, L]
+    neg = flat.clamp(max=0)
+    at_j = torch.where(dominant, flat, flat.clamp(min=0))
+    bias = torch.where(dominant, torch.zeros_like(neg), neg * top).flatten(2).sum(2)
+    one_hot = torch.zeros_like(wl).scatter(3, j, 1.0)  # [N, C, L, k·k]
+    return op.scatter(at_j.unsqueeze(4) * one_hot.unsqueeze(1)), bias
+
+
+def backward(network: Network, upto: int, a: torch.Tensor, bounds: Bounds
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN's backward pass: a linear lower bound ``a·z + 0`` on the output of
+    ``ops[upto − 1]`` as ``(A, bias)`` on the network's input."""
+    bias = a.new_zeros(a.shape[:2])
+    for i in reversed(range(upto)):
+        op = network.ops[i]
+        if isinstance(op, Affine):
+            a, b = op.backward(a)
+        elif isinstance(op, ReLU):
+            a, b = _relu_back(a, *bounds[i])
+        else:
+            assert isinstance(op, MaxPool)
+            a, b = _maxpool_back(op, a, *bounds[i])
+        bias = bias + b
+    return a, bias
+
+
+def _refine(network: Network, i: int, lo: torch.Tensor, hi: torch.Tensor, bounds: Bounds,
+            region: Region) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input bounds of ReLU ``ops[i]``: IBP's, tightened by CROWN on the unstable
+    neurons."""
+    unstable = ((lo < 0) & (hi > 0)).flatten(1)
+    count = unstable.sum(1)
+    most = int(count.max()) if count.numel() else 0
+    if most == 0:
+        return lo, hi
+    n, size = unstable.shape
+    order = unstable.to(lo.dtype).argsort(dim=1, descending=True, stable=True)[:, :most]
+    valid = torch.arange(most, device=lo.device)[None] < count[:, None]
+    largest = max([size] + [_numel(op.in_shape) for op in network.ops[:i]])
+    chunk = max(1, CHUNK_ELEMENTS // (2 * n * largest))
+    lo_flat, hi_flat = lo.flatten(1).clone(), hi.flatten(1).clone()
+    for start in range(0, most, chunk):
+        idx = order[:, start:start + chunk]
+        s = idx.shape[1]
+        spec = lo.new_zeros(n, 2 * s, size)
+        rows = torch.arange(s, device=lo.device)[None].expand(n, s)
+        spec[torch.arange(n)[:, None], rows, idx] = 1.0
+        spec[torch.arange(n)[:, None], rows + s, idx] = -1.0
+        a, bias = backward(network, i, spec.view(n, 2 * s, *lo.shape[1:]), bounds)
+        found = region.lower(a, bias)
+        ok = valid[:, start:start + s]
+        new_lo = torch.where(ok, torch.maximum(lo_flat.gather(1, idx), found[:, :s]),
+                             lo_flat.gather(1, idx))
+        new_hi = torch.where(ok, torch.minimum(hi_flat.gather(1, idx), -found[:, s:]),
+                             hi_flat.gather(1, idx))
+        lo_flat.scatter_(1, idx, new_lo)
+        hi_flat.scatter_(1, idx, new_hi)
+    return lo_flat.view_as(lo), hi_flat.view_as(hi)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+@dataclass
+class _FirstLayerL2:
+    """An L2 ball's exact bounds on the first linear layer: its centre's image ± eps times
+    each row's L2 norm (on the normalised input: the squared gains follow the scales)."""
+
+    center: torch.Tensor
+    scale2: torch.Tensor
+    eps: torch.Tensor
+    done: bool = False
+
+    def step(self, op: Affine, lo: torch.Tensor, hi: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.done:
+            return lo, hi
+        if isinstance(op, Scale):
+            self.center, self.scale2 = op.forward(self.center), self.scale2 * op.a ** 2
+            return lo, hi
+        if isinstance(op, Reshape):
+            self.center, self.scale2 = op.forward(self.center), op.forward(self.scale2)
+            return lo, hi
+        self.done = True
+        assert isinstance(op, (Linear, Conv))
+        center = op.forward(self.center)
+        radius = self.eps.view(-1, *([1] * (center.ndim - 1))) * op.squared_gain(
+            self.scale2).clamp_min(0).sqrt()
+        return torch.maximum(lo, center - radius), torch.minimum(hi, center + radius)
+
+
+@dataclass
+class Propagation:
+    """One IBP pass (optionally with CROWN's intermediate bounds): the input interval of every
+    ReLU and MaxPool, and the interval entering the last op."""
+
+    bounds: Bounds = field(default_factory=dict)
+    last_in: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def propagate(network: Network, region: Region, method: Method) -> Propagation:
+    """Push the region's box through every op but the last (CROWN's refinement of each hidden
+    ReLU's input when ``method`` is ``crown``)."""
+    lo, hi = region.box()
+    first = _FirstLayerL2(region.x, torch.ones_like(region.x[:1]), region.eps,
+                          done=region.norm is not Norm.L2)
+    out = Propagation()
+    for i, op in enumerate(network.ops[:-1]):
+        if isinstance(op, Affine):
+            nlo, nhi = op.interval(lo, hi)
+            lo, hi = first.step(op, nlo, nhi)
+            continue
+        first.done = True
+        if isinstance(op, ReLU) and method == "crown":
+            lo, hi = _refine(network, i, lo, hi, out.bounds, region)
+        out.bounds[i] = (lo, hi)
+        lo, hi = op.forward(lo), op.forward(hi)  # both are monotone
+    out.last_in = (lo, hi)
+    return out
+
+
+def margin_lower_bounds(network: Network, region: Region, spec: torch.Tensor,
+                        method: Method) -> torch.Tensor:
+    """``[N, S]``: lower bounds of ``spec @ logits`` (``spec``: ``[N, S, num_classes]``) over
+    the region; for margins, ``spec`` rows are ``e_y − e_j``."""
+    prop = propagate(network, region, method)
+    last = network.ops[-1]
+    assert prop.last_in is not None
+    lo, hi = prop.last_in
+    if isinstance(last, Affine):
+        folded, bias = last.backward(spec)  # the margin folded into the last layer
+        flat = folded.flatten(2)
+        mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+        ibp = torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
+                                                                   rad) + bias
+    else:
+        zlo, zhi = last.forward(lo), last.forward(hi)
+        mid, rad = (zlo + zhi) / 2, (zhi - zlo) / 2
+        ibp = torch.einsum("nsk,nk->ns", spec, mid) - torch.einsum("nsk,nk->ns", spec.abs(), rad)
+    if method == "ibp":
+        return ibp
+    bounds = dict(prop.bounds)
+    if isinstance(last, (ReLU, MaxPool)):
+        bounds[len(network.ops) - 1] = (lo, hi)
+    a, bias = backward(network, len(network.ops), spec, bounds)
+    return torch.maximum(ibp, region.lower(a, bias))
+
+
+def margin_spec(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[N, K − 1, K]``: rows ``e_y − e_j`` for every class ``j ≠ y``."""
+    eye = torch.eye(num_classes, dtype=dtype, device=labels.device)
+    spec = eye[labels][:, None, :] - eye[None]  # [N, K, K]
+    keep = ~torch.nn.functional.one_hot(labels, num_classes).bool()
+    return spec[keep].view(labels.shape[0], num_classes - 1, num_classes)
+
+
+def eps_max(norm: Norm, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> float:
+    """The radius past which the ball covers the whole box."""
+    side = bounds[1] - bounds[0]
+    return side if norm is Norm.LINF else side * float(_numel(input_shape)) ** 0.5
+
+
+@dataclass
+class BoundCertifier:
+    """Certifies a network's predictions of ``x`` over ``norm`` balls with ``method``, in
+    batches of ``batch_size`` (CROWN's backward tensors grow with it)."""
+
+    network: Network
+    norm: Norm
+    method: Method
+    bounds: tuple[float, float]
+    batch_size: int = 64
+    passes: int = 0  # bound computations per sample so far
+
+    def margins(self, x: torch.Tensor, logits: torch.Tensor, eps: torch.Tensor
+                ) -> torch.Tensor:
+        """``[N]``: the smallest lower bound of the margins of the prediction (the argmax of
+        ``logits``, the network's at ``x``) over the balls of radii ``eps``, relative to the
+        logits' scale (certified where > :data:`MARGIN_TOLERANCE`)."""
+        out = []
+        for xs, zs, es in zip(x.split(self.batch_size), logits.split(self.batch_size),
+                              eps.split(self.batch_size)):
+            region = Region(xs, es, self.norm, *self.bounds)
+            spec = margin_spec(zs.argmax(1), zs.shape[1], xs.dtype)
+            low = margin_lower_bounds(self.network, region, spec, self.method).amin(1)
+            out.append(low / (1.0 + zs.abs().amax(1)))
+        return torch.cat(out) if out else x.new_zeros(0)
+
+    @torch.no_grad()
+    def certify(self, x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+        """``[N]``: the prediction at ``x`` is constant over each ball (radius ``eps``)."""
+        x = x.to(torch.float64)
+        eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        self.passes += 1
+        return self.margins(x, self.network.forward(x), eps_t.contiguous()) > MARGIN_TOLERANCE
+
+    @torch.no_grad()
+    def radius(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the largest radius certified, by bisection (:data:`RADIUS_STEPS`)."""
+        x = x.to(torch.float64)
+        pred = self.network.forward(x)
+        low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        at_zero = self.margins(x, pred, low) > MARGIN_TOLERANCE
+        high = torch.where(at_zero, torch.full_like(low, eps_max(
+            self.norm, self.bounds, tuple(x.shape[1:]))), low)
+        for _ in range(RADIUS_STEPS):
+            mid = (low + high) / 2
+            ok = self.margins(x, pred, mid) > MARGIN_TOLERANCE
+            low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
+        self.passes += RADIUS_STEPS + 1
+        return torch.where(at_zero, low, torch.full_like(low, -1.0))
+
+
+def bound_certificate(target: Target, x: torch.Tensor, *, norm: Norm, method: str,
+                      eps: tuple[float, ...] = (), batch_size: int = 64) -> Certificate:
+    """``target``'s certificate on ``x``: its prediction, the largest radius certified by
+    bisection (−1 where not even the clean margin clears the tolerance), and certification
+    computed at each of ``eps`` (a radius certified also covers every smaller ball)."""
+    checked_method = check_method(method, norm)
+    network = network_of(target)
+    check_network(target, network, x[:16])
+    certifier = BoundCertifier(network, norm, checked_method, target.bounds, batch_size)
+    x64 = x.to(torch.float64)
+    with torch.no_grad():
+        pred = network.forward(x64).argmax(1)
+    radius = certifier.radius(x64)
+    at = {float(e): (radius >= e) | certifier.certify(x64, float(e)) for e in eps}
+    return Certificate(
+        pred=torch.where(radius >= 0, pred, torch.full_like(pred, -1)).to(x.device),
+        radius=radius.clamp_min(0).float().to(x.device),
+        n_forward_per_sample=certifier.passes, norm=norm.value, method=method,
+        certified={e: mask.to(x.device) for e, mask in at.items()})
