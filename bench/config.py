@@ -48,9 +48,12 @@ THREAT_MODES = tuple(m.value for m in ThreatMode)
 CELL_ID_VERSION = 1
 
 _SWEEP_KEYS = {"name", "seed", "dataset", "train_dataset", "split", "n_eval", "precision",
-               "device", "batch_size", "channels_last", "compile", "draws", "claim_ttl"}
+               "device", "batch_size", "channels_last", "compile", "draws", "claim_ttl",
+               "certify"}
 _TARGET_KEYS = {"model", "defenses", "threats", "directions"}
-_ATTACK_KEYS = {"name", "norm", "eps", "params", "source"}
+_ATTACK_KEYS = {"name", "norm", "eps", "params", "source", "certify"}
+CERTIFY_METHODS = ("ibp", "crown-ibp", "crown")
+"""What ``certify`` may name: the bounds of :mod:`bench.core.bounds` (``""``: none)."""
 _DEFENSE_KEYS = {"name", "label", "params"}
 _MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
                "mean", "std", "kind", "output", "generator", "latent_shape", "output_range",
@@ -125,6 +128,7 @@ class AttackConfig:
     threats: tuple[ThreatModel, ...]
     params: Any  # the attack's frozen params dataclass
     source: str = ""  # a zoo model the attack is crafted on (transfer); "" = the target itself
+    certify: str | None = None  # its rows' certified bound (None: the sweep's ``certify``)
 
     @property
     def name(self) -> str:
@@ -166,6 +170,9 @@ class SweepConfig:
     """The user's own models (``[[models]]``), usable wherever a zoo name is."""
     draws: int = defaults.DRAWS
     """Forward passes a randomised target's predictions are judged over."""
+    certify: str = ""
+    """The certified lower bound beside each row (``ibp``, ``crown-ibp``, ``crown``; ``""``:
+    none); an ``[[attacks]]`` entry's ``certify`` overrides it for its rows."""
     claim_ttl: float = defaults.CLAIM_TTL_S
     """Seconds an unrenewed claim on a cell lasts before another sweep may take it over."""
 
@@ -212,6 +219,7 @@ class Cell:
     user_source: UserModel | None = None  # ``source`` is the user's own
     member: str = ""  # a cascade's member: the row of that member, read from the cascade's run
     draws: int = defaults.DRAWS  # forward passes a randomised target's predictions are judged over
+    certify: str = ""  # the certified bound beside the row (bench.core.bounds); "" = none
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -239,6 +247,8 @@ class Cell:
             extra["member"] = self.member
         if self.draws != defaults.DRAWS:
             extra["draws"] = str(self.draws)
+        if self.certify:
+            extra["certify"] = self.certify
         return config_hash({**extra,
             "v": CELL_ID_VERSION, "dataset": self.dataset, "train_dataset": self.train_dataset,
             "split": self.split, "n_eval": self.n_eval, "model": self.model,
@@ -361,8 +371,22 @@ def _parse_sweep(where: str, sweep: Mapping[str, Any]) -> dict[str, Any]:
             "n_eval": _int(where, "n_eval", sweep.get("n_eval", defaults.N_EVAL), 1),
             "precision": precision, "device": device,
             "draws": _int(where, "draws", sweep.get("draws", defaults.DRAWS), 1),
+            "certify": _certify(where, sweep.get("certify", "none")) or "",
             "claim_ttl": _seconds(where, "claim_ttl",
                                   sweep.get("claim_ttl", defaults.CLAIM_TTL_S))}
+
+
+def _certify(where: str, value: Any) -> str | None:
+    """A ``certify`` setting: a method of :data:`CERTIFY_METHODS`, ``"none"`` (→ ``""``), or
+    absent (``None``)."""
+    if value is None:
+        return None
+    if value == "none":
+        return ""
+    if value not in CERTIFY_METHODS:
+        raise _type_error(where, "certify", " | ".join(repr(m) for m in (
+            *CERTIFY_METHODS, "none")), value)
+    return str(value)
 
 
 def _seconds(where: str, key: str, value: Any) -> float:
@@ -620,7 +644,11 @@ def _parse_attack(where: str, table: Any, models: Mapping[str, UserModel]) -> At
             target_kind(source_model, models)
         except UnknownName as exc:
             raise ConfigError(f"{where}: source: {exc}") from None
-    return AttackConfig(spec, threats, params, source_model)
+    certify = _certify(where, table.get("certify"))
+    if certify and any(t.norm.value not in ("linf", "l2") for t in threats):
+        raise ConfigError(f"{where}: certify = {certify!r} bounds Linf and L2 balls; this "
+                          f"attack's norm is {threats[0].norm.value}")
+    return AttackConfig(spec, threats, params, source_model, certify)
 
 
 def _parse_defenses(source: str, raw: Any) -> list[DefenseConfig]:
@@ -672,6 +700,14 @@ def load_preset(name: str) -> SweepConfig:
     return parse_config(tomllib.loads(text), source=f"preset {name}")
 
 
+def _cell_certify(config: SweepConfig, attack: AttackConfig, threat: ThreatModel) -> str:
+    """The bound a cell's row carries: its attack entry's, else the sweep's where the norm is
+    one the bounds take (a sweep-wide ``certify`` skips L0 and L1 rows)."""
+    if attack.certify is not None:
+        return attack.certify
+    return config.certify if threat.norm.value in ("linf", "l2") else ""
+
+
 def expand_cells(config: SweepConfig) -> list[Cell]:
     """All cells of a sweep, in a deterministic order (targets grouped so each trains once)."""
     cells = []
@@ -696,6 +732,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                         attack.source, identity, direction,
                         config.user_model(target.model), config.user_model(attack.source),
                         draws=config.draws,
+                        certify=_cell_certify(config, attack, tm),
                     )
                     cells.append(cell)
                     cascade = attack.spec.cascade

@@ -7,14 +7,21 @@ range. Indicators that compare rows (``black-box-wins`` across attacks, ``transf
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
 from attacks.cascade import failure_reasons
 from bench.cascade_rows import member_stats
 from bench.config import Cell
 from bench.core import indicators as ind
+from bench.core.bounds import METHODS as BOUND_METHODS
 from bench.core.norms import Norm
 from bench.evaluation import EvalData
 from bench.records import AttackRun, PreparedTarget
 from bench.verification import Outcome
+
+log = logging.getLogger(__name__)
 
 
 def spans_input_range(cell: Cell, data: EvalData, bounds: tuple[float, float]) -> bool:
@@ -34,6 +41,29 @@ def not_adaptive(cell: Cell, run: AttackRun) -> bool:
             m.black_box for m in spec.cascade(cell.attack.params, cell.threat_model.norm) if m.name == cell.member)):
         return False
     return int(getattr(cell.attack.params, "expectation_draws", 1)) <= 1
+
+
+def certificate_violations(cell: Cell, prepared: PreparedTarget, outcome: Outcome) -> int:
+    """Samples a deterministic bound certifies that the cell's verified adversarials
+    contradict: fooled within the cell's eps though certified there, or fooled at a distance
+    (the cell's norm) below the certified radius. Logged as an error: it is a bug."""
+    cert = prepared.certificate_of(cell)[0]
+    if cert is None or cert.method not in BOUND_METHODS or \
+            cert.norm != cell.threat_model.norm.value:
+        return 0
+    fooled = outcome.success & prepared.clean_correct
+    certified = prepared.certified_at(cell)
+    broken = fooled & certified if certified is not None else torch.zeros_like(fooled)
+    if outcome.distance is not None:
+        slack = 1e-6 * (1 + cert.radius)
+        broken |= fooled & (cert.pred == prepared.labels) & (
+            outcome.distance.to(cert.radius.device) < cert.radius - slack)
+    count = int(broken.sum())
+    if count:
+        log.error("%s: %d sample(s) certified by %s were fooled inside their certified "
+                  "radius (cell %s): a bound or an attack is wrong", cell.attack_name, count,
+                  cert.method, cell.cell_id)
+    return count
 
 
 def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackRun,
@@ -66,6 +96,8 @@ def row_flags(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
     if not cell.member and spans_input_range(cell, data, prepared.defended.bounds) \
             and int(left.sum()):
         codes.append(ind.UNCONSTRAINED)
+    if certificate_violations(cell, prepared, outcome):
+        codes.append(ind.CERTIFICATE_BROKEN)
     spec = cell.attack.spec
     if spec.cascade is not None and "members" in run.artifacts:
         reasons = failure_reasons(spec.cascade(cell.attack.params, cell.threat_model.norm), member_stats(run))

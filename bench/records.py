@@ -36,6 +36,24 @@ class PreparedTarget:
     correct_every_draw: torch.Tensor | None = None
     certificate: Certificate | None = None  # a certified defense's, on the evaluated samples
     certify_s: float | None = None
+    # a deterministic target's bound certificates and their seconds, by (method, norm)
+    bound_certificates: dict[tuple[str, str], tuple[Certificate, float]] = field(
+        default_factory=dict)
+
+    def certificate_of(self, cell: Cell) -> tuple[Certificate | None, float | None]:
+        """The certificate beside ``cell``'s row and its seconds: the bound the cell asks for
+        (``certify``), else the defense's own (None: neither)."""
+        if cell.certify:
+            return self.bound_certificates[(cell.certify, cell.threat_model.norm.value)]
+        return self.certificate, self.certify_s
+
+    def certified_at(self, cell: Cell) -> torch.Tensor | None:
+        """``[N]``: the samples certified correct within the cell's eps (None: no certificate,
+        or one of another norm, or no eps)."""
+        cert, threat = self.certificate_of(cell)[0], cell.threat_model
+        if cert is None or threat.norm.value != cert.norm or threat.eps is None:
+            return None
+        return (cert.pred == self.labels) & cert.holds_at(threat.eps)
 
     @property
     def clean_correct(self) -> torch.Tensor:

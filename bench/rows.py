@@ -74,15 +74,6 @@ def _share(mask: torch.Tensor | None) -> float | None:
     return None if mask is None or not mask.numel() else int(mask.sum()) / mask.numel()
 
 
-def certified_at(cell: Cell, prepared: PreparedTarget) -> torch.Tensor | None:
-    """``[N]``: the samples certified correct at an L2 radius of at least the cell's eps
-    (None: no certificate, or not an L2 budget)."""
-    cert, threat = prepared.certificate, cell.threat_model
-    if cert is None or threat.norm is not Norm.L2 or threat.eps is None:
-        return None
-    return (cert.pred == prepared.labels) & (cert.radius >= threat.eps)
-
-
 def draw_columns(prepared: PreparedTarget, outcome: Outcome) -> dict[str, Any]:
     """A randomised target's draws and first-draw accuracies (nulls for a deterministic one)."""
     if prepared.correct_every_draw is None:
@@ -94,27 +85,30 @@ def draw_columns(prepared: PreparedTarget, outcome: Outcome) -> dict[str, Any]:
 
 def certificate_columns(cell: Cell, prepared: PreparedTarget, outcome: Outcome
                         ) -> dict[str, Any]:
-    """A certified defense's columns: certified accuracy at the cell's L2 eps, the certified
-    samples the attack fooled, the abstentions on the attacked inputs, the certificate's cost."""
-    cert = prepared.certificate
-    certified = certified_at(cell, prepared)
+    """A certificate's columns: certified accuracy at the cell's eps, the certified samples
+    the attack fooled, the abstentions on the attacked inputs, the method, its cost."""
+    cert, seconds = prepared.certificate_of(cell)
+    certified = prepared.certified_at(cell)
     return {
         "certified_acc": _share(certified),
         "certified_fooled": None if certified is None else int((certified
                                                                 & outcome.success).sum()),
-        "abstain_rate": _share(outcome.abstained) if cert is not None else None,
+        "abstain_rate": _share(outcome.abstained) if prepared.certificate is not None else None,
+        "certify_method": cert.method if cert is not None else None,
         "certify_n_forward": cert.n_forward_per_sample if cert is not None else None,
-        "certify_s": prepared.certify_s,
+        "certify_s": seconds,
     }
 
 
-def runner_calls(prepared: PreparedTarget, n: int) -> int:
+def runner_calls(cell: Cell, prepared: PreparedTarget, n: int) -> int:
     """The runner's own model passes on ``n`` samples (the ``runner_calls`` column): clean
-    pass, margin gradients, the adversarials' fp32 re-check, the certificate."""
+    pass, margin gradients, the adversarials' fp32 re-check, the certificate (a bound
+    computation counted as one pass)."""
     per_decision = prepared.defended.decide_passes
     clean = prepared.draws if prepared.correct_every_draw is not None else 2
     gradients = 2 if prepared.margin_grad.l2 is not None else 0  # a forward and a backward
-    certify = prepared.certificate.n_forward_per_sample if prepared.certificate else 0
+    cert = prepared.certificate_of(cell)[0]
+    certify = cert.n_forward_per_sample if cert else 0
     return n * ((clean + prepared.draws) * per_decision + gradients + certify)
 
 
@@ -155,7 +149,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         rho_adv=float(rho.mean()) if rho.numel() else None,
         margin_grad_l1=prepared.margin_grad.l1, margin_grad_l2=prepared.margin_grad.l2,
         attack_run=attack_run_id(cell), n_forward=run.n_forward, n_backward=run.n_backward,
-        runner_calls=runner_calls(prepared, n), wall_s=run.wall_s,
+        runner_calls=runner_calls(cell, prepared, n), wall_s=run.wall_s,
         img_per_s=attacked_count(cell, run, n) / run.wall_s if run.wall_s > 0 else 0.0,
         floor_img_per_s=floor[(floor_kind, attacked.precision_for(cell))] if floor else None,
         floor_fraction=floor_fraction(run.n_forward, run.n_backward, run.wall_s, floor,
@@ -183,7 +177,7 @@ def sample_columns(cell: Cell, prepared: PreparedTarget, data: EvalData,
         "fooled_by": fooled_by_names(cell, run, n),
         "queries": run.artifacts["queries"].cpu().numpy().astype(np.int32)
         if "queries" in run.artifacts else [None] * n,
-        **certificate_samples(prepared, n),
+        **certificate_samples(cell, prepared, n),
     }
 
 
@@ -207,10 +201,14 @@ def sample_distances(cell: Cell, prepared: PreparedTarget, data: EvalData, outco
     return pa.array(out, type=pa.float32(), mask=np.isnan(out))
 
 
-def certificate_samples(prepared: PreparedTarget, n: int) -> dict[str, Any]:
-    """Per sample, the certificate's L2 radius and whether it certifies the label."""
-    cert = prepared.certificate
+def certificate_samples(cell: Cell, prepared: PreparedTarget, n: int) -> dict[str, Any]:
+    """Per sample, the certificate's radius, whether it certifies the label, and whether it
+    does so within the cell's eps."""
+    cert = prepared.certificate_of(cell)[0]
+    certified = prepared.certified_at(cell)
     if cert is None:
-        return {"certified_radius": [None] * n, "certified_correct": [None] * n}
+        return {"certified_radius": [None] * n, "certified_correct": [None] * n,
+                "certified": [None] * n}
     return {"certified_radius": cert.radius.cpu().numpy().astype(np.float32),
-            "certified_correct": (cert.pred == prepared.labels).cpu().numpy()}
+            "certified_correct": (cert.pred == prepared.labels).cpu().numpy(),
+            "certified": [None] * n if certified is None else certified.cpu().numpy()}

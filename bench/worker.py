@@ -14,6 +14,7 @@ import torch
 from bench.config import Cell, Origin, SweepConfig
 from bench.core import hooks
 from bench.core.attack_registry import FitData
+from bench.core.bounds import bound_certificate
 from bench.core.checkpoints import CheckpointCache, state_sha256
 from bench.core.datasets import load_dataset
 from bench.core.fastpath import resolve_precision, tune
@@ -202,6 +203,26 @@ class Worker:
             certificate=certificate,
             certify_s=time.perf_counter() - started if certificate is not None else None)
 
+    def certify_bounds(self, cells: list[Cell]) -> None:
+        """Each ``certify`` bound the cells ask for, once per target, method and norm, checked
+        at every eps those cells have (:func:`bench.core.bounds.bound_certificate`)."""
+        wanted: dict[tuple[Any, ...], tuple[Cell, set[float]]] = {}
+        for cell in cells:
+            if cell.certify:
+                key = (_target_key(cell), cell.certify, cell.threat_model.norm)
+                eps = wanted.setdefault(key, (cell, set()))[1]
+                if cell.threat_model.eps is not None:
+                    eps.add(float(cell.threat_model.eps))
+        for (target_key, method, norm), (cell, eps) in wanted.items():
+            prepared = self.prepared[target_key]
+            if (method, norm.value) in prepared.bound_certificates:
+                continue
+            started = time.perf_counter()
+            cert = bound_certificate(prepared.defended, self.eval_data(cell).x, norm=norm,
+                                     method=method, eps=tuple(sorted(eps)))
+            prepared.bound_certificates[(method, norm.value)] = (
+                cert, time.perf_counter() - started)
+
     def prepare(self, cells: list[Cell]) -> None:
         for cell in cells:
             prepared = self.prepare_target(cell)
@@ -212,6 +233,7 @@ class Worker:
                          prepared.defended if cell.threat == "adaptive" else prepared.base)
                 self.attacked[key] = self.prepare_attacked(model, cell.precision,
                                                            self.eval_data(cell).x)
+        self.certify_bounds(cells)
 
     def fit_data(self, cell: Cell) -> FitData | None:
         if not cell.attack.spec.needs_fit_data:

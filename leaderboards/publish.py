@@ -90,7 +90,7 @@ def _board_row(r: dict[str, Any], display: str) -> dict[str, Any]:
         "clean_sort": r["clean"].mean, "robust": robust.text(),
         "robust_sort": robust.mean if robust.values else "",
         "robust_title": robust.spread_kind,
-        "certified": cert.text() if cert is not None else "",
+        "certified": f"{cert.text()} ({e.certified_by(r['eps'])})" if cert is not None else "",
         "best": r["best"].text() if r["best"] is not None else "",
         "best_sort": r["best"].mean if r["best"] is not None else "",
         "certified_sort": cert.mean if cert is not None else "",

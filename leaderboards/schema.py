@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -101,14 +101,18 @@ class SummaryRow:
     draws: int | None
     clean_acc_one_draw: float | None
     robust_acc_one_draw: float | None
-    # a certified defense (randomized smoothing) at an L2 eps: the share of samples certified
-    # correct at a radius >= eps (a lower bound of robust_acc's true value), the samples so
-    # certified that the attack nevertheless fooled (only Monte-Carlo error can make these),
-    # and the share of attacked inputs the smoothed classifier abstained on; null otherwise
+    # a certificate at the row's norm and eps: randomized smoothing's (CERTIFY of the smoothed
+    # classifier, L2) or a deterministic network's bound (IBP, CROWN-IBP, CROWN;
+    # bench.core.bounds): the share of samples certified correct within eps, the samples so
+    # certified that the attack nevertheless fooled (0 unless Monte-Carlo error, for
+    # smoothing, or a bug), and the share of attacked inputs the smoothed classifier abstained
+    # on; null otherwise. certify_method names it: "smoothing", "ibp", "crown-ibp", "crown"
     certified_acc: float | None
     certified_fooled: int | None
     abstain_rate: float | None
-    # the certificate's cost: forward passes per sample and seconds for the evaluated samples
+    certify_method: str | None
+    # the certificate's cost: per sample, forward passes (smoothing) or bound computations
+    # (the radius's bisection and each eps checked), and seconds for the evaluated samples
     certify_n_forward: int | None
     certify_s: float | None
     success_rate: float | None
@@ -194,6 +198,9 @@ class SampleRow:
     # whether the certified class is its label; null for a target without certificates
     certified_radius: Annotated[float, FLOAT32] | None
     certified_correct: bool | None
+    # whether the row's certificate holds at its eps and certifies the label (null: no
+    # certificate at this norm)
+    certified: bool | None
 
 
 ADDED_IN: dict[str, int] = {
@@ -234,6 +241,8 @@ ADDED_IN: dict[str, int] = {
     "model_entry": 12,
     "runner_calls": 13,
     "distance": 14,
+    "certify_method": 15,
+    "certified": 15,
 }
 """The schema version that added each column; older files get its migration value."""
 
@@ -244,6 +253,11 @@ MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
     "attack_run": lambda table: table["cell_id"],
     # before v6 every model was a zoo model
     "model_source": lambda table: pa.array(["zoo"] * table.num_rows, pa.string()),
+    # before v15 every certificate was randomized smoothing's
+    "certify_method": lambda table: pc.if_else(
+        pc.is_valid(table["certified_acc"]), pa.scalar("smoothing"),
+        pa.scalar(None, pa.string())) if "certified_acc" in table.column_names
+    else pa.nulls(table.num_rows, pa.string()),
     # before v9 weights_sha256 held a user model's undefended weights file in every row
     "base_weights_sha256": lambda table: table["weights_sha256"]
     if "weights_sha256" in table.column_names else pa.nulls(table.num_rows, pa.string()),

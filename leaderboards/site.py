@@ -105,6 +105,9 @@ class Entry:
     # per (seed, weights, sample): the best known distance, the smallest any of its attack
     # runs reached (leaderboards.security); empty where no sample rows were read
     best: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per (certify method, seed, weights, sample): the certified radius in the board's norm
+    # (-inf where the label is not certified); empty without certificates at this norm
+    radii: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def seeds(self) -> list[int]:
@@ -158,11 +161,20 @@ class Entry:
         return at if attack == WORST else at[at["label"] == attack]
 
     def certified(self, eps: float) -> Measure | None:
+        """Certified accuracy at ``eps``: per seed, the largest any certificate gives (each is
+        a lower bound of the true robust accuracy; :meth:`certified_by` names them)."""
         cert = self.rows[self.rows["eps"] == eps].dropna(subset=["certified_acc"])
         if cert.empty:
             return None
         per_seed = cert.groupby("seed")["certified_acc"].max()
         return Measure([float(v) for v in per_seed], self.n)
+
+    def certified_by(self, eps: float) -> str:
+        """The certificates behind :meth:`certified` at ``eps`` (e.g. ``crown-ibp``)."""
+        cert = self.rows[self.rows["eps"] == eps].dropna(subset=["certified_acc"])
+        if cert.empty or "certify_method" not in cert.columns:
+            return ""
+        return ", ".join(sorted(str(m) for m in cert["certify_method"].dropna().unique()))
 
     def cost(self, attack: str, eps: float) -> float | None:
         """Model calls (forward + backward) per sample of the runs behind the number, mean
@@ -195,9 +207,35 @@ def entries(summary: pd.DataFrame, samples: pd.DataFrame) -> list[Entry]:
             mask = (wb[ENTRY_KEYS] == pd.Series(key, index=ENTRY_KEYS)).all(axis=1)
             out.append(Entry(tuple(str(b) for b in board),  # type: ignore[arg-type]
                              dict(zip(ENTRY_KEYS, key)), cells, wb[mask], flags=flags,
-                             best=_best_distances(summary, cells, samples)))
+                             best=_best_distances(summary, cells, samples),
+                             radii=_certified_radii(cells, samples)))
     _name(out)
     return out
+
+
+def _certified_radii(cells: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Per (certify method, seed, weights, sample) of an entry: the certified radius of the
+    sample's label (-inf where it is not certified), from the cells whose certificate is of
+    the board's norm (those with a certified accuracy)."""
+    if samples.empty or "certified_radius" not in samples.columns or \
+            "certify_method" not in cells.columns:
+        return pd.DataFrame()
+    certified = cells.dropna(subset=["certified_acc", "certify_method"])
+    if certified.empty:
+        return pd.DataFrame()
+    keys = ["certify_method", "seed", "weights_sha256"]
+    merged = samples[["cell_id", "sample_idx", "certified_radius", "certified_correct"]].merge(
+        certified[["cell_id", *keys]], on="cell_id")
+    radius = merged["certified_radius"].astype(float).where(
+        merged["certified_correct"].fillna(False).astype(bool), -math.inf)
+    return merged.assign(radius=radius).groupby([*keys, "sample_idx"], dropna=False).agg(
+        radius=("radius", "max")).reset_index()
+
+
+def certified_curve(radii: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Certified accuracy at each eps: the share of samples certified with a radius >= eps."""
+    r = np.sort(np.asarray(radii, dtype=float))
+    return 1.0 - np.searchsorted(r, np.asarray(eps, dtype=float), side="left") / len(r)
 
 
 def _best_distances(summary: pd.DataFrame, cells: pd.DataFrame, samples: pd.DataFrame
@@ -271,7 +309,8 @@ def ranked(board_entries: list[Entry], eps: float, ranking: Ranking) -> list[dic
         robust, clean = e.robust(ranking.attack, eps), e.clean()
         certified = e.certified(eps)
         codes = e.codes(e.cells_at(ranking.attack, eps)["cell_id"])
-        rows.append({"entry": e, "clean": clean, "robust": robust, "certified": certified,
+        rows.append({"entry": e, "eps": eps, "clean": clean, "robust": robust,
+                     "certified": certified,
                      "best": e.best_known(eps), "cost": e.cost(ranking.attack, eps),
                      "codes": codes})
     rows.sort(key=lambda r: (-r["robust"].mean if r["robust"].values else math.inf,
@@ -441,12 +480,14 @@ def curve_svg(e: Entry, path: Path) -> None:
                           linewidth=2.5 if worst else 1.2, color="black" if worst else None)
         ax.fill_between(xs, [100 * v for v in lo], [100 * v for v in hi],
                         color=line.get_color(), alpha=0.12)
+    grid = np.linspace(0.0, max(eps), 200) if eps else np.zeros(0)
+    best = None
     if not e.best.empty and eps:
-        grid = np.linspace(0.0, max(eps), 200)
-        curves = [robust_curve(g["best"].to_numpy(), grid)
-                  for _, g in e.best.groupby(["seed", "weights_sha256"], sort=True)]
-        ax.step(grid, 100 * np.mean(curves, axis=0), where="post", color="dimgray",
-                linestyle=":", linewidth=2, label="best known")
+        best = 100 * np.mean([robust_curve(g["best"].to_numpy(), grid) for _, g in
+                              e.best.groupby(["seed", "weights_sha256"], sort=True)], axis=0)
+        ax.step(grid, best, where="post", color="dimgray", linestyle=":", linewidth=2,
+                label="best known")
+    _certified_band(ax, e, grid, best)
     cert = [(v, c) for v in eps if (c := e.certified(v)) is not None]
     if cert:
         ax.plot([v for v, _ in cert], [100 * c.mean for _, c in cert], linestyle="--",
@@ -462,6 +503,21 @@ def curve_svg(e: Entry, path: Path) -> None:
     plt.close(fig)
 
 
+def _certified_band(ax: Any, e: Entry, grid: np.ndarray, best: np.ndarray | None) -> None:
+    """Each certificate's curve from its per-sample radii and, with the best-known attacked
+    curve, the band between them: the true robust accuracy lies inside it."""
+    if e.radii.empty or not len(grid):
+        return
+    for method, group in e.radii.groupby("certify_method", sort=True):
+        curve = 100 * np.mean([certified_curve(g["radius"].to_numpy(), grid) for _, g in
+                               group.groupby(["seed", "weights_sha256"], sort=True)], axis=0)
+        (line,) = ax.step(grid, curve, where="post", linewidth=1.5,
+                          label=f"certified ({method})")
+        if best is not None:
+            ax.fill_between(grid, curve, best, step="post", color=line.get_color(), alpha=0.15,
+                            label=f"true robust accuracy ({method} .. best known)")
+
+
 def detail_table(e: Entry) -> tuple[list[str], list[list[str]]]:
     """The per-attack × per-eps table of an entry's page: header and rows of text."""
     eps = e.eps_values()
@@ -473,7 +529,7 @@ def detail_table(e: Entry) -> tuple[list[str], list[list[str]]]:
             text = e.robust(attack, v).text()
             cert = e.certified(v)
             if text and cert is not None and attack == WORST:
-                text += f" · certified {100 * cert.mean:.1f}"
+                text += f" · certified {100 * cert.mean:.1f} ({e.certified_by(v)})"
             cells.append(text)
         body.append(cells)
     return header, body

@@ -268,23 +268,36 @@ def leaderboards(summary: pd.DataFrame, samples: pd.DataFrame,
 
 BESIDE = {"certified_acc": " certified", "robust_acc_one_draw": " one draw"}
 """Numbers a board shows beside a cell's robust accuracy, and the suffix of their columns: a
-certified defense's certified accuracy at the cell's eps (a column of its own: CERTIFY of the
-smoothed classifier, Cohen et al. 2019, while the attacked accuracy is PREDICT's, which may
-abstain, right on every judged draw; neither bounds the other) and a randomised target's
-first-draw robust accuracy (beside the number, in brackets)."""
+certificate's certified accuracy at the cell's eps, in a column of its own named with its
+method (``pgd@0.1 certified (crown-ibp)``): a deterministic network's bound (IBP, CROWN) is a
+lower bound of the attacked number; randomized smoothing's CERTIFY (Cohen et al. 2019) bounds
+the smoothed classifier while the attacked accuracy is PREDICT's, which may abstain, right on
+every judged draw, so neither bounds the other there; and a randomised target's first-draw
+robust accuracy (beside the number, in brackets)."""
 
 
 def _beside(group: pd.DataFrame, order: list[str], index: pd.Index) -> list[pd.DataFrame]:
-    """The hidden columns of :data:`BESIDE` for the cells that have them."""
+    """The hidden columns of :data:`BESIDE` for the cells that have them (certified accuracy
+    once per certify method)."""
     frames = []
     for value, suffix in BESIDE.items():
         if value not in group.columns or group[value].isna().all():
             continue
-        wide = group.pivot_table(index=BOARD_ROW, columns="column", values=value,
-                                 aggfunc="first", dropna=False)
-        kept = [c for c in order if c in wide.columns]
-        frames.append(wide[kept].reindex(index).rename(columns=lambda c: f"{c}{suffix}"))
+        parts = [(suffix, group)]
+        if value == "certified_acc" and "certify_method" in group.columns:
+            parts = [(f"{suffix} ({method})", part) for method, part in
+                     group.dropna(subset=[value]).groupby("certify_method", sort=True)]
+        for name, part in parts:
+            wide = part.pivot_table(index=BOARD_ROW, columns="column", values=value,
+                                    aggfunc="first", dropna=False)
+            kept = [c for c in order if c in wide.columns]
+            frames.append(wide[kept].reindex(index).rename(
+                columns=lambda c, name=name: f"{c}{name}"))
     return frames
+
+
+def _is_beside(col: str) -> bool:
+    return col.endswith(" one draw") or " certified" in col
 
 
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
@@ -292,7 +305,7 @@ def accuracy_columns(table: pd.DataFrame) -> list[str]:
     rest = {*BOARD_ROW, *GRAD_COLUMNS.values(), "n", "img/s", "attack s", "floor %", "flags",
             "fast_path", "calls/sample", "runner calls/sample"}
     return [c for c in table.columns if c not in rest
-            and not c.endswith((" lo", " hi", *BESIDE.values()))]
+            and not c.endswith((" lo", " hi")) and not _is_beside(c)]
 
 
 def _seed_spread(table: pd.DataFrame, rank_col: str) -> pd.DataFrame:
@@ -314,7 +327,7 @@ def display_table(board: Board) -> pd.DataFrame:
     pct = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"  # noqa: E731
     keys = board.key_columns
     for col in table.columns:
-        if col.endswith((" lo", " hi", *BESIDE.values())) or (
+        if col.endswith((" lo", " hi")) or _is_beside(col) or (
                 col in POPULATION_COLUMNS and col not in keys):
             continue
         if col == "fast_path" and table[col].nunique() < 2:
@@ -341,9 +354,9 @@ def display_table(board: Board) -> pd.DataFrame:
                                                table[f"{col} hi"])]
         else:
             shown[col] = [_with_beside(table, col, i, pct) for i in table.index]
-            certified = f"{col} certified"
-            if certified in table.columns and table[certified].notna().any():
-                shown[certified] = table[certified].map(pct)
+            for certified in [c for c in table.columns if c.startswith(f"{col} certified")]:
+                if table[certified].notna().any():
+                    shown[certified] = table[certified].map(pct)
     return shown
 
 

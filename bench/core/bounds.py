@@ -256,31 +256,54 @@ def propagate(network: Network, region: Region, method: Method) -> Propagation:
     return out
 
 
-def margin_lower_bounds(network: Network, region: Region, spec: torch.Tensor,
-                        method: Method) -> torch.Tensor:
-    """``[N, S]``: lower bounds of ``spec @ logits`` (``spec``: ``[N, S, num_classes]``) over
-    the region; for margins, ``spec`` rows are ``e_y − e_j``."""
-    prop = propagate(network, region, method)
+def _final_ibp(network: Network, prop: Propagation, spec: torch.Tensor) -> torch.Tensor:
+    """IBP's lower bounds of ``spec @ logits``, the spec folded into the last affine op."""
     last = network.ops[-1]
     assert prop.last_in is not None
     lo, hi = prop.last_in
     if isinstance(last, Affine):
-        folded, bias = last.backward(spec)  # the margin folded into the last layer
+        folded, bias = last.backward(spec)
         flat = folded.flatten(2)
         mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-        ibp = torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
-                                                                   rad) + bias
-    else:
-        zlo, zhi = last.forward(lo), last.forward(hi)
-        mid, rad = (zlo + zhi) / 2, (zhi - zlo) / 2
-        ibp = torch.einsum("nsk,nk->ns", spec, mid) - torch.einsum("nsk,nk->ns", spec.abs(), rad)
+        return torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
+                                                                    rad) + bias
+    zlo, zhi = last.forward(lo), last.forward(hi)
+    mid, rad = (zlo + zhi) / 2, (zhi - zlo) / 2
+    return torch.einsum("nsk,nk->ns", spec, mid) - torch.einsum("nsk,nk->ns", spec.abs(), rad)
+
+
+def _final_crown(network: Network, prop: Propagation, spec: torch.Tensor, region: Region
+                 ) -> torch.Tensor:
+    """CROWN's lower bounds of ``spec @ logits`` from the propagated intermediate bounds."""
+    bounds = dict(prop.bounds)
+    if isinstance(network.ops[-1], (ReLU, MaxPool)):
+        assert prop.last_in is not None
+        bounds[len(network.ops) - 1] = prop.last_in
+    a, bias = backward(network, len(network.ops), spec, bounds)
+    return region.lower(a, bias)
+
+
+def margin_lower_bounds(network: Network, region: Region, spec: torch.Tensor,
+                        method: Method) -> torch.Tensor:
+    """``[N, S]``: lower bounds of ``spec @ logits`` (``spec``: ``[N, S, num_classes]``) over
+    the region; for margins, ``spec`` rows are ``e_y − e_j``. CROWN's are never below IBP's
+    (the larger of the two is taken: both are sound)."""
+    prop = propagate(network, region, method)
+    ibp = _final_ibp(network, prop, spec)
     if method == "ibp":
         return ibp
-    bounds = dict(prop.bounds)
-    if isinstance(last, (ReLU, MaxPool)):
-        bounds[len(network.ops) - 1] = (lo, hi)
-    a, bias = backward(network, len(network.ops), spec, bounds)
-    return torch.maximum(ibp, region.lower(a, bias))
+    return torch.maximum(ibp, _final_crown(network, prop, spec, region))
+
+
+def training_bounds(network: Network, region: Region, spec: torch.Tensor, beta: float
+                    ) -> torch.Tensor:
+    """CROWN-IBP's training bound (Zhang et al., ICLR 2020, Eq. 9): ``β`` CROWN-IBP + ``(1 −
+    β)`` IBP, differentiable in the network's parameters (``β = 0``: IBP alone)."""
+    prop = propagate(network, region, "ibp")
+    ibp = _final_ibp(network, prop, spec)
+    if beta <= 0:
+        return ibp
+    return beta * _final_crown(network, prop, spec, region) + (1 - beta) * ibp
 
 
 def margin_spec(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

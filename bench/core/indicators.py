@@ -40,6 +40,7 @@ TRANSFER_WINS = "transfer-wins"
 NEAR_CHANCE = "near-chance"
 EPS_RISES = "eps-rises"
 NO_EOT = "no-eot"
+CERTIFICATE_BROKEN = "certificate-broken"
 
 ZERO_GRAD_SHARE = 0.01
 """``zero-grad``: at least this share of the per-image gradient evaluations were zero or not
@@ -80,6 +81,11 @@ CATALOG: dict[str, Indicator] = {i.code: i for i in (
               "a gradient attack followed one draw of the target's randomness per step: its "
               "number is an upper bound from a non-adaptive attack",
               "set eot_iter (e.g. 20, or the standard cascade's rand version)"),
+    Indicator(CERTIFICATE_BROKEN, "any sample",
+              "a sample certified by a deterministic bound (IBP, CROWN) within eps was fooled "
+              "inside eps, or at a distance below its certified radius: a bound or an attack "
+              "is wrong",
+              "report it with the row's cell_id; neither number of the row can be trusted"),
     Indicator(UNCONSTRAINED, "any sample",
               "an eps spanning the whole input range left samples robust: the attack, not the "
               "model, failed",

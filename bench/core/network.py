@@ -26,6 +26,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.grad import conv2d_input
 
 from bench.core.errors import BadInput
 from bench.core.target import Target
@@ -109,7 +110,7 @@ class Conv(Affine):
     def backward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, s = a.shape[:2]
         flat = a.reshape(n * s, *self.out_shape)
-        back = torch.nn.grad.conv2d_input((n * s, *self.in_shape), self.weight, flat,
+        back = conv2d_input((n * s, *self.in_shape), self.weight, flat,
                                           **self.kw)
         bias = (a.sum(dim=(3, 4)) * self.bias).sum(2)
         return back.view(n, s, *self.in_shape), bias

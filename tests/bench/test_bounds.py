@@ -41,7 +41,8 @@ def exact_min_margin(target: Target, x: np.ndarray, eps: float, y: int, j: int) 
     ws = [m.weight.detach().double().numpy() for m in layers]
     bs = [m.bias.detach().double().numpy() for m in layers]
     lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
-    n_var, rows, lbs, ubs, integrality = len(x), [], [], [], [0] * len(x)
+    n_var, integrality = len(x), [0] * len(x)
+    rows: list[tuple[dict[int, float], float, float]] = []
     var_lo, var_hi = list(lo), list(hi)
     prev = list(range(len(x)))  # indices of the previous layer's variables
     for w, b in zip(ws[:-1], bs[:-1]):
