@@ -194,7 +194,7 @@ def summary_values(cell_id: str = "c1", run_id: str = "r1", **overrides: Any) ->
         "advbench_version": "y",
         "git_sha": None, "draws": None, "clean_acc_one_draw": None, "robust_acc_one_draw": None,
         "certified_acc": None, "certified_fooled": None, "abstain_rate": None,
-        "certify_n_forward": None, "certify_s": None,
+        "certify_method": None, "certify_n_forward": None, "certify_s": None,
     }
     assert set(base) | {"schema_version"} == {f.name for f in dataclasses.fields(SummaryRow)}
     base.update(overrides)
@@ -211,7 +211,8 @@ def sample_values(cell_id: str = "c1", adv: tuple[bool, ...] = (True, False, Tru
             "linf": np.ones(n, np.float32), "l0": np.ones(n, np.float32),
             "distance": [None if a else 1.0 for a in adv],
             "fooled_by": [None] * n, "queries": [None] * n,
-            "certified_radius": [None] * n, "certified_correct": [None] * n}
+            "certified_radius": [None] * n, "certified_correct": [None] * n,
+            "certified": [None] * n}
 
 
 def make_cell(attack: str, eps: float = 0.1, norm: str = "linf", params: Any = None,
