@@ -219,7 +219,8 @@ class Worker:
                 continue
             started = time.perf_counter()
             cert = bound_certificate(prepared.defended, self.eval_data(cell).x, norm=norm,
-                                     method=method, eps=tuple(sorted(eps)))
+                                     method=method, eps=tuple(sorted(eps)),
+                                     progress=self.options.progress)
             prepared.bound_certificates[(method, norm.value)] = (
                 cert, time.perf_counter() - started)
 

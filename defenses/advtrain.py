@@ -18,7 +18,6 @@ monitor set; the curve is saved with the checkpoint card.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from bench.core.errors import BadInput
 from bench.core.target import Target
 from bench.core.training import fit
 from bench.core.zoo import TrainRecipe
-from defenses.base import register_defense, require_classifier
+from defenses.base import register_defense, require_classifier, trainable_copy
 
 
 @dataclass(frozen=True)
@@ -143,16 +142,7 @@ class FGSMRSParams(AdvTrainParams):
 
 def build_adversarially_trained(base: Target, params: AdvTrainParams) -> Target:
     """A copy of ``base`` (same architecture and normalisation) to hold the trained weights."""
-    defended = copy.deepcopy(base)
-    defended.card = {}
-    if params.init == "scratch":
-        for module in defended.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset) and module is not defended:
-                reset()
-    for p in defended.parameters():
-        p.requires_grad_(True)
-    return defended
+    return trainable_copy(base, params.init)
 
 
 def robust_accuracy(target: Target, x: torch.Tensor, y: torch.Tensor, attack: Attack,

@@ -13,6 +13,7 @@ undefended baseline every defended row is compared with.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -133,6 +134,22 @@ def fitted_defense(spec: DefenseSpec, base: Target, train: Split | None, params:
                                  what=f"defense {spec.name} of {base.name}")
     defended.card = card
     return defended
+
+
+def trainable_copy(base: Target, init: str) -> Target:
+    """A copy of ``base`` (same architecture and normalisation) to hold trained weights:
+    re-initialised for ``init = "scratch"``, ``base``'s own for ``"base"``; every parameter
+    trainable."""
+    copied = copy.deepcopy(base)
+    copied.card = {}
+    if init == "scratch":
+        for module in copied.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and module is not copied:
+                reset()
+    for p in copied.parameters():
+        p.requires_grad_(True)
+    return copied
 
 
 @dataclass(frozen=True)

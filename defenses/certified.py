@@ -19,7 +19,6 @@ held-out monitor set's clean and IBP-certified accuracy at the training eps.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +33,7 @@ from bench.core.norms import Norm
 from bench.core.target import Target
 from bench.core.training import fit
 from bench.core.zoo import TrainRecipe
-from defenses.base import register_defense, require_classifier
+from defenses.base import register_defense, require_classifier, trainable_copy
 
 
 @dataclass(frozen=True)
@@ -97,16 +96,7 @@ class CrownIBPParams(CertifiedTrainingParams):
 
 def build_certified(base: Target, params: CertifiedTrainingParams) -> Target:
     """A copy of ``base`` to hold the trained weights (re-initialised for ``init = scratch``)."""
-    target = copy.deepcopy(base)
-    target.card = {}
-    if params.init == "scratch":
-        for module in target.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset) and module is not target:
-                reset()
-    for p in target.parameters():
-        p.requires_grad_(True)
-    return target
+    return trainable_copy(base, params.init)
 
 
 def check_certified(base: Target, params: CertifiedTrainingParams) -> None:

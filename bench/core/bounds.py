@@ -28,7 +28,7 @@ against the target's forward before use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -46,6 +46,7 @@ from bench.core.network import (
     network_of,
 )
 from bench.core.norms import Norm
+from bench.core.progress import progress_bar
 from bench.core.target import Certificate, Target
 
 Method = Literal["ibp", "crown-ibp", "crown"]
@@ -370,24 +371,31 @@ class BoundCertifier:
         return self.margins(x, self.network.forward(x), eps_t.contiguous()) > MARGIN_TOLERANCE
 
     @torch.no_grad()
-    def radius(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N]``: the largest radius certified, by bisection (:data:`RADIUS_STEPS`)."""
+    def radius(self, x: torch.Tensor, bar: Any = None) -> torch.Tensor:
+        """``[N]``: the largest radius certified, by bisection (:data:`RADIUS_STEPS`); −1
+        where not even the clean margin clears the tolerance. ``bar``: a progress bar
+        advanced once per pass."""
         x = x.to(torch.float64)
-        pred = self.network.forward(x)
+        logits = self.network.forward(x)
         low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        at_zero = self.margins(x, pred, low) > MARGIN_TOLERANCE
-        high = torch.where(at_zero, torch.full_like(low, eps_max(
-            self.norm, self.bounds, tuple(x.shape[1:]))), low)
+        at_zero = self.margins(x, logits, low) > MARGIN_TOLERANCE
+        x, logits, low = x[at_zero], logits[at_zero], low[at_zero]
+        high = torch.full_like(low, eps_max(self.norm, self.bounds, tuple(x.shape[1:])))
         for _ in range(RADIUS_STEPS):
+            if bar is not None:
+                bar.update(1)
             mid = (low + high) / 2
-            ok = self.margins(x, pred, mid) > MARGIN_TOLERANCE
+            ok = self.margins(x, logits, mid) > MARGIN_TOLERANCE
             low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
         self.passes += RADIUS_STEPS + 1
-        return torch.where(at_zero, low, torch.full_like(low, -1.0))
+        radius = torch.full_like(at_zero, -1.0, dtype=low.dtype)
+        radius[at_zero] = low
+        return radius
 
 
 def bound_certificate(target: Target, x: torch.Tensor, *, norm: Norm, method: str,
-                      eps: tuple[float, ...] = (), batch_size: int = 64) -> Certificate:
+                      eps: tuple[float, ...] = (), batch_size: int = 64,
+                      progress: bool = False) -> Certificate:
     """``target``'s certificate on ``x``: its prediction, the largest radius certified by
     bisection (−1 where not even the clean margin clears the tolerance), and certification
     computed at each of ``eps`` (a radius certified also covers every smaller ball)."""
@@ -398,8 +406,13 @@ def bound_certificate(target: Target, x: torch.Tensor, *, norm: Norm, method: st
     x64 = x.to(torch.float64)
     with torch.no_grad():
         pred = network.forward(x64).argmax(1)
-    radius = certifier.radius(x64)
-    at = {float(e): (radius >= e) | certifier.certify(x64, float(e)) for e in eps}
+    with progress_bar(enabled=progress, total=RADIUS_STEPS + len(eps), leave=False,
+                      desc=f"certify {method} {norm.value}", unit="pass") as bar:
+        radius = certifier.radius(x64, bar)
+        at = {}
+        for e in eps:
+            at[float(e)] = (radius >= e) | certifier.certify(x64, float(e))
+            bar.update(1)
     return Certificate(
         pred=torch.where(radius >= 0, pred, torch.full_like(pred, -1)).to(x.device),
         radius=radius.clamp_min(0).float().to(x.device),
