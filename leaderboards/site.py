@@ -491,7 +491,7 @@ def curve_svg(e: Entry, path: Path) -> None:
     cert = [(v, c) for v in eps if (c := e.certified(v)) is not None]
     if cert:
         ax.plot([v for v, _ in cert], [100 * c.mean for _, c in cert], linestyle="--",
-                marker="x", color="tab:green", label="certified")
+                marker="x", color="tab:green", label="certified at each row's eps")
     ax.set_xlabel(f"eps ({e.board[3]})")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)  # a curve at 0 or 100% stays visible

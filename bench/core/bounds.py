@@ -112,15 +112,14 @@ Bounds = dict[int, tuple[torch.Tensor, torch.Tensor]]
 def _relu_back(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ReLU of CROWN's backward pass for a lower bound of ``a·relu(z)``, ``z ∈ [lo, hi]``."""
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
     unstable = (lo < 0) & (hi > 0)
     width = torch.where(unstable, hi - lo, torch.ones_like(hi))
     up_slope = torch.where(unstable, hi / width, (lo >= 0).to(a.dtype))
     up_int = torch.where(unstable, -lo * hi / width, torch.zeros_like(hi))
     low_slope = torch.where(unstable, (hi >= -lo).to(a.dtype), (lo >= 0).to(a.dtype))
-    neg = a.clamp(max=0)
-    slope = torch.where(a >= 0, low_slope, up_slope)
-    return a * slope, (neg.flatten(2) * up_int.flatten(2)).sum(2)
+    pos = a.clamp(min=0)  # a ≥ 0 takes the lower line, a < 0 the upper chord
+    new = torch.addcmul(a * up_slope.unsqueeze(1), pos, (low_slope - up_slope).unsqueeze(1))
+    return new, torch.einsum("nsd,nd->ns", (a - pos).flatten(2), up_int.flatten(1))
 
 
 def _maxpool_back(op: MaxPool, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
@@ -130,14 +129,15 @@ def _maxpool_back(op: MaxPool, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tens
     j = wl.argmax(3, keepdim=True)
     lj = wl.gather(3, j).squeeze(3)
     others = wu.scatter(3, j, torch.full_like(lj.unsqueeze(3), -torch.inf)).amax(3)
-    dominant = (lj >= others).unsqueeze(1)  # max = the j-th input exactly
-    top = wu.amax(3).unsqueeze(1)
+    dominant = lj >= others  # max = the j-th input exactly
+    top = torch.where(dominant, torch.zeros_like(lj), wu.amax(3))  # else max <= top
     flat = a.flatten(3)  # [N, S, C, L]
-    neg = flat.clamp(max=0)
-    at_j = torch.where(dominant, flat, flat.clamp(min=0))
-    bias = torch.where(dominant, torch.zeros_like(neg), neg * top).flatten(2).sum(2)
-    one_hot = torch.zeros_like(wl).scatter(3, j, 1.0)  # [N, C, L, k·k]
-    return op.scatter(at_j.unsqueeze(4) * one_hot.unsqueeze(1)), bias
+    at_j = torch.where(dominant.unsqueeze(1), flat, flat.clamp(min=0))
+    bias = torch.einsum("nsd,nd->ns", flat.clamp(max=0).flatten(2), top.flatten(1))
+    n, s, c, windows = flat.shape
+    where = j.unsqueeze(1).expand(n, s, c, windows, 1)
+    spread = flat.new_zeros(n, s, c, windows, wl.shape[3]).scatter(4, where, at_j.unsqueeze(4))
+    return op.scatter(spread), bias
 
 
 def backward(network: Network, upto: int, a: torch.Tensor, bounds: Bounds

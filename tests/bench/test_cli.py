@@ -153,6 +153,8 @@ BAD = {
                                    "'directions' applies to GAN discriminators"),
     "unknown direction": ("model = \"lenet\"", "model = \"dcgan\"\ndirections = [\"up\"]",
                           "'directions' must be 'real->fake' and/or 'fake->real'"),
+    "unknown certify method": ("n_eval = 60", "n_eval = 60\ncertify = \"milp\"",
+                               "'certify' must be 'ibp' | 'crown-ibp' | 'crown' | 'none'"),
     "transfer across kinds": ("name = \"fgsm\"", "name = \"fgsm\"\nsource = \"dcgan\"",
                               "crafted on 'dcgan', a discriminator, but target 'lenet' is a "
                               "classifier"),
@@ -186,7 +188,7 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "advbench: error: bad.toml [sweep]: unknown key 'n_evals'; allowed keys: batch_size, "
-        "channels_last, claim_ttl, compile, dataset, device, draws, n_eval, name, precision, "
+        "certify, channels_last, claim_ttl, compile, dataset, device, draws, n_eval, name, precision, "
         "seed, split, train_dataset"]
     assert not (tmp_path / "results").exists()
 
