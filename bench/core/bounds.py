@@ -178,8 +178,9 @@ def _refine(network: Network, i: int, lo: torch.Tensor, hi: torch.Tensor, bounds
         s = idx.shape[1]
         spec = lo.new_zeros(n, 2 * s, size)
         rows = torch.arange(s, device=lo.device)[None].expand(n, s)
-        spec[torch.arange(n)[:, None], rows, idx] = 1.0
-        spec[torch.arange(n)[:, None], rows + s, idx] = -1.0
+        samples = torch.arange(n, device=lo.device)[:, None]
+        spec[samples, rows, idx] = 1.0
+        spec[samples, rows + s, idx] = -1.0
         a, bias = backward(network, i, spec.view(n, 2 * s, *lo.shape[1:]), bounds)
         found = region.lower(a, bias)
         ok = valid[:, start:start + s]

@@ -3,7 +3,7 @@
 - ``test_certified_sweep`` (with ``--benchmark-enable``; needs the official MNIST test set,
   ``../shared/data/mnist`` or ``ADVBENCH_MNIST_DIR``): ``certified_sweep.toml`` — the zoo
   LeNet, the IBP- and CROWN-IBP-trained LeNets and the PGD-AT LeNet, trained on mnist5k's 4,000
-  digits; PGD-40 at Linf 0 to 0.2 and the standard cascade at 0.1 on 500 official test digits,
+  digits; PGD-40 at Linf 0 to 0.2 and the rapid cascade at 0.1 on 500 official test digits,
   CROWN-IBP certificates beside every row. Goals: a certified-trained LeNet certified ≥ 80% at 0.1; on every
   row certified ≤ attacked ≤ clean, and no certified sample fooled.
 - ``test_certify_throughput``: one certification pass at Linf 0.1 of the zoo LeNet over 256
