@@ -27,6 +27,7 @@ against the target's forward before use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -93,16 +94,21 @@ class Region:
     def lower(self, a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``[N, S]``: a lower bound of ``a·x' + bias`` over ``x'`` in the region, the larger
         of the box's and (L2) the ball's."""
-        lo, hi = self.box()
         flat = a.flatten(2)
-        mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-        bound = torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
-                                                                     rad)
+        bound = box_lower(flat, *self.box())
         if self.norm is Norm.L2:
             ball = torch.einsum("nsd,nd->ns", flat, self.x.flatten(1)) \
                 - self.eps[:, None] * flat.norm(dim=2)
             bound = torch.maximum(bound, ball)
         return bound + bias
+
+
+def box_lower(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``[N, S]``: the smallest ``a·z`` over the box ``[lo, hi]`` (``a``: ``[N, S, *shape]``,
+    ``lo``/``hi``: ``[N, *shape]``): ``a·mid − |a|·rad``."""
+    flat = a.flatten(2)
+    mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+    return torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(), rad)
 
 
 Bounds = dict[int, tuple[torch.Tensor, torch.Tensor]]
@@ -170,7 +176,7 @@ def _refine(network: Network, i: int, lo: torch.Tensor, hi: torch.Tensor, bounds
     n, size = unstable.shape
     order = unstable.to(lo.dtype).argsort(dim=1, descending=True, stable=True)[:, :most]
     valid = torch.arange(most, device=lo.device)[None] < count[:, None]
-    largest = max([size] + [_numel(op.in_shape) for op in network.ops[:i]])
+    largest = max([size] + [math.prod(op.in_shape) for op in network.ops[:i]])
     chunk = max(1, CHUNK_ELEMENTS // (2 * n * largest))
     lo_flat, hi_flat = lo.flatten(1).clone(), hi.flatten(1).clone()
     for start in range(0, most, chunk):
@@ -191,13 +197,6 @@ def _refine(network: Network, i: int, lo: torch.Tensor, hi: torch.Tensor, bounds
         lo_flat.scatter_(1, idx, new_lo)
         hi_flat.scatter_(1, idx, new_hi)
     return lo_flat.view_as(lo), hi_flat.view_as(hi)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 @dataclass
@@ -271,13 +270,8 @@ def _final_ibp(network: Network, prop: Propagation, spec: torch.Tensor) -> torch
     lo, hi = prop.last_in
     if isinstance(last, Affine):
         folded, bias = last.backward(spec)
-        flat = folded.flatten(2)
-        mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-        return torch.einsum("nsd,nd->ns", flat, mid) - torch.einsum("nsd,nd->ns", flat.abs(),
-                                                                    rad) + bias
-    zlo, zhi = last.forward(lo), last.forward(hi)
-    mid, rad = (zlo + zhi) / 2, (zhi - zlo) / 2
-    return torch.einsum("nsk,nk->ns", spec, mid) - torch.einsum("nsk,nk->ns", spec.abs(), rad)
+        return box_lower(folded, lo, hi) + bias
+    return box_lower(spec, last.forward(lo), last.forward(hi))
 
 
 def _final_crown(network: Network, prop: Propagation, spec: torch.Tensor, region: Region
@@ -325,7 +319,7 @@ def margin_spec(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> t
 def eps_max(norm: Norm, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> float:
     """The radius past which the ball covers the whole box."""
     side = bounds[1] - bounds[0]
-    return side if norm is Norm.LINF else side * float(_numel(input_shape)) ** 0.5
+    return side if norm is Norm.LINF else side * float(math.prod(input_shape)) ** 0.5
 
 
 @dataclass
