@@ -18,6 +18,7 @@ from attacks import gradient as _gradient  # noqa: F401  (registers fgsm, bim, p
 from attacks import onepixel as _onepixel  # noqa: F401  (registers onepixel)
 from attacks import smoothadv as _smoothadv  # noqa: F401  (registers smoothadv)
 from attacks import square as _square  # noqa: F401  (registers square)
+from attacks import transfer as _transfer  # noqa: F401  (registers mifgsm, difgsm)
 from attacks import universal as _universal  # noqa: F401  (registers uap)
 from bench.core.attack import Attack, run_attack
 from bench.core.attack_registry import ATTACKS, AttackSpec, register_attack

@@ -82,8 +82,9 @@ def train_split_users(config: SweepConfig) -> list[str]:
     for attack in config.attacks:
         if attack.spec.needs_fit_data:
             users.append(f"attack {attack.name!r} (fits on training data)")
-        if attack.source and config.origin(attack.source) is not Origin.USER:
-            users.append(f"transfer source {attack.source!r} (a zoo model advbench trains)")
+        for source in attack.sources:
+            if config.origin(source) is not Origin.USER:
+                users.append(f"transfer source {source!r} (a zoo model advbench trains)")
     return list(dict.fromkeys(users))
 
 
@@ -127,12 +128,11 @@ def check_sweep(config: SweepConfig) -> None:
     check_user_generators(config)
     models = config.user_models
     for attack in config.attacks:
-        source = config.user_model(attack.source)
-        if source is not None:
+        for source in filter(None, map(config.user_model, attack.sources)):
             for dataset_name in config.datasets:
                 checked_user_target(source, load_dataset(dataset_name))
         for t in config.targets:
-            kind = target_kind(attack.source, models) if attack.source else t.kind
+            kind = target_kind(attack.sources[0], models) if attack.source else t.kind
             if kind != t.kind:
                 raise BadInput(
                     f"attack {attack.name!r} is crafted on {attack.source!r}, a {kind}, but "

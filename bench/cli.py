@@ -100,6 +100,12 @@ def _add_readers(sub: Any) -> None:
     atk.add_argument("results", nargs="?", default="results", help="results directory")
     atk.add_argument("--format", choices=("md", "csv"), default="md")
 
+    tr = sub.add_parser("transfer", help=(
+        "the transfer matrix: each target's robust accuracy under adversarials crafted on each "
+        "source model (and white-box), per attack and eps"))
+    tr.add_argument("results", nargs="?", default="results", help="results directory")
+    tr.add_argument("--format", choices=("md", "csv"), default="md")
+
     ab = sub.add_parser("attackbench", help=(
         "run every minimum-norm attack implementation (advbench's and the installed peers') "
         "on a model under the same per-sample call budget and rank them by optimality "
@@ -315,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from leaderboards import render_attack_board
 
             print(render_attack_board(args.results, args.format))
+            return 0
+        if args.command == "transfer":
+            from leaderboards import render_transfer
+
+            print(render_transfer(args.results, args.format))
             return 0
     except BadInput as exc:
         print(f"advbench: error: {exc}", file=sys.stderr)

@@ -127,12 +127,17 @@ class AttackConfig:
     spec: AttackSpec
     threats: tuple[ThreatModel, ...]
     params: Any  # the attack's frozen params dataclass
-    source: str = ""  # a zoo model the attack is crafted on (transfer); "" = the target itself
+    source: str = ""  # the model(s) the attack is crafted on (transfer), "+"-joined; "" = the target
     certify: str | None = None  # its rows' certified bound (None: the sweep's ``certify``)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The transfer source models (several: an ensemble averaging their logits)."""
+        return split_sources(self.source)
 
     @property
     def params_json(self) -> str:
@@ -216,7 +221,7 @@ class Cell:
     defense_params: str = ""  # DefenseConfig.identity
     direction: Direction | Literal[""] = ""  # discriminators only
     user_model: UserModel | None = None  # ``model`` is the user's own (``[[models]]``)
-    user_source: UserModel | None = None  # ``source`` is the user's own
+    user_sources: tuple[UserModel, ...] = ()  # the sources that are the user's own
     member: str = ""  # a cascade's member: the row of that member, read from the cascade's run
     draws: int = defaults.DRAWS  # forward passes a randomised target's predictions are judged over
     certify: str = ""  # the certified bound beside the row (bench.core.bounds); "" = none
@@ -224,6 +229,10 @@ class Cell:
     @property
     def threat_model(self) -> ThreatModel:
         return self.attack.threat
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return split_sources(self.source)
 
     @property
     def attack_name(self) -> str:
@@ -241,8 +250,8 @@ class Cell:
             extra["direction"] = self.direction
         if self.user_model is not None:
             extra["model_identity"] = self.user_model.identity
-        if self.user_source is not None:
-            extra["source_identity"] = self.user_source.identity
+        if self.user_sources:
+            extra["source_identity"] = "+".join(u.identity for u in self.user_sources)
         if self.member:
             extra["member"] = self.member
         if self.draws != defaults.DRAWS:
@@ -636,19 +645,37 @@ def _parse_attack(where: str, table: Any, models: Mapping[str, UserModel]) -> At
         params = spec.make_params(table.get("params", {}))
     except ValueError as exc:  # BadInput and ConfigError are ValueErrors
         raise ConfigError(f"{where}: {exc}") from None
-    source_model = table.get("source", "")
-    if not isinstance(source_model, str):
-        raise _type_error(where, "source", "a model name", source_model)
-    if source_model:
-        try:
-            target_kind(source_model, models)
-        except UnknownName as exc:
-            raise ConfigError(f"{where}: source: {exc}") from None
+    source_model = _parse_source(where, table.get("source", ""), models)
     certify = _certify(where, table.get("certify"))
     if certify and any(t.norm.value not in ("linf", "l2") for t in threats):
         raise ConfigError(f"{where}: certify = {certify!r} bounds Linf and L2 balls; this "
                           f"attack's norm is {threats[0].norm.value}")
     return AttackConfig(spec, threats, params, source_model, certify)
+
+
+def split_sources(source: str) -> tuple[str, ...]:
+    """A cell's ``source`` (``"a+b"``) as its models."""
+    return tuple(source.split("+")) if source else ()
+
+
+def _parse_source(where: str, raw: Any, models: Mapping[str, UserModel]) -> str:
+    """``source``: a model name or a list of them (an ensemble), canonical ``"a+b"``."""
+    if raw == "":
+        return ""
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n
+                                                           for n in names):
+        raise _type_error(where, "source", "a model name or a list of model names", raw)
+    if len(set(names)) != len(names) or any("+" in n for n in names):
+        raise _type_error(where, "source", "distinct model names without '+'", raw)
+    try:
+        kinds = {target_kind(n, models) for n in names}
+    except UnknownName as exc:
+        raise ConfigError(f"{where}: source: {exc}") from None
+    if len(kinds) > 1:
+        raise ConfigError(f"{where}: source {names!r} mixes classifiers and discriminators; "
+                          f"an ensemble's logits are averaged, so its models are of one kind")
+    return "+".join(names)
 
 
 def _parse_defenses(source: str, raw: Any) -> list[DefenseConfig]:
@@ -730,7 +757,8 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                         target.model, defense, ThreatMode.TRANSFER if attack.source else mode,
                         attack.at(tm), seed, config.precision,
                         attack.source, identity, direction,
-                        config.user_model(target.model), config.user_model(attack.source),
+                        config.user_model(target.model),
+                        tuple(u for u in map(config.user_model, attack.sources) if u),
                         draws=config.draws,
                         certify=_cell_certify(config, attack, tm),
                     )

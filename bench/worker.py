@@ -24,7 +24,7 @@ from bench.core.measure import (
     resolve_device,
 )
 from bench.core.resume import PieceStore
-from bench.core.target import Target
+from bench.core.target import Target, ensemble
 from bench.core.training import trained_classifier
 from bench.core.usermodels import ImageSampler, UserGAN, UserModel, calibrate_threshold
 from bench.evaluation import EvalData, discriminator_data, discriminator_fit_data, eval_subset
@@ -128,6 +128,12 @@ class Worker:
                 cache=self.cache, progress=progress)
         return self.models[key]
 
+    def source_model(self, cell: Cell) -> Target:
+        """The model a transfer cell's attack is crafted on: its source, or the ensemble of
+        its sources (their logits averaged)."""
+        models = [self.zoo_model(cell.train_dataset, s, cell.seed) for s in cell.sources]
+        return models[0] if len(models) == 1 else ensemble(models, cell.source)
+
     def user_sampler(self, user: UserModel) -> ImageSampler:
         """The generator of a user discriminator's fakes, built once."""
         if user.generator not in self.user_samplers:
@@ -229,8 +235,7 @@ class Worker:
             prepared = self.prepare_target(cell)
             key = _attacked_key(cell)
             if key not in self.attacked:
-                model = (self.zoo_model(cell.train_dataset, cell.source, cell.seed)
-                         if cell.source else
+                model = (self.source_model(cell) if cell.source else
                          prepared.defended if cell.threat == "adaptive" else prepared.base)
                 self.attacked[key] = self.prepare_attacked(model, cell.precision,
                                                            self.eval_data(cell).x)

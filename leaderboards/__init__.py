@@ -58,6 +58,13 @@ def render_attack_board(results: str | os.PathLike[str], fmt: str = "md") -> str
     return _formatted(attack_board(summary, store.samples(summary)), fmt, to_markdown)
 
 
+def render_transfer(results: str | os.PathLike[str], fmt: str = "md") -> str:
+    """The transfer matrices of a results directory (see :mod:`leaderboards.transfer`)."""
+    from leaderboards.transfer import to_markdown, transfer_rows
+
+    return _formatted(transfer_rows(_stored(results).summary()), fmt, to_markdown)
+
+
 def _formatted(table: pd.DataFrame, fmt: str, markdown: Callable[[pd.DataFrame], str]) -> str:
     """``table`` as Markdown (by ``markdown``) or CSV; :class:`BadInput` for another format."""
     if fmt == "md":

@@ -51,6 +51,8 @@ from leaderboards.tables import (
     to_csv,
     to_markdown,
 )
+from leaderboards.transfer import matrices, transfer_rows
+from leaderboards.transfer import to_markdown as transfer_markdown
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("leaderboards", "templates"),
                                autoescape=True, undefined=jinja2.StrictUndefined)
@@ -164,6 +166,17 @@ def attacks_page(summary: pd.DataFrame, samples: pd.DataFrame, board: pd.DataFra
         **nav, title="attacks, ranked by optimality", groups=sections)
 
 
+def transfer_page(rows: pd.DataFrame, nav: dict[str, Any]) -> str:
+    """The transfer matrices (:mod:`leaderboards.transfer`) as one page."""
+    found = [{"anchor": f"matrix-{i}", "title": title, "columns": list(table.columns),
+              "rows": [{"source": source, "cells": ["" if pd.isna(v) else f"{v:.1f}"
+                                                     for v in values]}
+                       for source, values in zip(table.index, table.to_numpy(), strict=True)]}
+             for i, (title, table) in enumerate(matrices(rows))]
+    return TEMPLATES.get_template("transfer.html.j2").render(
+        **nav, title="transfer matrices", matrices=found)
+
+
 def to_latex(board: Board) -> str:
     """A LaTeX tabular of the display table (booktabs), with the board's title as a comment."""
     def tabular(shown: pd.DataFrame) -> str:
@@ -216,6 +229,11 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
             links.append(("attacks.html", "attacks"))
             (tmp / "attacks.md").write_text(attacks_markdown(attack_rows))
             attack_rows.to_csv(tmp / "attacks.csv", index=False)
+        transfer = transfer_rows(summary)
+        if not transfer.empty:
+            links.append(("transfer.html", "transfer"))
+            (tmp / "transfer.md").write_text(transfer_markdown(transfer))
+            transfer.to_csv(tmp / "transfer.csv", index=False)
         generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         nav = {"links": links, "generated": generated, "version": ADVBENCH_VERSION}
         for key, board_entries in by_board.items():
@@ -227,6 +245,8 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
         if not attack_rows.empty:
             (tmp / "attacks.html").write_text(attacks_page(summary, samples, attack_rows, tmp,
                                                            nav))
+        if not transfer.empty:
+            (tmp / "transfer.html").write_text(transfer_page(transfer, nav))
         files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex"))
         boards_index = [{"href": href, "title": title,
                          "entries": len(by_board[key]),

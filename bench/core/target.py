@@ -391,3 +391,37 @@ def check_finite_logits(logits: torch.Tensor, name: str) -> None:
         raise ModelOutputError(
             f"model {name!r} returned NaN or infinite logits; check its weights and inputs"
         )
+
+
+class _MeanLogits(nn.Module):
+    """The mean of its targets' logits (a discriminator's: of its one logit ``d``)."""
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(targets)
+        self.discriminator = targets[0].kind == "discriminator"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([member(x) for member in self.members]).mean(0)
+        return logits[:, 1:] if self.discriminator else logits
+
+
+def ensemble(targets: Sequence[Target], name: str) -> Target:
+    """One target whose logits are the mean of ``targets``' (each with its own normalisation):
+    the ensemble a transfer attack is crafted on (Liu et al., ICLR 2017; Dong et al., CVPR
+    2018, fuse logits). The members must agree on input shape, classes, bounds and kind, and
+    be deterministic."""
+    first = targets[0]
+    for t in targets:
+        if (t.input_shape, t.num_classes, t.bounds, t.kind) != (
+                first.input_shape, first.num_classes, first.bounds, first.kind):
+            raise BadInput(f"ensemble {name!r}: {t.name!r} takes {t.input_shape} in "
+                           f"{t.bounds} to {t.num_classes} {t.kind} logits, {first.name!r} "
+                           f"{first.input_shape} in {first.bounds} to {first.num_classes} "
+                           f"{first.kind} logits; an ensemble's models must agree")
+        if t.randomised:
+            raise BadInput(f"ensemble {name!r}: {t.name!r} is randomised; an ensemble's "
+                           f"models must be deterministic")
+    return Target(_MeanLogits(targets), num_classes=first.num_classes,
+                  input_shape=first.input_shape, bounds=first.bounds, kind=first.kind,
+                  name=name)
