@@ -100,6 +100,20 @@ def _add_readers(sub: Any) -> None:
     atk.add_argument("results", nargs="?", default="results", help="results directory")
     atk.add_argument("--format", choices=("md", "csv"), default="md")
 
+    cor = sub.add_parser("corruptions", help=(
+        "evaluate every classifier target of a sweep under MNIST-C's 15 common corruptions "
+        "(accuracy per corruption, mean and worst) into RESULTS/corruptions/ and print the "
+        "board"))
+    src = cor.add_mutually_exclusive_group(required=True)
+    src.add_argument("config", nargs="?", help="sweep config (TOML): its targets, samples, seeds")
+    src.add_argument("--preset", help="a built-in sweep, e.g. 'quick'")
+    cor.add_argument("--out", default="results", help="results directory (default: ./results)")
+    cor.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
+                     help="a subset of the corruptions (default: all 15)")
+    cor.add_argument("--cache-dir", default=None)
+    cor.add_argument("--device", default=None)
+    cor.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     tr = sub.add_parser("transfer", help=(
         "the transfer matrix: each target's robust accuracy under adversarials crafted on each "
         "source model (and white-box), per attack and eps"))
@@ -322,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(render_attack_board(args.results, args.format))
             return 0
+        if args.command == "corruptions":
+            return _corruptions(args)
         if args.command == "transfer":
             from leaderboards import render_transfer
 
@@ -334,6 +350,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("advbench: interrupted", file=sys.stderr)
         return 130
     return 1
+
+
+def _corruptions(args: argparse.Namespace) -> int:
+    """``advbench corruptions``: evaluate the sweep's targets, store the rows, print the
+    board of the results directory."""
+    from bench.config import load_config, load_preset
+    from bench.core.checkpoints import resolve_cache_dir
+    from bench.core.files import check_writable
+    from bench.corruption_eval import evaluate, write
+    from bench.runner import RunOptions
+    from leaderboards.corruptions import load_corruptions, to_markdown
+
+    config = load_preset(args.preset) if args.preset else load_config(args.config)
+    out = Path(args.out)
+    check_writable(out, "--out")
+    options = RunOptions(out=out, cache_dir=resolve_cache_dir(args.cache_dir),
+                         progress=not args.no_progress, device=args.device)
+    table, grid = evaluate(config, options, tuple(args.corruptions or ()),
+                     progress=None if args.no_progress else
+                     lambda what: print(f"corrupting for {what}", file=sys.stderr))
+    path = write(table, out, config.name, grid)
+    print(f"{len(table)} row(s) in {path}\n")
+    print(to_markdown(load_corruptions(out)))
+    return 0
 
 
 def _attackbench(args: argparse.Namespace) -> int:

@@ -80,13 +80,15 @@ def publish_site(results: str | os.PathLike[str], out: str | os.PathLike[str],
     directory (see :mod:`leaderboards.publish`), boards ranked by ``rank_by`` at each eps of
     record (``eps``; default every eps)."""
     from leaderboards.compare import compare
+    from leaderboards.corruptions import load_corruptions
     from leaderboards.publish import publish
 
     store = _stored(results)
     summary = store.summary()
     samples = store.samples(summary)
+    grids = sorted((Path(results) / "corruptions").glob("[!.]*.png"))
     return publish(summary, samples, Path(out), compare(summary, samples), rank_by=rank_by,
-                   eps=eps)
+                   eps=eps, corruptions=load_corruptions(Path(results)), grids=grids)
 
 
 __all__ = ["publish_site", "SAMPLES_SCHEMA", "SCHEMA_VERSION", "SUMMARY_SCHEMA", "Board", "ResultStore",

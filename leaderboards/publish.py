@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from bench.core import indicators
 from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
 from bench.core.version import ADVBENCH_VERSION
+from leaderboards.corruptions import boards as corruption_boards
+from leaderboards.corruptions import to_markdown as corruptions_markdown
 from leaderboards.security import attack_board, curves_svg, groups
 from leaderboards.security import to_markdown as attacks_markdown
 from leaderboards.site import (
@@ -166,6 +169,20 @@ def attacks_page(summary: pd.DataFrame, samples: pd.DataFrame, board: pd.DataFra
         **nav, title="attacks, ranked by optimality", groups=sections)
 
 
+def corruptions_page(rows: pd.DataFrame, grids: list[str], nav: dict[str, Any]) -> str:
+    """The corruption boards (:mod:`leaderboards.corruptions`) and the example grids."""
+    found = []
+    for i, (title, table) in enumerate(corruption_boards(rows)):
+        shown = table.copy()
+        for col in shown.columns:
+            if pd.api.types.is_float_dtype(shown[col]):
+                shown[col] = [("" if pd.isna(v) else f"{v:.1f}") for v in shown[col]]
+        found.append({"anchor": f"evaluation-{i}", "title": title,
+                      "columns": list(shown.columns), "rows": shown.astype(str).values.tolist()})
+    return TEMPLATES.get_template("corruptions.html.j2").render(
+        **nav, title="common corruptions (MNIST-C)", boards=found, grids=grids)
+
+
 def transfer_page(rows: pd.DataFrame, nav: dict[str, Any]) -> str:
     """The transfer matrices (:mod:`leaderboards.transfer`) as one page."""
     found = [{"anchor": f"matrix-{i}", "title": title, "columns": list(table.columns),
@@ -191,12 +208,14 @@ def to_latex(board: Board) -> str:
 
 def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
             comparison: pd.DataFrame | None = None, rank_by: str | None = None,
-            eps: list[str] | None = None) -> list[Path]:
+            eps: list[str] | None = None, corruptions: pd.DataFrame | None = None,
+            grids: Sequence[Path] = ()) -> list[Path]:
     """Write every format into ``out`` (built in a temporary folder, then moved into place,
     replacing an earlier site whole). Boards are ranked by ``rank_by`` (an attack label or an
     ``attack@eps`` column; default the worst case) at each eps of record (``eps``: those
     listed; default every eps); the Markdown, CSV and LaTeX tables rank by the same attack at
-    the largest of them."""
+    the largest of them. ``corruptions`` (:mod:`leaderboards.corruptions` rows) and their
+    example ``grids`` (PNG files) make the corruptions page."""
     found = entries(summary, samples)
     ranking = Ranking.parse(rank_by, found)
     boards = leaderboards(summary, samples, _table_rank(found, ranking, eps))
@@ -229,6 +248,14 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
             links.append(("attacks.html", "attacks"))
             (tmp / "attacks.md").write_text(attacks_markdown(attack_rows))
             attack_rows.to_csv(tmp / "attacks.csv", index=False)
+        has_corruptions = corruptions is not None and not corruptions.empty
+        if has_corruptions:
+            assert corruptions is not None
+            links.append(("corruptions.html", "corruptions"))
+            (tmp / "corruptions.md").write_text(corruptions_markdown(corruptions))
+            corruptions.to_csv(tmp / "corruptions.csv", index=False)
+            for grid in grids:
+                shutil.copyfile(grid, tmp / f"corruptions-{grid.name}")
         transfer = transfer_rows(summary)
         if not transfer.empty:
             links.append(("transfer.html", "transfer"))
@@ -247,6 +274,10 @@ def publish(summary: pd.DataFrame, samples: pd.DataFrame, out: Path,
                                                            nav))
         if not transfer.empty:
             (tmp / "transfer.html").write_text(transfer_page(transfer, nav))
+        if has_corruptions:
+            assert corruptions is not None
+            (tmp / "corruptions.html").write_text(corruptions_page(
+                corruptions, [f"corruptions-{g.name}" for g in grids], nav))
         files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".tex"))
         boards_index = [{"href": href, "title": title,
                          "entries": len(by_board[key]),
