@@ -201,8 +201,10 @@ def _list(what: str, pattern: str, config: str | None = None) -> str:
 
     rows: list[tuple[str, ...]]
     if what == "attacks":
-        rows = [(n, ",".join(x.value for x in ATTACKS.get(n).norms), ATTACKS.get(n).summary)
-                for n in ATTACKS.names(pattern)]
+        rows = [(n, ",".join(x.value for x in ATTACKS.get(n).norms),
+                 ("label-only" if ATTACKS.get(n).label_only else
+                  "black-box" if ATTACKS.get(n).black_box else "white-box"),
+                 ATTACKS.get(n).summary) for n in ATTACKS.names(pattern)]
     elif what == "defenses":
         rows = [(n, DEFENSES.get(n).summary) for n in DEFENSES.names(pattern)]
     elif what == "models":

@@ -57,7 +57,7 @@ CERTIFY_METHODS = ("ibp", "crown-ibp", "crown")
 _DEFENSE_KEYS = {"name", "label", "params"}
 _MODEL_KEYS = {"name", "factory", "kwargs", "weights", "input_shape", "num_classes", "bounds",
                "mean", "std", "kind", "output", "generator", "latent_shape", "output_range",
-               "randomised", "preprocess", "bpda", "description", "paper"}
+               "randomised", "preprocess", "bpda", "description", "paper", "label_only"}
 _KIND_KEYS = {"classifier": ({"num_classes"}, set()),
               "discriminator": ({"generator"}, {"output", "generator"}),
               "generator": ({"latent_shape"}, {"latent_shape", "output_range"})}
@@ -337,7 +337,26 @@ def parse_config(data: Mapping[str, Any], source: str = "config", *,
         targets=targets, attacks=attacks, defenses=tuple(defense_configs), fast=fast,
         models=tuple(models.values()))
     _check_only_on(source, config)
+    _check_label_only(source, config)
     return config
+
+
+def _check_label_only(source: str, config: SweepConfig) -> None:
+    """A target declared ``label_only`` is attacked only by attacks that read its label alone,
+    or by transfer from another model."""
+    label_only = sorted(m.name for m in config.models if m.label_only)
+    if not label_only:
+        return
+    allowed = ", ".join(n for n in ATTACKS.names() if ATTACKS.get(n).label_only)
+    for target in config.targets:
+        if target.model not in label_only:
+            continue
+        for attack in config.attacks:
+            if not attack.source and not attack.spec.label_only:
+                raise ConfigError(
+                    f"{source}: model {target.model!r} is label_only, but attack "
+                    f"{attack.name!r} reads more than its label; attack it with {allowed}, or "
+                    f"by transfer (an [[attacks]] entry with a 'source')")
 
 
 def _check_only_on(source: str, config: SweepConfig) -> None:
@@ -429,9 +448,10 @@ def _defense_keys(where: str, m: Mapping[str, Any]) -> dict[str, Any]:
     """A user model's own defense: ``randomised`` (its forward draws randomness),
     ``preprocess`` (a ``module:callable`` step on pixels before the network) and ``bpda``
     (the step's differentiable stand-in: ``module:callable`` or ``"identity"``)."""
-    randomised = m.get("randomised", False)
-    if not isinstance(randomised, bool):
-        raise _type_error(where, "randomised", "true or false", randomised)
+    randomised, label_only = m.get("randomised", False), m.get("label_only", False)
+    for key, flag in (("randomised", randomised), ("label_only", label_only)):
+        if not isinstance(flag, bool):
+            raise _type_error(where, key, "true or false", flag)
     found = {}
     for key in ("preprocess", "bpda"):
         value = m.get(key, "")
@@ -443,7 +463,7 @@ def _defense_keys(where: str, m: Mapping[str, Any]) -> dict[str, Any]:
     if found["bpda"] and not found["preprocess"]:
         raise ConfigError(f"{where}: 'bpda' is the stand-in of a 'preprocess' step; declare the "
                           f"step too")
-    return {"randomised": randomised, **found}
+    return {"randomised": randomised, "label_only": label_only, **found}
 
 
 def _parse_models(source: str, raw: Any, base_dir: Path, modules: Mapping[str, nn.Module]

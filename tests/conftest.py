@@ -163,7 +163,8 @@ def small_params(spec: Any, **extra: Any) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(spec.params_cls)}
     params = {k: v for k, v in {"steps": 5, "max_passes": 1, "deepfool_steps": 3, "max_fit": 64,
                                 "generations": 3, "population": 20, "queries": 20,
-                                "target_classes": 3, "search_steps": 2}.items() if k in fields}
+                                "target_classes": 3, "search_steps": 2,
+                                "initial_evals": 20}.items() if k in fields}
     params.update({k: v for k, v in extra.items() if k in fields})
     return params
 

@@ -65,6 +65,7 @@ class AttackSpec:
     cascade: Callable[[Any, Norm], tuple[CascadeMember, ...]] | None = None
     only_on: tuple[str, ...] = ()
     starts: bool = False
+    label_only: bool = False
 
     def max_calls(self, params: Any, n: int, num_classes: int, n_fit: int = 0
                   ) -> tuple[int, int] | None:
@@ -89,7 +90,7 @@ def register_attack(
     needs_fit_data: bool = False, positive_budget: bool = False, black_box: bool = False,
     cost: CostFn | None = None, streams: bool = False,
     cascade: Callable[[Any, Norm], tuple[CascadeMember, ...]] | None = None,
-    only_on: tuple[str, ...] = (), starts: bool = False,
+    only_on: tuple[str, ...] = (), starts: bool = False, label_only: bool = False,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register an attack function under ``name`` (its docstring's first line is its summary).
 
@@ -106,13 +107,15 @@ def register_attack(
     applies only to targets behind these defenses (SmoothAdv: a smoothed classifier); a sweep
     runs it on those and leaves the others out. ``starts``: the attack takes ``x_init=``, a
     starting point per image (a search continued from where an earlier run left it).
+    ``label_only``: the attack reads nothing of the target but its predicted label (a target
+    declared ``label_only`` takes only such attacks, and transfers).
     """
 
     def decorator(fn: AttackFn) -> AttackFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         ATTACKS.add(name, AttackSpec(name, fn, params, norms, minimal, summary, needs_fit_data,
                                      positive_budget, black_box, cost, streams, cascade,
-                                     only_on, starts))
+                                     only_on, starts, label_only))
         return fn
 
     return decorator

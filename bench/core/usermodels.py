@@ -70,6 +70,7 @@ class UserModel:
     output_range: tuple[float, float] = (-1.0, 1.0)  # generators: the range of their images
     generator_identity: str = ""  # discriminators: their generator's identity (fake images)
     randomised: bool = False  # the forward (or preprocess) draws randomness
+    label_only: bool = False  # an API-like model: only label-only attacks and transfers
     preprocess: str = ""  # "module:callable", a step applied to pixels before the network
     bpda: str = ""  # "module:callable" or "identity": the preprocess's differentiable stand-in
     description: str = field(default="", compare=False)  # shown on its published page
@@ -109,6 +110,8 @@ class UserModel:
         if self.randomised or self.preprocess:
             table.update(randomised=self.randomised, preprocess=self.preprocess,
                          bpda=self.bpda)
+        if self.label_only:
+            table["label_only"] = True
         return table
 
     @property

@@ -18,7 +18,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bench.cli import main
+from bench.config import load_config
 from bench.core.datasets import load_dataset
+from bench.core.errors import ConfigError
 from bench.core.target import Target
 from bench.core.usermodels import build_module, load_weights
 from leaderboards import ResultStore, load
@@ -750,3 +752,28 @@ def state_digest(module: nn.Module, prefix: str = "model.") -> str:
         digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16
                       else tensor.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()
+
+
+def test_a_label_only_model_takes_label_only_attacks_and_transfers(
+        user_dir: Path, tmp_path: Path, cache_dir: Path, lenet: Any) -> None:
+    text = CONFIG.replace("std = [0.3081]\n", "std = [0.3081]\nlabel_only = true\n")
+    with pytest.raises(ConfigError, match="'my-cnn' is label_only, but attack 'fgsm'.*"
+                                          "hopskipjump"):
+        load_config(_config(user_dir, text))
+    text = text.replace('name = "fgsm"\neps = [0.1, 0.2]', '''name = "hopskipjump"
+norm = "l2"
+eps = [2.0]
+params = {{ steps = 20, max_queries = 300, initial_evals = 30 }}
+
+[[attacks]]
+name = "fgsm"
+eps = [0.2]
+source = "lenet"''')
+    out = tmp_path / "results"
+    assert main(["run", str(_config(user_dir, text)), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(cache_dir)]) == 0
+    rows = load(out)
+    assert set(rows["attack"]) == {"hopskipjump", "fgsm"}
+    assert (rows.loc[rows["attack"] == "fgsm", "threat"] == "transfer").all()
+    hsj = rows[rows["attack"] == "hopskipjump"]
+    assert (hsj["robust_acc"] < hsj["clean_acc"]).all()
