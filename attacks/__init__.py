@@ -7,6 +7,7 @@ are re-exported here for the Python API.
 """
 
 from attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd_t)
+from attacks import boundary as _boundary  # noqa: F401  (registers boundary)
 from attacks import cascade as _cascade  # noqa: F401  (registers standard)
 from attacks import cw as _cw  # noqa: F401  (registers cw)
 from attacks import ddn as _ddn  # noqa: F401  (registers ddn)

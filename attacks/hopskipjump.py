@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attacks.decision import LabelOracle, boundary_search, noise_start
 from bench.core.attack_registry import register_attack
 from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
@@ -39,7 +40,8 @@ class HopSkipJumpParams:
     sample, start included (None: no cap); ``initial_evals`` / ``max_evals``: probes of the
     first and of any gradient estimate (100 / 10,000); ``gamma``: the binary search's precision
     factor (1.0); ``init_tries``: uniform-noise draws to find a start (100);
-    ``probe_chunk``: probes evaluated per model call per sample (memory, not results)."""
+    ``probe_chunk``: probe images per model call, over the batch (speed and memory, not
+    results: a few hundred keep a small CNN's activations in cache)."""
 
     steps: int = 64
     max_queries: int | None = None
@@ -47,7 +49,7 @@ class HopSkipJumpParams:
     max_evals: int = 10_000
     gamma: float = 1.0
     init_tries: int = 100
-    probe_chunk: int = 500
+    probe_chunk: int = 512
 
     def __post_init__(self) -> None:
         for name in ("steps", "initial_evals", "max_evals", "init_tries", "probe_chunk"):
@@ -57,20 +59,6 @@ class HopSkipJumpParams:
             raise BadInput(f"max_queries must be >= 1, got {self.max_queries}")
         if not self.gamma > 0:
             raise BadInput(f"gamma must be > 0, got {self.gamma}")
-
-
-class _Oracle:
-    """The label oracle: is ``x`` misclassified, counting one query per image and sample."""
-
-    def __init__(self, calls: ModelCalls, labels: torch.Tensor) -> None:
-        self.calls, self.labels = calls, labels
-        self.queries = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
-
-    def adversarial(self, x: torch.Tensor, rows: torch.Tensor, per_row: int = 1) -> torch.Tensor:
-        """``x``: ``per_row`` images per sample of ``rows`` (row-major)."""
-        self.queries[rows] += per_row
-        labels = self.labels[rows].repeat_interleave(per_row)
-        return self.calls.logits(x).argmax(1) != labels
 
 
 def _distance(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -87,7 +75,7 @@ class _HopSkipJump:
     def __init__(self, calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, norm: Norm,
                  params: HopSkipJumpParams, generator: torch.Generator) -> None:
         self.x, self.norm, self.params, self.generator = x, norm, params, generator
-        self.oracle = _Oracle(calls, y)
+        self.oracle = LabelOracle(calls, y)
         self.lo, self.hi = calls.target.bounds
         self.d = x[0].numel()
         gamma = params.gamma
@@ -100,47 +88,14 @@ class _HopSkipJump:
         return out.to(device=self.x.device, dtype=self.x.dtype)
 
     def start(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uniform noise until adversarial (``init_tries`` draws at most); the rows that found
-        one and their boundary points."""
-        found = torch.zeros(len(rows), dtype=torch.bool, device=self.x.device)
-        noise = torch.empty_like(self.x[rows])
-        for _ in range(self.params.init_tries):
-            todo = torch.nonzero(~found).flatten()
-            if todo.numel() == 0:
-                break
-            draw = self.lo + (self.hi - self.lo) * self._rand(tuple(noise[todo].shape), True)
-            hit = self.oracle.adversarial(draw, rows[todo])
-            noise[todo[hit]] = draw[hit]
-            found[todo[hit]] = True
-        rows, noise = rows[found], noise[found]
+        """Uniform noise until adversarial; the rows that found one and their boundary
+        points."""
+        rows, noise = noise_start(self.oracle, self.x, rows, (self.lo, self.hi),
+                                  self.params.init_tries, self.generator)
         return rows, self.boundary(rows, noise)
 
     def boundary(self, rows: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """Binary search between the clean images and the adversarial ``x_adv`` to the
-        boundary (to θ), adversarial side."""
-        x0 = self.x[rows]
-        if self.norm is Norm.L2:
-            low, high = torch.zeros(len(rows), device=x0.device), torch.ones(
-                len(rows), device=x0.device)
-            threshold = torch.full_like(low, self.theta)
-        else:
-            dist = linf_norm(x_adv - x0)
-            low, high = torch.zeros_like(dist), dist.clone()
-            threshold = torch.clamp(dist * self.theta, max=self.theta)
-        while bool(((high - low) > threshold).any()):
-            mid = (low + high) / 2
-            probe = self._blend(x0, x_adv, mid)
-            hit = self.oracle.adversarial(probe, rows)
-            open_ = (high - low) > threshold  # rows already precise keep their bracket
-            high = torch.where(open_ & hit, mid, high)
-            low = torch.where(open_ & ~hit, mid, low)
-        return self._blend(x0, x_adv, high)
-
-    def _blend(self, x0: torch.Tensor, x_adv: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        if self.norm is Norm.L2:
-            return x0 + _view(at, x0) * (x_adv - x0)
-        box = _view(at, x0)
-        return torch.minimum(torch.maximum(x_adv, x0 - box), x0 + box)
+        return boundary_search(self.oracle, self.x[rows], x_adv, rows, self.norm, self.theta)
 
     def gradient(self, rows: torch.Tensor, point: torch.Tensor, delta: torch.Tensor,
                  evals: int) -> torch.Tensor:
@@ -152,7 +107,7 @@ class _HopSkipJump:
         sum_f = torch.zeros(n, device=point.device, dtype=point.dtype)
         done = 0
         while done < evals:
-            k = min(self.params.probe_chunk, evals - done)
+            k = min(max(1, self.params.probe_chunk // n), evals - done)
             u = self._rand((n, k, *shape), self.norm is Norm.LINF)
             if self.norm is Norm.LINF:
                 u = 2 * u - 1

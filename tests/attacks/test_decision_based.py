@@ -1,6 +1,7 @@
-"""HopSkipJump: labels only (a model that exposes nothing but its label gives the same
-result), its query cap, and its distances against foolbox's HopSkipJumpAttack at the same
-number of queries per sample."""
+"""The decision-based attacks (HopSkipJump, the Boundary attack): labels only (a model that
+exposes nothing but its label gives the same result), their query caps, and their distances
+against foolbox's HopSkipJumpAttack and BoundaryAttack at the same number of queries per
+sample."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from attacks import run_attack
+from attacks.boundary import BoundaryParams, boundary_core
 from attacks.hopskipjump import HopSkipJumpParams, hopskipjump_core
 from bench.core.calls import ModelCalls
 from bench.core.norms import Norm
@@ -116,3 +118,50 @@ def test_eps_given_stops_a_sample_inside_it(lenet: Target,
     assert res.n_forward < free.n_forward  # samples inside 3.0 stopped querying
     inside = int((res.l2[res.success] <= 3.0 + 1e-3).sum())
     assert inside >= int((free.l2[free.success] <= 3.0 + 1e-3).sum()) - 1 and inside > 0
+
+
+def _boundary(target: Target, x: torch.Tensor, y: torch.Tensor, **params: int
+              ) -> tuple[torch.Tensor, ModelCalls]:
+    calls = ModelCalls(target)
+    _, dist = boundary_core(calls, x, y, params=BoundaryParams(**params),
+                            generator=torch.Generator().manual_seed(0))
+    return dist, calls
+
+
+def test_boundary_reads_labels_only_and_keeps_its_cap(
+        lenet: Target, startable: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = startable[0][:6], startable[1][:6]
+    label_only = Target(OneHot(lenet), num_classes=10, input_shape=(1, 28, 28), name="api")
+    with lenet.evaluating():
+        plain, calls = _boundary(lenet, x, y, max_queries=300)
+        api, _ = _boundary(label_only, x, y, max_queries=300)
+        longer, _ = _boundary(lenet, x, y, max_queries=1200)
+    assert torch.isfinite(plain).all() and torch.equal(plain, api)
+    assert calls.n_forward <= 300 * len(x) and calls.n_backward == 0
+    assert float(longer.median()) < float(plain.median())
+
+
+def test_boundary_as_close_as_foolbox_at_its_query_count(
+        lenet: Target, startable: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """foolbox 3's BoundaryAttack (800 steps, its defaults otherwise) and ours capped at the
+    queries foolbox made per sample: our median L2 distance at most foolbox's + 10%."""
+    import foolbox as fb
+
+    x, y = startable
+    counted = {"n": 0}
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        counted["n"] += inputs[0].shape[0]
+
+    with lenet.evaluating():
+        hook = lenet.register_forward_pre_hook(count)
+        torch.manual_seed(0)
+        theirs = fb.attacks.BoundaryAttack(steps=800).run(
+            fb.PyTorchModel(lenet, bounds=(0, 1)), x, fb.criteria.Misclassification(y))
+        hook.remove()
+        queries = counted["n"] // len(x)
+        ours, calls = _boundary(lenet, x, y, max_queries=queries)
+    their_dist = (theirs - x).flatten(1).norm(dim=1)
+    assert calls.n_forward <= queries * len(x) and torch.isfinite(ours).all()
+    assert float(ours.median()) <= 1.10 * float(their_dist.median()), (
+        float(ours.median()), float(their_dist.median()), queries)
