@@ -11,7 +11,9 @@ bookkeeping this follows): every ``stats_every`` steps the spherical candidate i
 over its last 100 checks, a success rate above 0.5 multiplies both steps by 1.5 and below 0.2
 divides them; over the last 30 checks of full candidates, above 0.25 multiplies the source step
 and below 0.1 divides it. A sample has converged when its source step falls below
-``convergence``. Unlike foolbox, each sample draws its own direction.
+``convergence``. Unlike foolbox, each sample draws its own direction, and the run ends with a
+binary search from the best point along the line to the clean image (its queries are kept back
+from the cap).
 
 Every sample carries its own query count; ``max_queries`` caps it. Given an eps, a sample leaves
 once it is within it.
@@ -119,8 +121,11 @@ def boundary_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *,
     best_dist[wrong] = 0.0
     rows, noise = noise_start(oracle, x, every[~wrong], bounds, params.init_tries, generator)
     d = x[0].numel()
-    best[rows] = boundary_search(oracle, x[rows], noise, rows, Norm.L2, 1 / (d * math.sqrt(d)))
+    theta = 1 / (d * math.sqrt(d))
+    search = math.ceil(math.log2(1 / theta))  # queries of one binary search
+    best[rows] = boundary_search(oracle, x[rows], noise, rows, Norm.L2, theta)
     best_dist[rows] = l2_norm(best[rows] - x[rows])
+    found = rows
     spherical = torch.full((n,), params.spherical_step, device=x.device)
     source = torch.full((n,), params.source_step, device=x.device)
     sphere_stats = _Window(n, 100, x.device)
@@ -129,8 +134,8 @@ def boundary_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *,
     for step in range(1, params.steps + 1):
         check = step % params.stats_every == 0
         going = (source[rows] >= params.convergence) & (best_dist[rows] > leave_at)
-        if params.max_queries is not None:
-            going &= oracle.queries[rows] + 1 + int(check) <= params.max_queries
+        if params.max_queries is not None:  # the last binary search is paid for up front
+            going &= oracle.queries[rows] + 1 + int(check) + search <= params.max_queries
         rows = rows[going]
         if rows.numel() == 0:
             break
@@ -145,6 +150,11 @@ def boundary_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *,
         sphere_stats.add(rows, oracle.adversarial(on_sphere, rows))
         step_stats.add(rows, hit)
         _adapt(rows, sphere_stats, step_stats, spherical, source, params.adaptation)
+    if found.numel():  # a last binary search along the line to the clean image
+        closer = boundary_search(oracle, x[found], best[found], found, Norm.L2, theta)
+        dist = l2_norm(closer - x[found])
+        better = dist < best_dist[found]
+        best[found[better]], best_dist[found[better]] = closer[better], dist[better]
     return best, best_dist
 
 

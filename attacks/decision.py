@@ -75,10 +75,12 @@ def boundary_search(oracle: LabelOracle, x0: torch.Tensor, x_adv: torch.Tensor,
         dist = linf_norm(x_adv - x0)
         low, high = torch.zeros_like(dist), dist.clone()
         threshold = torch.clamp(dist * theta, max=theta)
-    while bool(((high - low) > threshold).any()):
-        mid = (low + high) / 2
-        hit = oracle.adversarial(blend(x0, x_adv, mid, norm), rows)
-        open_ = (high - low) > threshold  # rows already precise keep their bracket
-        high = torch.where(open_ & hit, mid, high)
-        low = torch.where(open_ & ~hit, mid, low)
+    while True:
+        open_ = torch.nonzero((high - low) > threshold).flatten()  # rows still searching
+        if open_.numel() == 0:
+            break
+        mid = (low[open_] + high[open_]) / 2
+        hit = oracle.adversarial(blend(x0[open_], x_adv[open_], mid, norm), rows[open_])
+        high[open_] = torch.where(hit, mid, high[open_])
+        low[open_] = torch.where(hit, low[open_], mid)
     return blend(x0, x_adv, high, norm)
