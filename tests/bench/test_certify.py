@@ -39,12 +39,12 @@ def mlp() -> nn.Module:
 
 def config(**sweep: Any) -> dict[str, Any]:
     return {"sweep": {"name": "cert", "n_eval": 60, **sweep},
-            "models": [{"name": "mlp", "factory": "python", "input_shape": [1, 28, 28],
+            "models": [{"name": "my-mlp", "factory": "python", "input_shape": [1, 28, 28],
                         "num_classes": 10}],
             "defenses": [{"name": "ibp", "label": "ibp_small", "params": {
                 "epochs": 6, "eps": 0.1, "warmup": 0.0, "ramp": 0.5, "monitor_samples": 200,
                 "batch_size": 100}}],
-            "targets": [{"model": "mlp", "defenses": ["ibp_small"]}],
+            "targets": [{"model": "my-mlp", "defenses": ["ibp_small"]}],
             "attacks": [{"name": "pgd", "eps": [0.0, 0.05], "params": {"steps": 20}},
                         {"name": "ddn", "norm": "l2", "eps": [0.5, 1.0], "certify": "crown",
                          "params": {"steps": 60}},
@@ -52,30 +52,30 @@ def config(**sweep: Any) -> dict[str, Any]:
 
 
 def test_certify_is_read_per_sweep_and_per_attack_and_checked() -> None:
-    cells = expand_cells(parse_config(config(certify="crown-ibp"), modules={"mlp": mlp()}))
+    cells = expand_cells(parse_config(config(certify="crown-ibp"), modules={"my-mlp": mlp()}))
     by_norm = {(c.attack_name, c.threat_model.norm.value): c.certify for c in cells}
     assert by_norm[("pgd", "linf")] == "crown-ibp"
     assert by_norm[("ddn", "l2")] == "crown"  # the attack's own
     assert by_norm[("fmn", "l1")] == ""  # the bounds take Linf and L2 balls
-    plain = expand_cells(parse_config(config(), modules={"mlp": mlp()}))
+    plain = expand_cells(parse_config(config(), modules={"my-mlp": mlp()}))
     assert {c.certify for c in plain if c.attack_name == "pgd"} == {""}
     ids = {name: {c.cell_id for c in cs if c.attack_name == name} for name, cs in
            (("pgd", cells), ("fmn", cells))}
     assert not ids["pgd"] & {c.cell_id for c in plain}  # a certified row is another cell
     assert ids["fmn"] <= {c.cell_id for c in plain}
     with pytest.raises(ConfigError, match="certify.*'ibp' \\| 'crown-ibp' \\| 'crown'"):
-        parse_config(config(certify="milp"), modules={"mlp": mlp()})
+        parse_config(config(certify="milp"), modules={"my-mlp": mlp()})
     bad = config()
     bad["attacks"][2]["certify"] = "ibp"
     with pytest.raises(ConfigError, match="Linf and L2"):
-        parse_config(bad, modules={"mlp": mlp()})
+        parse_config(bad, modules={"my-mlp": mlp()})
 
 
 @pytest.fixture(scope="module")
 def certified_sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = tmp_path_factory.mktemp("certified")
-    run_sweep(parse_config(config(certify="crown-ibp"), modules={"mlp": mlp()}),
+    run_sweep(parse_config(config(certify="crown-ibp"), modules={"my-mlp": mlp()}),
               RunOptions(out=out, cache_dir=cache_dir, progress=False))
     store = ResultStore(out)
     return store.summary(), store.samples()
@@ -152,10 +152,10 @@ def test_certified_training_certifies_what_standard_training_cannot(
 def test_certify_on_a_randomised_defense_is_refused_in_one_line(tmp_path: Path,
                                                                 cache_dir: Path) -> None:
     cfg = config(certify="ibp")
-    cfg["targets"] = [{"model": "mlp", "defenses": ["random_resize_pad"]}]
+    cfg["targets"] = [{"model": "my-mlp", "defenses": ["random_resize_pad"]}]
     cfg["attacks"] = [{"name": "fgsm", "eps": [0.1]}]
     with pytest.raises(ValueError, match="cannot bound model.*randomness|preprocessing") as err:
-        run_sweep(parse_config(cfg, modules={"mlp": mlp()}),
+        run_sweep(parse_config(cfg, modules={"my-mlp": mlp()}),
                   RunOptions(out=tmp_path / "r", cache_dir=cache_dir, progress=False))
     assert "\n" not in str(err.value)
     assert not (tmp_path / "r").exists() or not any(
