@@ -348,15 +348,15 @@ def _check_label_only(source: str, config: SweepConfig) -> None:
     if not label_only:
         return
     allowed = ", ".join(n for n in ATTACKS.names() if ATTACKS.get(n).label_only)
-    for target in config.targets:
-        if target.model not in label_only:
+    for attack in config.attacks:
+        if attack.spec.label_only:
             continue
-        for attack in config.attacks:
-            if not attack.source and not attack.spec.label_only:
-                raise ConfigError(
-                    f"{source}: model {target.model!r} is label_only, but attack "
-                    f"{attack.name!r} reads more than its label; attack it with {allowed}, or "
-                    f"by transfer (an [[attacks]] entry with a 'source')")
+        read = set(attack.sources) if attack.source else {t.model for t in config.targets}
+        for model in sorted(read & set(label_only)):
+            raise ConfigError(
+                f"{source}: model {model!r} is label_only, but attack {attack.name!r} reads "
+                f"more than its label; attack it with {allowed}, or by transfer from a model "
+                f"that is not label_only (an [[attacks]] entry with a 'source')")
 
 
 def _check_only_on(source: str, config: SweepConfig) -> None:

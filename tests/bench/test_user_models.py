@@ -772,6 +772,10 @@ source = "lenet"''')
     out = tmp_path / "results"
     assert main(["run", str(_config(user_dir, text)), "--out", str(out), "--no-progress",
                  "--cache-dir", str(cache_dir)]) == 0
+    as_source = text.replace('source = "lenet"', 'source = "my-cnn"').replace(
+        'model = "my-cnn"\n\n[[attacks]]', 'model = "lenet"\n\n[[attacks]]')
+    with pytest.raises(ConfigError, match="'my-cnn' is label_only, but attack 'fgsm'"):
+        load_config(_config(user_dir, as_source))  # its gradients are not to be had either
     rows = load(out)
     assert set(rows["attack"]) == {"hopskipjump", "fgsm"}
     assert (rows.loc[rows["attack"] == "fgsm", "threat"] == "transfer").all()
