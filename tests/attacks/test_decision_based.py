@@ -5,6 +5,8 @@ sample."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,23 @@ class OneHot(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(self.target(x).argmax(1), 10).float() * 7.0
+
+
+def queries_per_sample(target: Target, n: int, run: Callable[[], torch.Tensor]
+                       ) -> tuple[torch.Tensor, int]:
+    """What ``run`` (a peer's attack on ``n`` images) returns, and the images per sample it
+    passed through ``target``'s forward."""
+    counted = {"n": 0}
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        counted["n"] += inputs[0].shape[0]
+
+    hook = target.register_forward_pre_hook(count)
+    try:
+        out = run()
+    finally:
+        hook.remove()
+    return out, counted["n"] // n
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +102,12 @@ def test_as_close_as_foolbox_at_its_query_count(norm: Norm, lenet: Target,
     import foolbox as fb
 
     x, y = startable
-    counted = {"n": 0}
-
-    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        counted["n"] += inputs[0].shape[0]
-
     with lenet.evaluating():
-        hook = lenet.register_forward_pre_hook(count)
         torch.manual_seed(0)
         np.random.seed(0)
-        theirs = fb.attacks.HopSkipJumpAttack(
+        theirs, queries = queries_per_sample(lenet, len(x), lambda: fb.attacks.HopSkipJumpAttack(
             steps=5, constraint="l2" if norm is Norm.L2 else "linf").run(
-            fb.PyTorchModel(lenet, bounds=(0, 1)), x, fb.criteria.Misclassification(y))
-        hook.remove()
-        queries = counted["n"] // len(x)
+            fb.PyTorchModel(lenet, bounds=(0, 1)), x, fb.criteria.Misclassification(y)))
         ours, calls = _run(lenet, x, y, norm, steps=1000, max_queries=queries)
         fooled = lenet.predict_logits(theirs).argmax(1) != y
     delta = (theirs - x).flatten(1)
@@ -148,18 +159,11 @@ def test_boundary_as_close_as_foolbox_at_its_query_count(
     import foolbox as fb
 
     x, y = startable
-    counted = {"n": 0}
-
-    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        counted["n"] += inputs[0].shape[0]
-
     with lenet.evaluating():
-        hook = lenet.register_forward_pre_hook(count)
         torch.manual_seed(0)
-        theirs = fb.attacks.BoundaryAttack(steps=800).run(
-            fb.PyTorchModel(lenet, bounds=(0, 1)), x, fb.criteria.Misclassification(y))
-        hook.remove()
-        queries = counted["n"] // len(x)
+        theirs, queries = queries_per_sample(lenet, len(x), lambda: fb.attacks.BoundaryAttack(
+            steps=800).run(fb.PyTorchModel(lenet, bounds=(0, 1)), x,
+                           fb.criteria.Misclassification(y)))
         ours, calls = _boundary(lenet, x, y, max_queries=queries)
     their_dist = (theirs - x).flatten(1).norm(dim=1)
     assert calls.n_forward <= queries * len(x) and torch.isfinite(ours).all()
