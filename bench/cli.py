@@ -101,15 +101,18 @@ def _add_readers(sub: Any) -> None:
     atk.add_argument("--format", choices=("md", "csv"), default="md")
 
     cor = sub.add_parser("corruptions", help=(
-        "evaluate every classifier target of a sweep under MNIST-C's 15 common corruptions "
-        "(accuracy per corruption, mean and worst) into RESULTS/corruptions/ and print the "
+        "evaluate every classifier target of a sweep under common corruptions (MNIST-C's 15 "
+        "for grayscale images, CIFAR-10-C's at severities 1-5 for colour ones; accuracy per "
+        "corruption, mean and worst) into RESULTS/corruptions/ and print the "
         "board"))
     src = cor.add_mutually_exclusive_group(required=True)
     src.add_argument("config", nargs="?", help="sweep config (TOML): its targets, samples, seeds")
     src.add_argument("--preset", help="a built-in sweep, e.g. 'quick'")
     cor.add_argument("--out", default="results", help="results directory (default: ./results)")
     cor.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
-                     help="a subset of the corruptions (default: all 15)")
+                     help="a subset of the corruptions (default: all of the set)")
+    cor.add_argument("--severities", nargs="+", type=int, default=None, metavar="S",
+                     help="a subset of the severities 1-5 (CIFAR-10-C; default: all)")
     cor.add_argument("--cache-dir", default=None)
     cor.add_argument("--device", default=None)
     cor.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -360,7 +363,7 @@ def _corruptions(args: argparse.Namespace) -> int:
     from bench.config import load_config, load_preset
     from bench.core.checkpoints import resolve_cache_dir
     from bench.core.files import check_writable
-    from bench.corruption_eval import evaluate, write
+    from bench.corruption_eval import run
     from bench.runner import RunOptions
     from leaderboards.corruptions import load_corruptions, to_markdown
 
@@ -369,11 +372,11 @@ def _corruptions(args: argparse.Namespace) -> int:
     check_writable(out, "--out")
     options = RunOptions(out=out, cache_dir=resolve_cache_dir(args.cache_dir),
                          progress=not args.no_progress, device=args.device)
-    table, grid = evaluate(config, options, tuple(args.corruptions or ()),
-                     progress=None if args.no_progress else
-                     lambda what: print(f"corrupting for {what}", file=sys.stderr))
-    path = write(table, out, config.name, grid)
-    print(f"{len(table)} row(s) in {path}\n")
+    path, n_rows = run(config, options, tuple(args.corruptions or ()),
+                       progress=None if args.no_progress else
+                       lambda what: print(f"corrupting for {what}", file=sys.stderr),
+                       severities=tuple(args.severities or ()))
+    print(f"{n_rows} row(s) in {path}\n")
     print(to_markdown(load_corruptions(out)))
     return 0
 

@@ -29,6 +29,7 @@ from bench.core.errors import BadInput
 from bench.core.files import check_writable, temp_dir
 from bench.core.version import ADVBENCH_VERSION
 from leaderboards.corruptions import boards as corruption_boards
+from leaderboards.corruptions import severity_grids
 from leaderboards.corruptions import to_markdown as corruptions_markdown
 from leaderboards.security import attack_board, curves_svg, groups
 from leaderboards.security import to_markdown as attacks_markdown
@@ -169,18 +170,25 @@ def attacks_page(summary: pd.DataFrame, samples: pd.DataFrame, board: pd.DataFra
         **nav, title="attacks, ranked by optimality", groups=sections)
 
 
+def _shown(table: pd.DataFrame) -> dict[str, Any]:
+    """A table's columns and rows as text for a template (numbers to one decimal)."""
+    shown = table.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = [("" if pd.isna(v) else f"{v:.1f}") for v in shown[col]]
+    return {"columns": [str(c) for c in shown.columns],
+            "rows": shown.astype(str).values.tolist()}
+
+
 def corruptions_page(rows: pd.DataFrame, grids: list[str], nav: dict[str, Any]) -> str:
-    """The corruption boards (:mod:`leaderboards.corruptions`) and the example grids."""
-    found = []
-    for i, (title, table) in enumerate(corruption_boards(rows)):
-        shown = table.copy()
-        for col in shown.columns:
-            if pd.api.types.is_float_dtype(shown[col]):
-                shown[col] = [("" if pd.isna(v) else f"{v:.1f}") for v in shown[col]]
-        found.append({"anchor": f"evaluation-{i}", "title": title,
-                      "columns": list(shown.columns), "rows": shown.astype(str).values.tolist()})
+    """The corruption boards (:mod:`leaderboards.corruptions`), each target's corruption ×
+    severity grid where a set has several severities, and the example images."""
+    found = [{"anchor": f"evaluation-{i}", "title": title, **_shown(table)}
+             for i, (title, table) in enumerate(corruption_boards(rows))]
+    levels = [{"anchor": f"severities-{i}", "title": title, **_shown(table)}
+              for i, (title, table) in enumerate(severity_grids(rows))]
     return TEMPLATES.get_template("corruptions.html.j2").render(
-        **nav, title="common corruptions (MNIST-C)", boards=found, grids=grids)
+        **nav, title="common corruptions", boards=found, levels=levels, grids=grids)
 
 
 def transfer_page(rows: pd.DataFrame, nav: dict[str, Any]) -> str:

@@ -2,9 +2,8 @@
 Robustness Benchmark for Computer Vision", ICML 2019 Workshop on Uncertainty and Robustness),
 each at the one severity the benchmark fixes, computed from the clean test digits.
 
-Every corruption is a function of one image in ``[0, 1]`` (``H × W``) and a NumPy generator;
-:func:`corrupt` draws image ``i`` of a batch from ``default_rng([seed, corruption, i])``, so a
-corrupted digit depends on the seed and its index only (not on the batch it is in). The
+Every corruption is a function of one image in ``[0, 1]`` (``H × W``) and a NumPy generator
+(:func:`bench.core.corruptions.corrupt` draws it per image). The
 geometry (shear, scale, rotate, translate), the Gaussian filters, salt-and-pepper noise and
 Canny edges are scikit-image's, as in the benchmark's own code; ImageMagick's motion blur (which
 the benchmark calls through Wand) is its kernel written out: ``2·radius + 1`` taps along a random
@@ -18,12 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from scipy import ndimage
 
-from bench.core.errors import BadInput
+from bench.core.corruptions.common import Image, motion, plasma_fractal
 
-Image = np.ndarray
 CorruptionFn = Callable[[Image, np.random.Generator], Image]
 
 
@@ -88,18 +84,9 @@ def glass_blur(image: Image, rng: np.random.Generator) -> Image:
 
 
 def motion_blur(image: Image, rng: np.random.Generator) -> Image:
-    """ImageMagick's motion blur, radius 10, σ 3, at a random angle in [-45°, 45°]
-    (severity 1): each pixel the weighted mean of the 21 pixels behind it on that line."""
-    radius, sigma = 10, 3.0
-    angle = math.radians(rng.uniform(-45, 45))
-    taps = np.arange(2 * radius + 1)
-    weights = np.exp(-taps ** 2 / (2 * sigma ** 2))
-    weights /= weights.sum()
-    out = np.zeros_like(image)
-    for i, weight in zip(taps, weights, strict=True):
-        dy, dx = int(i * math.sin(angle)), int(i * math.cos(angle))
-        out += weight * ndimage.shift(image, (-dy, -dx), order=0, mode="nearest")
-    return out
+    """ImageMagick's motion blur (:func:`motion`), radius 10, σ 3, at a random angle in
+    [-45°, 45°] (severity 1)."""
+    return motion(image, 10, 3.0, rng.uniform(-45, 45))
 
 
 def shear(image: Image, rng: np.random.Generator) -> Image:
@@ -135,32 +122,6 @@ def stripe(image: Image, rng: np.random.Generator) -> Image:
     out[:, :quarter] = 1 - out[:, :quarter]
     out[:, image.shape[1] - quarter:] = 1 - out[:, image.shape[1] - quarter:]
     return out
-
-
-def plasma_fractal(size: int, decay: float, rng: np.random.Generator) -> Image:
-    """A ``size × size`` (a power of two) diamond-square height map in [0, 1]."""
-    grid = np.zeros((size, size))
-    step, wibble = size, 100.0
-
-    def wibbled(total: Image) -> Image:
-        return np.asarray(total / 4 + wibble * rng.uniform(-wibble, wibble, total.shape))
-
-    while step >= 2:
-        half = step // 2
-        corners = grid[0:size:step, 0:size:step]
-        square = corners + np.roll(corners, -1, axis=0)
-        square += np.roll(square, -1, axis=1)
-        grid[half:size:step, half:size:step] = wibbled(square)
-        centres = grid[half:size:step, half:size:step]
-        corners = grid[0:size:step, 0:size:step]
-        left = centres + np.roll(centres, 1, axis=0) + corners + np.roll(corners, -1, axis=1)
-        grid[0:size:step, half:size:step] = wibbled(left)
-        top = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=0)
-        grid[half:size:step, 0:size:step] = wibbled(top)
-        step //= 2
-        wibble /= decay
-    grid -= grid.min()
-    return np.asarray(grid / grid.max())
 
 
 def fog(image: Image, rng: np.random.Generator) -> Image:
@@ -262,33 +223,3 @@ MNIST_C: dict[str, Corruption] = {c.name: c for c in (
     Corruption("canny_edges", canny_edges, 0, "Canny edge map"),
 )}
 """MNIST-C's 15 corruptions, in the benchmark's order, at its severities."""
-
-
-def corruption(name: str) -> Corruption:
-    """The corruption ``name``; :class:`BadInput` listing them for another name."""
-    if name not in MNIST_C:
-        raise BadInput(f"unknown corruption {name!r}; corruptions: {', '.join(MNIST_C)}")
-    return MNIST_C[name]
-
-
-def corrupt(x: torch.Tensor, name: str, seed: int, indices: torch.Tensor | None = None
-            ) -> torch.Tensor:
-    """``x`` (``[N, 1, H, W]`` in [0, 1]) under the corruption ``name``, image ``i`` drawn from
-    ``default_rng([seed, k, indices[i]])`` (``k``: the corruption's place in :data:`MNIST_C`;
-    ``indices``: the images' indices in their data set, default ``0 .. N − 1``), clipped to
-    [0, 1]."""
-    spec = corruption(name)
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise BadInput(f"MNIST-C's corruptions take grayscale images [N, 1, H, W], got shape "
-                       f"{tuple(x.shape)}")
-    if x.numel() and not (float(x.min()) >= 0 and float(x.max()) <= 1):
-        raise BadInput(f"corruptions take images in [0, 1], got values in "
-                       f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    k = list(MNIST_C).index(name)
-    where = range(len(x)) if indices is None else [int(i) for i in indices]
-    if len(where) != len(x):
-        raise BadInput(f"{len(where)} indices for {len(x)} images")
-    images = x[:, 0].detach().cpu().double().numpy()
-    out = np.stack([np.clip(spec.fn(img.copy(), np.random.default_rng([seed, k, i])), 0, 1)
-                    for i, img in zip(where, images, strict=True)]) if len(images) else images
-    return torch.from_numpy(out).to(dtype=x.dtype, device=x.device).unsqueeze(1)
