@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from bench.core.datasets import Split
 from bench.core.errors import BadInput
@@ -71,6 +70,8 @@ class Jpeg(Preprocessing):
         self.bounds = bounds
 
     def transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from torchvision.io import decode_jpeg, encode_jpeg  # torchvision's import is slow
+
         images = (_unit(x.detach(), self.bounds).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         decoded = [decode_jpeg(encode_jpeg(image, quality=self.quality)) for image in images]
         out = torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255

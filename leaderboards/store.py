@@ -20,7 +20,8 @@ renews while it works, fenced: a sweep whose lease was taken over cannot store t
 (:mod:`leaderboards.leases`).
 
 Files that do not read whole, or that are not advbench results, are never deleted: readers name
-them, and ``advbench doctor`` (or ``advbench run --repair``) moves them into ``quarantine/``.
+them (:mod:`leaderboards.quarantine`), and ``advbench doctor`` (or ``advbench run --repair``)
+moves them into ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from safetensors.torch import save_file
 from bench.core.errors import BadInput
 from bench.core.files import temp_dir
 from leaderboards.leases import LeaseLost, Leases
+from leaderboards.quarantine import Problem, inspect_file, move_aside
 from leaderboards.schema import (
     SAMPLES_SCHEMA,
     SCHEMA_VERSION,
@@ -101,54 +103,8 @@ def _atomic_artifacts(artifacts: Mapping[str, torch.Tensor], folder: Path) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-OLDEST_READABLE = 1
-"""Files of schema versions from this one up are migrated on read."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file in a results directory advbench cannot use. ``movable``: unreadable or foreign
-    (``advbench doctor`` moves it aside); otherwise results of another advbench version."""
-
-    path: Path
-    reason: str
-    movable: bool
-
-    def message(self, root: Path) -> str:
-        fix = (f"run `advbench doctor {root}` to move it into {root / QUARANTINE}/ (nothing is "
-               f"deleted), or write into another --out" if self.movable else
-               "upgrade advbench or write new results into another --out")
-        return f"{self.path} {self.reason}; {fix}"
-
-
-QUARANTINE = "quarantine"
 FENCE_KEY = b"advbench_lease_fence"
 """Summary-file metadata: the fence of the lease the cell's result was written under."""
-
-
-def _inspect(path: Path, table: str, whole: bool) -> tuple[pa.Table | None, int, Problem | None]:
-    """Read ``path`` (the footer only unless ``whole``): its table, schema version, or why not."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        data = pq.read_table(path) if whole else None
-    except (pa.ArrowException, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, -1, Problem(path, f"is not a readable Parquet file ({detail})", True)
-    text = meta.get(b"advbench_schema_version", b"").decode(errors="replace")
-    kind = meta.get(b"advbench_table", table.encode()).decode(errors="replace")
-    if not text.isdigit() or kind != table:
-        return None, -1, Problem(path, f"is not an advbench {table} file", True)
-    version = int(text)
-    if not OLDEST_READABLE <= version <= SCHEMA_VERSION:
-        return None, version, Problem(
-            path, f"was written with results schema version {version}; this advbench reads "
-                  f"versions {OLDEST_READABLE} to {SCHEMA_VERSION}", False)
-    expected = {"summary": SUMMARY_SCHEMA, "samples": SAMPLES_SCHEMA}[table].names
-    if data is not None and version == SCHEMA_VERSION and data.column_names != expected:
-        missing = sorted(set(expected) - set(data.column_names)) or ["(column order)"]
-        return None, version, Problem(path, f"claims results schema version {version} but "
-                                            f"lacks columns {', '.join(missing)}", True)
-    return data, version, None
 
 
 @dataclass
@@ -216,7 +172,7 @@ class ResultStore:
         checked = samples_checked or {}
         cells: dict[str, tuple[str, Any]] = {}
         for path in summaries:
-            data, _, problem = _inspect(path, "summary", whole=True)
+            data, _, problem = inspect_file(path, "summary", whole=True)
             if problem:
                 problems.append(problem)
                 continue
@@ -230,14 +186,14 @@ class ResultStore:
                 if not samples.is_file():
                     continue
                 unreadable = checked[samples] if samples in checked else \
-                    _inspect(samples, "samples", whole=False)[2]
+                    inspect_file(samples, "samples", whole=False)[2]
                 if unreadable is None:
                     cells[cell_id] = (run_id, created)
         return {c: r for c, (r, _) in cells.items()}
 
     def scan(self) -> Scan:
         """Read every summary file whole and every samples file's footer, once."""
-        samples = {p: _inspect(p, "samples", whole=False)[2]
+        samples = {p: inspect_file(p, "samples", whole=False)[2]
                    for p in self._files(self.samples_dir)}
         problems: list[Problem] = []
         cells = self._whole_cells(self._summary_files(), problems, samples)
@@ -265,16 +221,8 @@ class ResultStore:
         moves += [p for p in self._summary_files()  # summaries whose samples are gone
                   if p.stem.split("-", 1)[0] not in scan.cells]
         other_versions = {p.path for p in scan.problems if not p.movable}
-        return [(path, self._quarantine(path)) for path in dict.fromkeys(moves)
+        return [(path, move_aside(self.root, path)) for path in dict.fromkeys(moves)
                 if path not in other_versions]
-
-    def _quarantine(self, path: Path) -> Path:
-        target = self.root / QUARANTINE / path.parent.name / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target = target.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
-        os.replace(path, target)
-        return target
 
     def is_stored(self, cell_id: str) -> bool:
         """Whether ``cell_id``'s summary and samples files read whole."""
@@ -330,10 +278,10 @@ class ResultStore:
         old += [p for p in self.samples_dir.glob(f"{cell_id}-*.parquet") if p.stem != stem]
         for path in old:
             table = "summary" if path.parent == self.summary_dir else "samples"
-            if _inspect(path, table, whole=False)[2] is None:
+            if inspect_file(path, table, whole=False)[2] is None:
                 path.unlink(missing_ok=True)
             else:
-                self._quarantine(path)
+                move_aside(self.root, path)
         for folder in self.artifacts_dir.glob(f"{cell_id}-*"):
             if folder.name != stem and folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
@@ -345,7 +293,7 @@ class ResultStore:
     def _read(self, files: Iterable[Path], schema: pa.Schema) -> pa.Table:
         tables = []
         for path in files:
-            data, version, problem = _inspect(path, str(schema.metadata[b"advbench_table"],
+            data, version, problem = inspect_file(path, str(schema.metadata[b"advbench_table"],
                                                         "utf-8"), whole=True)
             if problem:
                 raise BadInput(problem.message(self.root))

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import beta, binom, norm
 
 from bench.core.target import Certificate, Target
+
+
+def _stats() -> Any:
+    """scipy.stats, imported on first use (it takes most of a second to import)."""
+    from scipy import stats
+
+    return stats
 
 
 class SmoothedTarget(Target):
@@ -90,7 +97,7 @@ class SmoothedTarget(Target):
         counts = self.vote_counts(x, self.n_predict, batch_size)
         top2 = counts.topk(2, dim=1)
         n_a, n_b = top2.values[:, 0].cpu().numpy(), top2.values[:, 1].cpu().numpy()
-        p_value = torch.as_tensor(binom.cdf(n_b, n_a + n_b, 0.5) * 2).clamp(max=1.0)
+        p_value = torch.as_tensor(_stats().binom.cdf(n_b, n_a + n_b, 0.5) * 2).clamp(max=1.0)
         pred = top2.indices[:, 0].clone()
         pred[(p_value > self.alpha).to(pred.device)] = -1
         return pred
@@ -109,7 +116,7 @@ class SmoothedTarget(Target):
         counts = self.vote_counts(x, self.n, batch_size)
         n_a = counts.gather(1, guess[:, None])[:, 0].cpu().numpy()
         p_lower = torch.as_tensor(lower_confidence_bound(n_a, self.n, self.alpha))
-        radius = (self.sigma * torch.as_tensor(norm.ppf(p_lower.numpy()))).float()
+        radius = (self.sigma * torch.as_tensor(_stats().norm.ppf(p_lower.numpy()))).float()
         certified = (p_lower > 0.5).to(x.device)
         pred = torch.where(certified, guess, torch.full_like(guess, -1))
         radius = torch.where(certified, radius.to(x.device), torch.zeros_like(radius,
@@ -119,7 +126,7 @@ class SmoothedTarget(Target):
     def max_radius(self) -> float:
         """The largest radius ``n`` draws can certify: ``σ Φ⁻¹(alpha^(1/n))`` (every draw on
         the top class)."""
-        return float(self.sigma * norm.ppf(self.alpha ** (1 / self.n)))
+        return float(self.sigma * _stats().norm.ppf(self.alpha ** (1 / self.n)))
 
 
 def lower_confidence_bound(successes: np.ndarray, trials: int, alpha: float) -> np.ndarray:
@@ -127,5 +134,5 @@ def lower_confidence_bound(successes: np.ndarray, trials: int, alpha: float) -> 
     no successes): ``Beta(alpha; k, n − k + 1)``."""
     k = np.asarray(successes, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        bound = beta.ppf(alpha, k, trials - k + 1)
+        bound = _stats().beta.ppf(alpha, k, trials - k + 1)
     return np.where(k > 0, bound, 0.0)

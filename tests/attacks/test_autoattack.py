@@ -280,7 +280,7 @@ def test_rapid_fools_what_standards_square_fools(mask: Any, eps: float, lenet: T
                                 name=mask.__name__.lower())
     idx = torch.linspace(0, len(mnist5k.test) - 1, 60).round().long()
     x, y = mnist5k.test.x[idx], mnist5k.test.y[idx]
-    budget = {"steps": 20, "queries": 2000}
+    budget = {"steps": 20, "queries": 1000}
     std = run_attack("standard", masked, x, y, eps=eps, params={**budget, "target_classes": 3},
                      generator=torch.Generator().manual_seed(SEED))
     rapid = run_attack("standard", masked, x, y, eps=eps, generator=torch.Generator().manual_seed(

@@ -7,7 +7,8 @@ The floor is the defenses' promise: FGSM-RS ≥ 75% and PGD-AT ≥ 80% robust ac
 at *each* seed (not on average). Six fits take about an hour on 2 CPU cores, so this runs only
 with ``--benchmark-enable`` and the official test set in ``$ADVBENCH_MNIST_DIR`` (IDX files;
 default ``../shared/data/mnist`` next to the repository); the default test run skips it (the
-CI-sized check is ``tests/defenses/test_defenses.py::test_fgsm_rs_defaults_beat_plain_training``).
+CI-sized check, at one seed, is
+``tests/defenses/test_defenses.py::test_fgsm_rs_defaults_beat_plain_training``).
 Fits come from (and go to) the advbench checkpoint cache (``$ADVBENCH_CACHE``), so after
 ``advbench run --preset defenses`` only the evaluation is left.
 

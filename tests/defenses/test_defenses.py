@@ -198,13 +198,14 @@ def test_guard_catches_a_real_collapse(lenet: Target, mnist5k: Dataset, digits: 
     assert robust_acc(guarded, x, y, 0.1) >= robust_acc(unguarded, x, y, 0.1) + 0.2
 
 
-@pytest.mark.parametrize("seed", [0, 5])
-def test_fgsm_rs_defaults_beat_plain_training(seed: int, lenet: Target, mnist5k: Dataset,
+def test_fgsm_rs_defaults_beat_plain_training(lenet: Target, mnist5k: Dataset,
                                               digits: Any, tmp_path: Path) -> None:
     """FGSM-RS with its defaults (eps 0.3, step 1.25·eps from a random start, cyclic learning
-    rate, warm-up, guard), on a CI-sized budget (8 epochs on 1,500 digits), at two fit seeds:
-    PGD at eps 0.2 and 0.3 leaves far more held-out digits classified than on plain training,
-    and clean accuracy stays high."""
+    rate, warm-up, guard), on a CI-sized budget (8 epochs on 1,500 digits): PGD at eps 0.2 and
+    0.3 leaves far more held-out digits classified than on plain training, and clean accuracy
+    stays high. (That it holds at every seed, 0, 5 and 11 at the full budget, is
+    tests/benchmarks/test_advtrain_seeds.py.)"""
+    seed = 0
     x, y = digits
     params = {"epochs": 8, "monitor_samples": 100, "monitor_steps": 5}
     defended = fitted_defense(DEFENSES.get("fgsm_rs"), lenet, train_subset(mnist5k, 1500),

@@ -13,10 +13,10 @@ CPU = torch.device("cpu")
 
 
 def _gradient(name: str, seed: int, mnist5k: Dataset) -> MarginGradient:
-    """A GAN trained briefly (5 epochs, 2,000 digits); its discriminator's median margin
+    """A GAN trained briefly (5 epochs, 1,000 digits); its discriminator's median margin
     gradient on 200 held-out real digits and 200 of its samples."""
     train = mnist5k.split("train")
-    gan = train_gan(gan_spec(name), Split(train.x[:2000], train.y[:2000]), seed=seed,
+    gan = train_gan(gan_spec(name), Split(train.x[:1000], train.y[:1000]), seed=seed,
                     device=CPU, recipe=GANRecipe(epochs=5), progress=False)
     x = torch.cat([mnist5k.test.x[:200], gan.sample(200, seed=seed + 50)])
     y = torch.cat([torch.ones(200), torch.zeros(200)]).long()
