@@ -46,9 +46,8 @@ SCHEMA = pa.schema([
     ("n_correct", pa.int64()), ("seconds", pa.float64()),
     ("advbench_version", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
-"""One row per (target, corruption): the corrupted samples' accuracy beside the clean one."""
-
-CORRUPTION_SET = "mnist-c"
+"""One row per (target, corruption, severity): the corrupted samples' accuracy beside the
+clean one."""
 
 
 def _correct(target: Target, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int,

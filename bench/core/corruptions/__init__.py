@@ -44,15 +44,19 @@ class CorruptionSet:
     def names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(level.name for level in self.levels))
 
+    def check(self, name: str) -> None:
+        """:class:`BadInput` listing the set's corruptions if ``name`` is not one of them."""
+        if name not in self.names:
+            raise BadInput(f"unknown {self.name} corruption {name!r}; its corruptions: "
+                           f"{', '.join(self.names)}")
+
     def select(self, names: tuple[str, ...] = (), severities: tuple[int, ...] = ()
                ) -> list[Level]:
         """The levels of the corruptions ``names`` at ``severities`` (default: all); an unknown
         name or a severity the set does not have is a :class:`BadInput` listing the valid
         ones."""
         for name in names:
-            if name not in self.names:
-                raise BadInput(f"unknown {self.name} corruption {name!r}; its corruptions: "
-                               f"{', '.join(self.names)}")
+            self.check(name)
         have = sorted({level.severity for level in self.levels})
         for severity in severities:
             if severity not in have:
@@ -91,9 +95,7 @@ def corrupt(x: torch.Tensor, name: str, seed: int, indices: torch.Tensor | None 
     if x.ndim != 4:
         raise BadInput(f"corruptions take images [N, C, H, W], got shape {tuple(x.shape)}")
     cset = corruption_set(x.shape[1])
-    if name not in cset.names:
-        raise BadInput(f"unknown {cset.name} corruption {name!r}; its corruptions: "
-                       f"{', '.join(cset.names)}")
+    cset.check(name)
     if x.numel() and not (float(x.min()) >= 0 and float(x.max()) <= 1):
         raise BadInput(f"corruptions take images in [0, 1], got values in "
                        f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
