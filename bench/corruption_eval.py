@@ -160,7 +160,9 @@ def results_path(table: pd.DataFrame, out: Path, name: str) -> Path:
 
 def write(table: pd.DataFrame, path: Path, grid: torch.Tensor | None = None) -> None:
     """``table`` as one Parquet file at ``path`` and ``grid`` beside it as ``<same
-    name>.png``, each written whole or not at all."""
+    name>.png``, each written whole or not at all (the rows are checked against
+    :data:`SCHEMA` before either is written)."""
+    arrow = pa.Table.from_pandas(table, schema=SCHEMA, preserve_index=False)
     if grid is not None:
         from torchvision.utils import save_image
 
@@ -169,7 +171,7 @@ def write(table: pd.DataFrame, path: Path, grid: torch.Tensor | None = None) -> 
         png.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, tmp)
         os.replace(tmp, png)
-    atomic_write(pa.Table.from_pandas(table, schema=SCHEMA, preserve_index=False), path)
+    atomic_write(arrow, path)
 
 
 def run(config: SweepConfig, options: RunOptions, names: tuple[str, ...] = (),

@@ -48,9 +48,15 @@ def _levels(group: pd.DataFrame) -> pd.DataFrame:
     return wide[pd.MultiIndex.from_tuples(order, names=["corruption", "severity"])]
 
 
+def _graded(group: pd.DataFrame) -> bool:
+    """Whether some corruption in ``group`` was evaluated at more than one severity (CIFAR-10-C;
+    MNIST-C fixes one per corruption)."""
+    return bool(group.groupby("corruption")["severity"].nunique().max() > 1)
+
+
 def _title(fields: dict[str, object], group: pd.DataFrame) -> str:
-    severities = sorted(set(group["severity"]) - {0})
-    levels = (f"severities {severities[0]}–{severities[-1]}" if len(severities) > 1
+    severities = sorted(set(group["severity"]))
+    levels = (f"severities {severities[0]}–{severities[-1]}" if _graded(group)
               else "the benchmark's severities")
     return (f"{fields['dataset']} ({fields['split']}, {fields['n_samples']} samples, "
             f"seed {fields['seed']}), {fields['corruption_set']}: "
@@ -110,7 +116,7 @@ def severity_grids(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     rows = _checked(rows)
     out = []
     for key, group in rows.groupby([*EVALUATION, *TARGET], sort=True):
-        if group["severity"].nunique() < 2:
+        if not _graded(group):
             continue
         fields = dict(zip([*EVALUATION, *TARGET], key, strict=True))
         grid = group.pivot_table(index="corruption", columns="severity", values="accuracy",

@@ -166,6 +166,9 @@ def test_corruptions_command_stores_rows_and_prints_the_board(
     assert table["mean"].iloc[0] == pytest.approx(100 * rows["accuracy"].mean())
     assert table["worst"].iloc[0] == pytest.approx(100 * rows["accuracy"].min())
     assert "| lenet" in printed and "worst corruption" in printed
+    # one severity per corruption (fog 5, stripe 0, shot noise 5): no severity grid
+    assert "the benchmark's severities" in printed and "severity 5" not in printed
+    assert severity_grids(rows) == []
     assert len(list((out / "corruptions").glob("*.png"))) == 1
 
     assert main(["run", str(config), "--out", str(out), "--cache-dir", str(cache_dir),
@@ -332,6 +335,9 @@ def test_rgb_corruptions_need_a_severity(photos: torch.Tensor) -> None:
 
     with pytest.raises(BadInput, match="no severity 6"):
         SETS["cifar10-c"].select(severities=(6,))
+    # MNIST-C's fog has only severity 5: asking for 3 selects nothing, which is refused
+    with pytest.raises(BadInput, match="has severity 3; theirs: fog 5"):
+        SETS["mnist-c"].select(("fog",), (3,))
 
 
 RGB_MODULE = '''

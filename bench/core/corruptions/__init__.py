@@ -62,9 +62,15 @@ class CorruptionSet:
             if severity not in have:
                 raise BadInput(f"{self.name} has no severity {severity}; its severities: "
                                f"{', '.join(map(str, have))}")
-        return [level for level in self.levels
-                if (not names or level.name in names)
-                and (not severities or level.severity in severities or level.severity == 0)]
+        chosen = [level for level in self.levels
+                  if (not names or level.name in names)
+                  and (not severities or level.severity in severities or level.severity == 0)]
+        if not chosen:
+            asked = [level for level in self.levels if not names or level.name in names]
+            raise BadInput(f"none of the chosen {self.name} corruptions has severity "
+                           f"{', '.join(map(str, severities))}; theirs: " + ", ".join(
+                               f"{level.name} {level.severity}" for level in asked))
+        return chosen
 
 
 SETS: dict[str, CorruptionSet] = {
