@@ -74,6 +74,11 @@ def black_box_row(cell: Cell) -> bool:
     return cell.attack.spec.black_box
 
 
+def label_only_row(cell: Cell) -> bool:
+    """Whether the row's attack read only the target's labels (a cascade's members read scores)."""
+    return cell.attack.spec.label_only and not cell.member
+
+
 def fooled_by_names(cell: Cell, run: AttackRun, n: int) -> list[str | None]:
     """Per sample, the name of the member that fooled it ("clean" when the clean input is
     misclassified; None when none did or the row is no cascade's)."""

@@ -16,6 +16,7 @@ from bench.cascade_rows import (
     attacked_count,
     black_box_row,
     fooled_by_names,
+    label_only_row,
     member_columns,
     row_decision,
 )
@@ -135,7 +136,7 @@ def summarise(cell: Cell, prepared: PreparedTarget, data: EvalData, run: AttackR
         attack_params=row_params(cell, run), **member_columns(cell, run),
         flags=row_flags(cell, prepared, data, run, outcome),
         decision=row_decision(cell, run),
-        black_box=black_box_row(cell),
+        black_box=black_box_row(cell), label_only=label_only_row(cell),
         targeted=cell.attack.targeted, norm=cell.threat_model.norm.value,
         eps=cell.threat_model.eps, eps_display=cell.threat_model.eps_display, seed=cell.seed,
         precision=attacked.precision_for(cell), batch_size=attacked.batch_size,

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bench.core.indicators import BLACK_BOX_WINS, UNCONSTRAINED, join
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 INT32 = pa.int32()
 FLOAT32 = pa.float32()
@@ -84,6 +84,7 @@ class SummaryRow:
     # ran and why; an attack's eot_iter that ran as 1 on a deterministic target
     decision: str | None
     black_box: bool  # the attack uses model outputs only, never gradients
+    label_only: bool  # the attack reads only the target's predicted label, never its scores
     targeted: bool
     norm: str
     eps: float | None
@@ -243,12 +244,15 @@ ADDED_IN: dict[str, int] = {
     "distance": 14,
     "certify_method": 15,
     "certified": 15,
+    "label_only": 16,
 }
 """The schema version that added each column; older files get its migration value."""
 
 MIGRATION_VALUES: dict[str, Callable[[pa.Table], pa.Array]] = {
     # up to v4 the one registered black-box attack was the one-pixel attack
     "black_box": lambda table: pc.equal(table["attack"], "onepixel"),
+    # up to v15 the registered label-only attacks were HopSkipJump and the Boundary attack
+    "label_only": lambda table: pc.is_in(table["attack"], pa.array(["hopskipjump", "boundary"])),
     # before v6 each row was timed as its own run
     "attack_run": lambda table: table["cell_id"],
     # before v6 every model was a zoo model

@@ -102,11 +102,13 @@ def _version(params: str) -> str:
 
 
 def column_labels(summary: pd.DataFrame) -> pd.Series:
-    """Each row's board column: ``attack[-version][-ll][ (from source)][ (differing
-    params)]@eps`` (``standard-rapid@0.3``). The params are named only when one attack was
-    run with more than one set on the board."""
+    """Each row's board column: ``attack[-version][-ll][ (label-only)][ (from source)][
+    (differing params)]@eps`` (``standard-rapid@0.3``, ``hopskipjump (label-only)@2``): a
+    label-only attack's number is said to be one. The params are named only when one attack
+    was run with more than one set on the board."""
     base = summary["attack"] + summary["attack_params"].map(_version) \
         + summary["targeted"].map({True: "-ll", False: ""}) \
+        + summary["label_only"].map({True: " (label-only)", False: ""}) \
         + summary["source_model"].map(lambda s: f" (from {s})" if s else "")
     labels = base.copy()
     for _, rows in summary.groupby(base):

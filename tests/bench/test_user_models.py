@@ -781,3 +781,4 @@ source = "lenet"''')
     assert (rows.loc[rows["attack"] == "fgsm", "threat"] == "transfer").all()
     hsj = rows[rows["attack"] == "hopskipjump"]
     assert (hsj["robust_acc"] < hsj["clean_acc"]).all()
+    assert hsj["label_only"].all() and not rows.loc[rows["attack"] == "fgsm", "label_only"].any()

@@ -84,22 +84,23 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version,dropped", [
     ("1", ["defense_params", "direction", "fast_path"]), ("2", ["direction", "fast_path"]),
     ("3", ["fast_path"]), ("4", []), ("5", []), ("6", []), ("8", [])])
-@pytest.mark.parametrize("attack", ["pgd", "onepixel"])
+@pytest.mark.parametrize("attack", ["pgd", "onepixel", "hopskipjump"])
 def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
                                           dropped: list[str], attack: str) -> None:
     """v1 (no defense_params, no direction), v2 (no direction), v3 (no fast_path), v4 (no
     black_box) and v5 (no train_dataset, no attack_run) files read as current rows with the
     missing columns null, black_box true exactly for the one-pixel attack, the one black-box
-    attack those versions had, and each row its own attack run."""
+    attack those versions had, label_only true exactly for the label-only attacks, and each
+    row its own attack run."""
     store = ResultStore(tmp_path)
-    store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack == "onepixel",
-                         weights_sha256="ab" * 32), samples())
+    store.write_cell(row(robust_acc=0.25, attack=attack, black_box=attack != "pgd",
+                         label_only=attack == "hopskipjump", weights_sha256="ab" * 32), samples())
     for folder in ("summary", "samples"):
         path = next((tmp_path / folder).glob("*.parquet"))
         table = pq.read_table(path)
         gone = [*dropped, *(["fooled_by", "queries"] if version < "7" else [])]
         if folder == "summary":
-            gone = [*dropped, "base_weights_sha256", "decision"]
+            gone = [*dropped, "base_weights_sha256", "decision", "label_only"]
             if version < "7":
                 gone += ["cascade_member", "member_given", "member_robust_acc", "flags"]
             if version < "6":
@@ -111,7 +112,8 @@ def test_old_results_are_migrated_on_read(tmp_path: Path, version: str,
     assert df["robust_acc"].tolist() == [0.25]
     for column in dropped:
         assert df[column].isna().all()
-    assert df["black_box"].tolist() == [attack == "onepixel"]
+    assert df["black_box"].tolist() == [attack == "onepixel" if version < "5" else attack != "pgd"]
+    assert df["label_only"].tolist() == [attack == "hopskipjump"]
     assert df["attack_run"].tolist() == ["c1"] and df["model_source"].tolist() == ["zoo"]
     if version < "6":
         assert df["train_dataset"].isna().all() and df["weights_sha256"].isna().all()

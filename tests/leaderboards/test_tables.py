@@ -242,3 +242,17 @@ def test_a_cascade_in_another_version_says_so_in_its_column(tmp_path: Path) -> N
                          samples(cell))
     (board,) = leaderboards(store.summary(), store.samples())
     assert {"standard@0.1", "standard-rapid@0.1", "standard-rand@0.1"} <= set(board.table)
+
+
+def test_a_label_only_attack_says_so_in_its_column(tmp_path: Path) -> None:
+    """A number reached from the target's labels alone is another threat than one reached
+    with its scores or gradients: the column says which."""
+    store = ResultStore(tmp_path)
+    store.write_cell(row("a", attack="pgd", norm="l2", eps=2.0, eps_display="2"), samples("a"))
+    store.write_cell(row("b", attack="hopskipjump", black_box=True, label_only=True, norm="l2",
+                         eps=2.0, eps_display="2"), samples("b"))
+    store.write_cell(row("c", attack="square", black_box=True, norm="l2", eps=2.0,
+                         eps_display="2"), samples("c"))
+    (board,) = leaderboards(store.summary(), store.samples())
+    assert {"pgd@2", "hopskipjump (label-only)@2", "square@2"} <= set(board.table)
+    assert "hopskipjump (label-only)@2" in to_markdown(board)
