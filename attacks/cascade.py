@@ -255,16 +255,19 @@ def _standard_cost(params: StandardParams, n: int, num_classes: int, n_fit: int
 def standard(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: StandardParams, y_target: torch.Tensor | None = None,
-    batch_size: int | None = None,
+    batch_size: int | None = None, checkpoints: resume.Checkpoints | None = None,
 ) -> AttackResult:
-    """AutoAttack's cascade: APGD-CE, APGD-T, FAB-T, Square, each on what the others missed."""
+    """AutoAttack's cascade: APGD-CE, APGD-T, FAB-T, Square, each on what the others missed.
+
+    ``checkpoints``: where to save the run's state after each member, and a piece of an earlier
+    run of the same cell to resume from (:mod:`bench.core.resume`); None runs it whole."""
     assert eps is not None
     calls = ModelCalls(target)
     rows = max(1, batch_size or x.shape[0])
     n = x.shape[0]
     chosen = members(params, norm)
     started_run = time.perf_counter()
-    piece = resume.resumed()
+    piece = checkpoints.resumed() if checkpoints is not None else None
     state = _State.restore(piece, x, calls, generator) if piece is not None \
         and _State.fits(piece, chosen, n) else _State.start(x, y, calls, rows, generator)
     state.names = [m.name for m in chosen]
@@ -280,8 +283,9 @@ def standard(
         else:
             state.stats.append(_attack_member(state, member, k, todo, target, x, y, norm, eps,
                                               generator, rows, started))
-        resume.checkpoint(state.piece(member.name, calls, generator,
-                                      time.perf_counter() - started_run))
+        if checkpoints is not None:
+            checkpoints.save(state.piece(member.name, calls, generator,
+                                         time.perf_counter() - started_run))
     fooled_by, x_adv = state.fooled_by, state.x_adv
     crossed, improving, stats = state.crossed, state.improving, state.stats
     result = AttackResult.build(x, x_adv, fooled_by != ROBUST, calls, artifacts={

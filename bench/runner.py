@@ -24,7 +24,7 @@ from bench.core.measure import (
     autocast,
     measure,
 )
-from bench.core.resume import PieceStore, fingerprint, resumable
+from bench.core.resume import Checkpoints, PieceStore, fingerprint
 from bench.core.target import Target
 from bench.evaluation import EvalData
 from bench.records import SAMPLE_ARTIFACTS, AttackedModel, AttackRun, CellResult, PreparedTarget
@@ -99,10 +99,11 @@ def attack_samples(cell: Cell, attacked: Target, data: EvalData, *, device: torc
     A cascade checkpoints into ``pieces`` after each member and resumes from the last piece a
     killed run left there for the same ``weights`` and samples; its time adds up over pieces."""
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    with measure(device) as timing, autocast(device, precision), \
-            resumable(pieces, attack_run_id(cell), fingerprint(weights, data.x, data.y)):
+    checkpoints = None if pieces is None else Checkpoints(
+        pieces, attack_run_id(cell), fingerprint(weights, data.x, data.y))
+    with measure(device) as timing, autocast(device, precision):
         result = cell.attack(attacked, data.x, data.y, generator=generator, fit_data=fit_data,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, checkpoints=checkpoints)
     return AttackRun(result.x_adv, result.y_target, result.n_forward, result.n_backward,
                      timing.wall_s + result.earlier_s, timing.peak_mem_bytes, result.artifacts,
                      result.effective_params, result.n_grad_unavailable, result.notes)

@@ -20,6 +20,7 @@ from bench.core.errors import BadInput
 from bench.core.norms import Norm
 from bench.core.progress import progress_bar
 from bench.core.result import AttackResult, at_budget, concat_results
+from bench.core.resume import Checkpoints
 from bench.core.target import (
     Target,
 )
@@ -38,7 +39,9 @@ class Attack:
     eval mode, ``batch_size`` rows at a time: a streaming attack (FGSM, BIM, PGD) takes all of
     ``x`` and keeps ``batch_size`` rows busy, an attack that fits on training data (UAP) fits its
     one perturbation on all of ``x``, every other attack takes ``x`` in chunks. A CUDA
-    out-of-memory error halves the rows and runs again from the generator's starting state.
+    out-of-memory error halves the rows and runs again from the generator's starting state. A
+    cascade given ``checkpoints`` saves its state after each member and resumes from a piece an
+    interrupted run of the same cell left there (:mod:`bench.core.resume`).
     """
 
     spec: AttackSpec
@@ -106,13 +109,17 @@ class Attack:
     def __call__(self, target: Target, x: torch.Tensor, y: torch.Tensor, *,
                  generator: torch.Generator | None = None, y_target: torch.Tensor | None = None,
                  fit_data: FitData | None = None, batch_size: int | None = None,
-                 progress: bool = False, x_init: torch.Tensor | None = None) -> AttackResult:
+                 progress: bool = False, x_init: torch.Tensor | None = None,
+                 checkpoints: Checkpoints | None = None) -> AttackResult:
         """Attack ``(x, y)`` on ``target``; ``fit_data = (x, y)`` for an attack that fits on
         training data, ``y_target`` the target classes of a targeted attack (else its own),
-        ``x_init`` the points an attack that takes them starts from (one per image)."""
+        ``x_init`` the points an attack that takes them starts from (one per image),
+        ``checkpoints`` where a cascade saves and resumes its pieces."""
         self.check_inputs(target, x, y)
         self.check_fit_data(target, fit_data)
         self.check_start(target, x, x_init)
+        if checkpoints is not None and self.spec.cascade is None:
+            raise BadInput(f"attack {self.name!r} keeps no checkpoints (only a cascade does)")
         if batch_size is not None and batch_size < 1:
             raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         if generator is None:
@@ -122,7 +129,10 @@ class Attack:
         eot_iter, bpda = adaptive_settings(self.params)
         with target.evaluating(), target.drawing_from(generator), \
                 target.adaptive(eot_iter, bpda):
-            result = self._run(target, x, y, generator, per_sample, fit_data,
+            extra: dict[str, Any] = {"fit_data": fit_data} if self.spec.needs_fit_data else {}
+            if checkpoints is not None:
+                extra["checkpoints"] = checkpoints
+            result = self._run(target, x, y, generator, per_sample, extra,
                                batch_size or max(x.shape[0], 1), progress)
             bpda_note = target.bpda_note() if result.n_backward else None
         if eot_iter > 1 and not target.randomised:
@@ -135,13 +145,12 @@ class Attack:
 
     def _run(self, target: Target, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, per_sample: dict[str, torch.Tensor],
-             fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
+             extra: dict[str, Any], rows: int, progress: bool) -> AttackResult:
         """Chunks of ``rows`` (or all of ``x`` at once), with the out-of-memory back-off."""
         start_state = generator.get_state()
         while True:
             try:
-                return self._chunks(target, x, y, generator, per_sample, fit_data, rows,
-                                    progress)
+                return self._chunks(target, x, y, generator, per_sample, extra, rows, progress)
             except torch.cuda.OutOfMemoryError:
                 if rows == 1 or self.spec.needs_fit_data:
                     raise
@@ -153,15 +162,15 @@ class Attack:
 
     def _chunks(self, target: Target, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator, per_sample: dict[str, torch.Tensor],
-                fit_data: FitData | None, rows: int, progress: bool) -> AttackResult:
+                extra: dict[str, Any], rows: int, progress: bool) -> AttackResult:
         """Run the attack function on chunks of ``rows`` images; ``per_sample`` (``y_target``,
-        ``x_init``) is cut like the images."""
+        ``x_init``) is cut like the images, ``extra`` (``fit_data``, ``checkpoints``) goes
+        whole to every call."""
         n = x.shape[0]
         whole = self.spec.needs_fit_data or self.spec.streams
         chunk = max(n, 1) if whole else rows
-        extra: dict[str, Any] = {"fit_data": fit_data} if self.spec.needs_fit_data else {}
         if self.spec.streams:
-            extra["batch_size"] = rows
+            extra = {**extra, "batch_size": rows}
         results = []
         with progress_bar(total=n, enabled=progress, leave=False, unit="img",
                   desc=f"{self.name}@{self.threat.eps_display}") as bar:
@@ -188,10 +197,11 @@ def run_attack(
     fit_data: FitData | None = None,
     batch_size: int | None = None,
     x_init: torch.Tensor | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> AttackResult:
     """``Attack.create(attack, norm=norm, eps=eps, params=params)(target, x, y, ...)``: one
     call from Python (``eps`` None: a minimal-perturbation attack such as DeepFool, unbounded). Raises :class:`BadInput` for unknown names, bad eps, unknown params,
     inputs of the wrong shape or outside the target's bounds, and labels that do not match."""
     return Attack.create(attack, norm=norm, eps=eps, params=params)(
         target, x, y, generator=generator, y_target=y_target, fit_data=fit_data,
-        batch_size=batch_size, x_init=x_init)
+        batch_size=batch_size, x_init=x_init, checkpoints=checkpoints)

@@ -2,11 +2,12 @@
 
 AutoAttack saves its ``EvaluationState`` after each attack of its cascade (which attacks ran,
 which samples are still robust); advbench's ``standard`` cascade does the same through this
-module: after each member it :func:`checkpoint`\\ s a :class:`Piece` (its adversarials so far,
-which member fooled each sample, the members' costs, the generator's state, the seconds spent),
-and a rerun of the same attack run starts from the last piece (:func:`resumed`) instead of the
-first member. The run's randomness continues from the saved generator state, so a resumed run
-equals an uninterrupted one sample for sample, and its calls and seconds add up over the pieces.
+module: the runner passes the run its :class:`Checkpoints`, and after each member the cascade
+saves a :class:`Piece` there (its adversarials so far, which member fooled each sample, the
+members' costs, the generator's state, the seconds spent); a rerun of the same attack run starts
+from the last piece (:meth:`Checkpoints.resumed`) instead of the first member. The run's
+randomness continues from the saved generator state, so a resumed run equals an uninterrupted
+one sample for sample, and its calls and seconds add up over the pieces.
 
 Where pieces live is the caller's choice (:class:`PieceStore`): :class:`PieceDir` keeps them as
 ``<key>.safetensors`` in a folder (a sweep's ``partial/`` folder on the driver's machine; Ray
@@ -18,12 +19,10 @@ and the sweep removes it once every row of that run is stored.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,51 +102,32 @@ class PieceDir:
 
 
 @dataclass(frozen=True)
-class _Scope:
+class Checkpoints:
+    """Where one attack run checkpoints: pieces go into ``store`` under ``key``, and a rerun
+    resumes from one only if its ``fingerprint`` (the weights and samples it ran on) matches.
+    The runner hands it to an attack that checkpoints (a cascade) through the attack's call."""
+
     store: PieceStore
     key: str
     fingerprint: str
 
+    def resumed(self) -> Piece | None:
+        """The last piece checkpointed for this run, if it was written for the same weights
+        and samples; None to start from the beginning."""
+        piece = self.store.load(self.key)
+        if piece is None:
+            return None
+        if piece.meta.get("fingerprint") != self.fingerprint:
+            log.warning("checkpoint %s was written for other weights or samples; not resumed",
+                        self.key)
+            return None
+        return piece
 
-_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("resume", default=None)
-
-
-@contextlib.contextmanager
-def resumable(store: PieceStore | None, key: str, fingerprint: str) -> Iterator[None]:
-    """Within this block a resumable attack run checkpoints into ``store`` under ``key`` and
-    resumes from a piece there whose ``fingerprint`` (the weights and samples it ran on)
-    matches; without a store it runs whole."""
-    token = _SCOPE.set(_Scope(store, key, fingerprint) if store is not None else None)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
-
-
-def resumed() -> Piece | None:
-    """The last piece checkpointed for the run in scope, if it was written for the same
-    weights and samples; None to start from the beginning."""
-    scope = _SCOPE.get()
-    if scope is None:
-        return None
-    piece = scope.store.load(scope.key)
-    if piece is None:
-        return None
-    if piece.meta.get("fingerprint") != scope.fingerprint:
-        log.warning("checkpoint %s was written for other weights or samples; not resumed",
-                    scope.key)
-        return None
-    return piece
-
-
-def checkpoint(piece: Piece) -> None:
-    """Save ``piece`` as the run in scope's latest state (nothing without a scope)."""
-    scope = _SCOPE.get()
-    if scope is None:
-        return
-    piece.meta["fingerprint"] = scope.fingerprint
-    scope.store.save(scope.key, piece)
-    hooks.hold(f"checkpoint:{piece.label}")
+    def save(self, piece: Piece) -> None:
+        """Save ``piece`` as this run's latest state."""
+        piece.meta["fingerprint"] = self.fingerprint
+        self.store.save(self.key, piece)
+        hooks.hold(f"checkpoint:{piece.label}")
 
 
 def fingerprint(weights: str, x: torch.Tensor, y: torch.Tensor) -> str:
@@ -158,5 +138,4 @@ def fingerprint(weights: str, x: torch.Tensor, y: torch.Tensor) -> str:
     return f"{weights}:{tuple(x.shape)}:{weighted:.6e}:{int(y.long().sum())}"
 
 
-__all__ = ["Piece", "PieceDir", "PieceStore", "checkpoint", "fingerprint", "resumable",
-           "resumed"]
+__all__ = ["Checkpoints", "Piece", "PieceDir", "PieceStore", "fingerprint"]

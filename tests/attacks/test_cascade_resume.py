@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from attacks import Attack
+from bench.core.errors import BadInput
 from bench.core.members import MemberStats
 from bench.core.result import AttackResult
-from bench.core.resume import Piece, PieceDir, fingerprint, resumable
+from bench.core.resume import Checkpoints, Piece, PieceDir, PieceStore, fingerprint
 from bench.core.target import Target
 
 PARAMS = {"version": "standard", "steps": 5, "target_classes": 2, "queries": 40}
@@ -37,9 +38,14 @@ class DiesAfter(PieceDir):
             raise Killed(piece.label)
 
 
-def cascade(target: Target, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+def cascade(target: Target, x: torch.Tensor, y: torch.Tensor,
+            checkpoints: tuple[PieceStore, str] | None = None) -> AttackResult:
+    """The cascade on ``(x, y)``; with ``checkpoints = (store, fingerprint)`` it saves and
+    resumes its pieces there under the key ``run``."""
     attack = Attack.create("standard", norm="linf", eps=EPS, params=PARAMS)
-    return attack(target, x, y, generator=torch.Generator().manual_seed(3), batch_size=64)
+    kept = None if checkpoints is None else Checkpoints(checkpoints[0], "run", checkpoints[1])
+    return attack(target, x, y, generator=torch.Generator().manual_seed(3), batch_size=64,
+                  checkpoints=kept)
 
 
 @pytest.fixture
@@ -54,11 +60,10 @@ def test_resumed_cascade_equals_an_uninterrupted_run(killed_after: int, lenet: T
     print_ = fingerprint("w", x, y)
     whole = cascade(lenet, x, y)
     store = DiesAfter(tmp_path, killed_after)
-    with resumable(store, "run", print_), pytest.raises(Killed):
-        cascade(lenet, x, y)
+    with pytest.raises(Killed):
+        cascade(lenet, x, y, (store, print_))
     assert store.load("run") is not None and store.load("run").done == killed_after
-    with resumable(PieceDir(tmp_path), "run", print_):
-        resumed = cascade(lenet, x, y)
+    resumed = cascade(lenet, x, y, (PieceDir(tmp_path), print_))
     assert torch.equal(resumed.x_adv, whole.x_adv)
     assert torch.equal(resumed.success, whole.success)
     assert torch.equal(resumed.artifacts["fooled_by"], whole.artifacts["fooled_by"])
@@ -77,11 +82,10 @@ def test_a_checkpoint_of_other_samples_or_weights_is_not_resumed(lenet: Target, 
                                                                  tmp_path: Path) -> None:
     x, y = xy
     store = DiesAfter(tmp_path, 2)
-    with resumable(store, "run", fingerprint("w", x, y)), pytest.raises(Killed):
-        cascade(lenet, x, y)
+    with pytest.raises(Killed):
+        cascade(lenet, x, y, (store, fingerprint("w", x, y)))
     for other in (fingerprint("other weights", x, y), fingerprint("w", x.flip(0), y.flip(0))):
-        with resumable(PieceDir(tmp_path), "run", other):
-            result = cascade(lenet, x, y)
+        result = cascade(lenet, x, y, (PieceDir(tmp_path), other))
         assert not any("resumed" in note for note in result.notes)
 
 
@@ -89,8 +93,7 @@ def test_a_corrupt_checkpoint_is_reported_and_the_run_starts_over(
         lenet: Target, xy: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     x, y = xy
     (tmp_path / "run.safetensors").write_bytes(b"not a checkpoint")
-    with resumable(PieceDir(tmp_path), "run", fingerprint("w", x, y)):
-        result = cascade(lenet, x, y)
+    result = cascade(lenet, x, y, (PieceDir(tmp_path), fingerprint("w", x, y)))
     assert "is not a readable checkpoint" in caplog.text
     assert torch.equal(result.x_adv, cascade(lenet, x, y).x_adv)
     assert PieceDir(tmp_path).load("run") is not None  # overwritten by the run's own pieces
@@ -102,17 +105,25 @@ def test_a_checkpoint_of_another_member_stats_layout_is_refused_in_one_line(
     stores) is not read by position: the log says so and the run starts over."""
     x, y = xy
     print_ = fingerprint("w", x, y)
-    with resumable(DiesAfter(tmp_path, 1), "run", print_), pytest.raises(Killed):
-        cascade(lenet, x, y)
+    with pytest.raises(Killed):
+        cascade(lenet, x, y, (DiesAfter(tmp_path, 1), print_))
     piece = PieceDir(tmp_path).load("run")
     assert piece is not None
     stats = MemberStats.from_named(piece.tensors)
     piece.tensors = {k: v for k, v in piece.tensors.items() if not k.startswith("member.")}
     piece.tensors["members"] = MemberStats.table(stats)[:, :7]  # an older layout, by position
     PieceDir(tmp_path).save("run", piece)
-    with resumable(PieceDir(tmp_path), "run", print_):
-        result = cascade(lenet, x, y)
+    result = cascade(lenet, x, y, (PieceDir(tmp_path), print_))
     refused = [r for r in caplog.records if "starts over" in r.getMessage()]
     assert len(refused) == 1 and "members" in caplog.text
     assert not any("resumed" in note for note in result.notes)
     assert torch.equal(result.x_adv, cascade(lenet, x, y).x_adv)
+
+
+def test_checkpoints_are_refused_by_an_attack_that_keeps_none(lenet: Target, xy: Any,
+                                                              tmp_path: Path) -> None:
+    x, y = xy
+    pgd = Attack.create("pgd", norm="linf", eps=EPS, params={"steps": 2})
+    with pytest.raises(BadInput, match="attack 'pgd' keeps no checkpoints"):
+        pgd(lenet, x, y, checkpoints=Checkpoints(PieceDir(tmp_path), "run", "fp"))
+    assert not any(tmp_path.iterdir())
