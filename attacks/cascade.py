@@ -121,8 +121,8 @@ L1_RESTARTS = 5
 
 def l1_members(params: StandardParams) -> tuple[CascadeMember, ...]:
     """AutoAttack's L1 version (Croce & Hein, ICML 2021): APGD-CE with 5 restarts and APGD-T,
-    both on the 3·eps, 2·eps, eps schedule, then FAB-T in L1; no Square (its L1 version is not
-    implemented). ``fast``: the two APGD members."""
+    both on the 3·eps, 2·eps, eps schedule, then FAB-T and Square in L1. ``fast``: the two
+    APGD members."""
     if params.version not in ("standard", "fast"):
         raise BadInput(f"the {params.version!r} version has no L1 members; in L1 use "
                        f"'standard' or 'fast'")
@@ -136,6 +136,7 @@ def l1_members(params: StandardParams) -> tuple[CascadeMember, ...]:
                                            "large_reps": True, **adaptive}),
         CascadeMember("fab-t", "fab_t", {"steps": params.steps,
                                          "target_classes": params.target_classes}),
+        CascadeMember("square", "square", {"queries": params.queries}, black_box=True),
     )
     return chosen if params.version == "standard" else chosen[:2]
 

@@ -3,8 +3,9 @@ black-box adversarial attack via random search", ECCV 2020.
 
 Score-based black-box random search: each query changes one random square window of the
 current perturbation (Linf: to ±2·eps per channel, then projected; L2: a pair of windows whose
-mass is moved, with the paper's centred "eta" pattern) and keeps the change where the margin
-loss falls. The window side follows the paper's schedule of p (the share of pixels changed),
+mass is moved, with the paper's centred "eta" pattern; L1: the same move with AutoAttack's L1
+pattern and the projection onto the L1 ball inside the image box of Croce & Hein, ICML 2021, as
+in AutoAttack's L1 version) and keeps the change where the margin loss falls. The window side follows the paper's schedule of p (the share of pixels changed),
 halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled to the query
 budget. It never reads a gradient, which makes it the check for gradient masking: it works on
 a model whose gradients are useless. A sample stops costing queries once it is fooled; its
@@ -29,7 +30,7 @@ from bench.core.attack_registry import register_attack
 from bench.core.calls import ModelCalls
 from bench.core.errors import BadInput
 from bench.core.losses import margin_loss
-from bench.core.norms import Norm, l2_norm, project
+from bench.core.norms import Norm, l1_norm, l2_norm, project, project_l1_box
 from bench.core.result import AttackResult
 from bench.core.target import Target
 
@@ -99,21 +100,30 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin_loss(logits, y)
 
 
-def _rectangles(rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """The paper's nested-rectangle pattern of a ``rows × cols`` half window, unit L2 norm."""
+def _unit_pattern(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
+    return delta / (delta.norm() if norm is Norm.L2 else delta.abs().sum())
+
+
+def _rectangles(rows: int, cols: int, device: torch.device, norm: Norm = Norm.L2
+                ) -> torch.Tensor:
+    """The paper's nested-rectangle pattern of a ``rows × cols`` half window, unit norm: ring
+    k weighs 1/(k+1)² in L2, 1/(k+1)⁴ in L1 (AutoAttack's L1 Square)."""
     delta = torch.zeros(rows, cols, device=device)
     r0, c0 = rows // 2, cols // 2
+    power = 2 if norm is Norm.L2 else 4
     for k in range(max(r0 + 1, c0 + 1)):
         delta[max(r0 - k, 0):min(r0 + k + 1, rows), max(c0 - k, 0):min(c0 + k + 1, cols)] \
-            += 1.0 / (k + 1) ** 2
-    return delta / delta.norm()
+            += 1.0 / (k + 1) ** power
+    return _unit_pattern(delta, norm)
 
 
-def eta(s: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """The L2 window pattern: +rectangles on one half, −rectangles on the other, unit norm,
-    transposed with probability 1/2."""
-    delta = torch.cat([_rectangles(s // 2, s, device), -_rectangles(s - s // 2, s, device)])
-    delta = delta / delta.norm()
+def eta(s: int, generator: torch.Generator, device: torch.device, norm: Norm = Norm.L2
+        ) -> torch.Tensor:
+    """The window pattern in L2 or L1: +rectangles on one half, −rectangles on the other,
+    unit norm, transposed with probability 1/2."""
+    delta = torch.cat([_rectangles(s // 2, s, device, norm),
+                       -_rectangles(s - s // 2, s, device, norm)])
+    delta = _unit_pattern(delta, norm)
     flip = bool(torch.rand(1, generator=generator, device=generator.device) > 0.5)
     return delta.T if flip else delta
 
@@ -145,8 +155,9 @@ class _Search:
             if active.numel() == 0:
                 break
             s = self._side(k - 2)
-            candidate = self._linf_step(x[active], best[active], s) if self.norm is Norm.LINF \
-                else self._l2_step(x[active], best[active], s)
+            step = {Norm.LINF: self._linf_step, Norm.L2: self._l2_step,
+                    Norm.L1: self._l1_step}[self.norm]
+            candidate = step(x[active], best[active], s)
             new = _margin(self.calls.logits(candidate), y[active])
             better = new < margin[active]
             best[active] = torch.where(better.view(-1, 1, 1, 1), candidate, best[active])
@@ -157,14 +168,19 @@ class _Search:
     def _side(self, q: int) -> int:
         p = p_at(q, self.params.queries, self.params.p_init)
         side = int(round(math.sqrt(p * self.h * self.w)))
-        if self.norm is Norm.L2:
+        if self.norm is not Norm.LINF:
             side = max(side, 3)
             side += 1 - side % 2  # odd, as the paper's eta pattern wants
         return max(1, min(side, self.h, self.w))
 
-    def _project(self, points: torch.Tensor) -> torch.Tensor:
-        """``points`` moved into the eps ball around the inputs and the bounds."""
-        return (self.x + project(points - self.x, self.norm, self.eps)).clamp(self.lo, self.hi)
+    def _project(self, points: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``points`` moved into the eps ball around the inputs ``x`` (all of them by
+        default) and the bounds; in L1 the closest such point (the ball inside the box,
+        just under eps as AutoAttack's L1 Square keeps it)."""
+        x = self.x if x is None else x
+        if self.norm is Norm.L1:
+            return x + project_l1_box(points - x, x, self.eps * (1 - 1e-6), (self.lo, self.hi))
+        return (x + project(points - x, self.norm, self.eps)).clamp(self.lo, self.hi)
 
     def _init(self) -> torch.Tensor:
         x, g = self.x, self.generator
@@ -179,9 +195,11 @@ class _Search:
                 r, c = start + i * s, start + j * s
                 if r + s > self.h or c + s > self.w:
                     continue
-                pattern = eta(s, g, x.device).to(x.dtype) if s > 1 \
+                pattern = eta(s, g, x.device, self.norm).to(x.dtype) if s > 1 \
                     else torch.ones(1, 1, device=x.device, dtype=x.dtype)
                 delta[:, :, r:r + s, c:c + s] += pattern * _signs((x.shape[0], self.c, 1, 1), g, x)
+        if self.norm is Norm.L1:
+            return self._project(x + delta)
         return (x + self._unit(delta) * self.eps).clamp(self.lo, self.hi)
 
     def _unit(self, delta: torch.Tensor) -> torch.Tensor:
@@ -220,6 +238,30 @@ class _Search:
         delta[:, :, r1:r1 + s, c1:c1 + s] = new
         return (x + self._unit(delta) * self.eps).clamp(self.lo, self.hi)
 
+    def _l1_step(self, x: torch.Tensor, best: torch.Tensor, s: int) -> torch.Tensor:
+        """AutoAttack's L1 step: the mass of two windows (per channel), plus the budget left
+        unspent, goes into one new L1 eta pattern; the result is projected onto the L1 ball
+        inside the box."""
+        g = self.generator
+        delta = best - x
+        r1, c1 = _randint(self.h - s, g), _randint(self.w - s, g)
+        r2, c2 = _randint(self.h - s, g), _randint(self.w - s, g)
+        mask = torch.zeros_like(x)
+        mask[:, :, r1:r1 + s, c1:c1 + s] = 1
+        mask[:, :, r2:r2 + s, c2:c2 + s] = 1
+        norm_image = l1_norm(delta).view(-1, 1, 1, 1).to(x.dtype)
+        norm_windows = (delta * mask).abs().sum(dim=(2, 3), keepdim=True)  # per channel
+        window = delta[:, :, r1:r1 + s, c1:c1 + s]
+        old = window / (1e-12 + window.abs().sum(dim=(2, 3), keepdim=True))
+        new = eta(s, g, x.device, Norm.L1).to(x.dtype) \
+            * _signs((x.shape[0], self.c, 1, 1), g, x) + old
+        room = (torch.clamp(self.eps - norm_image, min=0) / self.c + norm_windows) * self.c
+        new = new / (1e-12 + new.abs().sum(dim=(2, 3), keepdim=True)) * room
+        delta = delta.clone()
+        delta[:, :, r2:r2 + s, c2:c2 + s] = 0
+        delta[:, :, r1:r1 + s, c1:c1 + s] = new
+        return self._project(x + delta, x)
+
 
 def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
                  ) -> tuple[int, int]:
@@ -227,8 +269,8 @@ def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
     return n * (part * params.restarts + 1), 0  # + the clean check
 
 
-@register_attack("square", params=SquareParams, norms=(Norm.LINF, Norm.L2), black_box=True,
-                 cost=_square_cost, starts=True)
+@register_attack("square", params=SquareParams, norms=(Norm.LINF, Norm.L2, Norm.L1),
+                 black_box=True, cost=_square_cost, starts=True)
 def square(
     target: Target, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, norm: Norm,
     generator: torch.Generator, params: SquareParams, y_target: torch.Tensor | None = None,

@@ -48,7 +48,7 @@ SQUARE_MATTERS = [("fgsm_rs", "linf", 0.2), ("fgsm_rs", "linf", 0.3),
                   ("bit_depth1", "linf", 0.3), ("reversed", "linf", 0.1)]
 L1 = [("lenet", "l1", 10.0)]
 """AutoAttack's L1 version (its APGD-CE, APGD-T, FAB-T, Square) against advbench's L1
-``standard`` (APGD-CE, APGD-T, FMN); ``rapid`` has no L1 version."""
+``standard`` (the same four members); ``rapid`` has no L1 version."""
 RUNNERS = [(c, w) for c in GRADIENTS_WORK for w in ("original", "standard", "rapid")] + [
     (c, w) for c in SQUARE_MATTERS for w in ("original", "rapid")] + [
     (c, w) for c in L1 for w in ("original", "standard")]
