@@ -308,6 +308,17 @@ def training_bounds(network: Network, region: Region, spec: torch.Tensor, beta: 
     return beta * _final_crown(network, prop, spec, region) + (1 - beta) * ibp
 
 
+def _pick(spec: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Rows ``which`` (``[n, k]`` indices) of each sample's ``spec`` (``[n, S, C]``)."""
+    return spec.gather(1, which[..., None].expand(-1, -1, spec.shape[2]))
+
+
+def _others(which: torch.Tensor, count: int) -> torch.Tensor:
+    """``[n, count − 1]``: every index below ``count`` but each sample's ``which`` (``[n, 1]``)."""
+    every = torch.arange(count, device=which.device).expand(which.shape[0], count)
+    return every[every != which].view(which.shape[0], count - 1)
+
+
 def margin_spec(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """``[N, K − 1, K]``: rows ``e_y − e_j`` for every class ``j ≠ y``."""
     eye = torch.eye(num_classes, dtype=dtype, device=labels.device)
@@ -336,9 +347,10 @@ class BoundCertifier:
 
     def margins(self, x: torch.Tensor, logits: torch.Tensor, eps: torch.Tensor
                 ) -> torch.Tensor:
-        """``[N]``: the smallest lower bound of the margins of the prediction (the argmax of
-        ``logits``, the network's at ``x``) over the balls of radii ``eps``, relative to the
-        logits' scale (certified where > :data:`MARGIN_TOLERANCE`)."""
+        """``[N]``: relative to the logits' scale, the smallest lower bound of the margins of
+        the prediction (the argmax of ``logits``, the network's at ``x``) over the balls of
+        radii ``eps`` where it exceeds :data:`MARGIN_TOLERANCE` (certified); elsewhere a value
+        at most the tolerance (a margin found uncertified ends that sample's work)."""
         out = []
         for xs, zs, es in zip(x.split(self.batch_size), logits.split(self.batch_size),
                               eps.split(self.batch_size)):
@@ -346,16 +358,44 @@ class BoundCertifier:
             spec = margin_spec(zs.argmax(1), zs.shape[1], xs.dtype)
             scale = 1.0 + zs.abs().amax(1)
             prop = propagate(self.network, region, "ibp")
-            low = _final_ibp(self.network, prop, spec).amin(1)
-            todo = low <= MARGIN_TOLERANCE * scale  # what IBP certifies needs no backward pass
-            if self.method != "ibp" and bool(todo.any()):
-                sub = Region(xs[todo], es[todo], self.norm, *self.bounds)
-                tighter = _final_crown(self.network, prop.subset(todo), spec[todo], sub) \
-                    if self.method == "crown-ibp" else \
-                    margin_lower_bounds(self.network, sub, spec[todo], self.method)
-                low[todo] = torch.maximum(low[todo], tighter.amin(1))
-            out.append(low / scale)
+            low = _final_ibp(self.network, prop, spec)
+            if self.method != "ibp":
+                self._tighten(low, MARGIN_TOLERANCE * scale, spec, region, prop)
+            out.append(low.amin(1) / scale)
         return torch.cat(out) if out else x.new_zeros(0)
+
+    def _tighten(self, low: torch.Tensor, floor: torch.Tensor, spec: torch.Tensor,
+                 region: Region, prop: Propagation) -> None:
+        """Raise IBP's bounds ``low`` (``[n, S]``) in place to the method's, for the samples
+        IBP leaves uncertified (a margin at most ``floor``): first each one's weakest margin
+        under IBP, then the others only where that one is certified (a sample with one
+        uncertified margin is uncertified whatever the others' bounds)."""
+        todo = torch.nonzero(low.amin(1) <= floor).flatten()
+        if todo.numel() == 0:
+            return
+        sub = Region(region.x[todo], region.eps[todo], region.norm, region.lo, region.hi)
+        tight = prop.subset(todo) if self.method == "crown-ibp" else \
+            propagate(self.network, sub, self.method)
+        weakest = low[todo].argmin(1, keepdim=True)  # [m, 1]
+        rows = todo[:, None]
+        low[rows, weakest] = torch.maximum(
+            low[rows, weakest], self._final(tight, _pick(spec[todo], weakest), sub))
+        held = torch.nonzero(low[rows, weakest].squeeze(1) > floor[todo]).flatten()
+        if held.numel() == 0 or spec.shape[1] == 1:
+            return
+        others = _others(weakest[held], spec.shape[1])  # [k, S − 1]
+        rows = todo[held][:, None]
+        sub = Region(sub.x[held], sub.eps[held], sub.norm, sub.lo, sub.hi)
+        low[rows, others] = torch.maximum(
+            low[rows, others], self._final(tight.subset(held), _pick(spec[rows[:, 0]], others),
+                                           sub))
+
+    def _final(self, prop: Propagation, spec: torch.Tensor, region: Region) -> torch.Tensor:
+        """The method's lower bounds of ``spec @ logits`` from its propagated bounds (full
+        CROWN's intermediate bounds also tighten the interval the IBP bound folds)."""
+        crown = _final_crown(self.network, prop, spec, region)
+        return crown if self.method == "crown-ibp" else \
+            torch.maximum(crown, _final_ibp(self.network, prop, spec))
 
     @torch.no_grad()
     def certify(self, x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:

@@ -220,6 +220,30 @@ def test_a_discriminators_two_logits_are_bounded_as_its_one() -> None:
             assert bool((target(corners).argmax(1) == decision[i]).all())
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_the_certifier_decides_as_every_margins_bound(method: str) -> None:
+    """The certifier stops bounding a sample at its first uncertified margin (and leaves
+    what IBP certifies to IBP): its decisions are still those of every margin's bound, and a
+    certified sample's margin lies between IBP's and the method's smallest margin bound."""
+    network = network_of(mlp(5, classes=5))
+    x = torch.rand(60, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    eps = torch.linspace(0.0, 0.12, 60, dtype=torch.float64)
+    with torch.no_grad():
+        logits = network.forward(x)
+        got = BoundCertifier(network, Norm.LINF, method, (0.0, 1.0)).margins(x, logits, eps)
+        spec = margin_spec(logits.argmax(1), logits.shape[1], x.dtype)
+        region = Region(x, eps, Norm.LINF, 0.0, 1.0)
+        every = margin_lower_bounds(network, region, spec, method)  # type: ignore[arg-type]
+        ibp = margin_lower_bounds(network, region, spec, "ibp")
+    scale = 1 + logits.abs().amax(1)
+    full, ibp_min = every.amin(1) / scale, ibp.amin(1) / scale
+    certified = full > MARGIN_TOLERANCE
+    assert 5 < int(certified.sum()) < 55  # both kinds of sample
+    assert torch.equal(got > MARGIN_TOLERANCE, certified)
+    assert bool((got[certified] >= ibp_min[certified] - 1e-12).all())
+    assert bool((got[certified] <= full[certified] + 1e-12).all())
+
+
 def test_radius_bisection_is_certified_and_nearly_tight() -> None:
     target = mlp(4)
     network = network_of(target)
