@@ -477,13 +477,13 @@ def test_members_only_attack_what_every_earlier_member_missed(lenet: Target,
 def test_standard_at_most_as_robust_as_torchattacks_autoattack(lenet: Target,
                                                                held_out: Any) -> None:
     """The same members at the same budgets as torchattacks' AutoAttack (10 steps; Square with
-    fewer queries here), on the undefended LeNet at 0.1: no sample more robust."""
-    x, y = held_out[0][:100], held_out[1][:100]
+    fewer queries here), on the undefended LeNet at 0.1, 60 digits: no sample more robust."""
+    x, y = held_out[0][:60], held_out[1][:60]
     mine = robust(lenet, x, y, ours("standard", lenet, x, y, 0.1, steps=10, queries=300))
     torch.manual_seed(SEED)
     peer = peers.autoattack("torchattacks", lenet, x, y, 0.1, steps=10, queries=300)
     reference = robust(lenet, x, y, peer())
-    assert mine <= reference + 0.003, (mine, reference)
+    assert mine <= reference + 0.005, (mine, reference)
 
 
 def test_a_sweep_writes_the_cascade_and_a_row_per_member(tmp_path: Path, cache_dir: Path

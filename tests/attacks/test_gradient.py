@@ -58,13 +58,14 @@ def test_pgd_at_least_as_strong_as_foolbox_and_torchattacks(lenet: Target, digit
     import torchattacks
 
     x, y = digits
+    budgets = [0.1, 0.2]  # where PGD-40 leaves some digits robust and fools others
     with lenet.evaluating():
         fmodel = fb.PyTorchModel(lenet, bounds=lenet.bounds)
         _, fb_adv, _ = fb.attacks.LinfPGD(steps=40, abs_stepsize=0.01)(
-            fmodel, x, y, epsilons=EPSILONS[:3])
+            fmodel, x, y, epsilons=budgets)
         torch.manual_seed(0)
-        ta_adv = [torchattacks.PGD(lenet, eps=e, alpha=0.01, steps=40)(x, y) for e in EPSILONS[:3]]
-    for i, eps in enumerate(EPSILONS[:3]):
+        ta_adv = [torchattacks.PGD(lenet, eps=e, alpha=0.01, steps=40)(x, y) for e in budgets]
+    for i, eps in enumerate(budgets):
         ours = run_attack("pgd", lenet, x, y, eps=eps, params={"steps": 40, "step_size": 0.01})
         ours_acc = robust_acc(lenet, ours.x_adv, y)
         noise = 3 / len(y)
