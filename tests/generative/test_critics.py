@@ -114,13 +114,13 @@ def test_a_trained_critic_is_cached_with_its_threshold_and_sample_quality(
         mnist5k: Dataset, tmp_path: Path) -> None:
     cache = CheckpointCache(tmp_path)
     recipe = short_recipe("wgan_gp", epochs=1)
-    gan = trained_gan("wgan_gp", mnist5k, seed=1, device=CPU, cache=cache, progress=False,
+    gan = trained_gan("wgan_gp", mnist5k, seed=0, device=CPU, cache=cache, progress=False,
                       recipe=recipe)
     (entry,) = (tmp_path / "gans").iterdir()
     card = json.loads((entry / "card.json").read_text())
     assert card["critic_threshold"] == gan.threshold
     assert card["quality"]["features"] == "lenet" and card["quality"]["fid"] > 0
-    again = trained_gan("wgan_gp", mnist5k, seed=1, device=CPU, cache=cache, progress=False,
+    again = trained_gan("wgan_gp", mnist5k, seed=0, device=CPU, cache=cache, progress=False,
                         recipe=recipe)
     x = gan.sample(8, seed=4)
     assert torch.equal(again.target.predict_logits(x), gan.target.predict_logits(x))
