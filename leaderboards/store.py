@@ -15,7 +15,9 @@ its summary file and the samples file it names both read whole. Recomputing a ce
 replaces its summary file in one rename, so every reader, advbench's or a plain
 ``read_parquet('results/summary/*.parquet')``, sees one row per cell; the superseded samples and
 artifacts are removed after the swap. A killed sweep leaves at most hidden temporary files
-(ignored by readers) and the claims of the cells it had in flight. A claim is a lease its holder
+(ignored by readers), the claims of the cells it had in flight, and the samples file of a cell
+it was storing when it died: no summary names that file, so no reader uses it, and the cell's
+next run (or ``advbench doctor``) removes it. A claim is a lease its holder
 renews while it works, fenced: a sweep whose lease was taken over cannot store the cell
 (:mod:`leaderboards.leases`).
 

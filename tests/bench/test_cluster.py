@@ -175,7 +175,7 @@ def test_a_killed_driver_resumes_from_what_it_stored_and_checkpointed(
     driver.send_signal(signal.SIGKILL)
     driver.communicate(timeout=60)
     (hold / "release").touch()  # the orphaned task may go on: it cannot store anything
-    stored = len(assert_store_whole(out))
+    stored = len(assert_store_whole(out, killed=True))
     assert stored < CELLS
     again = start_driver(config_path, out, cache_dir, cluster.address)
     stdout, stderr = again.communicate(timeout=300)
