@@ -164,7 +164,7 @@ def small_params(spec: Any, **extra: Any) -> dict[str, Any]:
     params = {k: v for k, v in {"steps": 5, "max_passes": 1, "deepfool_steps": 3, "max_fit": 64,
                                 "generations": 3, "population": 20, "queries": 20,
                                 "target_classes": 3, "search_steps": 2,
-                                "initial_evals": 20}.items() if k in fields}
+                                "initial_evals": 20, "max_queries": 200}.items() if k in fields}
     params.update({k: v for k, v in extra.items() if k in fields})
     return params
 
