@@ -146,10 +146,10 @@ def test_interrupted_sweep_loses_only_cells_in_flight(sig: int, code: int, train
 
 def test_two_sweeps_into_one_directory_store_each_cell_once(trained_lenet: Any, cache_dir: Path,
                                                             tmp_path: Path) -> None:
-    # cells of a second or two each: long enough that both processes are running while cells
+    # cells of about a second each: long enough that both processes are running while cells
     # remain to be claimed
     config = tmp_path / "racing.toml"
-    config.write_text(SLOW.replace("n_eval = 400", "n_eval = 200").replace("steps = 30",
+    config.write_text(SLOW.replace("n_eval = 400", "n_eval = 100").replace("steps = 30",
                                                                           "steps = 15"))
     out = tmp_path / "results"
     procs = [start(config, out, cache_dir) for _ in range(2)]
