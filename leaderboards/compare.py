@@ -68,9 +68,18 @@ def _is_black_box(row: pd.Series) -> bool:
     return row["threat"] == "transfer" or bool(row["black_box"])
 
 
-def _inside(samples: pd.DataFrame, norm: str, eps: float) -> pd.Series:
-    """Which perturbations of a cell lie inside a ``norm`` ball of radius ``eps``."""
-    return samples[norm] <= eps_limit(norm, eps)
+def _inside(samples: pd.DataFrame, own_norm: str, norm: str, eps: float) -> pd.Series:
+    """Which perturbations of a cell (attacked in ``own_norm``) lie inside a ``norm`` ball of
+    radius ``eps``. Samples store their L2, Linf and L0 sizes, and their size in the cell's
+    own norm (``distance``); a size stored in neither (an L1 ball beside an L2 attack) is
+    unknown, and no sample counts as inside."""
+    if norm in samples.columns:
+        size = samples[norm]
+    elif norm == own_norm:
+        size = samples["distance"]
+    else:
+        return pd.Series(False, index=samples.index)
+    return size.fillna(math.inf) <= eps_limit(norm, eps)
 
 
 def with_member_names(summary: pd.DataFrame) -> pd.DataFrame:
@@ -214,7 +223,8 @@ def _flag_masking(table: pd.DataFrame, rows: pd.DataFrame,
             fooled = bs["clean_correct"] & ~bs["adv_correct"]
             for (norm, eps, shown), missed in sorted(balls.items()):
                 common = missed.index.intersection(bs.index)
-                found = fooled.loc[common] & missed.loc[common] & _inside(bs.loc[common], norm, eps)
+                found = fooled.loc[common] & missed.loc[common] & _inside(
+                    bs.loc[common], str(b["norm"]), norm, eps)
                 if int(found.sum()):
                     flags[by_cell[cid]].append(f"{indicators.BLACK_BOX_WINS} ({int(found.sum())} "
                                                f"inside {norm} {shown})")

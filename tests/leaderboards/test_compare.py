@@ -14,17 +14,18 @@ from tests.conftest import summary_values as row
 
 
 def cell(cell_id: str, defense: str, threat: str, adv: list[bool], *, attack: str = "pgd",
-         norm: str = "linf", eps: float = 0.3, linf: float = 0.3, l2: float = 3.0
-         ) -> tuple[dict, pd.DataFrame]:
+         norm: str = "linf", eps: float = 0.3, linf: float = 0.3, l2: float = 3.0,
+         distance: float | None = None) -> tuple[dict, pd.DataFrame]:
     n = len(adv)
     summary = row(cell_id, defense=defense, threat=threat, attack=attack,
-                  black_box=attack == "onepixel", norm=norm, eps=eps,
+                  black_box=attack in ("onepixel", "square"), norm=norm, eps=eps,
                   eps_display=f"{eps:g}", n_samples=n, clean_acc=1.0,
                   robust_acc=sum(adv) / n)
     samples = pd.DataFrame({
         "cell_id": cell_id, "sample_idx": np.arange(n), "label": 0, "clean_correct": True,
         "adv_correct": adv, "success": [not a for a in adv], "l2": l2, "linf": linf,
-        "l0": 1.0, "fooled_by": None, "queries": None})
+        "l0": 1.0, "distance": [None if a else distance for a in adv], "fooled_by": None,
+        "queries": None})
     return summary, samples
 
 
@@ -92,6 +93,23 @@ def test_black_box_counts_only_inside_the_white_box_ball() -> None:
     other = cell("f", "d", "adaptive", [False] * 3 + [True] * 7, attack="fgsm")
     flags = build(white, other, small).set_index("attack").loc["onepixel", "flags"]
     assert flags == "black-box-wins (1 inside linf 0.3)"
+
+
+def test_black_box_in_l1_counts_by_its_own_distance() -> None:
+    """Samples store no L1 column: an L1 black-box row's fooled samples are placed in the L1
+    ball by their ``distance``; an L2 black-box row beside an L1 ball has no L1 size and counts
+    nothing there."""
+    white = cell("w", "d", "adaptive", [True] * 10, attack="apgd", norm="l1", eps=10)
+    inside = cell("s", "d", "adaptive", [False] * 3 + [True] * 7, attack="square", norm="l1",
+                  eps=10, distance=9.5)
+    assert build(white, inside).set_index("attack").loc["square", "flags"] == \
+        "black-box-wins (3 inside l1 10)"
+    outside = cell("s", "d", "adaptive", [False] * 3 + [True] * 7, attack="square", norm="l1",
+                   eps=12, distance=11.0)
+    assert build(white, outside).set_index("attack").loc["square", "flags"] == ""
+    l2 = cell("s", "d", "adaptive", [False] * 3 + [True] * 7, attack="square", norm="l2",
+              eps=1.0, l2=0.5, distance=0.5)
+    assert build(white, l2).set_index("attack").loc["square", "flags"] == ""
 
 
 def test_spread_over_seeds_of_each_defense() -> None:
