@@ -13,10 +13,10 @@ divides them; over the last 30 full candidates, above 0.25 multiplies the source
 0.1 divides it. Foolbox records a full candidate's outcome only on the steps that query the
 spherical one; here every step's counts (it is known without another query), so the source
 step adapts ten times sooner (tests/benchmarks/test_decision_based.py measures the distance
-this reaches at foolbox's and ART's query counts). A sample has converged when its source step falls below
-``convergence``. Unlike foolbox, each sample draws its own direction, and the run ends with a
-binary search from the best point along the line to the clean image (its queries are kept back
-from the cap).
+this reaches at foolbox's and ART's query counts). A sample has converged when its source step
+falls below ``convergence``. Unlike foolbox, each sample draws its own direction, and the run
+ends with a binary search from the best point along the line to the clean image (its queries
+are kept back from the cap).
 
 Every sample carries its own query count; ``max_queries`` caps it. Given an eps, a sample leaves
 once it is within it.
