@@ -402,8 +402,14 @@ class BoundCertifier:
         """``[N]``: the prediction at ``x`` is constant over each ball (radius ``eps``)."""
         x = x.to(torch.float64)
         eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self._holds(x, self.network.forward(x), eps_t,
+                           torch.arange(x.shape[0], device=x.device))
+
+    def _holds(self, x: torch.Tensor, logits: torch.Tensor, radii: torch.Tensor,
+               idx: torch.Tensor) -> torch.Tensor:
+        """One pass: whether the samples ``idx`` are certified at their ``radii``."""
         self.passes += 1
-        return self.margins(x, self.network.forward(x), eps_t.contiguous()) > MARGIN_TOLERANCE
+        return self.margins(x[idx], logits[idx], radii[idx]) > MARGIN_TOLERANCE
 
     def _bracket(self, x: torch.Tensor, logits: torch.Tensor, top: torch.Tensor, bar: Any
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,8 +425,7 @@ class BoundCertifier:
                 bar.total += 1
                 bar.update(1)
             idx = torch.nonzero(open_).flatten()
-            ok = self.margins(x[idx], logits[idx], probe[idx]) > MARGIN_TOLERANCE
-            self.passes += 1
+            ok = self._holds(x, logits, probe, idx)
             low[idx[ok]], high[idx[~ok]] = probe[idx[ok]], probe[idx[~ok]]
             open_[idx[~ok]] = False
             probe = probe * 2
@@ -435,23 +440,21 @@ class BoundCertifier:
         x = x.to(torch.float64)
         logits = self.network.forward(x)
         low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        at_zero = self.margins(x, logits, low) > MARGIN_TOLERANCE
+        at_zero = self._holds(x, logits, low, torch.arange(x.shape[0], device=x.device))
         x, logits, low = x[at_zero], logits[at_zero], low[at_zero]
         high = torch.full_like(low, eps_max(self.norm, self.bounds, tuple(x.shape[1:])))
         precision = high / 2 ** RADIUS_STEPS
         if self.method == "crown":
             low, high = self._bracket(x, logits, high, bar)
-        self.passes += 1
         for _ in range(RADIUS_STEPS):
             if bar is not None:
                 bar.update(1)
             idx = torch.nonzero(high - low > precision * (1 + 1e-9)).flatten()
             if idx.numel() == 0:
                 continue
-            mid = (low[idx] + high[idx]) / 2
-            ok = self.margins(x[idx], logits[idx], mid) > MARGIN_TOLERANCE
-            low[idx], high[idx] = torch.where(ok, mid, low[idx]), torch.where(ok, high[idx], mid)
-            self.passes += 1
+            mid = (low + high) / 2
+            ok = self._holds(x, logits, mid, idx)
+            low[idx[ok]], high[idx[~ok]] = mid[idx[ok]], mid[idx[~ok]]
         radius = torch.full_like(at_zero, -1.0, dtype=low.dtype)
         radius[at_zero] = low
         return radius
