@@ -22,8 +22,8 @@ def test_perf_measures_floors_attacks_and_peers(trained_lenet: Any, cache_dir: P
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "perf"
     code = main(["perf", "--model", "lenet", "--device", "cpu", "--batch-size", str(BATCH),
-                 "--eval-batches", "2", "--repeats", "1", "--uap-fit", "6", "--eps", "0.3", "--out", str(out),
-                 "--no-progress", "--cache-dir", str(cache_dir)])
+                 "--eval-batches", "2", "--repeats", "1", "--uap-fit", "6", "--eps", "0.3",
+                 "--out", str(out), "--no-progress", "--cache-dir", str(cache_dir)])
     printed = capsys.readouterr().out
     assert code == 0
     files = list(out.glob("perf-*.parquet"))

@@ -88,16 +88,16 @@ def assert_store_whole(out: Path, killed: bool = False) -> set[str]:
         table = pq.read_table(path)
         assert table.num_rows == 1 and table["cell_id"][0].as_py() == path.stem
         wanted.add(f"{path.stem}-{table['run_id'][0].as_py()}.parquet")
+    stored = {p.stem for p in summaries}
     unnamed = samples - wanted
     assert wanted <= samples
     if killed:
-        stored = {p.stem for p in summaries}
         assert not {name.rsplit("-", 1)[0] for name in unnamed} & stored, unnamed
     else:
         assert not unnamed, unnamed
     for name in samples:
         pq.read_table(out / "samples" / name)
-    return {p.stem for p in summaries}
+    return stored
 
 
 SMALL = SLOW.replace("n_eval = 400", "n_eval = 100").replace("steps = 30", "steps = 5")
